@@ -1,0 +1,17 @@
+"""BRICS model components: feature grids, retrieval, encoder, decoder and the autoencoder."""
+
+from .autoencoder_brics import PRESETS, BRICSAutoencoder, BRICSEncoderOutput
+from .decoder import BRICSDecoder
+from .encoder import KeyCodeEncoder
+from .feature_grid import MultiResolutionFeatureGrid
+from .retrieval import KeyCodeRetrieval
+
+__all__ = [
+    "BRICSAutoencoder",
+    "BRICSDecoder",
+    "BRICSEncoderOutput",
+    "KeyCodeEncoder",
+    "KeyCodeRetrieval",
+    "MultiResolutionFeatureGrid",
+    "PRESETS",
+]

@@ -1,0 +1,356 @@
+"""`BRICSAutoencoder`: encoder -> key codes -> feature retrieval -> StyleGAN2-style decoder (paper Figure 3).
+
+Drop-in for diffusers' `AutoencoderKL` / `VQModel` in latent diffusion: ``encode(images).latents`` are the
+key codes in ``[0, 1]`` (what diffusers' ``retrieve_latents`` returns), ``decode(latents).sample`` the
+images in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+from .decoder import BRICSDecoder
+from .encoder import KeyCodeEncoder
+from .retrieval import KeyCodeRetrieval
+
+
+@dataclass
+class BRICSEncoderOutput(BaseOutput):
+    """Output of `BRICSAutoencoder.encode`.
+
+    Args:
+        latents (`torch.Tensor` of shape `(batch_size, C_z, H_z, W_z)`): the key codes, in ``[0, 1]``.
+        key_code_posterior (`DiagonalGaussianDistribution`, *optional*): for the KL variant only, the Gaussian
+            over the pre-sigmoid codes (``.kl()`` is the regulariser). Deliberately not named ``latent_dist``:
+            diffusers' ``retrieve_latents`` would then return unsquashed samples instead of the key codes.
+    """
+
+    latents: torch.Tensor
+    key_code_posterior: DiagonalGaussianDistribution | None = None
+
+
+# Presets. "paper-*" are the paper's 256x256 configurations (Table 3); the grid resolutions of the smaller
+# codes follow Table 3's parameter counts (r_min 4, r_max 64), see README "Presets".
+_PAPER = dict(
+    sample_size=256,
+    encoder_block_out_channels=(32, 64, 128),
+    feature_size=64,
+    feature_channels=512,
+    grid_num_levels=16,
+    grid_features_per_level=4,
+    grid_log2_hashmap_size=18,
+    decoder_block_out_channels=(512, 256, 128),
+    style_dim=512,
+    mapping_layers=8,
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-64x64x4": dict(
+        _PAPER, latent_size=64, num_groups=4, grid_min_resolution=16, grid_max_resolution=64
+    ),
+    "paper-32x32x4": dict(
+        _PAPER, latent_size=32, num_groups=4, encoder_block_out_channels=(32, 64, 128, 128),
+        grid_min_resolution=4, grid_max_resolution=64,
+    ),
+    "paper-32x32x8": dict(
+        _PAPER, latent_size=32, num_groups=8, encoder_block_out_channels=(32, 64, 128, 128),
+        grid_min_resolution=4, grid_max_resolution=64,
+    ),
+    "paper-16x16x8": dict(
+        _PAPER, latent_size=16, num_groups=8, encoder_block_out_channels=(32, 32, 64, 64, 128),
+        grid_min_resolution=4, grid_max_resolution=64,
+    ),
+    "paper-16x16x16": dict(
+        _PAPER, latent_size=16, num_groups=16, encoder_block_out_channels=(32, 32, 64, 64, 128),
+        grid_min_resolution=4, grid_max_resolution=64,
+    ),
+    # Small configurations that train in minutes on a CPU.
+    "small-32": dict(
+        sample_size=32, latent_size=8, num_groups=4, encoder_block_out_channels=(32, 64, 64),
+        feature_size=16, feature_channels=128, grid_num_levels=8, grid_features_per_level=4,
+        grid_log2_hashmap_size=15, grid_min_resolution=4, grid_max_resolution=32,
+        decoder_block_out_channels=(128, 64), style_dim=128, mapping_layers=2,
+    ),
+    "small-64": dict(
+        sample_size=64, latent_size=16, num_groups=4, encoder_block_out_channels=(32, 64, 64),
+        feature_size=32, feature_channels=128, grid_num_levels=8, grid_features_per_level=4,
+        grid_log2_hashmap_size=16, grid_min_resolution=4, grid_max_resolution=32,
+        decoder_block_out_channels=(128, 64), style_dim=128, mapping_layers=2,
+    ),
+    # For tests: a few thousand parameters.
+    "tiny": dict(
+        sample_size=16, latent_size=4, num_groups=2, encoder_block_out_channels=(8, 16, 16),
+        encoder_layers_per_block=1, encoder_norm_num_groups=4, feature_size=8, feature_channels=16,
+        grid_num_levels=4, grid_features_per_level=2, grid_log2_hashmap_size=8, grid_min_resolution=2,
+        grid_max_resolution=8, mlp_hidden_layers=1, decoder_block_out_channels=(16, 8),
+        decoder_layers_per_block=1, style_dim=16, mapping_layers=1,
+    ),
+}
+
+
+class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
+    r"""The BRICS bi-level autoencoder: images -> continuous key codes -> feature grids -> images.
+
+    Vocabulary (paper Table 1): key codes ``z`` of shape ``(C_z, H_z, W_z)`` with ``C_z = N_h * C_key``; ``N_h``
+    groups of multi-resolution feature grids with ``N_r`` levels of ``C_v`` features and at most ``T`` entries
+    per level; feature block ``f`` of shape ``(C_d, H_d, W_d)`` fed to the decoder.
+
+    Parameters:
+        in_channels, out_channels (`int`): image channels (3).
+        sample_size (`int`): image resolution ``H = W``.
+        latent_size (`int`): key-code resolution ``H_z = W_z``; ``sample_size / latent_size`` must be
+            ``2 ** (len(encoder_block_out_channels) - 1)``.
+        num_groups (`int`): ``N_h``. key_channels (`int`): ``C_key`` (1; 2 to 3 allowed).
+        encoder_block_out_channels, encoder_layers_per_block, encoder_norm_num_groups,
+        encoder_mid_block_attention: the VQGAN encoder (unit channels 32, attention at the code resolution).
+        kl_key_codes (`bool`): the KL-regularised variant ``z = sigmoid(mu + sigma * eps)`` (paper config c).
+        feature_size (`int`): ``H_d = W_d``, a multiple of ``latent_size``.
+        feature_channels (`int`): ``C_d``, a multiple of ``num_groups``.
+        grid_num_levels (`int`): ``N_r``. grid_features_per_level (`int`): ``C_v``.
+        grid_log2_hashmap_size (`int`): ``log2 T``. grid_min_resolution, grid_max_resolution: ``r_min, r_max``.
+        grid_init_scale (`float`): uniform initialisation range of the tables.
+        grid_backend (`str`): ``"auto"``, ``"torch"`` or ``"tcnn"``. grid_convention (`str`): ``"torch-ngp"``
+            (the paper's counts) or ``"tcnn"``.
+        mlp_hidden_layers, mlp_hidden_channels: the per-group MLP ``F_mlp`` (2 hidden layers of ``N_r * C_v``).
+        relaxed_precision (`bool`): noise ``N(0, (1 / 4 r_max)^2)`` on the tiled codes in training mode.
+        decoder_block_out_channels, decoder_first_block_layers, decoder_layers_per_block, style_dim,
+        mapping_layers: the StyleGAN2-style decoder, see `BRICSDecoder`.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        sample_size: int = 256,
+        latent_size: int = 64,
+        num_groups: int = 4,
+        key_channels: int = 1,
+        encoder_block_out_channels: tuple[int, ...] = (32, 64, 128),
+        encoder_layers_per_block: int = 2,
+        encoder_norm_num_groups: int = 32,
+        encoder_mid_block_attention: bool = True,
+        kl_key_codes: bool = False,
+        feature_size: int = 64,
+        feature_channels: int = 512,
+        grid_num_levels: int = 16,
+        grid_features_per_level: int = 4,
+        grid_log2_hashmap_size: int = 18,
+        grid_min_resolution: float = 16,
+        grid_max_resolution: float = 64,
+        grid_init_scale: float = 1e-4,
+        grid_backend: str = "auto",
+        grid_convention: str = "torch-ngp",
+        mlp_hidden_layers: int = 2,
+        mlp_hidden_channels: int | None = None,
+        relaxed_precision: bool = True,
+        decoder_block_out_channels: tuple[int, ...] = (512, 256, 128),
+        decoder_first_block_layers: int = 1,
+        decoder_layers_per_block: int = 2,
+        style_dim: int = 512,
+        mapping_layers: int = 8,
+    ):
+        super().__init__()
+        _check_config(
+            sample_size, latent_size, num_groups, key_channels, encoder_block_out_channels, encoder_norm_num_groups,
+            feature_size, feature_channels, decoder_block_out_channels,
+        )
+        self.encoder = KeyCodeEncoder(
+            in_channels=in_channels,
+            latent_channels=num_groups * key_channels,
+            block_out_channels=tuple(encoder_block_out_channels),
+            layers_per_block=encoder_layers_per_block,
+            norm_num_groups=encoder_norm_num_groups,
+            mid_block_attention=encoder_mid_block_attention,
+            kl=kl_key_codes,
+        )
+        self.retrieval = KeyCodeRetrieval(
+            num_groups=num_groups,
+            key_channels=key_channels,
+            feature_size=feature_size,
+            feature_channels=feature_channels,
+            num_levels=grid_num_levels,
+            features_per_level=grid_features_per_level,
+            log2_hashmap_size=grid_log2_hashmap_size,
+            min_resolution=grid_min_resolution,
+            max_resolution=grid_max_resolution,
+            init_scale=grid_init_scale,
+            backend=grid_backend,
+            convention=grid_convention,
+            mlp_hidden_layers=mlp_hidden_layers,
+            mlp_hidden_channels=mlp_hidden_channels,
+            relaxed_precision=relaxed_precision,
+        )
+        self.decoder = BRICSDecoder(
+            in_channels=feature_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(decoder_block_out_channels),
+            first_block_layers=decoder_first_block_layers,
+            layers_per_block=decoder_layers_per_block,
+            style_dim=style_dim,
+            mapping_layers=mapping_layers,
+        )
+        self.use_slicing = False
+        self.use_tiling = False  # no tiled decoding: images are decoded whole
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "BRICSAutoencoder":
+        """An untrained model in a named configuration (see `PRESETS`); keyword arguments override it."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def latent_channels(self) -> int:
+        """``C_z = N_h * C_key``."""
+        return self.config.num_groups * self.config.key_channels
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """Shape of one key code, ``(C_z, H_z, W_z)``."""
+        return (self.latent_channels, self.config.latent_size, self.config.latent_size)
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, sample: torch.Tensor, name: str = "sample") -> None:
+        c = self.config
+        expected = f"(batch, {c.in_channels}, {c.sample_size}, {c.sample_size})"
+        if not isinstance(sample, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(sample).__name__}")
+        if sample.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions {expected}, got shape {tuple(sample.shape)}")
+        if sample.shape[1] != c.in_channels:
+            raise ValueError(
+                f"{name} must have {c.in_channels} channels {expected}, got {sample.shape[1]} (shape "
+                f"{tuple(sample.shape)})"
+            )
+        if tuple(sample.shape[2:]) != (c.sample_size, c.sample_size):
+            raise ValueError(
+                f"{name} must be {c.sample_size}x{c.sample_size} as configured (sample_size), got "
+                f"{sample.shape[2]}x{sample.shape[3]}"
+            )
+        if not sample.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor in [-1, 1], got dtype {sample.dtype}")
+        if sample.numel() and not bool(((sample >= -1.001) & (sample <= 1.001)).all()):
+            raise ValueError(
+                f"{name} must hold values in [-1, 1] with no NaN, got min {sample.min().item():.3g} and max "
+                f"{sample.max().item():.3g} (images in [0, 1] map to [-1, 1] by x * 2 - 1)"
+            )
+
+    def _check_latents(self, z: torch.Tensor, name: str = "z") -> None:
+        c = self.config
+        expected = f"(batch, {self.latent_channels}, {c.latent_size}, {c.latent_size})"
+        if not isinstance(z, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(z).__name__}")
+        if z.ndim != 4 or z.shape[1] != self.latent_channels or tuple(z.shape[2:]) != (c.latent_size,) * 2:
+            raise ValueError(f"{name} (key codes) must have shape {expected}, got {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"{name} (key codes) must be a floating point tensor, got dtype {z.dtype}")
+        if z.numel() and not bool(((z >= 0) & (z <= 1)).all()):
+            raise ValueError(
+                f"{name} (key codes) must lie in [0, 1] with no NaN, got min {z.min().item():.3g} and max "
+                f"{z.max().item():.3g}; diffusion samples in [-1, 1] map back by (x + 1) / 2, then clamp"
+            )
+
+    # ------------------------------------------------------------------ encode / decode
+    @apply_forward_hook
+    def encode(
+        self,
+        x: torch.Tensor,
+        return_dict: bool = True,
+        sample_posterior: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> BRICSEncoderOutput | tuple:
+        """Images ``(B, 3, H, W)`` in ``[-1, 1]`` -> key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]``.
+
+        For the KL variant, ``sample_posterior`` (default: ``self.training``) draws ``z = sigmoid(mu + sigma * eps)``;
+        otherwise ``z = sigmoid(mu)``.
+        """
+        self._check_images(x, "x")
+        if sample_posterior is None:
+            sample_posterior = self.training
+        if self.use_slicing and x.shape[0] > 1:
+            parts = [self.encoder(s, sample_posterior, generator) for s in x.split(1)]
+            z = torch.cat([p[0] for p in parts])
+            posterior = (
+                DiagonalGaussianDistribution(torch.cat([p[1].parameters for p in parts])) if parts[0][1] else None
+            )
+        else:
+            z, posterior = self.encoder(x, sample_posterior, generator)
+        if not return_dict:
+            return (z,) if posterior is None else (z, posterior)
+        return BRICSEncoderOutput(latents=z, key_code_posterior=posterior)
+
+    def _decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.decoder(self.retrieval(z, generator))
+
+    @apply_forward_hook
+    def decode(
+        self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
+    ) -> DecoderOutput | tuple:
+        """Key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]`` -> images ``(B, 3, H, W)`` (about ``[-1, 1]``).
+
+        In training mode the relaxed-precision noise is drawn from ``generator``.
+        """
+        self._check_latents(z)
+        if self.use_slicing and z.shape[0] > 1:
+            sample = torch.cat([self._decode(s, generator) for s in z.split(1)])
+        else:
+            sample = self._decode(z, generator)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool | None = None,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple:
+        """Reconstruction: ``decode(encode(sample).latents)``."""
+        z = self.encode(sample, sample_posterior=sample_posterior, generator=generator).latents
+        return self.decode(z, return_dict=return_dict, generator=generator)
+
+
+def _check_config(
+    sample_size, latent_size, num_groups, key_channels, encoder_channels, norm_groups, feature_size,
+    feature_channels, decoder_channels,
+) -> None:
+    """Raise a ValueError naming the argument for a configuration that cannot work."""
+    if not 1 <= key_channels <= 3:
+        raise ValueError(f"key_channels (C_key) must be 1, 2 or 3 (grids take C_key + 2 <= 5 inputs), got {key_channels}")
+    if num_groups < 1:
+        raise ValueError(f"num_groups (N_h) must be >= 1, got {num_groups}")
+    downsample = 2 ** (len(encoder_channels) - 1)
+    if latent_size * downsample != sample_size:
+        raise ValueError(
+            f"sample_size ({sample_size}) must equal latent_size ({latent_size}) * 2 ** (len(encoder_block_out_"
+            f"channels) - 1) = {latent_size * downsample}; add or remove encoder blocks"
+        )
+    bad = [ch for ch in encoder_channels if ch % norm_groups]
+    if bad:
+        raise ValueError(
+            f"encoder_block_out_channels {tuple(encoder_channels)} must all be multiples of encoder_norm_num_groups "
+            f"({norm_groups})"
+        )
+    if feature_size % latent_size:
+        raise ValueError(f"feature_size (H_d={feature_size}) must be a multiple of latent_size (H_z={latent_size})")
+    if feature_channels % num_groups:
+        raise ValueError(f"feature_channels (C_d={feature_channels}) must be a multiple of num_groups ({num_groups})")
+    upsample = 2 ** (len(decoder_channels) - 1)
+    if feature_size * upsample != sample_size:
+        raise ValueError(
+            f"sample_size ({sample_size}) must equal feature_size ({feature_size}) * 2 ** (len(decoder_block_out_"
+            f"channels) - 1) = {feature_size * upsample}"
+        )
+    if math.log2(sample_size) % 1:
+        raise ValueError(f"sample_size must be a power of two, got {sample_size}")

@@ -1,0 +1,315 @@
+"""Multi-resolution feature grid: the feature tables of one group of BRICS (paper section 3.2, supp. A.1).
+
+A query ``q`` in ``[0, 1]^D`` (``D = C_key + 2``: one key-code slice joined with the pixel coordinates) is
+looked up at ``N_r`` resolutions. Level ``l`` has ``scale_l = r_min * b**l - 1`` cells per axis, with the
+growth factor ``b = (r_max / r_min) ** (1 / (N_r - 1))``. The ``2**D`` grid nodes around
+``q * scale_l + 0.5`` are read from the level's table and D-linearly interpolated; the ``N_r`` results of
+``C_v`` features each are concatenated. A level's table is *dense* (one entry per grid node) while its nodes
+fit in ``T`` entries, and a coherent-prime spatial *hash* of the node modulo ``T`` beyond (instant-NGP).
+
+Gradients reach both the tables and the queries: the interpolation weights are differentiable in ``q``,
+which is how BRICS trains its key codes without a straight-through estimator.
+
+Two indexing conventions are supported:
+
+* ``"torch-ngp"`` (default, the paper's official code): ``res_l + 1`` nodes per axis, which reproduces the
+  paper's parameter counts (64x64x4 codes: 18,630,272 grid parameters, Table 3).
+* ``"tcnn"``: tiny-cuda-nn's ``Grid``/``Hash`` encoding (``res_l`` nodes per axis). Only this convention can
+  run on the optional ``tinycudann`` backend, which then uses this module's own parameter tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+# Coherent primes of instant-NGP's spatial hash (the first is 1 so that dimension 0 stays coherent).
+HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037)
+_UINT32_MASK = 0xFFFFFFFF
+
+GridBackend = Literal["auto", "torch", "tcnn"]
+GridConvention = Literal["torch-ngp", "tcnn"]
+
+
+def _level_plan(
+    input_dim: int,
+    num_levels: int,
+    min_resolution: float,
+    max_resolution: float,
+    log2_hashmap_size: int,
+    convention: str,
+) -> list[dict]:
+    """Scale, nodes per axis, table size and kind (dense or hashed) of every level."""
+    growth = (max_resolution / min_resolution) ** (1.0 / (num_levels - 1)) if num_levels > 1 else 1.0
+    max_entries = 2**log2_hashmap_size
+    plan = []
+    for level in range(num_levels):
+        scale = min_resolution * growth**level - 1.0
+        resolution = math.ceil(scale) + 1
+        nodes_per_axis = resolution + 1 if convention == "torch-ngp" else resolution
+        dense_nodes = nodes_per_axis**input_dim
+        entries = min(max_entries, dense_nodes)
+        entries = (entries + 7) // 8 * 8  # tables are padded to a multiple of 8 entries, as in the official code
+        plan.append(
+            dict(scale=scale, nodes_per_axis=nodes_per_axis, entries=entries, hashed=dense_nodes > entries)
+        )
+    return plan
+
+
+def _corner_bits(input_dim: int) -> torch.Tensor:
+    """(2**D, D) 0/1 offsets of the corners of a cell; bit d of corner k is ``(k >> d) & 1``."""
+    corners = torch.arange(2**input_dim)
+    return torch.stack([(corners >> d) & 1 for d in range(input_dim)], dim=1)
+
+
+class _InterpolateTable(torch.autograd.Function):
+    """``out[n, l] = sum_k weights[n, l, k] * table[index[n, l, k]]``.
+
+    Written by hand because autograd through a gather accumulates the table gradient with a slow
+    ``index_put_``; here the forward is one ``index_select`` and the table gradient one ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        n, levels, corners = index.shape
+        features = table.shape[1]
+        gathered = table.index_select(0, index.reshape(-1)).view(n, levels, corners, features)
+        out = torch.matmul(weights.unsqueeze(2), gathered).squeeze(2)  # (N, L, F)
+        ctx.save_for_backward(weights, index, gathered if weights.requires_grad else None)
+        ctx.table_shape = table.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        weights, index, gathered = ctx.saved_tensors
+        grad_weights = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_weights = torch.matmul(gathered, grad_out.unsqueeze(-1)).squeeze(-1)  # (N, L, K)
+        if ctx.needs_input_grad[2]:
+            contributions = weights.unsqueeze(-1) * grad_out.unsqueeze(2)  # (N, L, K, F)
+            grad_table = grad_out.new_zeros(ctx.table_shape)
+            grad_table.index_add_(0, index.reshape(-1), contributions.reshape(-1, ctx.table_shape[1]))
+        return grad_weights, None, grad_table
+
+
+class MultiResolutionFeatureGrid(nn.Module):
+    r"""The multi-resolution feature tables of one group, and the D-linear look-up into them.
+
+    Args:
+        input_dim (`int`): query dimension ``D = C_key + 2`` (2 to 5).
+        num_levels (`int`): number of resolutions ``N_r`` (paper: 16).
+        features_per_level (`int`): features per entry ``C_v`` (paper: 4).
+        log2_hashmap_size (`int`): ``log2(T)``, the most entries a level's table may hold (paper: 18).
+        min_resolution (`float`): ``r_min``, resolution of the coarsest level (official code: 16).
+        max_resolution (`float`): ``r_max``, resolution of the finest level (paper: 64, or 32 for small codes).
+        init_scale (`float`): entries are initialised uniformly in ``[-init_scale, init_scale]`` (1e-4).
+        backend (`str`): ``"torch"`` (any device), ``"tcnn"`` (tiny-cuda-nn, CUDA, ``D <= 4``, convention
+            ``"tcnn"``), or ``"auto"``: ``tcnn`` where it can run, ``torch`` otherwise.
+        convention (`str`): ``"torch-ngp"`` (the paper's counts) or ``"tcnn"``; see the module docstring.
+
+    Shapes: ``grid(x)`` takes ``x`` of shape ``(N, D)`` in ``[0, 1]`` and returns
+    ``(N, num_levels * features_per_level)``, level-major.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 3,
+        num_levels: int = 16,
+        features_per_level: int = 4,
+        log2_hashmap_size: int = 18,
+        min_resolution: float = 16,
+        max_resolution: float = 64,
+        init_scale: float = 1e-4,
+        backend: GridBackend = "auto",
+        convention: GridConvention = "torch-ngp",
+    ):
+        super().__init__()
+        if not 2 <= input_dim <= len(HASH_PRIMES):
+            raise ValueError(f"input_dim must be between 2 and {len(HASH_PRIMES)} (C_key + 2), got {input_dim}")
+        if num_levels < 1 or features_per_level < 1:
+            raise ValueError(
+                f"num_levels and features_per_level must be >= 1, got {num_levels} and {features_per_level}"
+            )
+        if not 1 <= log2_hashmap_size <= 30:
+            raise ValueError(f"log2_hashmap_size must be between 1 and 30, got {log2_hashmap_size}")
+        if not 1 <= min_resolution <= max_resolution:
+            raise ValueError(
+                f"need 1 <= min_resolution <= max_resolution, got min_resolution={min_resolution}, "
+                f"max_resolution={max_resolution}"
+            )
+        if convention not in ("torch-ngp", "tcnn"):
+            raise ValueError(f"convention must be 'torch-ngp' or 'tcnn', got {convention!r}")
+        if backend not in ("auto", "torch", "tcnn"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'tcnn', got {backend!r}")
+
+        self.input_dim = input_dim
+        self.num_levels = num_levels
+        self.features_per_level = features_per_level
+        self.log2_hashmap_size = log2_hashmap_size
+        self.min_resolution = min_resolution
+        self.max_resolution = max_resolution
+        self.convention = convention
+        self.levels = _level_plan(
+            input_dim, num_levels, min_resolution, max_resolution, log2_hashmap_size, convention
+        )
+        entries = [level["entries"] for level in self.levels]
+        self.embeddings = nn.Parameter(torch.empty(sum(entries), features_per_level))
+        nn.init.uniform_(self.embeddings, -init_scale, init_scale)
+
+        # Dense levels come first (resolutions grow with the level), hashed ones last.
+        self.num_dense_levels = sum(not level["hashed"] for level in self.levels)
+        bits = _corner_bits(input_dim)
+        strides = torch.tensor(
+            [[level["nodes_per_axis"] ** d for d in range(input_dim)] for level in self.levels], dtype=torch.long
+        )
+        self.register_buffer(
+            "scales", torch.tensor([level["scale"] for level in self.levels], dtype=torch.float32), persistent=False
+        )
+        self.register_buffer("strides", strides[: self.num_dense_levels], persistent=False)
+        # Offset of every corner from the cell's first corner in a dense table: (L_dense, 2**D).
+        self.register_buffer("corner_offsets", strides[: self.num_dense_levels] @ bits.T, persistent=False)
+        starts = [0]
+        for count in entries[:-1]:
+            starts.append(starts[-1] + count)
+        self.register_buffer("level_starts", torch.tensor(starts, dtype=torch.long), persistent=False)
+        self.register_buffer("primes", torch.tensor(HASH_PRIMES[:input_dim], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "level_entries", torch.tensor(entries, dtype=torch.long), persistent=False
+        )
+        self._tcnn = None
+        self.backend = self._resolve_backend(backend)
+
+    # ------------------------------------------------------------------ backends
+    def _tcnn_config(self) -> dict:
+        growth = (self.max_resolution / self.min_resolution) ** (1.0 / max(self.num_levels - 1, 1))
+        return {
+            "otype": "Grid",
+            "type": "Hash",
+            "n_levels": self.num_levels,
+            "n_features_per_level": self.features_per_level,
+            "log2_hashmap_size": self.log2_hashmap_size,
+            "base_resolution": self.min_resolution,
+            "per_level_scale": growth,
+            "interpolation": "Linear",
+        }
+
+    def _resolve_backend(self, backend: str) -> str:
+        if backend == "torch":
+            return "torch"
+        reason = self.tcnn_unavailable_reason(device=None if backend == "tcnn" else "cuda")
+        if backend == "auto":
+            return "torch" if reason else "tcnn"
+        if reason:
+            raise ValueError(f"backend='tcnn' cannot be used: {reason}")
+        return "tcnn"
+
+    def tcnn_unavailable_reason(self, device: str | None = None) -> str | None:
+        """Why the tiny-cuda-nn backend cannot serve this grid, or None when it can."""
+        if self.convention != "tcnn":
+            return "tiny-cuda-nn indexes grids with the 'tcnn' convention; this grid uses 'torch-ngp'"
+        if self.input_dim > 4:
+            return f"tiny-cuda-nn supports input_dim 2 to 4, got {self.input_dim}"
+        if not torch.cuda.is_available():
+            return "tiny-cuda-nn needs a CUDA device"
+        try:
+            import tinycudann  # noqa: F401
+        except ImportError:
+            return "the tinycudann package is not installed"
+        return None
+
+    def _tcnn_module(self):
+        if self._tcnn is None:
+            import tinycudann as tcnn
+
+            module = tcnn.Encoding(self.input_dim, self._tcnn_config(), dtype=torch.float32)
+            if module.params.numel() != self.embeddings.numel():
+                raise ValueError(
+                    f"tiny-cuda-nn lays this grid out in {module.params.numel()} parameters, this module holds "
+                    f"{self.embeddings.numel()}: the tables cannot be shared"
+                )
+            # Keep the encoding out of the module tree so that its own parameters are never trained or saved.
+            object.__setattr__(self, "_tcnn", module)
+        return self._tcnn
+
+    # ------------------------------------------------------------------ look-up
+    def corner_indices(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows and interpolation weights of the ``2**D`` corners around each query at each level.
+
+        Args:
+            x: ``(N, D)`` queries in ``[0, 1]``.
+
+        Returns:
+            ``index``: ``(N, L, 2**D)`` rows of ``embeddings``; ``weights``: ``(N, L, 2**D)``, differentiable
+            in ``x`` and summing to 1 over the corners.
+        """
+        pos = x.unsqueeze(1) * self.scales.to(x.dtype).view(1, -1, 1) + 0.5  # (N, L, D)
+        cell = torch.floor(pos)
+        frac = pos - cell
+        cell = cell.long()
+
+        # Interpolation weights, built one dimension at a time so that corner k's bit d is (k >> d) & 1.
+        weights = torch.stack((1 - frac[..., 0], frac[..., 0]), dim=-1)
+        for d in range(1, self.input_dim):
+            pair = torch.stack((1 - frac[..., d], frac[..., d]), dim=-1)
+            weights = (pair.unsqueeze(-1) * weights.unsqueeze(-2)).flatten(-2)
+
+        parts = []
+        nd = self.num_dense_levels
+        if nd > 0:
+            base = (cell[:, :nd] * self.strides).sum(-1, keepdim=True)  # (N, L_dense, 1)
+            dense = base + self.corner_offsets
+            if self.convention == "tcnn":  # tcnn's last node per axis wraps around the table
+                dense = dense % self.level_entries[:nd].view(1, -1, 1)
+            parts.append(dense)
+        if nd < self.num_levels:
+            hashed_cells = cell[:, nd:]
+            low = hashed_cells * self.primes
+            high = (hashed_cells + 1) * self.primes
+            hashed = torch.stack((low[..., 0], high[..., 0]), dim=-1)
+            for d in range(1, self.input_dim):
+                pair = torch.stack((low[..., d], high[..., d]), dim=-1)
+                hashed = torch.bitwise_xor(pair.unsqueeze(-1), hashed.unsqueeze(-2)).flatten(-2)
+            hashed = (hashed & _UINT32_MASK) % self.level_entries[nd:].view(1, -1, 1)
+            parts.append(hashed)
+        index = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return index + self.level_starts.view(1, -1, 1), weights
+
+    def interpolate(self, x: torch.Tensor) -> torch.Tensor:
+        """The look-up without input checks, for callers that guarantee ``(N, D)`` queries in ``[0, 1]``."""
+        if self.backend == "tcnn" and x.is_cuda:
+            from tinycudann.modules import _module_function
+
+            module = self._tcnn_module()
+            out = _module_function.apply(module.native_tcnn_module, x.contiguous(), self.embeddings.view(-1), 1.0)
+            return out.to(x.dtype)
+        index, weights = self.corner_indices(x)
+        out = _InterpolateTable.apply(weights, index, self.embeddings.to(weights.dtype))
+        return out.reshape(x.shape[0], self.num_levels * self.features_per_level)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Look up ``x`` of shape ``(N, D)`` in ``[0, 1]``; returns ``(N, num_levels * features_per_level)``."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.input_dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (N, {self.input_dim}), got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating point tensor, got dtype {x.dtype}")
+        if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+            raise ValueError("x must lie in [0, 1] (and contain no NaN)")
+        return self.interpolate(x)
+
+    @property
+    def num_entries(self) -> list[int]:
+        """Table size of each level."""
+        return [level["entries"] for level in self.levels]
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_dim={self.input_dim}, num_levels={self.num_levels}, features_per_level="
+            f"{self.features_per_level}, log2_hashmap_size={self.log2_hashmap_size}, resolution="
+            f"{self.min_resolution}..{self.max_resolution}, dense_levels={self.num_dense_levels}, "
+            f"convention={self.convention!r}, backend={self.backend!r}"
+        )
