@@ -1,0 +1,181 @@
+import math
+
+import pytest
+import torch
+
+from diffusers_brics.models import MultiResolutionFeatureGrid
+from diffusers_brics.models.feature_grid import HASH_PRIMES, _InterpolateTable
+
+
+def small_grid(input_dim=3, **kwargs):
+    options = dict(num_levels=4, features_per_level=2, log2_hashmap_size=8, min_resolution=2, max_resolution=12)
+    options.update(kwargs)
+    return MultiResolutionFeatureGrid(input_dim, backend="torch", **options)
+
+
+def reference_lookup(grid, x):
+    """Loop-per-corner reference of the official indexing and D-linear interpolation."""
+    outs = []
+    for level, plan in enumerate(grid.levels):
+        pos = x * plan["scale"] + 0.5
+        cell = pos.floor()
+        frac = pos - cell
+        cell = cell.long()
+        acc = torch.zeros(x.shape[0], grid.features_per_level, dtype=x.dtype)
+        for k in range(2**grid.input_dim):
+            bits = [(k >> d) & 1 for d in range(grid.input_dim)]
+            corner = cell + torch.tensor(bits)
+            weight = torch.ones(x.shape[0], dtype=x.dtype)
+            for d, bit in enumerate(bits):
+                weight = weight * (frac[:, d] if bit else 1 - frac[:, d])
+            if plan["hashed"]:
+                h = torch.zeros(x.shape[0], dtype=torch.long)
+                for d in range(grid.input_dim):
+                    h ^= corner[:, d] * HASH_PRIMES[d]
+                row = (h & 0xFFFFFFFF) % plan["entries"]
+            else:
+                row = sum(corner[:, d] * plan["nodes_per_axis"] ** d for d in range(grid.input_dim))
+                row = row % plan["entries"]
+            acc += weight[:, None] * grid.embeddings.detach().to(x.dtype)[int(grid.level_starts[level]) + row]
+        outs.append(acc)
+    return torch.cat(outs, dim=1)
+
+
+def test_paper_configuration_parameter_count():
+    # 64x64x4 key codes: 4 groups, 3-D queries, 16 levels, C_v 4, T 2^18, r 16..64 -> Table 3's 18.6M.
+    grid = MultiResolutionFeatureGrid(3, 16, 4, 18, 16, 64, backend="torch")
+    assert grid.embeddings.numel() * 4 == 18_630_272
+    assert grid.num_dense_levels == 15
+    assert all(n % 8 == 0 for n in grid.num_entries)
+    assert grid.num_entries[-1] == 2**18
+
+
+def test_tcnn_convention_counts_resolution_nodes_per_axis():
+    grid = MultiResolutionFeatureGrid(3, 16, 4, 18, 16, 64, backend="torch", convention="tcnn")
+    expected = 0
+    growth = 4 ** (1 / 15)
+    for level in range(16):
+        resolution = math.ceil(16 * growth**level - 1) + 1
+        expected += (min(2**18, resolution**3) + 7) // 8 * 8
+    assert grid.embeddings.numel() == expected * 4
+
+
+@pytest.mark.parametrize("input_dim", [2, 3, 4, 5])
+@pytest.mark.parametrize("convention", ["torch-ngp", "tcnn"])
+def test_matches_reference_for_dense_and_hashed_levels(input_dim, convention):
+    grid = small_grid(input_dim, convention=convention, log2_hashmap_size=6 if input_dim == 2 else 8)
+    assert 0 < grid.num_dense_levels < grid.num_levels  # both kinds of level are exercised
+    torch.nn.init.normal_(grid.embeddings)
+    x = torch.rand(300, input_dim)
+    x[:5] = torch.tensor([0.0, 1.0]).repeat_interleave(input_dim)[: input_dim].expand(5, -1)  # edges
+    out = grid(x)
+    assert out.shape == (300, grid.num_levels * grid.features_per_level)
+    torch.testing.assert_close(out, reference_lookup(grid, x), rtol=1e-5, atol=1e-5)
+
+
+def test_constant_table_gives_constant_everywhere():
+    grid = small_grid(3)
+    with torch.no_grad():
+        grid.embeddings.fill_(0.37)
+    x = torch.rand(1000, 3)
+    x[0] = 0.0
+    x[1] = 1.0
+    torch.testing.assert_close(grid(x), torch.full((1000, 8), 0.37))
+
+
+def test_gradcheck_wrt_queries_and_table():
+    grid = small_grid(3).double()
+    torch.nn.init.normal_(grid.embeddings)
+    # keep queries away from cell borders, where the D-linear interpolation has a kink
+    x = torch.rand(20, 3, dtype=torch.float64)
+    pos = x.unsqueeze(1) * grid.scales.double().view(1, -1, 1) + 0.5
+    frac = pos - pos.floor()
+    x = x[((frac > 0.02) & (frac < 0.98)).all(dim=(1, 2))][:8].requires_grad_(True)
+    assert x.shape[0] >= 2
+    assert torch.autograd.gradcheck(grid, (x,), eps=1e-6, atol=1e-5)
+
+    index, weights = grid.corner_indices(x.detach())
+    table = grid.embeddings.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: _InterpolateTable.apply(weights, index, t), (table,), eps=1e-6, atol=1e-5)
+
+
+def test_gradient_reaches_queries():
+    grid = small_grid(3)
+    torch.nn.init.normal_(grid.embeddings)
+    x = torch.rand(64, 3, requires_grad=True)
+    grid(x).square().sum().backward()
+    assert x.grad is not None and bool((x.grad.abs().sum(dim=1) > 0).all())
+
+
+def test_each_query_touches_at_most_2_pow_d_entries_per_level():
+    grid = small_grid(3)
+    for x in torch.rand(10, 1, 3):
+        grid.zero_grad()
+        grid(x).sum().backward()
+        touched = grid.embeddings.grad.abs().sum(dim=1) > 0
+        for level in range(grid.num_levels):
+            start = int(grid.level_starts[level])
+            count = int(touched[start : start + grid.num_entries[level]].sum())
+            assert 1 <= count <= 2**3
+        index, weights = grid.corner_indices(x)
+        assert index.shape == (1, grid.num_levels, 8)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(1, grid.num_levels))
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.rand(4, 2), r"shape \(N, 3\)"),
+        (torch.rand(4, 3, 1), r"shape \(N, 3\)"),
+        (torch.ones(4, 3, dtype=torch.long), "floating point"),
+        (torch.full((4, 3), 1.5), r"\[0, 1\]"),
+        (torch.full((4, 3), float("nan")), "NaN"),
+    ],
+)
+def test_bad_queries_raise_value_error(x, message):
+    with pytest.raises(ValueError, match=message):
+        small_grid(3)(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(input_dim=6), "input_dim"),
+        (dict(input_dim=1), "input_dim"),
+        (dict(min_resolution=8, max_resolution=4), "min_resolution"),
+        (dict(log2_hashmap_size=40), "log2_hashmap_size"),
+        (dict(convention="nerf"), "convention"),
+        (dict(backend="cuda"), "backend"),
+    ],
+)
+def test_bad_configuration_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultiResolutionFeatureGrid(**kwargs)
+
+
+def test_auto_backend_is_torch_where_tcnn_cannot_run():
+    grid = MultiResolutionFeatureGrid(3, backend="auto")
+    assert grid.backend == "torch"
+    assert "torch-ngp" in grid.tcnn_unavailable_reason()
+
+
+def test_tcnn_backend_refused_with_clear_reason_when_unavailable():
+    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn")
+    reason = grid.tcnn_unavailable_reason()
+    if reason is None:
+        pytest.skip("tinycudann and CUDA are available; covered by test_tcnn_backend_matches_torch")
+    with pytest.raises(ValueError, match="tcnn"):
+        MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn")
+
+
+def test_tcnn_backend_matches_torch():
+    probe = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn")
+    reason = probe.tcnn_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"tiny-cuda-nn backend unavailable: {reason}")
+    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn").cuda()
+    torch.nn.init.normal_(grid.embeddings)
+    x = torch.rand(512, 3, device="cuda")
+    out_tcnn = grid(x)
+    grid.backend = "torch"
+    torch.testing.assert_close(out_tcnn, grid(x), rtol=1e-3, atol=1e-3)
