@@ -118,8 +118,8 @@ def test_each_query_touches_at_most_2_pow_d_entries_per_level():
             count = int(touched[start : start + grid.num_entries[level]].sum())
             assert 1 <= count <= 2**3
         index, weights = grid.corner_indices(x)
-        assert index.shape == (1, grid.num_levels, 8)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(1, grid.num_levels))
+        assert index.shape == (8, grid.num_levels, 1)
+        torch.testing.assert_close(weights.sum(0), torch.ones(grid.num_levels, 1))
 
 
 @pytest.mark.parametrize(

@@ -66,18 +66,17 @@ def _corner_bits(input_dim: int) -> torch.Tensor:
 
 
 class _InterpolateTable(torch.autograd.Function):
-    """``out[n, l] = sum_k weights[n, l, k] * table[index[n, l, k]]``.
+    """``out[l, n] = sum_k weights[k, l, n] * table[index[k, l, n]]``, corner-major layout ``(2**D, L, N)``.
 
     Written by hand because autograd through a gather accumulates the table gradient with a slow
     ``index_put_``; here the forward is one ``index_select`` and the table gradient one ``index_add_``.
+    The query axis ``N`` is innermost so that every elementwise step runs over long contiguous rows.
     """
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        n, levels, corners = index.shape
-        features = table.shape[1]
-        gathered = table.index_select(0, index.reshape(-1)).view(n, levels, corners, features)
-        out = torch.matmul(weights.unsqueeze(2), gathered).squeeze(2)  # (N, L, F)
+        gathered = table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])  # (K, L, N, F)
+        out = (weights.unsqueeze(-1) * gathered).sum(0)  # (L, N, F)
         ctx.save_for_backward(weights, index, gathered if weights.requires_grad else None)
         ctx.table_shape = table.shape
         return out
@@ -88,9 +87,9 @@ class _InterpolateTable(torch.autograd.Function):
         weights, index, gathered = ctx.saved_tensors
         grad_weights = grad_table = None
         if ctx.needs_input_grad[0]:
-            grad_weights = torch.matmul(gathered, grad_out.unsqueeze(-1)).squeeze(-1)  # (N, L, K)
+            grad_weights = (gathered * grad_out.unsqueeze(0)).sum(-1)  # (K, L, N)
         if ctx.needs_input_grad[2]:
-            contributions = weights.unsqueeze(-1) * grad_out.unsqueeze(2)  # (N, L, K, F)
+            contributions = weights.unsqueeze(-1) * grad_out.unsqueeze(0)  # (K, L, N, F)
             grad_table = grad_out.new_zeros(ctx.table_shape)
             grad_table.index_add_(0, index.reshape(-1), contributions.reshape(-1, ctx.table_shape[1]))
         return grad_weights, None, grad_table
@@ -243,36 +242,36 @@ class MultiResolutionFeatureGrid(nn.Module):
             x: ``(N, D)`` queries in ``[0, 1]``.
 
         Returns:
-            ``index``: ``(N, L, 2**D)`` rows of ``embeddings``; ``weights``: ``(N, L, 2**D)``, differentiable
-            in ``x`` and summing to 1 over the corners.
+            ``index``: ``(2**D, L, N)`` rows of ``embeddings``; ``weights``: ``(2**D, L, N)``, differentiable in
+            ``x`` and summing to 1 over the corners. Corner ``k`` is offset by ``(k >> d) & 1`` along axis ``d``.
         """
-        pos = x.unsqueeze(1) * self.scales.to(x.dtype).view(1, -1, 1) + 0.5  # (N, L, D)
+        pos = x.T.unsqueeze(1) * self.scales.to(x.dtype).view(1, -1, 1) + 0.5  # (D, L, N)
         cell = torch.floor(pos)
         frac = pos - cell
-        cell = cell.long()
 
-        # Interpolation weights, built one dimension at a time so that corner k's bit d is (k >> d) & 1.
-        weights = torch.stack((1 - frac[..., 0], frac[..., 0]), dim=-1)
+        # D-linear weights, one dimension at a time: the new dimension's bit is the most significant.
+        weights = torch.stack((1 - frac[0], frac[0]))  # (2, L, N)
         for d in range(1, self.input_dim):
-            pair = torch.stack((1 - frac[..., d], frac[..., d]), dim=-1)
-            weights = (pair.unsqueeze(-1) * weights.unsqueeze(-2)).flatten(-2)
+            pair = torch.stack((1 - frac[d], frac[d]))
+            weights = (pair.unsqueeze(1) * weights.unsqueeze(0)).flatten(0, 1)
 
         parts = []
         nd = self.num_dense_levels
         if nd > 0:
-            base = (cell[:, :nd] * self.strides).sum(-1, keepdim=True)  # (N, L_dense, 1)
-            dense = base + self.corner_offsets
+            # Row of the cell's first corner, in float (exact: tables hold < 2**24 entries), then per corner.
+            base = (cell[:, :nd] * self.strides.T.to(x.dtype).unsqueeze(-1)).sum(0).long()  # (L_dense, N)
+            dense = base + self.corner_offsets.T.unsqueeze(-1)  # (K, L_dense, N)
             if self.convention == "tcnn":  # tcnn's last node per axis wraps around the table
                 dense = dense % self.level_entries[:nd].view(1, -1, 1)
             parts.append(dense)
         if nd < self.num_levels:
-            hashed_cells = cell[:, nd:]
-            low = hashed_cells * self.primes
-            high = (hashed_cells + 1) * self.primes
-            hashed = torch.stack((low[..., 0], high[..., 0]), dim=-1)
+            hashed_cells = cell[:, nd:].long()  # (D, L_hash, N)
+            primes = self.primes.view(-1, 1, 1)
+            low, high = hashed_cells * primes, (hashed_cells + 1) * primes
+            hashed = torch.stack((low[0], high[0]))
             for d in range(1, self.input_dim):
-                pair = torch.stack((low[..., d], high[..., d]), dim=-1)
-                hashed = torch.bitwise_xor(pair.unsqueeze(-1), hashed.unsqueeze(-2)).flatten(-2)
+                pair = torch.stack((low[d], high[d]))
+                hashed = torch.bitwise_xor(pair.unsqueeze(1), hashed.unsqueeze(0)).flatten(0, 1)
             hashed = (hashed & _UINT32_MASK) % self.level_entries[nd:].view(1, -1, 1)
             parts.append(hashed)
         index = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -287,8 +286,8 @@ class MultiResolutionFeatureGrid(nn.Module):
             out = _module_function.apply(module.native_tcnn_module, x.contiguous(), self.embeddings.view(-1), 1.0)
             return out.to(x.dtype)
         index, weights = self.corner_indices(x)
-        out = _InterpolateTable.apply(weights, index, self.embeddings.to(weights.dtype))
-        return out.reshape(x.shape[0], self.num_levels * self.features_per_level)
+        out = _InterpolateTable.apply(weights, index, self.embeddings.to(weights.dtype))  # (L, N, F)
+        return out.transpose(0, 1).reshape(x.shape[0], self.num_levels * self.features_per_level)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Look up ``x`` of shape ``(N, D)`` in ``[0, 1]``; returns ``(N, num_levels * features_per_level)``."""
