@@ -1,6 +1,6 @@
 """BRICS model components: feature grids, retrieval, encoder, decoder and the autoencoder."""
 
-from .autoencoder_brics import PRESETS, BRICSAutoencoder, BRICSEncoderOutput
+from .autoencoder_brics import PRESETS, BRICSAutoencoder, BRICSAutoencoderOutput, BRICSEncoderOutput
 from .decoder import BRICSDecoder
 from .encoder import KeyCodeEncoder
 from .feature_grid import MultiResolutionFeatureGrid
@@ -8,6 +8,7 @@ from .retrieval import KeyCodeRetrieval
 
 __all__ = [
     "BRICSAutoencoder",
+    "BRICSAutoencoderOutput",
     "BRICSDecoder",
     "BRICSEncoderOutput",
     "KeyCodeEncoder",

@@ -38,6 +38,20 @@ class BRICSEncoderOutput(BaseOutput):
     key_code_posterior: DiagonalGaussianDistribution | None = None
 
 
+@dataclass
+class BRICSAutoencoderOutput(DecoderOutput):
+    """Output of `BRICSAutoencoder.forward`: the reconstruction ``sample`` and, for losses, the key codes.
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch_size, 3, H, W)`): the reconstructed images.
+        latents (`torch.Tensor` of shape `(batch_size, C_z, H_z, W_z)`): the key codes.
+        key_code_posterior (`DiagonalGaussianDistribution`, *optional*): the KL variant's posterior.
+    """
+
+    latents: torch.Tensor | None = None
+    key_code_posterior: DiagonalGaussianDistribution | None = None
+
+
 # Presets. "paper-*" are the paper's 256x256 configurations (Table 3); the grid resolutions of the smaller
 # codes follow Table 3's parameter counts (r_min 4, r_max 64), see README "Presets".
 _PAPER = dict(
@@ -315,10 +329,15 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         sample_posterior: bool | None = None,
         return_dict: bool = True,
         generator: torch.Generator | None = None,
-    ) -> DecoderOutput | tuple:
-        """Reconstruction: ``decode(encode(sample).latents)``."""
-        z = self.encode(sample, sample_posterior=sample_posterior, generator=generator).latents
-        return self.decode(z, return_dict=return_dict, generator=generator)
+    ) -> BRICSAutoencoderOutput | tuple:
+        """Reconstruction ``decode(encode(sample).latents)``; the output also carries the key codes."""
+        encoded = self.encode(sample, sample_posterior=sample_posterior, generator=generator)
+        reconstruction = self.decode(encoded.latents, generator=generator).sample
+        if not return_dict:
+            return (reconstruction,)
+        return BRICSAutoencoderOutput(
+            sample=reconstruction, latents=encoded.latents, key_code_posterior=encoded.key_code_posterior
+        )
 
 
 def _check_config(

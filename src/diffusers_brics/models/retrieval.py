@@ -14,6 +14,7 @@ The key code ``z`` of shape ``(B, C_z, H_z, W_z)``, ``C_z = N_h * C_key``, is
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .feature_grid import GridBackend, GridConvention, MultiResolutionFeatureGrid
@@ -113,7 +114,7 @@ class KeyCodeRetrieval(nn.Module):
         """Combined key codes ``q``: ``(N_h, B * H_d * W_d, C_key + 2)`` in ``[0, 1]``."""
         tiled = self.tile(z)
         if self.training and self.relaxed_precision:
-            noise = torch.randn(tiled.shape, generator=generator, device=tiled.device, dtype=tiled.dtype)
+            noise = randn_tensor(tiled.shape, generator=generator, device=tiled.device, dtype=tiled.dtype)
             tiled = (tiled + noise * self.noise_std).clamp(0.0, 1.0)
         batch, size = tiled.shape[0], self.feature_size
         # (B, N_h, C_key, H_d, W_d) -> (N_h, B, H_d, W_d, C_key)
