@@ -14,7 +14,7 @@ def model():
     return BRICSAutoencoder.from_preset("tiny", grid_backend="torch").eval()
 
 
-def images(batch=2, size=16):
+def images(batch=2, size=32):
     return torch.rand(batch, 3, size, size) * 2 - 1
 
 
@@ -22,7 +22,7 @@ def test_encode_decode_shapes_and_ranges(model):
     x = images()
     out = model.encode(x)
     assert isinstance(out, BRICSEncoderOutput)
-    assert out.latents.shape == (2, 2, 4, 4) == (2, *model.latent_shape)
+    assert out.latents.shape == (2, 2, 8, 8) == (2, *model.latent_shape)
     assert float(out.latents.detach().min()) >= 0 and float(out.latents.detach().max()) <= 1
     dec = model.decode(out.latents)
     assert isinstance(dec, DecoderOutput) and dec.sample.shape == x.shape
@@ -66,7 +66,7 @@ def test_save_load_round_trip_is_bit_exact(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["_class_name"] == "BRICSAutoencoder" and config["latent_size"] == 4
+    assert config["_class_name"] == "BRICSAutoencoder" and config["latent_size"] == 8
     loaded = BRICSAutoencoder.from_pretrained(tmp_path).eval()
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -141,12 +141,12 @@ def test_summary_cli_prints_table_3_comparison(capsys):
 @pytest.mark.parametrize(
     "x, message",
     [
-        (torch.rand(2, 4, 16, 16), "3 channels"),
-        (torch.rand(3, 16, 16), "4 dimensions"),
-        (torch.rand(2, 3, 32, 32), "16x16"),
-        (torch.randint(0, 255, (2, 3, 16, 16)), "floating point"),
-        (torch.rand(2, 3, 16, 16) * 255, r"\[-1, 1\]"),
-        (torch.full((2, 3, 16, 16), float("nan")), "NaN"),
+        (torch.rand(2, 4, 32, 32), "3 channels"),
+        (torch.rand(3, 32, 32), "4 dimensions"),
+        (torch.rand(2, 3, 64, 64), "32x32"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), "floating point"),
+        (torch.rand(2, 3, 32, 32) * 255, r"\[-1, 1\]"),
+        (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
         ([[0.0]], "torch.Tensor"),
     ],
 )
@@ -160,12 +160,12 @@ def test_bad_images_raise_value_error(model, x, message):
 @pytest.mark.parametrize(
     "z, message",
     [
-        (torch.rand(2, 3, 4, 4), r"shape \(batch, 2, 4, 4\)"),
-        (torch.rand(2, 2, 8, 8), r"shape \(batch, 2, 4, 4\)"),
-        (torch.rand(2, 4, 4), r"shape \(batch, 2, 4, 4\)"),
-        (torch.rand(2, 2, 4, 4) * 2 - 1, r"\[0, 1\]"),
-        (torch.full((1, 2, 4, 4), float("nan")), "NaN"),
-        (torch.ones(1, 2, 4, 4, dtype=torch.int64), "floating point"),
+        (torch.rand(2, 3, 8, 8), r"shape \(batch, 2, 8, 8\)"),
+        (torch.rand(2, 2, 4, 4), r"shape \(batch, 2, 8, 8\)"),
+        (torch.rand(2, 8, 8), r"shape \(batch, 2, 8, 8\)"),
+        (torch.rand(2, 2, 8, 8) * 2 - 1, r"\[0, 1\]"),
+        (torch.full((1, 2, 8, 8), float("nan")), "NaN"),
+        (torch.ones(1, 2, 8, 8, dtype=torch.int64), "floating point"),
     ],
 )
 def test_bad_key_codes_raise_value_error(model, z, message):
@@ -176,8 +176,8 @@ def test_bad_key_codes_raise_value_error(model, z, message):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(latent_size=8), "latent_size"),
-        (dict(feature_size=6), "feature_size"),
+        (dict(latent_size=4), "latent_size"),
+        (dict(feature_size=12), "feature_size"),
         (dict(feature_channels=15), "num_groups"),
         (dict(key_channels=4), "key_channels"),
         (dict(encoder_norm_num_groups=3), "encoder_norm_num_groups"),

@@ -99,10 +99,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         grid_log2_hashmap_size=16, grid_min_resolution=4, grid_max_resolution=32,
         decoder_block_out_channels=(128, 64), style_dim=128, mapping_layers=2,
     ),
-    # For tests: a few thousand parameters.
+    # For tests: a few ten thousand parameters.
     "tiny": dict(
-        sample_size=16, latent_size=4, num_groups=2, encoder_block_out_channels=(8, 16, 16),
-        encoder_layers_per_block=1, encoder_norm_num_groups=4, feature_size=8, feature_channels=16,
+        sample_size=32, latent_size=8, num_groups=2, encoder_block_out_channels=(8, 16, 16),
+        encoder_layers_per_block=1, encoder_norm_num_groups=4, feature_size=16, feature_channels=16,
         grid_num_levels=4, grid_features_per_level=2, grid_log2_hashmap_size=8, grid_min_resolution=2,
         grid_max_resolution=8, mlp_hidden_layers=1, decoder_block_out_channels=(16, 8),
         decoder_layers_per_block=1, style_dim=16, mapping_layers=1,

@@ -1,0 +1,419 @@
+"""Stage 1: train a BRICS autoencoder (encoder + feature grids + decoder, with a StyleGAN2 discriminator).
+
+    accelerate launch examples/train_brics_ae.py --preset small-32 --output_dir brics-emoji
+    torchrun --nproc_per_node 2 examples/train_brics_ae.py --preset small-32 --output_dir brics-emoji
+
+Loss (paper eq. 5, supp. A.3): ``20 * L2 + 5 * LPIPS-VGG + GAN`` (non-saturating + lazy R1 by default, WGAN-GP
+with ``--gan_loss wgan-gp``), plus ``--kl_weight`` for the KL variant. Adam with betas (0, 0.99), eps 1e-15
+for the autoencoder (the grids get ``--grid_learning_rate``), 1e-8 for the discriminator. Without data
+flags it trains on the emoji images shipped with the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from diffusers_brics import BRICSAutoencoder
+from diffusers_brics.metrics import lpips
+from diffusers_brics.metrics.reconstruction import psnr, ssim
+from diffusers_brics.metrics.grid_usage import GridUsage
+from diffusers_brics.models.autoencoder_brics import PRESETS
+from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.discriminator import StyleGAN2Discriminator
+from diffusers_brics.training.hub import push_to_hub, write_model_card
+from diffusers_brics.training.losses import (
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+    r1_penalty,
+)
+from diffusers_brics.training.images import to_pil
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--train_data_dir", help="a folder of images (datasets' imagefolder)")
+    data.add_argument("--image_column", help="default: the first Image column")
+    data.add_argument("--cache_dir")
+    data.add_argument("--resolution", type=int, help="default: the model's sample_size")
+    data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
+    data.add_argument("--random_flip", action="store_true")
+    data.add_argument("--validation_fraction", type=float, default=0.05,
+                      help="held out when the dataset has no validation/test split")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", default="small-32", choices=sorted(PRESETS))
+    model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
+    model.add_argument("--kl_weight", type=float, default=0.0, help="> 0 trains the KL variant (paper: 1e-6)")
+    train = p.add_argument_group("training")
+    train.add_argument("--output_dir", default="brics-autoencoder")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train_batch_size", type=int, default=16)
+    train.add_argument("--eval_batch_size", type=int, default=64)
+    train.add_argument("--num_epochs", type=int, default=100)
+    train.add_argument("--max_train_steps", type=int, help="overrides --num_epochs")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=2e-3)
+    train.add_argument("--grid_learning_rate", type=float, help="learning rate of the feature grids (default: --learning_rate)")
+    train.add_argument("--disc_learning_rate", type=float, help="default: --learning_rate")
+    train.add_argument("--adam_beta1", type=float, default=0.0)
+    train.add_argument("--adam_beta2", type=float, default=0.99)
+    train.add_argument("--adam_epsilon", type=float, default=1e-15)
+    train.add_argument("--disc_adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--lr_scheduler", default="constant")
+    train.add_argument("--lr_warmup_steps", type=int, default=0)
+    train.add_argument("--max_grad_norm", type=float, default=None)
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--ema_decay", type=float, default=0.999)
+    train.add_argument("--gradient_checkpointing", action="store_true")
+    train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    loss = p.add_argument_group("loss")
+    loss.add_argument("--l2_weight", type=float, default=20.0)
+    loss.add_argument("--perceptual_weight", type=float, default=5.0, help="LPIPS-VGG weight (0: off)")
+    loss.add_argument("--gan_weight", type=float, default=1.0, help="0: no discriminator")
+    loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"], default="r1")
+    loss.add_argument("--r1_gamma", type=float, default=4.0)
+    loss.add_argument("--r1_interval", type=int, default=16)
+    loss.add_argument("--gp_weight", type=float, default=4.0)
+    loss.add_argument("--disc_start", type=int, default=0, help="step at which the GAN loss starts")
+    loss.add_argument("--disc_channel_base", type=int, default=None, help="default: 128 * resolution")
+    loss.add_argument("--disc_channel_max", type=int, default=512)
+    loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights (else BRICS_LPIPS_WEIGHTS/cache)")
+    log = p.add_argument_group("logging and checkpoints")
+    log.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    log.add_argument("--logging_dir", default="logs")
+    log.add_argument("--validation_steps", type=int, default=500)
+    log.add_argument("--num_validation_images", type=int, default=16)
+    log.add_argument("--max_eval_images", type=int, default=None, help="cap on held-out images for metrics")
+    log.add_argument("--checkpointing_steps", type=int, default=1000)
+    log.add_argument("--checkpoints_total_limit", type=int, default=None)
+    log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
+    hub = p.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id")
+    hub.add_argument("--hub_token")
+    hub.add_argument("--hub_private_repo", action="store_true")
+    args = p.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id")
+    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
+        p.error("--gradient_accumulation_steps and --train_batch_size must be >= 1")
+    return args
+
+
+def build_model(args) -> BRICSAutoencoder:
+    if args.model_config_name_or_path:
+        return BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(args.model_config_name_or_path))
+    return BRICSAutoencoder.from_preset(args.preset)
+
+
+def collate(transform, column):
+    def fn(examples):
+        return torch.stack([transform(example[column]) for example in examples])
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, float], object]:
+    """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions."""
+    model.eval()
+    totals, count, usage = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, GridUsage(model)
+    for images in loader:
+        images = images.to(model.device)
+        z = model.encode(images).latents
+        recon = model.decode(z).sample.clamp(-1, 1)
+        usage.update(z)
+        for name, fn in (("psnr", psnr), ("ssim", ssim)):
+            totals[name] += float(fn(recon, images).sum())
+        totals["lpips"] += float(lpips(recon, images, net="alex").sum())
+        count += images.shape[0]
+        if max_images and count >= max_images:
+            break
+    metrics = {name: value / count for name, value in totals.items()}
+    hits = usage.hit_fraction()
+    metrics["grid_usage_mean"] = float(hits.mean())
+    metrics["grid_usage_min_level"] = float(hits.min())
+    fixed = fixed_images.to(model.device)
+    recon = model.decode(model.encode(fixed).latents).sample.clamp(-1, 1)
+    pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
+    return metrics, make_image_grid(pictures, rows=2, cols=fixed.shape[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    model = build_model(args)
+    resolution = args.resolution or model.config.sample_size
+    if resolution != model.config.sample_size:
+        raise ValueError(f"--resolution {resolution} does not match the model's sample_size {model.config.sample_size}")
+    if args.kl_weight > 0 and not model.config.kl_key_codes:
+        model = BRICSAutoencoder.from_config({**model.config, "kl_key_codes": True})
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    use_gan = args.gan_weight > 0
+    discriminator = StyleGAN2Discriminator(
+        resolution=resolution, channel_base=args.disc_channel_base or 128 * resolution, channel_max=args.disc_channel_max
+    ) if use_gan else None
+
+    with accelerator.main_process_first():
+        train_set, val_set = load_image_datasets(
+            args.dataset_name, args.dataset_config_name, args.train_data_dir, resolution, args.cache_dir,
+            args.validation_fraction, args.seed,
+        )
+    column = image_column_of(train_set, args.image_column)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate(image_transform(resolution, args.center_crop, False, args.seed), column),
+        num_workers=args.dataloader_num_workers,
+    )
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=args.eval_batch_size, collate_fn=collate(image_transform(resolution, True), column)
+    )
+    fixed_images = torch.stack([image_transform(resolution, True)(val_set[i][column])
+                                for i in range(min(args.num_validation_images, len(val_set)))])
+
+    grid_params = [p for n, p in model.named_parameters() if n.endswith("embeddings")]
+    other_params = [p for n, p in model.named_parameters() if not n.endswith("embeddings")]
+    optimizer = torch.optim.Adam(
+        [{"params": other_params}, {"params": grid_params, "lr": args.grid_learning_rate or args.learning_rate}],
+        lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    prepared = [model, optimizer, train_loader, lr_scheduler]
+    if use_gan:
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
+                                          betas=(args.adam_beta1, args.adam_beta2), eps=args.disc_adam_epsilon)
+        prepared += [discriminator, disc_optimizer]
+    prepared = accelerator.prepare(*prepared)
+    model, optimizer, train_loader, lr_scheduler = prepared[:4]
+    if use_gan:
+        discriminator, disc_optimizer = prepared[4:]
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay,
+                       model_cls=BRICSAutoencoder, model_config=accelerator.unwrap_model(model).config)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_brics_ae", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, (list, dict))})
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if found is None:
+            logger.info("no checkpoint to resume from; starting a new run")
+        else:
+            global_step, path = found
+            accelerator.load_state(path)
+            logger.info(f"resumed from {path} at step {global_step}")
+            first_epoch = global_step // steps_per_epoch
+            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
+                f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
+    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    generator = torch.Generator()
+    epoch = first_epoch
+    while global_step < max_steps:
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        skip_batches = 0
+        for images in loader:
+            # Per-step, per-process randomness that does not depend on where a run was interrupted.
+            generator.manual_seed(args.seed * 1_000_003 + global_step * 1009 + accelerator.process_index)
+            if args.random_flip:
+                flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1)
+                images = torch.where(flip.to(images.device), images.flip(-1), images)
+            gan_active = use_gan and global_step >= args.disc_start
+            with accelerator.accumulate(*([model, discriminator] if use_gan else [model])):
+                logs = autoencoder_step(args, accelerator, model, discriminator if gan_active else None, optimizer,
+                                        lr_scheduler, images, generator)
+                if gan_active:
+                    logs.update(discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
+                                                   logs.pop("reconstruction"), global_step))
+                logs.pop("reconstruction", None)
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(model).parameters())
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "l2", "lpips_vgg", "d_loss")})
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                validate(args, accelerator, model, ema, val_loader, fixed_images, global_step)
+            if global_step >= max_steps:
+                break
+        epoch += 1
+    progress.close()
+    check_in_sync(accelerator, model)
+    if accelerator.is_main_process:
+        finish(args, accelerator, model, ema, val_loader, fixed_images, global_step)
+    accelerator.end_training()
+
+
+def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_scheduler, images, generator) -> dict:
+    """One optimisation step of encoder, grids and decoder; returns the logged losses and the reconstruction."""
+    out = model(images, sample_posterior=True, generator=generator)
+    recon = out.sample
+    l2 = F.mse_loss(recon.float(), images.float())
+    loss = args.l2_weight * l2
+    logs = {"l2": l2.item()}
+    if args.perceptual_weight > 0:
+        perceptual = lpips(recon.float(), images.float(), net="vgg", weights_path=args.lpips_weights).mean()
+        loss = loss + args.perceptual_weight * perceptual
+        logs["lpips_vgg"] = perceptual.item()
+    if args.kl_weight > 0:
+        kl = out.key_code_posterior.kl().mean()
+        loss = loss + args.kl_weight * kl
+        logs["kl"] = kl.item()
+    if discriminator is not None:
+        g_adv = generator_adversarial_loss(discriminator(recon), args.gan_loss)
+        loss = loss + args.gan_weight * g_adv
+        logs["g_adv"] = g_adv.item()
+    accelerator.backward(loss)
+    if args.max_grad_norm and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    logs.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], reconstruction=recon.detach())
+    return logs
+
+
+def discriminator_step(args, accelerator, discriminator, disc_optimizer, images, recon, step) -> dict:
+    """One discriminator step: logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP."""
+    disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator step left on D
+    logs = {}
+    if args.gan_loss == "r1" and step % args.r1_interval == 0:
+        penalty, real_logits = r1_penalty(discriminator, images)
+        penalty_term = args.r1_gamma / 2 * penalty * args.r1_interval
+        logs["r1"] = penalty.item()
+    else:
+        real_logits = discriminator(images)
+        penalty_term = 0.0
+    fake_logits = discriminator(recon)
+    if args.gan_loss == "wgan-gp":
+        penalty = gradient_penalty(discriminator, images, recon)
+        penalty_term = args.gp_weight * penalty
+        logs["gp"] = penalty.item()
+    d_loss = discriminator_adversarial_loss(real_logits, fake_logits, args.gan_loss)
+    accelerator.backward(d_loss + penalty_term)
+    disc_optimizer.step()
+    disc_optimizer.zero_grad(set_to_none=True)
+    logs["d_loss"] = d_loss.item()
+    return logs
+
+
+def check_in_sync(accelerator, model) -> None:
+    """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
+    digest = hashlib.sha256()
+    for parameter in accelerator.unwrap_model(model).parameters():
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([digest.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"weights differ across processes: {digests}")
+    logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
+
+
+def ema_copy(accelerator, model, ema) -> BRICSAutoencoder:
+    """A copy of the autoencoder holding the EMA weights (the live weights without EMA), in eval mode."""
+    unwrapped = accelerator.unwrap_model(model)
+    copy = BRICSAutoencoder.from_config(unwrapped.config).to(accelerator.device)
+    copy.load_state_dict(unwrapped.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    return copy.eval()
+
+
+def validate(args, accelerator, model, ema, val_loader, fixed_images, step) -> tuple[dict, object]:
+    """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
+    metrics, grid = evaluate(ema_copy(accelerator, model, ema), val_loader, fixed_images, args.max_eval_images)
+    accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+
+            tracker.writer.add_image("val/reconstructions", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"val/reconstructions": wandb.Image(grid)}, step=step)
+    grid.save(os.path.join(args.output_dir, "reconstructions.png"))
+    logger.info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics, grid
+
+
+def finish(args, accelerator, model, ema, val_loader, fixed_images, step) -> None:
+    """Save the EMA autoencoder, final metrics, a model card; push to the Hub when asked."""
+    final = ema_copy(accelerator, model, ema)
+    final.save_pretrained(os.path.join(args.output_dir, "autoencoder"))
+    metrics, _ = validate(args, accelerator, model, ema, val_loader, fixed_images, step)
+    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+        json.dump({"step": step, **metrics}, f, indent=2)
+    data = args.dataset_name or args.train_data_dir or "the embedded emoji images (Google Noto Emoji, Apache-2.0)"
+    write_model_card(
+        args.output_dir,
+        title=f"BRICS autoencoder ({args.model_config_name_or_path or args.preset})",
+        description=(
+            f"A BRICS autoencoder trained for {step} steps on {data} at {final.config.sample_size}x"
+            f"{final.config.sample_size} with `examples/train_brics_ae.py` from diffusers-brics. Key codes "
+            f"{final.config.latent_size}x{final.config.latent_size}x{final.latent_channels} in [0, 1].\n\n"
+            "```python\nfrom diffusers_brics import BRICSAutoencoder\n"
+            f"vae = BRICSAutoencoder.from_pretrained(\"{args.hub_model_id or args.output_dir}\", subfolder=\"autoencoder\")\n```\n\n"
+            "Metrics on the held-out split (EMA weights); LPIPS uses AlexNet."
+        ),
+        config={k: v for k, v in vars(args).items() if v is not None and k != "hub_token"},
+        metrics=metrics,
+        image="reconstructions.png",
+        dataset=args.dataset_name,
+    )
+    if args.push_to_hub:
+        push_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+
+
+if __name__ == "__main__":
+    main()

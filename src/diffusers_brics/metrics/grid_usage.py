@@ -1,0 +1,59 @@
+"""Grid usage (paper Figure 4b): which feature-grid entries the key codes of a dataset actually read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..models.autoencoder_brics import BRICSAutoencoder
+
+
+class GridUsage:
+    """Counts, per group and level, how often each table entry is read with a non-zero interpolation weight.
+
+    Feed key codes with `update`, then read `hit_fraction()`: ``(N_h, N_r)``, the share of a level's entries
+    that were read at least once. Dense levels count their grid nodes (not the padding to a multiple of 8);
+    hashed levels count all ``T`` entries.
+    """
+
+    def __init__(self, model: BRICSAutoencoder):
+        self.model = model
+        self.counts = [torch.zeros(grid.embeddings.shape[0], dtype=torch.long) for grid in model.retrieval.grids]
+
+    @torch.no_grad()
+    def update(self, key_codes: torch.Tensor) -> None:
+        """Add the reads of key codes ``(B, C_z, H_z, W_z)`` (relaxed-precision noise off)."""
+        retrieval = self.model.retrieval
+        was_training = retrieval.training
+        retrieval.eval()
+        queries = retrieval.queries(key_codes)
+        retrieval.train(was_training)
+        for grid, q, counts in zip(retrieval.grids, queries, self.counts):
+            index, weights = grid.corner_indices(q)
+            read = index[weights > 0].cpu()
+            counts += torch.bincount(read, minlength=counts.numel())
+
+    def hit_fraction(self) -> torch.Tensor:
+        """``(N_h, N_r)`` fraction of entries read at least once."""
+        rows = []
+        for grid, counts in zip(self.model.retrieval.grids, self.counts):
+            row = []
+            for level, plan in enumerate(grid.levels):
+                start = int(grid.level_starts[level])
+                usable = plan["entries"] if plan["hashed"] else plan["nodes_per_axis"] ** grid.input_dim
+                row.append(float((counts[start : start + usable] > 0).sum()) / usable)
+            rows.append(row)
+        return torch.tensor(rows)
+
+
+@torch.no_grad()
+def grid_usage(model: BRICSAutoencoder, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``(N_h, N_r)`` hit fractions for the images of ``batches`` (each ``(B, 3, H, W)`` in ``[-1, 1]``)."""
+    usage = GridUsage(model)
+    was_training = model.training
+    model.eval()
+    for images in batches:
+        usage.update(model.encode(images).latents)
+    model.train(was_training)
+    return usage.hit_fraction()

@@ -1,0 +1,107 @@
+"""Image data for training: a Hub or local `datasets` dataset, an image folder, or the embedded emoji set.
+
+Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, random horizontal
+flip, scale to ``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact
+torch builds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_transform(
+    resolution: int, center_crop: bool = True, random_flip: bool = False, seed: int | None = None
+):
+    """A function PIL image -> ``(3, resolution, resolution)`` float tensor in ``[-1, 1]``."""
+    rng = random.Random(seed)
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = resolution / min(w, h)
+        if (w, h) != (resolution, resolution):
+            size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+            image = image.resize(size, Image.BICUBIC)
+        w, h = image.size
+        if center_crop:
+            left, top = (w - resolution) // 2, (h - resolution) // 2
+        else:
+            left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+        image = image.crop((left, top, left + resolution, top + resolution))
+        if random_flip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    return transform
+
+
+def load_image_datasets(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    resolution: int = 32,
+    cache_dir: str | None = None,
+    validation_fraction: float = 0.05,
+    seed: int = 0,
+):
+    """``(train, validation)`` `datasets.Dataset` pair.
+
+    Sources, by priority: ``dataset_name`` (a Hub dataset id, a folder saved by ``save_to_disk``, or any folder
+    ``datasets.load_dataset`` reads), ``train_data_dir`` (an image folder), or else the embedded emoji set at
+    the stored resolution nearest above ``resolution`` (32 or 64), which has a held-out split by base emoji. Without a ``validation``/``test``
+    split, ``validation_fraction`` of the training images is held out with ``seed``.
+    """
+    import datasets
+
+    if dataset_name:
+        if os.path.isdir(dataset_name) and os.path.exists(os.path.join(dataset_name, "dataset_dict.json")):
+            data = datasets.load_from_disk(dataset_name)
+        else:
+            data = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+    elif train_data_dir:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(f"train_data_dir {train_data_dir!r} is not a directory")
+        data = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+    else:
+        from ..data import load_emoji_dataset
+
+        stored = 32 if resolution <= 32 else 64  # the transform resizes to `resolution`
+        return load_emoji_dataset(stored, "train"), load_emoji_dataset(stored, "test")
+
+    if isinstance(data, datasets.Dataset):
+        data = datasets.DatasetDict(train=data)
+    if "train" not in data:
+        raise ValueError(f"the dataset has no 'train' split (splits: {', '.join(data)})")
+    for name in ("validation", "test"):
+        if name in data:
+            return data["train"], data[name]
+    if not 0 < validation_fraction < 1 or len(data["train"]) < 2:
+        raise ValueError(
+            f"validation_fraction must be in (0, 1) and the dataset needs 2+ images to hold some out, got "
+            f"{validation_fraction} and {len(data['train'])} images"
+        )
+    split = data["train"].train_test_split(test_size=validation_fraction, seed=seed)
+    return split["train"], split["test"]
+
+
+def image_column_of(dataset, image_column: str | None) -> str:
+    """The image column: ``image_column`` if given (checked), else the first column of type Image."""
+    import datasets
+
+    if image_column:
+        if image_column not in dataset.column_names:
+            raise ValueError(
+                f"image_column {image_column!r} is not in the dataset; columns: {', '.join(dataset.column_names)}"
+            )
+        return image_column
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    raise ValueError(f"no image column found; pass --image_column (columns: {', '.join(dataset.column_names)})")

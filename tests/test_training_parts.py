@@ -1,0 +1,100 @@
+import os
+
+import pytest
+import torch
+
+from diffusers_brics.training.checkpointing import list_checkpoints, resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.discriminator import StyleGAN2Discriminator
+from diffusers_brics.training.hub import IGNORE_PATTERNS, push_to_hub, write_model_card
+from diffusers_brics.training.losses import (
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+    r1_penalty,
+)
+
+
+def tiny_discriminator():
+    return StyleGAN2Discriminator(resolution=16, channel_base=128, channel_max=16)
+
+
+def test_discriminator_logits_and_minibatch_std():
+    disc = tiny_discriminator()
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    assert disc(x).shape == (6,)
+    # minibatch std: identical samples in a group give a zero std feature
+    feats = torch.ones(4, 2, 4, 4)
+    torch.testing.assert_close(disc.minibatch_std(feats)[:, -1], torch.zeros(4, 4, 4), atol=1e-3, rtol=0)
+    varied = disc.minibatch_std(torch.randn(4, 2, 4, 4))[:, -1]
+    assert float(varied.min()) > 0.1 and torch.equal(varied, varied[0, 0, 0].expand(4, 4, 4))
+    with pytest.raises(ValueError, match="power of two"):
+        StyleGAN2Discriminator(resolution=24)
+
+
+def test_r1_penalty_matches_manual_gradient():
+    disc = tiny_discriminator()
+    real = torch.randn(4, 3, 16, 16)
+    penalty, logits = r1_penalty(disc, real)
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(x).sum(), x)
+    torch.testing.assert_close(penalty, grad.square().sum(dim=(1, 2, 3)).mean())
+    penalty.backward()  # differentiable w.r.t. the discriminator (second order)
+    assert disc.from_rgb.weight.grad.abs().sum() > 0
+
+
+def test_gradient_penalty_is_zero_for_unit_gradient_critic():
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 1, bias=False))
+    with torch.no_grad():
+        critic[1].weight.fill_(1.0 / (48**0.5))  # ||grad|| = 1 everywhere
+    gp = gradient_penalty(lambda x: critic(x).squeeze(1), torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4))
+    assert float(gp) < 1e-10
+
+
+def test_adversarial_losses():
+    real, fake = torch.tensor([2.0, 3.0]), torch.tensor([-1.0, 0.0])
+    softplus = torch.nn.functional.softplus
+    torch.testing.assert_close(discriminator_adversarial_loss(real, fake, "r1"), softplus(fake).mean() + softplus(-real).mean())
+    torch.testing.assert_close(generator_adversarial_loss(fake, "r1"), softplus(-fake).mean())
+    assert float(discriminator_adversarial_loss(real, fake, "wgan-gp")) == -3.0
+    assert float(generator_adversarial_loss(fake, "wgan-gp")) == 0.5
+
+
+class _FakeAccelerator:
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path):
+        assert os.path.isdir(path)
+        with open(os.path.join(path, "model.safetensors"), "w") as f:
+            f.write("weights")
+
+
+def test_checkpoints_are_atomic_pruned_and_resolved(tmp_path):
+    acc = _FakeAccelerator()
+    for step in (10, 20, 30):
+        save_checkpoint(acc, str(tmp_path), step, total_limit=2)
+    os.makedirs(tmp_path / "checkpoint-40.partial")  # an interrupted save is never picked up
+    assert [s for s, _ in list_checkpoints(str(tmp_path))] == [20, 30]
+    assert resolve_checkpoint(str(tmp_path), "latest")[0] == 30
+    assert resolve_checkpoint(str(tmp_path), "checkpoint-20")[0] == 20
+    with pytest.raises(FileNotFoundError, match="checkpoint-<step>"):
+        resolve_checkpoint(str(tmp_path), "checkpoint-99")
+    assert resolve_checkpoint(str(tmp_path / "empty"), "latest") is None
+
+
+def test_model_card_and_injected_upload(tmp_path):
+    (tmp_path / "autoencoder").mkdir()
+    path = write_model_card(
+        str(tmp_path), title="BRICS test", description="A test.", config={"preset": "tiny"},
+        metrics={"psnr": 21.5}, image="reconstructions.png", dataset="user/data",
+    )
+    text = open(path).read()
+    assert "library_name: diffusers" in text and "user/data" in text and "| psnr | 21.5000 |" in text
+    assert "![samples](reconstructions.png)" in text
+    calls = {}
+    push_to_hub(str(tmp_path), "org/brics", token="t", private=True,
+                upload=lambda **kw: calls.setdefault("upload", kw), create=lambda *a, **kw: calls.setdefault("create", (a, kw)))
+    assert calls["create"] == (("org/brics",), {"exist_ok": True, "token": "t", "private": True})
+    assert calls["upload"]["folder_path"] == str(tmp_path) and calls["upload"]["ignore_patterns"] == IGNORE_PATTERNS
