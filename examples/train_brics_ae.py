@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--num_epochs", type=int, default=100)
     train.add_argument("--max_train_steps", type=int, help="overrides --num_epochs")
+    train.add_argument("--max_train_seconds", type=float, help="stop (and save) after this much training time")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--learning_rate", type=float, default=2e-3)
     train.add_argument("--grid_learning_rate", type=float, help="learning rate of the feature grids (default: --learning_rate)")
@@ -86,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_grad_norm", type=float, default=None)
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--ema_decay", type=float, default=0.999)
+    train.add_argument("--ema_max_decay", type=float, default=0.999)
+    train.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
     train.add_argument("--gradient_checkpointing", action="store_true")
     train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
     loss = p.add_argument_group("loss")
@@ -98,8 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--r1_interval", type=int, default=16)
     loss.add_argument("--gp_weight", type=float, default=4.0)
     loss.add_argument("--disc_start", type=int, default=0, help="step at which the GAN loss starts")
-    loss.add_argument("--disc_channel_base", type=int, default=None, help="default: 128 * resolution")
-    loss.add_argument("--disc_channel_max", type=int, default=512)
+    loss.add_argument("--disc_channel_base", type=int, default=None,
+                      help="channels at resolution r are min(base / r, max); default: 32768 (NVlabs) from 256x256 "
+                           "up, 64 * resolution below")
+    loss.add_argument("--disc_channel_max", type=int, default=None, help="default: 512 from 256x256 up, 256 below")
     loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights (else BRICS_LPIPS_WEIGHTS/cache)")
     log = p.add_argument_group("logging and checkpoints")
     log.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
@@ -153,9 +158,11 @@ def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, fl
         if max_images and count >= max_images:
             break
     metrics = {name: value / count for name, value in totals.items()}
-    hits = usage.hit_fraction()
+    hits = usage.hit_fraction()  # (N_h, N_r)
     metrics["grid_usage_mean"] = float(hits.mean())
     metrics["grid_usage_min_level"] = float(hits.min())
+    metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
+    metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
     fixed = fixed_images.to(model.device)
     recon = model.decode(model.encode(fixed).latents).sample.clamp(-1, 1)
     pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
@@ -188,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     use_gan = args.gan_weight > 0
+    large = resolution >= 256
     discriminator = StyleGAN2Discriminator(
-        resolution=resolution, channel_base=args.disc_channel_base or 128 * resolution, channel_max=args.disc_channel_max
+        resolution=resolution,
+        channel_base=args.disc_channel_base or (32768 if large else 64 * resolution),
+        channel_max=args.disc_channel_max or (512 if large else 256),
     ) if use_gan else None
 
     with accelerator.main_process_first():
@@ -230,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         discriminator, disc_optimizer = prepared[4:]
     ema = None
     if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay,
-                       model_cls=BRICSAutoencoder, model_config=accelerator.unwrap_model(model).config)
+        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                       inv_gamma=1.0, power=args.ema_power, model_cls=BRICSAutoencoder,
+                       model_config=accelerator.unwrap_model(model).config)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
@@ -255,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
     generator = torch.Generator()
     epoch = first_epoch
+    start_time = time.monotonic()
     while global_step < max_steps:
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
@@ -285,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 validate(args, accelerator, model, ema, val_loader, fixed_images, global_step)
+            if args.max_train_seconds and time_is_up(accelerator, start_time, args.max_train_seconds):
+                logger.info(f"--max_train_seconds reached after {global_step} steps")
+                max_steps = global_step
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if global_step >= max_steps:
                 break
         epoch += 1
@@ -346,6 +362,12 @@ def discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
     disc_optimizer.zero_grad(set_to_none=True)
     logs["d_loss"] = d_loss.item()
     return logs
+
+
+def time_is_up(accelerator, start_time: float, budget: float) -> bool:
+    """Whether the time budget is spent, decided by the main process so that all processes stop together."""
+    flag = torch.tensor([float(time.monotonic() - start_time >= budget)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
 
 
 def check_in_sync(accelerator, model) -> None:

@@ -13,8 +13,10 @@ class GridUsage:
     """Counts, per group and level, how often each table entry is read with a non-zero interpolation weight.
 
     Feed key codes with `update`, then read `hit_fraction()`: ``(N_h, N_r)``, the share of a level's entries
-    that were read at least once. Dense levels count their grid nodes (not the padding to a multiple of 8);
-    hashed levels count all ``T`` entries.
+    that were read at least once. Hashed levels count all ``T`` entries. Dense levels count, by default, the
+    *reachable* nodes: those some query can touch, given key codes in ``[0, 1]`` and the fixed lattice of pixel
+    coordinates (a grid finer than the feature block skips nodes between pixel centres, and with a
+    non-integer scale the last node of an axis lies beyond ``1``). ``reachable_only=False`` counts every node.
     """
 
     def __init__(self, model: BRICSAutoencoder):
@@ -34,15 +36,31 @@ class GridUsage:
             read = index[weights > 0].cpu()
             counts += torch.bincount(read, minlength=counts.numel())
 
-    def hit_fraction(self) -> torch.Tensor:
-        """``(N_h, N_r)`` fraction of entries read at least once."""
+    def reachable_rows(self, grid, level: int) -> torch.Tensor:
+        """Rows of a dense level's table that some query can touch."""
+        plan, retrieval = grid.levels[level], self.model.retrieval
+        scale, size = plan["scale"], retrieval.feature_size
+        key_nodes = torch.arange(int(scale + 0.5) + 2)  # key codes span [0, 1]
+        centres = torch.floor((torch.arange(size) + 0.5) / size * scale + 0.5).long()
+        pixel_nodes = torch.unique(torch.cat([centres, centres + 1]))
+        axes = [key_nodes] * retrieval.key_channels + [pixel_nodes, pixel_nodes]
+        nodes = torch.cartesian_prod(*axes).view(-1, grid.input_dim)
+        strides = torch.tensor([plan["nodes_per_axis"] ** d for d in range(grid.input_dim)])
+        return torch.unique((nodes * strides).sum(-1) % plan["entries"]) + int(grid.level_starts[level])
+
+    def hit_fraction(self, reachable_only: bool = True) -> torch.Tensor:
+        """``(N_h, N_r)`` fraction of (reachable) entries read at least once."""
         rows = []
         for grid, counts in zip(self.model.retrieval.grids, self.counts):
             row = []
             for level, plan in enumerate(grid.levels):
                 start = int(grid.level_starts[level])
-                usable = plan["entries"] if plan["hashed"] else plan["nodes_per_axis"] ** grid.input_dim
-                row.append(float((counts[start : start + usable] > 0).sum()) / usable)
+                if plan["hashed"] or not reachable_only:
+                    usable = plan["entries"] if plan["hashed"] else plan["nodes_per_axis"] ** grid.input_dim
+                    row.append(float((counts[start : start + usable] > 0).sum()) / usable)
+                else:
+                    reachable = self.reachable_rows(grid, level)
+                    row.append(float((counts[reachable] > 0).sum()) / reachable.numel())
             rows.append(row)
         return torch.tensor(rows)
 

@@ -46,13 +46,14 @@ def push_to_hub(
     repo_id: str,
     token: str | None = None,
     private: bool = False,
-    upload: Callable[..., object] = upload_folder,
-    create: Callable[..., object] = create_repo,
+    upload: Callable[..., object] | None = None,
+    create: Callable[..., object] | None = None,
 ) -> None:
     """Create ``repo_id`` (if needed) and upload ``output_dir`` without checkpoints and logs.
 
-    ``upload`` and ``create`` default to huggingface_hub's functions; tests pass stand-ins.
+    ``upload`` and ``create`` default to huggingface_hub's ``upload_folder`` and ``create_repo`` (looked up at
+    call time, so they can be replaced for offline checks).
     """
-    create(repo_id, exist_ok=True, token=token, private=private)
-    upload(repo_id=repo_id, folder_path=output_dir, token=token, ignore_patterns=IGNORE_PATTERNS,
+    (create or create_repo)(repo_id, exist_ok=True, token=token, private=private)
+    (upload or upload_folder)(repo_id=repo_id, folder_path=output_dir, token=token, ignore_patterns=IGNORE_PATTERNS,
            commit_message="Upload BRICS model")
