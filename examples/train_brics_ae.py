@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
     progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
     generator = torch.Generator()
-    epoch = first_epoch
+    epoch, first_step = first_epoch, global_step
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     start_time = time.monotonic()
     while global_step < max_steps:
         train_loader.set_epoch(epoch)
@@ -305,9 +306,12 @@ def main(argv: list[str] | None = None) -> None:
                 break
         epoch += 1
     progress.close()
+    elapsed = time.monotonic() - start_time
+    trained_images = (global_step - first_step) * total_batch
+    throughput = {"train_seconds": elapsed, "train_images_per_second": trained_images / max(elapsed, 1e-9)}
     check_in_sync(accelerator, model)
     if accelerator.is_main_process:
-        finish(args, accelerator, model, ema, val_loader, fixed_images, global_step)
+        finish(args, accelerator, model, ema, val_loader, fixed_images, global_step, throughput)
     accelerator.end_training()
 
 
@@ -409,13 +413,13 @@ def validate(args, accelerator, model, ema, val_loader, fixed_images, step) -> t
     return metrics, grid
 
 
-def finish(args, accelerator, model, ema, val_loader, fixed_images, step) -> None:
+def finish(args, accelerator, model, ema, val_loader, fixed_images, step, throughput: dict) -> None:
     """Save the EMA autoencoder, final metrics, a model card; push to the Hub when asked."""
     final = ema_copy(accelerator, model, ema)
     final.save_pretrained(os.path.join(args.output_dir, "autoencoder"))
     metrics, _ = validate(args, accelerator, model, ema, val_loader, fixed_images, step)
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-        json.dump({"step": step, **metrics}, f, indent=2)
+        json.dump({"step": step, **throughput, **metrics}, f, indent=2)
     data = args.dataset_name or args.train_data_dir or "the embedded emoji images (Google Noto Emoji, Apache-2.0)"
     write_model_card(
         args.output_dir,

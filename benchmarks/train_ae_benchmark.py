@@ -1,0 +1,165 @@
+"""Stage-1 training benchmark: a time-boxed run on the embedded emoji images, then its figures.
+
+Runs ``examples/train_brics_ae.py`` for ``--minutes`` of training, then reports from the saved EMA model:
+held-out PSNR / SSIM / LPIPS-alex, the share of reachable grid entries read at each level on the held-out
+split (paper Figure 4b), training throughput, and the share of a training step spent in feature retrieval
+(forward + backward of `KeyCodeRetrieval` against a whole autoencoder step on the same batch). Writes
+``results.json``, ``report.md``, a grid-usage plot and the reconstruction grid into ``--output``.
+
+    python benchmarks/train_ae_benchmark.py --minutes 10
+    python benchmarks/train_ae_benchmark.py --minutes 10 -- --perceptual_weight 5 --disc_start 1000
+
+Arguments after ``--`` go to the training script. Defaults: preset ``small-32``, batch 32, L2 loss only
+(the perceptual and GAN terms cost more time per step than the autoencoder itself at 32x32 on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffusers_brics import BRICSAutoencoder
+from diffusers_brics.data import load_emoji_dataset
+from diffusers_brics.training.data import image_transform
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
+
+
+def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, float]:
+    """Median seconds of a whole autoencoder step and of the retrieval's forward + backward in it."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0, 0.99), eps=1e-15)
+
+    def full_step():
+        optimizer.zero_grad(set_to_none=True)
+        F.mse_loss(model(images).sample, images).backward()
+        optimizer.step()
+
+    z = model.encode(images).latents.detach().requires_grad_(True)
+
+    def retrieval_step():
+        model.retrieval(z).square().mean().backward()
+
+    step, retrieval = median_seconds(full_step), median_seconds(retrieval_step)
+    return {"step_seconds": step, "retrieval_seconds": retrieval, "retrieval_share": retrieval / step}
+
+
+def plot_usage(levels: list[float], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(levels)), [100 * v for v in levels], color="#4c72b0")
+    ax.set_xlabel("grid level (coarse -> fine)")
+    ax.set_ylabel("reachable entries read (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Held-out grid usage (mean over groups)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else DEFAULT_TRAIN_ARGS
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--preset", default="small-32")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_ae_small32"))
+    args = parser.parse_args(argv)
+
+    output = Path(args.output)
+    run_dir = output / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--preset", args.preset,
+        "--output_dir", str(run_dir), "--train_batch_size", str(args.batch_size),
+        "--max_train_seconds", str(args.minutes * 60), "--max_train_steps", "100000000",
+        "--validation_steps", "100000000", "--checkpointing_steps", "100000000", "--report_to", "none", *extra,
+    ]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    model = BRICSAutoencoder.from_pretrained(run_dir / "autoencoder")
+    resolution = model.config.sample_size
+    dataset = load_emoji_dataset(32 if resolution <= 32 else 64, "train")
+    transform = image_transform(resolution)
+    images = torch.stack([transform(dataset[i]["image"]) for i in range(args.batch_size)])
+    breakdown = step_breakdown(model, images)
+
+    levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
+    dense = model.retrieval.grids[0].num_dense_levels
+    results = {
+        "command": " ".join(command[1:]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **{k: v for k, v in metrics.items() if not k.startswith("grid_usage_level_")},
+        "grid_usage_per_level": levels,
+        "dense_levels": dense,
+        **breakdown,
+    }
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
+    has_plot = plot_usage(levels, output / "grid_usage.png")
+    report = [
+        f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
+        "",
+        f"`{results['command']}` (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| training steps | {metrics['step']} (batch {args.batch_size}) |",
+        f"| throughput | {metrics['train_images_per_second']:.1f} images/s |",
+        f"| held-out PSNR | {metrics['psnr']:.2f} dB |",
+        f"| held-out SSIM | {metrics['ssim']:.4f} |",
+        f"| held-out LPIPS (AlexNet) | {metrics['lpips']:.4f} |",
+        f"| retrieval share of a training step | {100 * breakdown['retrieval_share']:.1f}% "
+        f"({breakdown['retrieval_seconds']:.3f} s of {breakdown['step_seconds']:.3f} s) |",
+        f"| reachable grid entries read, dense levels 0-{dense - 1} | "
+        + ", ".join(f"{100 * v:.1f}%" for v in levels[:dense]) + " |",
+        f"| grid entries read, hashed levels | " + (", ".join(f"{100 * v:.1f}%" for v in levels[dense:]) or "none")
+        + " |",
+        "",
+        "![reconstructions](reconstructions.png)",
+    ]
+    if has_plot:
+        report += ["", "![grid usage](grid_usage.png)"]
+    (output / "report.md").write_text("\n".join(report) + "\n")
+    shutil.rmtree(run_dir / "logs", ignore_errors=True)
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()
