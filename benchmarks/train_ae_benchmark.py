@@ -49,7 +49,7 @@ def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
 def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, float]:
     """Median seconds of a whole autoencoder step and of the retrieval's forward + backward in it."""
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0, 0.99), eps=1e-15)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.99), eps=1e-15)
 
     def full_step():
         optimizer.zero_grad(set_to_none=True)

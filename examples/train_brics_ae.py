@@ -30,9 +30,7 @@ from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
 from diffusers_brics import BRICSAutoencoder
-from diffusers_brics.metrics import lpips
-from diffusers_brics.metrics.reconstruction import psnr, ssim
-from diffusers_brics.metrics.grid_usage import GridUsage
+from diffusers_brics.metrics import GridUsage, lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_brics import PRESETS
 from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets

