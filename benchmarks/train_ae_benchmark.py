@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -108,7 +109,8 @@ def main() -> None:
         "--max_train_seconds", str(args.minutes * 60), "--max_train_steps", "100000000",
         "--validation_steps", "100000000", "--checkpointing_steps", "100000000", "--report_to", "none", *extra,
     ]
-    print("$", " ".join(command[1:]), flush=True)
+    shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
+    print("$", shown, flush=True)
     subprocess.run(command, check=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
@@ -122,7 +124,7 @@ def main() -> None:
     levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
     dense = model.retrieval.grids[0].num_dense_levels
     results = {
-        "command": " ".join(command[1:]),
+        "command": shown,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         **{k: v for k, v in metrics.items() if not k.startswith("grid_usage_level_")},

