@@ -1,7 +1,16 @@
 """diffusers-brics: BRICS bi-level image representations for the Hugging Face diffusers ecosystem."""
 
-from .models import PRESETS, BRICSAutoencoder, BRICSEncoderOutput, MultiResolutionFeatureGrid
+from .models import PRESETS, BRICSAutoencoder, BRICSAutoencoderOutput, BRICSEncoderOutput, MultiResolutionFeatureGrid
+from .pipelines import BRICSPipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["BRICSAutoencoder", "BRICSEncoderOutput", "MultiResolutionFeatureGrid", "PRESETS", "__version__"]
+__all__ = [
+    "BRICSAutoencoder",
+    "BRICSAutoencoderOutput",
+    "BRICSEncoderOutput",
+    "BRICSPipeline",
+    "MultiResolutionFeatureGrid",
+    "PRESETS",
+    "__version__",
+]

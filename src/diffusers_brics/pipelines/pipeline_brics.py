@@ -1,0 +1,132 @@
+"""`BRICSPipeline`: unconditional (or class-conditional) image generation by diffusion on BRICS key codes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.autoencoder_brics import BRICSAutoencoder
+from ..schedules import cosine_variant_betas
+
+def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The paper's default schedule (Chen 2023 cosine variant, start 0.2, end 1, tau 1.5), epsilon prediction."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        trained_betas=cosine_variant_betas(num_train_timesteps).tolist(),
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+class BRICSPipeline(DiffusionPipeline):
+    r"""Generates images by denoising key codes with a `UNet2DModel` and decoding them with a `BRICSAutoencoder`.
+
+    Components:
+        unet (`UNet2DModel`): predicts the noise on key codes mapped to ``[-1, 1]`` by ``(z - 0.5) * 2``.
+        scheduler (`SchedulerMixin`): any scheduler of the DDPM family (DDPM, DDIM, DPM-Solver, ...).
+        vae (`BRICSAutoencoder`): decodes the denoised key codes (named like diffusers' VAEs, so that
+            ``pipe.vae.enable_slicing()`` works).
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "BRICSPipeline":
+        """Load from a local folder or a Hub repo id.
+
+        diffusers' own download step refuses components from pip packages (it only knows diffusers,
+        transformers and the like), so for a repo id the files are fetched with ``huggingface_hub`` first and
+        the folder is loaded from the local cache; ``cache_dir``, ``revision``, ``token``, ``force_download``,
+        ``local_files_only`` and ``proxies`` are honoured (and ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT``).
+        """
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
+                                                   "local_files_only", "proxies") if k in kwargs}
+            path = snapshot_download(path, **download)
+        return super().from_pretrained(path, **kwargs)
+
+    # ------------------------------------------------------------------ generation
+    def check_inputs(self, batch_size: int, latents: torch.Tensor | None, generator, class_labels) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        shape = (batch_size, *self.vae.latent_shape)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch_size, C_z, H_z, W_z), got {tuple(latents.shape)}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"a list of generators must have batch_size ({batch_size}) entries, got {len(generator)}")
+        conditional = self.unet.config.num_class_embeds is not None
+        if conditional and class_labels is None:
+            raise ValueError(f"this UNet is class-conditional ({self.unet.config.num_class_embeds} classes): pass class_labels")
+        if not conditional and class_labels is not None:
+            raise ValueError("class_labels were given but the UNet has no class embedding")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images.
+
+        Args:
+            batch_size: number of images.
+            generator: a `torch.Generator` (or one per image) for reproducible sampling.
+            num_inference_steps: denoising steps (fewer with DDIM or DPM-Solver schedulers).
+            latents: initial noise ``(batch_size, C_z, H_z, W_z)``; drawn from ``generator`` when omitted.
+            output_type: ``"pil"``, ``"np"`` (``(B, H, W, 3)`` in ``[0, 1]``), ``"pt"`` (``(B, 3, H, W)`` in
+                ``[0, 1]``) or ``"latent"`` (the key codes in ``[0, 1]``).
+            return_dict: return an `ImagePipelineOutput` instead of a tuple.
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step; a
+                returned ``"latents"`` replaces the current ones.
+            class_labels: class indices for a class-conditional UNet (one, or one per image).
+        """
+        self.check_inputs(batch_size, latents, generator, class_labels)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        device, dtype = self._execution_device, self.unet.dtype
+        shape = (batch_size, *self.vae.latent_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        if class_labels is not None:
+            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(batch_size)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            noise_pred = self.unet(model_input, t, class_labels=class_labels).sample
+            latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+            if callback_on_step_end is not None:
+                latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+
+        key_codes = ((latents + 1) / 2).clamp(0, 1)  # diffusion space [-1, 1] -> key codes [0, 1]
+        if output_type == "latent":
+            images = key_codes
+        else:
+            images = self.vae.decode(key_codes.to(self.vae.dtype)).sample
+            images = (images / 2 + 0.5).clamp(0, 1).float()
+            if output_type != "pt":
+                images = images.cpu().permute(0, 2, 3, 1).numpy()
+                if output_type == "pil":
+                    images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
