@@ -1,0 +1,135 @@
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ImagePipelineOutput, UNet2DModel
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.pipelines import default_scheduler
+
+
+def tiny_unet(num_class_embeds=None):
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, attention_head_dim=4, num_class_embeds=num_class_embeds,
+    )
+
+
+@pytest.fixture
+def pipe():
+    torch.manual_seed(0)
+    vae = BRICSAutoencoder.from_preset("tiny").eval()
+    pipeline = BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def sample(pipe, seed=0, **kwargs):
+    kwargs = {"batch_size": 2, "num_inference_steps": 4, "output_type": "np", **kwargs}
+    return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+def test_output_types(pipe):
+    pil = sample(pipe, output_type="pil")
+    assert len(pil) == 2 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (32, 32)
+    np_images = sample(pipe)
+    assert np_images.shape == (2, 32, 32, 3) and np_images.min() >= 0 and np_images.max() <= 1
+    pt = sample(pipe, output_type="pt")
+    assert pt.shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), np_images, atol=1e-6)
+    latents = sample(pipe, output_type="latent")
+    assert latents.shape == (2, 2, 8, 8) and float(latents.min()) >= 0 and float(latents.max()) <= 1
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents).sample.add(1).div(2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(decoded, np_images, atol=1e-5)
+    out = pipe(batch_size=1, num_inference_steps=2)
+    assert isinstance(out, ImagePipelineOutput)
+    (images,) = pipe(batch_size=1, num_inference_steps=2, return_dict=False)
+    assert len(images) == 1
+
+
+def test_seeded_generators_are_deterministic(pipe):
+    assert np.array_equal(sample(pipe, 0), sample(pipe, 0))
+    assert not np.array_equal(sample(pipe, 0), sample(pipe, 1))
+    # a list of generators: image i depends only on generator i
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    both = pipe(batch_size=2, generator=gens, num_inference_steps=4, output_type="np").images
+    first = pipe(batch_size=1, generator=[torch.Generator().manual_seed(3)], num_inference_steps=4, output_type="np").images
+    np.testing.assert_allclose(both[:1], first, atol=1e-5)
+
+
+def test_given_latents_and_step_callback(pipe):
+    latents = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    a = sample(pipe, 7, latents=latents, num_inference_steps=3)
+    b = sample(pipe, 7, latents=latents.clone(), num_inference_steps=3)
+    c = sample(pipe, 7, latents=-latents, num_inference_steps=3)
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append(int(t))
+        return {"latents": kwargs["latents"]}
+
+    pipe(batch_size=1, num_inference_steps=3, callback_on_step_end=callback)
+    assert len(seen) == 3 and seen == sorted(seen, reverse=True)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    expected = sample(pipe)
+    pipe.save_pretrained(tmp_path)
+    loaded = BRICSPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    # reloaded modules may pick other CPU kernels: equal to float32 rounding, as in diffusers' own tests
+    np.testing.assert_allclose(sample(loaded), expected, atol=1e-5)
+    generic = DiffusionPipeline.from_pretrained(tmp_path)
+    assert isinstance(generic, BRICSPipeline)
+    generic.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(sample(generic), expected, atol=1e-5)
+    np.testing.assert_allclose(loaded.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, DPMSolverMultistepScheduler])
+def test_scheduler_swaps(pipe, scheduler_cls):
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    images = sample(pipe, num_inference_steps=5)
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    assert np.array_equal(images, sample(pipe, num_inference_steps=5))
+
+
+def test_vae_slicing_and_cpu_offload_sequence(pipe):
+    expected = sample(pipe)
+    pipe.vae.enable_slicing()
+    np.testing.assert_allclose(sample(pipe), expected, atol=1e-6)
+    assert BRICSPipeline.model_cpu_offload_seq == "unet->vae"
+
+
+def test_class_conditional_generation():
+    vae = BRICSAutoencoder.from_preset("tiny").eval()
+    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3), scheduler=default_scheduler(), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    a = sample(pipe, class_labels=[0, 2])
+    b = sample(pipe, class_labels=[1, 1])
+    assert a.shape == (2, 32, 32, 3) and not np.array_equal(a, b)
+    assert np.array_equal(sample(pipe, class_labels=1), b)
+    with pytest.raises(ValueError, match="class_labels"):
+        sample(pipe)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=-2), "batch_size"),
+        (dict(batch_size=2, latents=torch.randn(2, 3, 8, 8)), r"latents must have shape \(2, 2, 8, 8\)"),
+        (dict(batch_size=1, latents=torch.randn(2, 2, 8, 8)), "latents must have shape"),
+        (dict(batch_size=2, generator=[torch.Generator()]), "generators"),
+        (dict(batch_size=1, output_type="tensor"), "output_type"),
+        (dict(batch_size=1, class_labels=[1]), "class embedding"),
+    ],
+)
+def test_bad_input_raises_value_error(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(num_inference_steps=2, **kwargs)
