@@ -1,0 +1,346 @@
+"""Stage 2: train a UNet2DModel to generate BRICS key codes (latent diffusion on key codes).
+
+    accelerate launch examples/train_brics_diffusion.py --autoencoder brics-emoji/autoencoder --output_dir brics-emoji-ldm
+
+The dataset is encoded once by the trained autoencoder (relaxed-precision noise off) and the key codes are
+cached as a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly``
+encodes every batch instead). Codes are mapped to ``[-1, 1]`` by ``(z - 0.5) * 2``; no scaling factor is needed.
+Epsilon prediction with the Chen 2023 cosine-variant schedule (default, paper config b) or the cosine schedule
+with min-SNR-gamma weighting (config a). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
+from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.hub import push_to_hub, write_model_card
+
+logger = get_logger(__name__)
+
+# UNet presets: the paper's LDM-like UNet (supp. A.5) and small ones for CPU runs.
+UNET_PRESETS = {
+    "paper": dict(block_out_channels=(256, 512, 768, 1024), layers_per_block=2, attention_resolutions=(32, 16, 8)),
+    "small": dict(block_out_channels=(64, 128, 192), layers_per_block=2, attention_resolutions=(4,)),
+    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(4,)),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--autoencoder", required=True, help="a trained BRICSAutoencoder: local folder or Hub id")
+    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'autoencoder' for a stage-1 output folder")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--train_data_dir")
+    data.add_argument("--image_column")
+    data.add_argument("--cache_dir")
+    data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
+    data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
+    data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
+    data.add_argument("--encode_batch_size", type=int, default=64)
+    model = p.add_argument_group("model")
+    model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
+    model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant")
+    model.add_argument("--snr_gamma", type=float, default=None, help="min-SNR weighting (paper: 5 with --schedule cosine)")
+    model.add_argument("--num_train_timesteps", type=int, default=1000)
+    train = p.add_argument_group("training")
+    train.add_argument("--output_dir", default="brics-diffusion")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train_batch_size", type=int, default=64)
+    train.add_argument("--num_epochs", type=int, default=100)
+    train.add_argument("--max_train_steps", type=int)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--learning_rate", type=float, default=8e-4)
+    train.add_argument("--lr_scheduler", default="cosine")
+    train.add_argument("--lr_warmup_steps", type=int, default=500)
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.999)
+    train.add_argument("--adam_weight_decay", type=float, default=0.0)
+    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--ema_max_decay", type=float, default=0.9999)
+    train.add_argument("--ema_power", type=float, default=3 / 4)
+    train.add_argument("--cpu", action="store_true")
+    log = p.add_argument_group("logging and checkpoints")
+    log.add_argument("--report_to", default="tensorboard")
+    log.add_argument("--logging_dir", default="logs")
+    log.add_argument("--validation_steps", type=int, default=1000)
+    log.add_argument("--num_validation_images", type=int, default=8)
+    log.add_argument("--num_inference_steps", type=int, default=100)
+    log.add_argument("--checkpointing_steps", type=int, default=1000)
+    log.add_argument("--checkpoints_total_limit", type=int)
+    log.add_argument("--resume_from_checkpoint")
+    hub = p.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id")
+    hub.add_argument("--hub_token")
+    hub.add_argument("--hub_private_repo", action="store_true")
+    args = p.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id")
+    return args
+
+
+def build_unet(args, vae: BRICSAutoencoder) -> UNet2DModel:
+    """An LDM-like UNet on key codes: attention at the configured resolutions where the code is that large."""
+    preset = UNET_PRESETS[args.unet_preset]
+    channels, size = preset["block_out_channels"], vae.config.latent_size
+    down, up = [], []
+    for level in range(len(channels)):
+        attention = (size // 2**level) in preset["attention_resolutions"]
+        down.append("AttnDownBlock2D" if attention else "DownBlock2D")
+        up.insert(0, "AttnUpBlock2D" if attention else "UpBlock2D")
+    if size % 2 ** (len(channels) - 1):
+        raise ValueError(f"key codes of size {size} cannot be halved {len(channels) - 1} times by --unet_preset {args.unet_preset}")
+    return UNet2DModel(
+        sample_size=size, in_channels=vae.latent_channels, out_channels=vae.latent_channels,
+        block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
+        up_block_types=tuple(up), norm_num_groups=min(32, channels[0]), attention_head_dim=max(8, channels[0] // 8),
+    )
+
+
+def build_scheduler(args) -> DDPMScheduler:
+    if args.schedule == "cosine-variant":
+        return DDPMScheduler(num_train_timesteps=args.num_train_timesteps, prediction_type="epsilon", clip_sample=False,
+                             trained_betas=cosine_variant_betas(args.num_train_timesteps).tolist())
+    return DDPMScheduler(num_train_timesteps=args.num_train_timesteps, prediction_type="epsilon", clip_sample=False,
+                         beta_schedule="squaredcos_cap_v2")
+
+
+@torch.no_grad()
+def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device):
+    """Key codes of every image (and of its mirror image with ``flip``) as a ``datasets.Dataset`` of arrays."""
+    import datasets
+
+    vae.eval()
+    codes = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="encoding key codes"):
+        rows = dataset[start : start + batch_size][column]
+        images = torch.stack([transform(image) for image in rows]).to(device, vae.dtype)
+        codes.append(vae.encode(images).latents.float().cpu())
+        if flip:
+            codes.append(vae.encode(images.flip(-1)).latents.float().cpu())
+    codes = torch.cat(codes).numpy()
+    return datasets.Dataset.from_dict({"key_codes": codes}).with_format("torch")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    vae = BRICSAutoencoder.from_pretrained(args.autoencoder, subfolder=args.autoencoder_subfolder).to(accelerator.device)
+    vae.requires_grad_(False).eval()
+    resolution = vae.config.sample_size
+    with accelerator.main_process_first():
+        train_set, _ = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
+                                           resolution, args.cache_dir, seed=args.seed)
+    column = image_column_of(train_set, args.image_column)
+    # Cached codes come from centre crops; random crops only when encoding on the fly.
+    transform = image_transform(resolution, center_crop=args.center_crop or not args.encode_on_the_fly)
+
+    if args.encode_on_the_fly:
+        def collate(rows):
+            return {"images": torch.stack([transform(row[column]) for row in rows])}
+
+        dataset = train_set
+    else:
+        cache = os.path.join(args.output_dir, "key_codes")
+        with accelerator.main_process_first():
+            import datasets
+
+            if os.path.isdir(cache):
+                codes = datasets.load_from_disk(cache).with_format("torch")
+                logger.info(f"reusing {len(codes)} cached key codes from {cache}")
+            elif accelerator.is_main_process:
+                codes = encode_dataset(vae, train_set, column, transform, args.encode_batch_size, args.random_flip,
+                                       accelerator.device)
+                codes.save_to_disk(cache + ".partial")
+                os.replace(cache + ".partial", cache)
+            else:
+                codes = datasets.load_from_disk(cache).with_format("torch")
+        if codes[0]["key_codes"].shape != vae.latent_shape:
+            raise ValueError(f"cached key codes in {cache} have shape {tuple(codes[0]['key_codes'].shape)}, the "
+                             f"autoencoder makes {vae.latent_shape}: delete the cache folder to re-encode")
+
+        def collate(rows):
+            return {"codes": torch.stack([row["key_codes"] for row in rows])}
+
+        dataset = codes
+    if len(dataset) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(dataset)} training examples, fewer than one batch per process")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=collate)
+
+    unet = build_unet(args, vae)
+    noise_scheduler = build_scheduler(args)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                       inv_gamma=1.0, power=args.ema_power, model_cls=UNet2DModel,
+                       model_config=accelerator.unwrap_model(unet).config)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_brics_diffusion",
+                                  config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, (list, dict))})
+
+    global_step, first_epoch, skip = 0, 0, 0
+    if args.resume_from_checkpoint:
+        found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if found:
+            global_step, path = found
+            accelerator.load_state(path)
+            logger.info(f"resumed from {path} at step {global_step}")
+            first_epoch = global_step // steps_per_epoch
+            skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
+    generator = torch.Generator()
+    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    epoch, start_time = first_epoch, time.monotonic()
+    while global_step < max_steps:
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for batch in batches:
+            generator.manual_seed(args.seed * 1_000_003 + global_step * 1009 + accelerator.process_index)
+            if "codes" in batch:
+                codes = batch["codes"]
+            else:
+                images = batch["images"].to(accelerator.device)
+                if args.random_flip:
+                    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1).to(images.device)
+                    images = torch.where(flip, images.flip(-1), images)
+                with torch.no_grad():
+                    codes = vae.encode(images.to(vae.dtype)).latents
+            x0 = (codes.float() * 2 - 1).to(accelerator.device)  # key codes [0, 1] -> [-1, 1]
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                      generator=generator).to(x0.device)
+            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+            with accelerator.accumulate(unet):
+                prediction = unet(noisy, timesteps).sample
+                loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+                if args.snr_gamma:
+                    loss = loss * min_snr_weights(alphas_cumprod, timesteps, args.snr_gamma)
+                loss = loss.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{logs['loss']:.4g}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and global_step % args.validation_steps == 0:
+                sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step)
+            if global_step >= max_steps:
+                break
+        epoch += 1
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler)
+        pipeline.save_pretrained(args.output_dir)
+        sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step)
+        data = args.dataset_name or args.train_data_dir or "the embedded emoji images (Google Noto Emoji, Apache-2.0)"
+        write_model_card(
+            args.output_dir,
+            title="BRICS latent diffusion pipeline",
+            description=(
+                f"A `BRICSPipeline`: a UNet trained for {global_step} steps on the key codes of {data} "
+                f"({vae.config.latent_size}x{vae.config.latent_size}x{vae.latent_channels}), decoded by a BRICS "
+                f"autoencoder to {resolution}x{resolution} images ({time.monotonic() - start_time:.0f} s of training).\n\n"
+                "```python\nfrom diffusers_brics import BRICSPipeline\n"
+                f"pipe = BRICSPipeline.from_pretrained(\"{args.hub_model_id or args.output_dir}\")\n"
+                "images = pipe(batch_size=4).images\n```"
+            ),
+            config={k: v for k, v in vars(args).items() if v is not None and k != "hub_token"},
+            image="samples.png",
+            dataset=args.dataset_name,
+            tags=("diffusers", "brics", "unconditional-image-generation"),
+        )
+        if args.push_to_hub:
+            push_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    accelerator.end_training()
+
+
+def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler) -> BRICSPipeline:
+    """The pipeline with the EMA UNet weights (the live weights without EMA)."""
+    unwrapped = accelerator.unwrap_model(unet)
+    copy = UNet2DModel.from_config(unwrapped.config).to(accelerator.device)
+    copy.load_state_dict(unwrapped.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    return BRICSPipeline(unet=copy.eval(), scheduler=noise_scheduler, vae=vae)
+
+
+def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step) -> None:
+    """Samples from fixed seeds, logged and saved as ``samples.png``."""
+    pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed) for seed in range(args.num_validation_images)]
+    images = pipeline(batch_size=args.num_validation_images, generator=generators,
+                      num_inference_steps=args.num_inference_steps).images
+    grid = make_image_grid(images, rows=1, cols=len(images))
+    grid.save(os.path.join(args.output_dir, "samples.png"))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"samples": wandb.Image(grid)}, step=step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The stage-2 script end to end on the embedded data with a tiny autoencoder and UNet."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.pipelines import default_scheduler
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_brics_diffusion.py"
+FAST = ["--unet_preset", "tiny", "--train_batch_size", "16", "--lr_warmup_steps", "1", "--num_inference_steps", "4",
+        "--num_validation_images", "2", "--report_to", "none", "--validation_steps", "100"]
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    BRICSAutoencoder.from_preset("tiny").save_pretrained(folder)
+    return folder
+
+
+def run(args, timeout=300):
+    result = subprocess.run([sys.executable, str(SCRIPT), *FAST, *args], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, autoencoder):
+    out = tmp_path / "ldm"
+    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "3",
+         "--checkpointing_steps", "3", "--random_flip"])
+    assert (out / "key_codes").is_dir() and (out / "samples.png").exists()
+    assert "BRICSPipeline" in (out / "README.md").read_text()
+    pipe = BRICSPipeline.from_pretrained(out)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    # default schedule: the cosine variant
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    # 3,133 training images, flipped twins included
+    import datasets
+
+    assert len(datasets.load_from_disk(str(out / "key_codes"))) == 2 * 3133
+
+    log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "5",
+               "--checkpointing_steps", "5", "--resume_from_checkpoint", "latest", "--schedule", "cosine",
+               "--snr_gamma", "5"])
+    assert "reusing 6266 cached key codes" in log and "at step 3" in log
+
+
+def test_encoding_on_the_fly(tmp_path, autoencoder):
+    out = tmp_path / "fly"
+    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
+         "--checkpointing_steps", "2", "--encode_on_the_fly", "--no-use_ema"])
+    assert not (out / "key_codes").exists() and (out / "model_index.json").exists()
