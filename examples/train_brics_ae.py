@@ -12,7 +12,6 @@ flags it trains on the emoji images shipped with the package.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -35,6 +34,7 @@ from diffusers_brics.models.autoencoder_brics import PRESETS
 from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
+from diffusers_brics.training.distributed import check_in_sync, time_is_up
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 from diffusers_brics.training.images import to_pil
 from diffusers_brics.training.losses import (
@@ -369,23 +369,6 @@ def discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
     disc_optimizer.zero_grad(set_to_none=True)
     logs["d_loss"] = d_loss.item()
     return logs
-
-
-def time_is_up(accelerator, start_time: float, budget: float) -> bool:
-    """Whether the time budget is spent, decided by the main process so that all processes stop together."""
-    flag = torch.tensor([float(time.monotonic() - start_time >= budget)], device=accelerator.device)
-    return bool(broadcast(flag, from_process=0).item())
-
-
-def check_in_sync(accelerator, model) -> None:
-    """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
-    digest = hashlib.sha256()
-    for parameter in accelerator.unwrap_model(model).parameters():
-        digest.update(parameter.detach().float().cpu().numpy().tobytes())
-    digests = gather_object([digest.hexdigest()])
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"weights differ across processes: {digests}")
-    logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
 
 
 def ema_copy(accelerator, model, ema) -> BRICSAutoencoder:

@@ -33,6 +33,7 @@ from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
 from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.distributed import check_in_sync
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
 logger = get_logger(__name__)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
         epoch += 1
     progress.close()
-    accelerator.wait_for_everyone()
+    check_in_sync(accelerator, unet)
     if accelerator.is_main_process:
         pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler)
         pipeline.save_pretrained(args.output_dir)

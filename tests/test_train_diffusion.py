@@ -59,3 +59,16 @@ def test_encoding_on_the_fly(tmp_path, autoencoder):
     run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
          "--checkpointing_steps", "2", "--encode_on_the_fly", "--no-use_ema"])
     assert not (out / "key_codes").exists() and (out / "model_index.json").exists()
+
+
+def test_two_processes_end_with_identical_weights(tmp_path, autoencoder):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT), *FAST,
+         "--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
+         "--checkpointing_steps", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "weights identical on 2 process(es)" in result.stdout + result.stderr
+    assert (out / "model_index.json").exists()
