@@ -151,7 +151,7 @@ def main() -> None:
         f"({breakdown['retrieval_seconds']:.3f} s of {breakdown['step_seconds']:.3f} s) |",
         f"| reachable grid entries read, dense levels 0-{dense - 1} | "
         + ", ".join(f"{100 * v:.1f}%" for v in levels[:dense]) + " |",
-        f"| grid entries read, hashed levels | " + (", ".join(f"{100 * v:.1f}%" for v in levels[dense:]) or "none")
+        "| grid entries read, hashed levels | " + (", ".join(f"{100 * v:.1f}%" for v in levels[dense:]) or "none")
         + " |",
         "",
         "![reconstructions](reconstructions.png)",

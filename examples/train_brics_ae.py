@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import time
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -31,10 +28,10 @@ from tqdm.auto import tqdm
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage, lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_brics import PRESETS
-from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
-from diffusers_brics.training.distributed import check_in_sync, time_is_up
+from diffusers_brics.training.loop import check_in_sync, log_image, make_accelerator, resume, time_is_up
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 from diffusers_brics.training.images import to_pil
 from diffusers_brics.training.losses import (
@@ -169,20 +166,7 @@ def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, fl
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(
-        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = make_accelerator(args, "train_brics_ae")
 
     model = build_model(args)
     resolution = args.resolution or model.config.sample_size
@@ -249,20 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_brics_ae", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, (list, dict))})
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    if args.resume_from_checkpoint:
-        found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if found is None:
-            logger.info("no checkpoint to resume from; starting a new run")
-        else:
-            global_step, path = found
-            accelerator.load_state(path)
-            logger.info(f"resumed from {path} at step {global_step}")
-            first_epoch = global_step // steps_per_epoch
-            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch)
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
@@ -385,15 +356,7 @@ def validate(args, accelerator, model, ema, val_loader, fixed_images, step) -> t
     """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
     metrics, grid = evaluate(ema_copy(accelerator, model, ema), val_loader, fixed_images, args.max_eval_images)
     accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            import numpy as np
-
-            tracker.writer.add_image("val/reconstructions", np.asarray(grid), step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({"val/reconstructions": wandb.Image(grid)}, step=step)
+    log_image(accelerator, "val/reconstructions", grid, step)
     grid.save(os.path.join(args.output_dir, "reconstructions.png"))
     logger.info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return metrics, grid

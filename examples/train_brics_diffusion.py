@@ -12,17 +12,13 @@ with min-SNR-gamma weighting (config a). The full `BRICSPipeline` is saved to ``
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -31,9 +27,9 @@ from tqdm.auto import tqdm
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
-from diffusers_brics.training.checkpointing import resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
-from diffusers_brics.training.distributed import check_in_sync
+from diffusers_brics.training.loop import check_in_sync, log_image, make_accelerator, resume
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
 logger = get_logger(__name__)
@@ -150,17 +146,7 @@ def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(
-        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
+    accelerator = make_accelerator(args, "train_brics_diffusion")
     vae = BRICSAutoencoder.from_pretrained(args.autoencoder, subfolder=args.autoencoder_subfolder).to(accelerator.device)
     vae.requires_grad_(False).eval()
     resolution = vae.config.sample_size
@@ -221,19 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                        model_config=accelerator.unwrap_model(unet).config)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_brics_diffusion",
-                                  config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, (list, dict))})
-
-    global_step, first_epoch, skip = 0, 0, 0
-    if args.resume_from_checkpoint:
-        found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if found:
-            global_step, path = found
-            accelerator.load_state(path)
-            logger.info(f"resumed from {path} at step {global_step}")
-            first_epoch = global_step // steps_per_epoch
-            skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()
@@ -334,13 +308,7 @@ def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step) -> Non
                       num_inference_steps=args.num_inference_steps).images
     grid = make_image_grid(images, rows=1, cols=len(images))
     grid.save(os.path.join(args.output_dir, "samples.png"))
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({"samples": wandb.Image(grid)}, step=step)
+    log_image(accelerator, "samples", grid, step)
 
 
 if __name__ == "__main__":

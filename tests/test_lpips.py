@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_brics.metrics import LPIPS, clear_cache, lpips
+from diffusers_brics.metrics import LPIPS, lpips
 from diffusers_brics.metrics import weights as lpips_weights
 
 REPO = Path(__file__).resolve().parents[1]

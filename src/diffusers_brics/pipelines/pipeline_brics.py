@@ -56,7 +56,10 @@ class BRICSPipeline(DiffusionPipeline):
             download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
                                                    "local_files_only", "proxies") if k in kwargs}
             path = snapshot_download(path, **download)
-        return super().from_pretrained(path, **kwargs)
+        pipeline = super().from_pretrained(path, **kwargs)
+        if path != str(pretrained_model_name_or_path):  # record the repo id, as diffusers does
+            pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
 
     # ------------------------------------------------------------------ generation
     def check_inputs(self, batch_size: int, latents: torch.Tensor | None, generator, class_labels) -> None:

@@ -1,0 +1,86 @@
+"""Pieces shared by the training scripts: accelerator set-up, trackers, resuming, process sync, time budget."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+
+from .checkpointing import resolve_checkpoint
+
+logger = get_logger(__name__)
+
+
+def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator:
+    """An `Accelerator` from the scripts' common flags, with logging, seeding and trackers set up."""
+    # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        if args.report_to != "none":
+            config = {k: v for k, v in vars(args).items() if v is not None and k != "hub_token"
+                      and not isinstance(v, (list, dict))}
+            accelerator.init_trackers(project_name, config=config)
+    return accelerator
+
+
+def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int, int]:
+    """Load ``--resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
+    if not args.resume_from_checkpoint:
+        return 0, 0, 0
+    found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if found is None:
+        logger.info("no checkpoint to resume from; starting a new run")
+        return 0, 0, 0
+    step, path = found
+    accelerator.load_state(path)
+    logger.info(f"resumed from {path} at step {step}")
+    return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+
+
+def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
+    """Send a PIL image to the active trackers (TensorBoard, Weights & Biases)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: wandb.Image(image)}, step=step)
+
+
+def time_is_up(accelerator, start_time: float, budget: float) -> bool:
+    """Whether the time budget is spent, decided by the main process so that all processes stop together."""
+    flag = torch.tensor([float(time.monotonic() - start_time >= budget)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
+
+
+def check_in_sync(accelerator, model) -> None:
+    """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
+    digest = hashlib.sha256()
+    for parameter in accelerator.unwrap_model(model).parameters():
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    digests = gather_object([digest.hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"weights differ across processes: {digests}")
+    logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")

@@ -1,0 +1,182 @@
+"""Loading pipelines by Hub repo id, online, from a Hub stand-in served on 127.0.0.1 (see hub_server.py).
+
+huggingface_hub reads its settings (endpoint, cache, offline mode, ...) from the environment when it is imported,
+so besides the environment variables the module-level copies are patched too, and every change is undone by
+``monkeypatch`` after each test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from huggingface_hub import constants, hf_api, hf_hub_download
+from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from hub_server import serve_repos
+from naive_pipeline import NaiveBRICSPipeline
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.pipelines import default_scheduler
+
+BRICS_REPO = "org/brics-tiny"
+DDPM_REPO = "org/ddpm-tiny"
+NAIVE_REPO = "org/naive-tiny"
+STEPS = 3
+
+
+def tiny_unet(channels: int) -> UNet2DModel:
+    return UNet2DModel(sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
+
+
+def generate(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    return pipe(batch_size=2, generator=generator, num_inference_steps=STEPS, output_type="np").images
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict:
+    """The three tiny pipelines saved to folders, with the images the in-memory originals give."""
+    root = tmp_path_factory.mktemp("pipelines")
+    torch.manual_seed(0)
+    vae = BRICSAutoencoder.from_preset("tiny").eval()
+    brics = BRICSPipeline(unet=tiny_unet(2), scheduler=default_scheduler(), vae=vae)
+    ddpm = DDPMPipeline(unet=tiny_unet(3), scheduler=DDPMScheduler(num_train_timesteps=100))
+    naive = NaiveBRICSPipeline(unet=brics.unet, scheduler=brics.scheduler, vae=brics.vae)
+    for name, pipe in (("brics", brics), ("ddpm", ddpm), ("naive", naive)):
+        pipe.save_pretrained(root / name)
+    return {
+        "folders": {BRICS_REPO: root / "brics", DDPM_REPO: root / "ddpm", NAIVE_REPO: root / "naive"},
+        "brics_images": generate(brics),
+        "ddpm_images": generate(ddpm),
+    }
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty huggingface_hub home and cache, online mode, no token."""
+    from huggingface_hub import _tree_cache
+
+    home = tmp_path / "hf_home"
+    cache = home / "hub"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE",
+                 "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HUGGINGFACE_HUB_CACHE": str(cache),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+    }.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, value)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
+    return cache
+
+
+def use_endpoint(monkeypatch, url: str) -> None:
+    """Send huggingface_hub (and diffusers' messages) to ``url``."""
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf_api.api, "endpoint", url)  # the instance behind huggingface_hub.model_info & co.
+    for module in (diffusers.utils.constants, diffusers.utils, diffusers.utils.hub_utils,
+                   diffusers.configuration_utils):
+        monkeypatch.setattr(module, "HUGGINGFACE_CO_RESOLVE_ENDPOINT", url)
+
+
+def go_offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def hub(saved, hf_cache, monkeypatch):
+    """The saved pipelines served as repos, with huggingface_hub pointed at them."""
+    with serve_repos(saved["folders"]) as server:
+        use_endpoint(monkeypatch, server.url)
+        yield server
+    assert not server.unknown, f"requests the stand-in does not implement: {server.unknown}"
+
+
+def assert_same_images(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_stock_ddpm_pipeline_loads_from_the_stand_in(saved, hub, hf_cache):
+    pipe = DDPMPipeline.from_pretrained(DDPM_REPO)
+
+    assert (hf_cache / "models--org--ddpm-tiny" / "snapshots").is_dir()
+    assert_same_images(generate(pipe), saved["ddpm_images"])
+    patterns = hub.patterns()
+    assert "GET /api/models/{repo_id}/revision/{revision}" in patterns
+    assert "GET /{repo_id}/resolve/{revision}/{path}" in patterns
+
+
+def test_pipeline_without_override_is_refused_by_repo_id(saved, hub):
+    local = NaiveBRICSPipeline.from_pretrained(saved["folders"][NAIVE_REPO])  # fine from a folder
+    assert isinstance(local.vae, BRICSAutoencoder)
+
+    refused = r"does not exist in org/naive-tiny and is not a module in 'diffusers/pipelines'"
+    with pytest.raises(ValueError, match=refused):
+        NaiveBRICSPipeline.from_pretrained(NAIVE_REPO)
+    assert "HEAD /{repo_id}/resolve/{revision}/{path}" in hub.patterns()  # model_index.json was fetched online
+
+
+@pytest.mark.parametrize("revision", [None, "main"])
+def test_brics_pipeline_loads_by_repo_id(saved, hub, hf_cache, revision):
+    kwargs = {} if revision is None else {"revision": revision}
+    pipe = BRICSPipeline.from_pretrained(BRICS_REPO, **kwargs)
+
+    assert isinstance(pipe.vae, BRICSAutoencoder)
+    assert pipe.name_or_path == BRICS_REPO  # the repo id, as diffusers records it
+    assert (hf_cache / "models--org--brics-tiny" / "snapshots").is_dir()
+    assert_same_images(generate(pipe), saved["brics_images"])
+    patterns = hub.patterns()
+    assert "GET /api/models/{repo_id}/revision/{revision}" in patterns
+    assert "GET /api/models/{repo_id}/tree/{revision}" in patterns
+    assert "GET /{repo_id}/resolve/{revision}/{path}" in patterns
+    downloaded = {r.path.rsplit("/", 2)[-2] for r in hub.requests if r.method == "GET" and "/resolve/" in r.path}
+    assert {"unet", "vae", "scheduler"} <= downloaded
+
+
+def test_brics_pipeline_loads_from_cache_offline_with_the_stand_in_stopped(saved, hub, hf_cache, monkeypatch):
+    BRICSPipeline.from_pretrained(BRICS_REPO)  # populates the cache
+    hub.stop()
+    go_offline(monkeypatch)
+    served = len(hub.requests)
+
+    pipe = BRICSPipeline.from_pretrained(BRICS_REPO)
+
+    assert not hub.running and len(hub.requests) == served
+    assert_same_images(generate(pipe), saved["brics_images"])
+
+
+def test_unknown_repo_raises_repository_not_found(hub):
+    with pytest.raises(RepositoryNotFoundError):
+        BRICSPipeline.from_pretrained("org/no-such-repo")
+
+
+def test_unknown_file_and_revision_raise_hub_errors(hub):
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(BRICS_REPO, "vae/missing.json")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(BRICS_REPO, "model_index.json", revision="no-such-branch")
