@@ -20,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -216,15 +217,16 @@ def main(argv: list[str] | None = None) -> None:
     max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
-    prepared = [model, optimizer, train_loader, lr_scheduler]
+    model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
     if use_gan:
+        # DDP cannot differentiate twice through a wrapped module (the R1 and gradient penalties do), so the
+        # discriminator stays unwrapped, starts from rank 0's weights and has its gradients averaged by hand.
+        discriminator.to(accelerator.device)
+        for parameter in discriminator.parameters():
+            parameter.data.copy_(broadcast(parameter.data, from_process=0))
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                           betas=(args.adam_beta1, args.adam_beta2), eps=args.disc_adam_epsilon)
-        prepared += [discriminator, disc_optimizer]
-    prepared = accelerator.prepare(*prepared)
-    model, optimizer, train_loader, lr_scheduler = prepared[:4]
-    if use_gan:
-        discriminator, disc_optimizer = prepared[4:]
+        accelerator.register_for_checkpointing(discriminator, disc_optimizer)
     ema = None
     if args.use_ema:
         ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                 flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1)
                 images = torch.where(flip.to(images.device), images.flip(-1), images)
             gan_active = use_gan and global_step >= args.disc_start
-            with accelerator.accumulate(*([model, discriminator] if use_gan else [model])):
+            with accelerator.accumulate(model):
                 logs = autoencoder_step(args, accelerator, model, discriminator if gan_active else None, optimizer,
                                         lr_scheduler, images, generator)
                 if gan_active:
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     trained_images = (global_step - first_step) * total_batch
     throughput = {"train_seconds": elapsed, "train_images_per_second": trained_images / max(elapsed, 1e-9)}
     check_in_sync(accelerator, model)
+    if use_gan:
+        check_in_sync(accelerator, discriminator)
     if accelerator.is_main_process:
         finish(args, accelerator, model, ema, val_loader, fixed_images, global_step, throughput)
     accelerator.end_training()
@@ -335,11 +339,22 @@ def discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
         penalty_term = args.gp_weight * penalty
         logs["gp"] = penalty.item()
     d_loss = discriminator_adversarial_loss(real_logits, fake_logits, args.gan_loss)
-    accelerator.backward(d_loss + penalty_term)
+    (d_loss + penalty_term).backward()
+    average_gradients(accelerator, discriminator)
     disc_optimizer.step()
     disc_optimizer.zero_grad(set_to_none=True)
     logs["d_loss"] = d_loss.item()
     return logs
+
+
+def average_gradients(accelerator, module) -> None:
+    """Mean of the gradients over all processes (one all-reduce of the flattened gradients)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
 
 
 def ema_copy(accelerator, model, ema) -> BRICSAutoencoder:
