@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate(image_transform(resolution, args.center_crop, False, args.seed), column),
+        collate_fn=collate(image_transform(resolution, args.center_crop), column),
         num_workers=args.dataloader_num_workers,
     )
     val_loader = torch.utils.data.DataLoader(
@@ -270,14 +270,13 @@ def main(argv: list[str] | None = None) -> None:
             progress.update(1)
             progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "l2", "lpips_vgg", "d_loss")})
             accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                validate(args, accelerator, model, ema, val_loader, fixed_images, global_step)
             if args.max_train_seconds and time_is_up(accelerator, start_time, args.max_train_seconds):
                 logger.info(f"--max_train_seconds reached after {global_step} steps")
                 max_steps = global_step
+            if global_step % args.checkpointing_steps == 0 or global_step >= max_steps:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                validate(args, accelerator, model, ema, val_loader, fixed_images, global_step)
             if global_step >= max_steps:
                 break
         epoch += 1

@@ -1,25 +1,24 @@
 """Image data for training: a Hub or local `datasets` dataset, an image folder, or the embedded emoji set.
 
-Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, random horizontal
-flip, scale to ``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact
+Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, scale to ``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact
 torch builds.
 """
 
 from __future__ import annotations
 
 import os
-import random
 
 import numpy as np
 import torch
 from PIL import Image
 
 
-def image_transform(
-    resolution: int, center_crop: bool = True, random_flip: bool = False, seed: int | None = None
-):
-    """A function PIL image -> ``(3, resolution, resolution)`` float tensor in ``[-1, 1]``."""
-    rng = random.Random(seed)
+def image_transform(resolution: int, center_crop: bool = True):
+    """A function PIL image -> ``(3, resolution, resolution)`` float tensor in ``[-1, 1]``.
+
+    Random crops draw from torch's generator, which DataLoader workers seed one by one. (Flips are applied per
+    batch by the training scripts, from per-step seeds.)
+    """
 
     def transform(image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
@@ -29,13 +28,12 @@ def image_transform(
             size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
             image = image.resize(size, Image.BICUBIC)
         w, h = image.size
-        if center_crop:
+        if center_crop or (w, h) == (resolution, resolution):
             left, top = (w - resolution) // 2, (h - resolution) // 2
         else:
-            left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+            left = int(torch.randint(0, w - resolution + 1, ()))
+            top = int(torch.randint(0, h - resolution + 1, ()))
         image = image.crop((left, top, left + resolution, top + resolution))
-        if random_flip and rng.random() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
