@@ -1,7 +1,7 @@
 """Image data for training: a Hub or local `datasets` dataset, an image folder, or the embedded emoji set.
 
-Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, scale to ``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact
-torch builds.
+Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, scale to
+``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact torch builds.
 """
 
 from __future__ import annotations
