@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
@@ -32,7 +31,15 @@ from diffusers_brics.models.autoencoder_brics import PRESETS
 from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
-from diffusers_brics.training.loop import check_in_sync, log_image, make_accelerator, resume, time_is_up
+from diffusers_brics.training.loop import (
+    check_in_sync,
+    ema_copy,
+    log_image,
+    make_accelerator,
+    make_ema,
+    resume,
+    time_is_up,
+)
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 from diffusers_brics.training.images import to_pil
 from diffusers_brics.training.losses import (
@@ -227,13 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
                                           betas=(args.adam_beta1, args.adam_beta2), eps=args.disc_adam_epsilon)
         accelerator.register_for_checkpointing(discriminator, disc_optimizer)
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=1.0, power=args.ema_power, model_cls=BRICSAutoencoder,
-                       model_config=accelerator.unwrap_model(model).config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(accelerator, model, args)
 
     global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch)
 
@@ -354,16 +355,6 @@ def average_gradients(accelerator, module) -> None:
     flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
     for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
         grad.copy_(chunk.view_as(grad))
-
-
-def ema_copy(accelerator, model, ema) -> BRICSAutoencoder:
-    """A copy of the autoencoder holding the EMA weights (the live weights without EMA), in eval mode."""
-    unwrapped = accelerator.unwrap_model(model)
-    copy = BRICSAutoencoder.from_config(unwrapped.config).to(accelerator.device)
-    copy.load_state_dict(unwrapped.state_dict())
-    if ema is not None:
-        ema.copy_to(copy.parameters())
-    return copy.eval()
 
 
 def validate(args, accelerator, model, ema, val_loader, fixed_images, step) -> tuple[dict, object]:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
@@ -29,7 +28,7 @@ from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
 from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
-from diffusers_brics.training.loop import check_in_sync, log_image, make_accelerator, resume
+from diffusers_brics.training.loop import check_in_sync, ema_copy, log_image, make_accelerator, make_ema, resume
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
 logger = get_logger(__name__)
@@ -200,13 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-                       inv_gamma=1.0, power=args.ema_power, model_cls=UNet2DModel,
-                       model_config=accelerator.unwrap_model(unet).config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(accelerator, unet, args)
     global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
@@ -291,12 +284,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler) -> BRICSPipeline:
     """The pipeline with the EMA UNet weights (the live weights without EMA)."""
-    unwrapped = accelerator.unwrap_model(unet)
-    copy = UNet2DModel.from_config(unwrapped.config).to(accelerator.device)
-    copy.load_state_dict(unwrapped.state_dict())
-    if ema is not None:
-        ema.copy_to(copy.parameters())
-    return BRICSPipeline(unet=copy.eval(), scheduler=noise_scheduler, vae=vae)
+    return BRICSPipeline(unet=ema_copy(accelerator, unet, ema), scheduler=noise_scheduler, vae=vae)
 
 
 def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step) -> None:

@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+from diffusers.training_utils import EMAModel
 
 from .checkpointing import resolve_checkpoint
 
@@ -56,6 +57,28 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
     accelerator.load_state(path)
     logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+
+
+def make_ema(accelerator: Accelerator, model, args: argparse.Namespace) -> EMAModel | None:
+    """EMA of the (prepared) model's weights with warm-up, saved in checkpoints; None with ``--no-use_ema``."""
+    if not args.use_ema:
+        return None
+    unwrapped = accelerator.unwrap_model(model)
+    ema = EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                   power=args.ema_power, model_cls=type(unwrapped), model_config=unwrapped.config)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def ema_copy(accelerator: Accelerator, model, ema: EMAModel | None):
+    """A copy of the model holding the EMA weights (the live weights without EMA), in eval mode."""
+    unwrapped = accelerator.unwrap_model(model)
+    copy = type(unwrapped).from_config(unwrapped.config).to(accelerator.device)
+    copy.load_state_dict(unwrapped.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    return copy.eval()
 
 
 def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
