@@ -32,6 +32,8 @@ from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.loop import (
+    add_common_arguments,
+    check_common_arguments,
     check_in_sync,
     ema_copy,
     log_image,
@@ -54,12 +56,8 @@ logger = get_logger(__name__)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, output_dir="brics-autoencoder", ema_max_decay=0.999)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--train_data_dir", help="a folder of images (datasets' imagefolder)")
-    data.add_argument("--image_column", help="default: the first Image column")
-    data.add_argument("--cache_dir")
     data.add_argument("--resolution", type=int, help="default: the model's sample_size")
     data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
     data.add_argument("--random_flip", action="store_true")
@@ -71,14 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
     model.add_argument("--kl_weight", type=float, default=0.0, help="> 0 trains the KL variant (paper: 1e-6)")
     train = p.add_argument_group("training")
-    train.add_argument("--output_dir", default="brics-autoencoder")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--train_batch_size", type=int, default=16)
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--num_epochs", type=int, default=100)
     train.add_argument("--max_train_steps", type=int, help="overrides --num_epochs")
     train.add_argument("--max_train_seconds", type=float, help="stop (and save) after this much training time")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--learning_rate", type=float, default=2e-3)
     train.add_argument("--grid_learning_rate", type=float, help="learning rate of the feature grids (default: --learning_rate)")
     train.add_argument("--disc_learning_rate", type=float, help="default: --learning_rate")
@@ -89,12 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr_scheduler", default="constant")
     train.add_argument("--lr_warmup_steps", type=int, default=0)
     train.add_argument("--max_grad_norm", type=float, default=None)
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--ema_max_decay", type=float, default=0.999)
-    train.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
     train.add_argument("--gradient_checkpointing", action="store_true")
-    train.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
     loss = p.add_argument_group("loss")
     loss.add_argument("--l2_weight", type=float, default=20.0)
     loss.add_argument("--perceptual_weight", type=float, default=5.0, help="LPIPS-VGG weight (0: off)")
@@ -109,25 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "up, 64 * resolution below")
     loss.add_argument("--disc_channel_max", type=int, default=None, help="default: 512 from 256x256 up, 256 below")
     loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights (else BRICS_LPIPS_WEIGHTS/cache)")
-    log = p.add_argument_group("logging and checkpoints")
-    log.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
-    log.add_argument("--logging_dir", default="logs")
+    log = p.add_argument_group("validation")
     log.add_argument("--validation_steps", type=int, default=500)
     log.add_argument("--num_validation_images", type=int, default=16)
     log.add_argument("--max_eval_images", type=int, default=None, help="cap on held-out images for metrics")
-    log.add_argument("--checkpointing_steps", type=int, default=1000)
-    log.add_argument("--checkpoints_total_limit", type=int, default=None)
-    log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
-    hub = p.add_argument_group("hub")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id")
-    hub.add_argument("--hub_token")
-    hub.add_argument("--hub_private_repo", action="store_true")
     args = p.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id")
-    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
-        p.error("--gradient_accumulation_steps and --train_batch_size must be >= 1")
+    check_common_arguments(p, args)
     return args
 
 

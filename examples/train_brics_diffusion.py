@@ -28,7 +28,16 @@ from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
 from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
-from diffusers_brics.training.loop import check_in_sync, ema_copy, log_image, make_accelerator, make_ema, resume
+from diffusers_brics.training.loop import (
+    add_common_arguments,
+    check_common_arguments,
+    check_in_sync,
+    ema_copy,
+    log_image,
+    make_accelerator,
+    make_ema,
+    resume,
+)
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
 logger = get_logger(__name__)
@@ -45,12 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--autoencoder", required=True, help="a trained BRICSAutoencoder: local folder or Hub id")
     p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'autoencoder' for a stage-1 output folder")
+    add_common_arguments(p, output_dir="brics-diffusion", ema_max_decay=0.9999)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset_name")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--train_data_dir")
-    data.add_argument("--image_column")
-    data.add_argument("--cache_dir")
     data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
     data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
     data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
@@ -61,12 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--snr_gamma", type=float, default=None, help="min-SNR weighting (paper: 5 with --schedule cosine)")
     model.add_argument("--num_train_timesteps", type=int, default=1000)
     train = p.add_argument_group("training")
-    train.add_argument("--output_dir", default="brics-diffusion")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--train_batch_size", type=int, default=64)
     train.add_argument("--num_epochs", type=int, default=100)
     train.add_argument("--max_train_steps", type=int)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--learning_rate", type=float, default=8e-4)
     train.add_argument("--lr_scheduler", default="cosine")
     train.add_argument("--lr_warmup_steps", type=int, default=500)
@@ -75,28 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--adam_weight_decay", type=float, default=0.0)
     train.add_argument("--adam_epsilon", type=float, default=1e-8)
     train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--ema_max_decay", type=float, default=0.9999)
-    train.add_argument("--ema_power", type=float, default=3 / 4)
-    train.add_argument("--cpu", action="store_true")
-    log = p.add_argument_group("logging and checkpoints")
-    log.add_argument("--report_to", default="tensorboard")
-    log.add_argument("--logging_dir", default="logs")
+    log = p.add_argument_group("validation")
     log.add_argument("--validation_steps", type=int, default=1000)
     log.add_argument("--num_validation_images", type=int, default=8)
     log.add_argument("--num_inference_steps", type=int, default=100)
-    log.add_argument("--checkpointing_steps", type=int, default=1000)
-    log.add_argument("--checkpoints_total_limit", type=int)
-    log.add_argument("--resume_from_checkpoint")
-    hub = p.add_argument_group("hub")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id")
-    hub.add_argument("--hub_token")
-    hub.add_argument("--hub_private_repo", action="store_true")
     args = p.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id")
+    check_common_arguments(p, args)
     return args
 
 

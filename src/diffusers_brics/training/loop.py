@@ -20,6 +20,44 @@ from .checkpointing import resolve_checkpoint
 logger = get_logger(__name__)
 
 
+def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_max_decay: float) -> None:
+    """The flags both training scripts share: image source, run set-up, EMA, logging, checkpoints, Hub."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--train_data_dir", help="a folder of images (datasets' imagefolder)")
+    data.add_argument("--image_column", help="default: the first Image column")
+    data.add_argument("--cache_dir")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default=output_dir)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    run.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    run.add_argument("--ema_max_decay", type=float, default=ema_max_decay)
+    run.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
+    log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    log.add_argument("--logging_dir", default="logs")
+    log.add_argument("--checkpointing_steps", type=int, default=1000)
+    log.add_argument("--checkpoints_total_limit", type=int, default=None)
+    log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id")
+    hub.add_argument("--hub_token")
+    hub.add_argument("--hub_private_repo", action="store_true")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flag combinations that cannot work, through ``parser.error``."""
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
+        parser.error("--gradient_accumulation_steps and --train_batch_size must be >= 1")
+
+
 def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator:
     """An `Accelerator` from the scripts' common flags, with logging, seeding and trackers set up."""
     # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
