@@ -189,3 +189,8 @@ def test_bad_key_codes_raise_value_error(model, z, message):
 def test_configurations_that_cannot_work_raise_value_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         BRICSAutoencoder.from_preset("tiny", **overrides)
+
+
+def test_tiling_is_refused_rather_than_silently_ignored(model):
+    with pytest.raises(NotImplementedError, match="Tiling"):
+        model.enable_tiling()

@@ -215,7 +215,6 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             mapping_layers=mapping_layers,
         )
         self.use_slicing = False
-        self.use_tiling = False  # no tiled decoding: images are decoded whole
 
     # ------------------------------------------------------------------ construction
     @classmethod
