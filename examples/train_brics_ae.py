@@ -19,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from diffusers.optimization import get_scheduler
@@ -40,6 +41,7 @@ from diffusers_brics.training.loop import (
     make_accelerator,
     make_ema,
     resume,
+    run_training,
     time_is_up,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
@@ -151,7 +153,11 @@ def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, fl
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    accelerator = make_accelerator(args, "train_brics_ae")
+    run_training(train, args, make_accelerator(args, "train_brics_ae"))
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """The whole run on every process; the main process also saves, evaluates and publishes the result."""
 
     model = build_model(args)
     resolution = args.resolution or model.config.sample_size
@@ -267,7 +273,6 @@ def main(argv: list[str] | None = None) -> None:
         check_in_sync(accelerator, discriminator)
     if accelerator.is_main_process:
         finish(args, accelerator, model, ema, val_loader, fixed_images, global_step, throughput)
-    accelerator.end_training()
 
 
 def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_scheduler, images, generator) -> dict:

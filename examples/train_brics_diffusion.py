@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
@@ -37,6 +38,7 @@ from diffusers_brics.training.loop import (
     make_accelerator,
     make_ema,
     resume,
+    run_training,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
@@ -131,7 +133,11 @@ def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    accelerator = make_accelerator(args, "train_brics_diffusion")
+    run_training(train, args, make_accelerator(args, "train_brics_diffusion"))
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """The whole run on every process; the main process also saves, evaluates and publishes the result."""
     vae = BRICSAutoencoder.from_pretrained(args.autoencoder, subfolder=args.autoencoder_subfolder).to(accelerator.device)
     vae.requires_grad_(False).eval()
     resolution = vae.config.sample_size
@@ -265,7 +271,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.push_to_hub:
             push_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
-    accelerator.end_training()
 
 
 def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler) -> BRICSPipeline:

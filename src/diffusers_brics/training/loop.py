@@ -145,3 +145,17 @@ def check_in_sync(accelerator, model) -> None:
     if len(set(digests)) != 1:
         raise RuntimeError(f"weights differ across processes: {digests}")
     logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
+
+
+def run_training(train, args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """``train(args, accelerator)``, then release what it prepared and end the run (trackers, process group).
+
+    ``train`` must keep the prepared (DDP-wrapped) models in its own frame, so that they are gone when it returns.
+    Otherwise the last owner of the gloo process group can be a DDP reducer collected at interpreter exit: the
+    group's destructor then joins its worker thread while holding the GIL, and a worker still releasing the
+    tensors of a finished collective waits for the GIL, so the process never exits. Once the wrappers are
+    released, `destroy_process_group` drops the group instead, without holding the GIL.
+    """
+    train(args, accelerator)
+    accelerator.free_memory()
+    accelerator.end_training()
