@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.data import load_emoji_dataset
+from diffusers_brics.metrics import GridUsage
 from diffusers_brics.training.data import image_transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,34 @@ def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, f
     return {"step_seconds": step, "retrieval_seconds": retrieval, "retrieval_share": retrieval / step}
 
 
-def plot_usage(levels: list[float], path: Path) -> bool:
+def unread_key_values(model: BRICSAutoencoder, dataset) -> tuple[list[dict], float]:
+    """Where the held-out split leaves reachable dense-level nodes unread, by the key value of the node.
+
+    Returns, per dense level, the unread node count and the share of those at key values outside [0.1, 0.9]
+    (with the key values of all unread nodes, for the plot), and the share of held-out key codes outside [0.1, 0.9].
+    """
+    transform = image_transform(model.config.sample_size, center_crop=True)
+    usage = GridUsage(model.eval())
+    codes = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), 64):
+            images = torch.stack([transform(image) for image in dataset[start : start + 64]["image"]])
+            codes.append(model.encode(images).latents)
+            usage.update(codes[-1])
+    codes = torch.cat(codes)
+    grids = model.retrieval.grids
+    rows = []
+    for level in range(grids[0].num_dense_levels):
+        scale = grids[0].levels[level]["scale"]
+        keys = torch.cat([usage.unread_nodes(g, level)[:, : model.retrieval.key_channels] for g in range(len(grids))])
+        values = ((keys.float() - 0.5) / scale).flatten()
+        outer = ((values < 0.1) | (values > 0.9)).float().mean().item() if len(values) else 0.0
+        rows.append({"level": level, "unread": len(keys), "outer_share": outer, "key_values": values.tolist()})
+    codes_outer = ((codes < 0.1) | (codes > 0.9)).float().mean().item()
+    return rows, codes_outer
+
+
+def plot_usage(levels: list[float], unread: list[dict], path: Path) -> bool:
     try:
         import matplotlib
 
@@ -75,12 +103,18 @@ def plot_usage(levels: list[float], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
         return False
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 3))
     ax.bar(range(len(levels)), [100 * v for v in levels], color="#4c72b0")
     ax.set_xlabel("grid level (coarse -> fine)")
     ax.set_ylabel("reachable entries read (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Held-out grid usage (mean over groups)")
+    for row in unread:
+        hist.hist(row["key_values"], bins=40, range=(-0.05, 1.05), histtype="step", label=f"level {row['level']}")
+    hist.set_xlabel("key value of the node")
+    hist.set_ylabel("unread reachable nodes")
+    hist.set_title("Where dense levels go unread")
+    hist.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,6 +157,7 @@ def main() -> None:
 
     levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
     dense = model.retrieval.grids[0].num_dense_levels
+    unread, codes_outer = unread_key_values(model, load_emoji_dataset(32 if resolution <= 32 else 64, "test"))
     results = {
         "command": shown,
         "torch": torch.__version__,
@@ -130,11 +165,14 @@ def main() -> None:
         **{k: v for k, v in metrics.items() if not k.startswith("grid_usage_level_")},
         "grid_usage_per_level": levels,
         "dense_levels": dense,
+        "unread_dense_nodes": [row["unread"] for row in unread],
+        "unread_dense_nodes_outer_key_share": [row["outer_share"] for row in unread],
+        "key_codes_outer_share": codes_outer,
         **breakdown,
     }
     (output / "results.json").write_text(json.dumps(results, indent=2))
     shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
-    has_plot = plot_usage(levels, output / "grid_usage.png")
+    has_plot = plot_usage(levels, unread, output / "grid_usage.png")
     report = [
         f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
         "",
@@ -153,6 +191,10 @@ def main() -> None:
         + ", ".join(f"{100 * v:.1f}%" for v in levels[:dense]) + " |",
         "| grid entries read, hashed levels | " + (", ".join(f"{100 * v:.1f}%" for v in levels[dense:]) or "none")
         + " |",
+        "| unread reachable nodes, dense levels (all groups) | " + ", ".join(str(r["unread"]) for r in unread) + " |",
+        "| ... of them at key values outside [0.1, 0.9] | "
+        + ", ".join(f"{100 * r['outer_share']:.0f}%" for r in unread) + " |",
+        f"| held-out key codes outside [0.1, 0.9] | {100 * codes_outer:.1f}% |",
         "",
         "![reconstructions](reconstructions.png)",
     ]

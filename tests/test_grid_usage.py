@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from diffusers_brics import BRICSAutoencoder
@@ -20,3 +21,21 @@ def test_grid_usage_of_images_matches_the_counter_and_reaches_full_usage_with_un
     dense = model.retrieval.grids[0].num_dense_levels
     torch.testing.assert_close(uniform.hit_fraction()[:, :dense], torch.ones(2, dense))
     assert bool((uniform.hit_fraction(reachable_only=False) <= uniform.hit_fraction() + 1e-6).all())
+
+
+def test_unread_nodes_are_the_key_values_no_code_came_near():
+    model = BRICSAutoencoder.from_preset("tiny").eval()
+    grid = model.retrieval.grids[0]
+    level = grid.num_dense_levels - 1
+    scale = grid.levels[level]["scale"]
+    usage = GridUsage(model)
+    usage.update(torch.rand(200, 2, 8, 8) * 0.5)  # key codes in [0, 0.5): the upper key nodes stay unread
+    nodes = usage.unread_nodes(0, level)
+    assert nodes.shape[1] == grid.input_dim and len(nodes) > 0
+    assert bool(((nodes[:, 0] - 0.5) / scale >= 0.5 - 1 / scale).all())
+    reachable = usage.reachable_rows(grid, level).numel()
+    torch.testing.assert_close(usage.hit_fraction()[0, level], torch.tensor(1 - len(nodes) / reachable))
+    hashed = [i for i, plan in enumerate(grid.levels) if plan["hashed"]]
+    assert hashed, "the tiny preset has hashed levels"
+    with pytest.raises(ValueError, match="hashed"):
+        usage.unread_nodes(0, hashed[0])

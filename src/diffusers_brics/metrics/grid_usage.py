@@ -48,6 +48,21 @@ class GridUsage:
         strides = torch.tensor([plan["nodes_per_axis"] ** d for d in range(grid.input_dim)])
         return torch.unique((nodes * strides).sum(-1) % plan["entries"]) + int(grid.level_starts[level])
 
+    def unread_nodes(self, group: int, level: int) -> torch.Tensor:
+        """``(M, D)`` lattice coordinates (key axes, then x, y) of the reachable nodes of a dense level never read.
+
+        Node ``k`` of a key axis sits at key value ``(k - 0.5) / scale``; where the unread nodes lie tells whether
+        usage is limited by the key codes' range (outermost nodes) or by the grid's capacity (everywhere).
+        """
+        grid = self.model.retrieval.grids[group]
+        plan = grid.levels[level]
+        if plan["hashed"]:
+            raise ValueError(f"level {level} is hashed: its entries are not lattice nodes")
+        rows = self.reachable_rows(grid, level)
+        unread = rows[self.counts[group][rows] == 0] - int(grid.level_starts[level])
+        n = plan["nodes_per_axis"]
+        return torch.stack([(unread // n**d) % n for d in range(grid.input_dim)], dim=-1)
+
     def hit_fraction(self, reachable_only: bool = True) -> torch.Tensor:
         """``(N_h, N_r)`` fraction of (reachable) entries read at least once."""
         rows = []
