@@ -51,6 +51,10 @@ def saved(tmp_path_factory) -> dict:
     naive = NaiveBRICSPipeline(unet=brics.unet, scheduler=brics.scheduler, vae=brics.vae)
     for name, pipe in (("brics", brics), ("ddpm", ddpm), ("naive", naive)):
         pipe.save_pretrained(root / name)
+    # what else a training run's repo may hold: none of it is needed to load the pipeline
+    (root / "brics" / "checkpoint-2").mkdir()
+    (root / "brics" / "checkpoint-2" / "optimizer.bin").write_bytes(b"\0" * 1024)
+    (root / "brics" / "samples.png").write_bytes(b"\0" * 16)
     return {
         "folders": {BRICS_REPO: root / "brics", DDPM_REPO: root / "ddpm", NAIVE_REPO: root / "naive"},
         "brics_images": generate(brics),
@@ -154,8 +158,9 @@ def test_brics_pipeline_loads_by_repo_id(saved, hub, hf_cache, revision):
     assert "GET /api/models/{repo_id}/revision/{revision}" in patterns
     assert "GET /api/models/{repo_id}/tree/{revision}" in patterns
     assert "GET /{repo_id}/resolve/{revision}/{path}" in patterns
-    downloaded = {r.path.rsplit("/", 2)[-2] for r in hub.requests if r.method == "GET" and "/resolve/" in r.path}
-    assert {"unet", "vae", "scheduler"} <= downloaded
+    fetched = [r.path for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    assert {"unet", "vae", "scheduler"} <= {p.rsplit("/", 2)[-2] for p in fetched}
+    assert not any("checkpoint-2" in p or "samples.png" in p for p in fetched), fetched
 
 
 def test_brics_pipeline_loads_from_cache_offline_with_the_stand_in_stopped(saved, hub, hf_cache, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -46,16 +47,22 @@ class BRICSPipeline(DiffusionPipeline):
 
         diffusers' own download step refuses components from pip packages (it only knows diffusers,
         transformers and the like), so for a repo id the files are fetched with ``huggingface_hub`` first and
-        the folder is loaded from the local cache; ``cache_dir``, ``revision``, ``token``, ``force_download``,
-        ``local_files_only`` and ``proxies`` are honoured (and ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT``).
+        the folder is loaded from the local cache. Only ``model_index.json`` and the folders of the components it
+        lists are downloaded (not training checkpoints or sample images kept in the same repo). ``cache_dir``,
+        ``revision``, ``token``, ``force_download`` and ``local_files_only`` are honoured, and so are
+        ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the usual proxy environment variables.
         """
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import hf_hub_download, snapshot_download
 
             download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
-                                                   "local_files_only", "proxies") if k in kwargs}
-            path = snapshot_download(path, **download)
+                                                   "local_files_only") if k in kwargs}
+            with open(hf_hub_download(path, "model_index.json", **download)) as file:
+                index = json.load(file)
+            components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+            path = snapshot_download(path, allow_patterns=["model_index.json", *(f"{name}/*" for name in components)],
+                                     **download)
         pipeline = super().from_pretrained(path, **kwargs)
         if path != str(pretrained_model_name_or_path):  # record the repo id, as diffusers does
             pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
