@@ -223,7 +223,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
-    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    # Under a time budget the step count is open-ended: count and rate, no step total or ETA.
+    progress = tqdm(total=None if args.max_train_seconds else max_steps, initial=global_step,
+                    disable=not accelerator.is_local_main_process,
+                    desc=f"steps (budget {args.max_train_seconds:g} s)" if args.max_train_seconds else "steps")
     generator = torch.Generator()
     epoch, first_step = first_epoch, global_step
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
