@@ -24,7 +24,6 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
-from tqdm.auto import tqdm
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage, lpips, psnr, ssim
@@ -42,6 +41,7 @@ from diffusers_brics.training.loop import (
     make_ema,
     resume,
     run_training,
+    step_progress,
     time_is_up,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
@@ -75,7 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--eval_batch_size", type=int, default=64)
     train.add_argument("--num_epochs", type=int, default=100)
     train.add_argument("--max_train_steps", type=int, help="overrides --num_epochs")
-    train.add_argument("--max_train_seconds", type=float, help="stop (and save) after this much training time")
     train.add_argument("--learning_rate", type=float, default=2e-3)
     train.add_argument("--grid_learning_rate", type=float, help="learning rate of the feature grids (default: --learning_rate)")
     train.add_argument("--disc_learning_rate", type=float, help="default: --learning_rate")
@@ -223,10 +222,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
-    # Under a time budget the step count is open-ended: count and rate, no step total or ETA.
-    progress = tqdm(total=None if args.max_train_seconds else max_steps, initial=global_step,
-                    disable=not accelerator.is_local_main_process,
-                    desc=f"steps (budget {args.max_train_seconds:g} s)" if args.max_train_seconds else "steps")
+    progress = step_progress(accelerator, args, max_steps, global_step)
     generator = torch.Generator()
     epoch, first_step = first_epoch, global_step
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

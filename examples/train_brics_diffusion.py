@@ -39,6 +39,8 @@ from diffusers_brics.training.loop import (
     make_ema,
     resume,
     run_training,
+    step_progress,
+    time_is_up,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
@@ -196,7 +198,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()
-    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    progress = step_progress(accelerator, args, max_steps, global_step)
     epoch, start_time = first_epoch, time.monotonic()
     while global_step < max_steps:
         loader.set_epoch(epoch)
@@ -239,6 +241,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{logs['loss']:.4g}")
             accelerator.log(logs, step=global_step)
+            if args.max_train_seconds and time_is_up(accelerator, start_time, args.max_train_seconds):
+                logger.info(f"--max_train_seconds reached after {global_step} steps")
+                max_steps = global_step
             if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:

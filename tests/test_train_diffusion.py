@@ -54,11 +54,13 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
     assert "reusing 6266 cached key codes" in log and "at step 3" in log
 
 
-def test_encoding_on_the_fly(tmp_path, autoencoder):
+def test_encoding_on_the_fly_under_a_time_budget(tmp_path, autoencoder):
     out = tmp_path / "fly"
-    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
-         "--checkpointing_steps", "2", "--encode_on_the_fly", "--no-use_ema"])
+    log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "100000",
+               "--max_train_seconds", "1", "--checkpointing_steps", "100000", "--encode_on_the_fly", "--no-use_ema"])
     assert not (out / "key_codes").exists() and (out / "model_index.json").exists()
+    steps = int(log.split("--max_train_seconds reached after ")[1].split()[0])
+    assert 1 <= steps < 100000 and (out / f"checkpoint-{steps}").is_dir()
 
 
 def test_two_processes_end_with_identical_weights(tmp_path, autoencoder):

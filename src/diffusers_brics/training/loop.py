@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
 from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
 from .checkpointing import resolve_checkpoint
 
@@ -32,6 +33,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_m
     run.add_argument("--output_dir", default=output_dir)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    run.add_argument("--max_train_seconds", type=float, help="stop, with a checkpoint and the final save, after this "
+                     "much training time (the learning-rate schedule still spans the step count)")
     run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
     run.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
@@ -128,6 +131,14 @@ def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
             import wandb
 
             tracker.log({tag: wandb.Image(image)}, step=step)
+
+
+def step_progress(accelerator: Accelerator, args: argparse.Namespace, max_steps: int, initial: int) -> tqdm:
+    """The training progress bar (main process). Under a time budget the step count is open-ended: count and
+    rate, no step total or ETA."""
+    budget = args.max_train_seconds
+    return tqdm(total=None if budget else max_steps, initial=initial, desc=f"steps (budget {budget:g} s)" if budget
+                else "steps", disable=not accelerator.is_local_main_process)
 
 
 def time_is_up(accelerator, start_time: float, budget: float) -> bool:
