@@ -46,6 +46,16 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_time_budget_stops_with_a_checkpoint_and_the_final_save(tmp_path, lpips_weights_dir):
+    out = tmp_path / "budget"
+    log = run(["--output_dir", str(out), "--max_train_steps", "100000", "--max_train_seconds", "2",
+               "--checkpointing_steps", "100000", "--validation_steps", "100000"])
+    steps = int(log.split("--max_train_seconds reached after ")[1].split()[0])
+    assert 1 <= steps < 100000 and (out / f"checkpoint-{steps}").is_dir()
+    assert json.loads((out / "metrics.json").read_text())["step"] == steps
+    assert (out / "autoencoder").is_dir()
+
+
 def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpips_weights_dir):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(["--output_dir", str(straight), "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "100"])
