@@ -241,8 +241,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{logs['loss']:.4g}")
             accelerator.log(logs, step=global_step)
-            if args.max_train_seconds and time_is_up(accelerator, start_time, args.max_train_seconds):
-                logger.info(f"--max_train_seconds reached after {global_step} steps")
+            if time_is_up(accelerator, args, start_time, global_step):
                 max_steps = global_step
             if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)

@@ -141,10 +141,16 @@ def step_progress(accelerator: Accelerator, args: argparse.Namespace, max_steps:
                 else "steps", disable=not accelerator.is_local_main_process)
 
 
-def time_is_up(accelerator, start_time: float, budget: float) -> bool:
-    """Whether the time budget is spent, decided by the main process so that all processes stop together."""
-    flag = torch.tensor([float(time.monotonic() - start_time >= budget)], device=accelerator.device)
-    return bool(broadcast(flag, from_process=0).item())
+def time_is_up(accelerator: Accelerator, args: argparse.Namespace, start_time: float, step: int) -> bool:
+    """Whether ``--max_train_seconds`` is spent (never without one), decided by the main process so that all
+    processes stop together; logs the step it stopped at."""
+    if not args.max_train_seconds:
+        return False
+    flag = torch.tensor([float(time.monotonic() - start_time >= args.max_train_seconds)], device=accelerator.device)
+    if not broadcast(flag, from_process=0).item():
+        return False
+    logger.info(f"--max_train_seconds reached after {step} steps")
+    return True
 
 
 def check_in_sync(accelerator, model) -> None:
