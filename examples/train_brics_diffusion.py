@@ -133,6 +133,18 @@ def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch
     return datasets.Dataset.from_dict({"key_codes": codes}).with_format("torch")
 
 
+def load_autoencoder(name_or_path: str, subfolder: str | None) -> BRICSAutoencoder:
+    """The trained stage-1 autoencoder from a local folder or a Hub repo, or a FileNotFoundError naming the flag."""
+    try:
+        return BRICSAutoencoder.from_pretrained(name_or_path, subfolder=subfolder)
+    except OSError as error:  # diffusers reports a missing folder as a failed Hub download
+        where = f"--autoencoder {name_or_path!r}" + (f" with --autoencoder_subfolder {subfolder!r}" if subfolder else "")
+        raise FileNotFoundError(
+            f"{where}: no BRICSAutoencoder found, neither as a local folder holding config.json and the weights "
+            f"(a stage-1 output folder needs --autoencoder_subfolder autoencoder) nor as a Hub repo ({error})"
+        ) from error
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_training(train, args, make_accelerator(args, "train_brics_diffusion"))
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     """The whole run on every process; the main process also saves, evaluates and publishes the result."""
-    vae = BRICSAutoencoder.from_pretrained(args.autoencoder, subfolder=args.autoencoder_subfolder).to(accelerator.device)
+    vae = load_autoencoder(args.autoencoder, args.autoencoder_subfolder).to(accelerator.device)
     vae.requires_grad_(False).eval()
     resolution = vae.config.sample_size
     with accelerator.main_process_first():

@@ -1,6 +1,8 @@
 """The stage-2 script end to end on the embedded data with a tiny autoencoder and UNet."""
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,19 @@ def test_two_processes_end_with_identical_weights(tmp_path, autoencoder):
     assert result.returncode == 0, result.stderr[-6000:]
     assert "weights identical on 2 process(es)" in result.stdout + result.stderr
     assert (out / "model_index.json").exists()
+
+
+def test_a_missing_autoencoder_names_the_flag(tmp_path, autoencoder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.spec_from_file_location("train_brics_diffusion", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert isinstance(script.load_autoencoder(str(autoencoder), None), BRICSAutoencoder)
+    with pytest.raises(FileNotFoundError, match="--autoencoder .*nowhere.*local folder"):
+        script.load_autoencoder(str(tmp_path / "nowhere"), None)
+    # a stage-1 output folder holds the model one level down: the message says which flag finds it
+    stage1 = tmp_path / "stage1"
+    shutil.copytree(autoencoder, stage1 / "autoencoder")
+    with pytest.raises(FileNotFoundError, match="needs --autoencoder_subfolder autoencoder"):
+        script.load_autoencoder(str(stage1), None)
+    assert isinstance(script.load_autoencoder(str(stage1), "autoencoder"), BRICSAutoencoder)
