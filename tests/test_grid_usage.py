@@ -39,3 +39,24 @@ def test_unread_nodes_are_the_key_values_no_code_came_near():
     assert hashed, "the tiny preset has hashed levels"
     with pytest.raises(ValueError, match="hashed"):
         usage.unread_nodes(0, hashed[0])
+
+
+def test_trained_entries_are_exactly_the_entries_training_read():
+    torch.manual_seed(0)
+    model = BRICSAutoencoder.from_preset("tiny").eval()  # eval: no relaxed-precision noise, reads are known
+    assert float(GridUsage.trained_entries(model).hit_fraction(reachable_only=False).max()) == 0.0
+    codes = torch.rand(6, 2, 8, 8) * 0.5  # the upper half of the key range is never read
+    grids = [p for n, p in model.named_parameters() if n.endswith("embeddings")]
+    optimizer = torch.optim.Adam(grids, lr=1e-2, betas=(0.0, 0.99), eps=1e-15)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.retrieval(codes).sub(1).square().mean().backward()
+        optimizer.step()
+    read = GridUsage(model)
+    read.update(codes)
+    trained = GridUsage.trained_entries(model)
+    for read_counts, trained_counts in zip(read.counts, trained.counts):
+        assert torch.equal(read_counts > 0, trained_counts > 0)
+    finest_dense = model.retrieval.grids[0].num_dense_levels - 1
+    assert 0.0 < float(trained.hit_fraction()[:, finest_dense].max()) < 1.0
+    torch.testing.assert_close(trained.hit_fraction(), read.hit_fraction())

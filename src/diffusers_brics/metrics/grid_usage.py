@@ -23,6 +23,22 @@ class GridUsage:
         self.model = model
         self.counts = [torch.zeros(grid.embeddings.shape[0], dtype=torch.long) for grid in model.retrieval.grids]
 
+    @classmethod
+    @torch.no_grad()
+    def trained_entries(cls, model: BRICSAutoencoder) -> "GridUsage":
+        """The entries training has moved out of their initialisation interval, counted as read once.
+
+        An entry only moves when some training query reads it (its gradient is zero otherwise, and Adam leaves it
+        where it is), and one that was moved lands back inside ``[-grid_init_scale, grid_init_scale]`` on all of its
+        ``C_v`` features only by chance. So ``GridUsage.trained_entries(model).hit_fraction()`` is the share of
+        entries that training reached, read off any saved model (EMA weights included) with no data.
+        """
+        usage = cls(model)
+        bound = model.config.grid_init_scale
+        for grid, counts in zip(model.retrieval.grids, usage.counts):
+            counts += (grid.embeddings.detach().abs().amax(dim=-1) > bound).long().cpu()
+        return usage
+
     @torch.no_grad()
     def update(self, key_codes: torch.Tensor) -> None:
         """Add the reads of key codes ``(B, C_z, H_z, W_z)`` (relaxed-precision noise off)."""
