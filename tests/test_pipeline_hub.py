@@ -21,6 +21,7 @@ from naive_pipeline import NaiveBRICSPipeline
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
+from diffusers_brics.pipelines.pipeline_brics import files_to_download
 
 BRICS_REPO = "org/brics-tiny"
 DDPM_REPO = "org/ddpm-tiny"
@@ -51,6 +52,7 @@ def saved(tmp_path_factory) -> dict:
     naive = NaiveBRICSPipeline(unet=brics.unet, scheduler=brics.scheduler, vae=brics.vae)
     for name, pipe in (("brics", brics), ("ddpm", ddpm), ("naive", naive)):
         pipe.save_pretrained(root / name)
+    brics.save_pretrained(root / "brics", variant="fp16")  # weights-only copies beside the plain ones
     # what else a training run's repo may hold: none of it is needed to load the pipeline
     (root / "brics" / "checkpoint-2").mkdir()
     (root / "brics" / "checkpoint-2" / "optimizer.bin").write_bytes(b"\0" * 1024)
@@ -185,3 +187,32 @@ def test_unknown_file_and_revision_raise_hub_errors(hub):
         hf_hub_download(BRICS_REPO, "vae/missing.json")
     with pytest.raises(RevisionNotFoundError):
         hf_hub_download(BRICS_REPO, "model_index.json", revision="no-such-branch")
+
+
+def test_files_to_download_pick_one_set_of_weights_per_component():
+    files = ["model_index.json", "samples.png", "checkpoint-2/optimizer.bin", "scheduler/scheduler_config.json",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+             "vae/diffusion_pytorch_model-00001-of-00002.safetensors",
+             "vae/diffusion_pytorch_model-00002-of-00002.safetensors",
+             "vae/diffusion_pytorch_model.safetensors.index.json"]
+    components = ["scheduler", "unet", "vae"]
+    shards = [f for f in files if f.startswith("vae/")]
+    assert sorted(files_to_download(files, components)) == sorted(
+        ["scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", *shards])
+    assert sorted(files_to_download(files, components, variant="fp16")) == sorted(
+        ["scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+         *shards])  # the vae has no fp16 weights: its plain ones
+    assert "unet/diffusion_pytorch_model.bin" in files_to_download(files, components, use_safetensors=False)
+    assert "unet/diffusion_pytorch_model.safetensors" not in files_to_download(files, components, use_safetensors=False)
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_brics_pipeline_downloads_only_the_weights_it_loads(saved, hub, hf_cache, variant):
+    pipe = BRICSPipeline.from_pretrained(BRICS_REPO, variant=variant)
+
+    assert_same_images(generate(pipe), saved["brics_images"])
+    fetched = [r.path.split("/resolve/", 1)[1] for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    weights = sorted(p.split("/", 1)[1] for p in fetched if p.endswith(".safetensors"))
+    suffix = ".fp16.safetensors" if variant else ".safetensors"
+    assert weights == [f"unet/diffusion_pytorch_model{suffix}", f"vae/diffusion_pytorch_model{suffix}"], fetched

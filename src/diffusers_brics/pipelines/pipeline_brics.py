@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
@@ -14,6 +15,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..schedules import cosine_variant_betas
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     """The paper's default schedule (Chen 2023 cosine variant, start 0.2, end 1, tau 1.5), epsilon prediction."""
     return DDPMScheduler(
@@ -22,6 +26,33 @@ def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
         prediction_type="epsilon",
         clip_sample=False,
     )
+
+
+def weight_variant(filename: str) -> str | None:
+    """``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors`` (or its shards ``...fp16-00001-of-00002...``)."""
+    parts = filename.rsplit("/", 1)[-1].split(".")
+    return parts[1].split("-")[0] if len(parts) >= 3 else None
+
+
+def files_to_download(files: list[str], components: list[str], variant: str | None = None,
+                      use_safetensors: bool | None = None) -> list[str]:
+    """The files of a repo that loading ``components`` needs: everything in their folders but unused weights.
+
+    Per component, the weights of the requested ``variant`` (the plain ones when it has none, as diffusers falls
+    back), in safetensors unless ``use_safetensors=False`` asks for ``.bin`` (either, when only one exists).
+    """
+    chosen = []
+    for name in components:
+        inside = [f for f in files if f.startswith(name + "/")]
+        weights = [f for f in inside if f.endswith(WEIGHT_SUFFIXES)]
+        chosen += [f for f in inside if f not in weights]
+        wanted = [f for f in weights if weight_variant(f) == variant]
+        if not wanted and variant is not None:
+            wanted = [f for f in weights if weight_variant(f) is None]
+        safetensors = [f for f in wanted if f.endswith(".safetensors")]
+        pickled = [f for f in wanted if not f.endswith(".safetensors")]
+        chosen += (pickled or safetensors) if use_safetensors is False else (safetensors or pickled)
+    return chosen
 
 
 class BRICSPipeline(DiffusionPipeline):
@@ -48,21 +79,26 @@ class BRICSPipeline(DiffusionPipeline):
         diffusers' own download step refuses components from pip packages (it only knows diffusers,
         transformers and the like), so for a repo id the files are fetched with ``huggingface_hub`` first and
         the folder is loaded from the local cache. Only ``model_index.json`` and the folders of the components it
-        lists are downloaded (not training checkpoints or sample images kept in the same repo). ``cache_dir``,
-        ``revision``, ``token``, ``force_download`` and ``local_files_only`` are honoured, and so are
-        ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the usual proxy environment variables.
+        lists are downloaded (not training checkpoints or sample images kept in the same repo), and of their weights
+        only those that ``variant`` and ``use_safetensors`` select. ``cache_dir``, ``revision``, ``token``,
+        ``force_download`` and ``local_files_only`` are honoured, and so are ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and
+        the usual proxy environment variables.
         """
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            from huggingface_hub import hf_hub_download, snapshot_download
+            from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 
             download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
                                                    "local_files_only") if k in kwargs}
-            with open(hf_hub_download(path, "model_index.json", **download)) as file:
-                index = json.load(file)
+            index_file = Path(hf_hub_download(path, "model_index.json", **download))
+            index = json.loads(index_file.read_text())
             components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
-            path = snapshot_download(path, allow_patterns=["model_index.json", *(f"{name}/*" for name in components)],
-                                     **download)
+            if download.get("local_files_only") or constants.HF_HUB_OFFLINE:  # what the cached snapshot holds
+                files = [f.relative_to(index_file.parent).as_posix() for f in index_file.parent.rglob("*") if f.is_file()]
+            else:
+                files = HfApi().list_repo_files(path, revision=download.get("revision"), token=download.get("token"))
+            patterns = files_to_download(files, components, kwargs.get("variant"), kwargs.get("use_safetensors"))
+            path = snapshot_download(path, allow_patterns=["model_index.json", *patterns], **download)
         pipeline = super().from_pretrained(path, **kwargs)
         if path != str(pretrained_model_name_or_path):  # record the repo id, as diffusers does
             pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
