@@ -40,6 +40,7 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 4 and 0 < metrics["psnr"] < 60 and 0 <= metrics["lpips"] <= 1
     assert 0 < metrics["grid_usage_mean"] <= 1
+    assert 0 < metrics["grid_trained_mean"] <= 1
     card = (out / "README.md").read_text()
     assert "BRICS autoencoder" in card and "| psnr |" in card
     assert (out / "reconstructions.png").exists()
