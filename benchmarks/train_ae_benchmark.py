@@ -2,9 +2,11 @@
 
 Runs ``examples/train_brics_ae.py`` for ``--minutes`` of training, then reports from the saved EMA model:
 held-out PSNR / SSIM / LPIPS-alex, the share of reachable grid entries read at each level on the held-out
-split (paper Figure 4b), training throughput, and the share of a training step spent in feature retrieval
-(forward + backward of `KeyCodeRetrieval` against a whole autoencoder step on the same batch). Writes
-``results.json``, ``report.md``, a grid-usage plot and the reconstruction grid into ``--output``.
+split (paper Figure 4b) and how it evolved over the run (validation every ``--validation_steps``, read back from
+the tensorboard logs), the share that training moved from their initialisation, training throughput, and the
+share of a training step spent in feature retrieval (forward + backward of `KeyCodeRetrieval` against a whole
+autoencoder step on the same batch). Writes ``results.json``, ``report.md``, a grid-usage plot and the
+reconstruction grid into ``--output``.
 
     python benchmarks/train_ae_benchmark.py --minutes 10
     python benchmarks/train_ae_benchmark.py --minutes 10 -- --perceptual_weight 5 --disc_start 1000
@@ -94,7 +96,25 @@ def unread_key_values(model: BRICSAutoencoder, dataset) -> tuple[list[dict], flo
     return rows, codes_outer
 
 
-def plot_usage(levels: list[float], unread: list[dict], path: Path) -> bool:
+def validation_history(log_dir: Path, num_levels: int) -> list[dict]:
+    """Held-out PSNR and per-level grid usage at each validation of the run, from its tensorboard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted({path.parent for path in log_dir.rglob("events.out.tfevents.*")})
+    scalars: dict[str, dict[int, float]] = {}
+    for run in runs:
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({event.step: event.value for event in events.Scalars(tag)})
+    steps = sorted(scalars.get("val/psnr", {}))
+    return [{"step": step, "psnr": scalars["val/psnr"][step],
+             "usage": [scalars[f"val/grid_usage_level_{level}"][step] for level in range(num_levels)]}
+            for step in steps]
+
+
+def plot_usage(levels: list[float], trained: list[float], unread: list[dict], history: list[dict], dense: int,
+               path: Path) -> bool:
     try:
         import matplotlib
 
@@ -103,18 +123,28 @@ def plot_usage(levels: list[float], unread: list[dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
         return False
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(11, 3))
-    ax.bar(range(len(levels)), [100 * v for v in levels], color="#4c72b0")
+    fig, (ax, hist, trend) = plt.subplots(1, 3, figsize=(16, 3.2))
+    x = torch.arange(len(levels)).tolist()
+    ax.bar([i - 0.2 for i in x], [100 * v for v in levels], width=0.4, color="#4c72b0", label="read on held-out")
+    ax.bar([i + 0.2 for i in x], [100 * v for v in trained], width=0.4, color="#dd8452", label="moved by training")
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_xlabel("grid level (coarse -> fine)")
-    ax.set_ylabel("reachable entries read (%)")
+    ax.set_ylabel("reachable entries (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Held-out grid usage (mean over groups)")
+    ax.set_title("Grid usage (mean over groups)")
     for row in unread:
         hist.hist(row["key_values"], bins=40, range=(-0.05, 1.05), histtype="step", label=f"level {row['level']}")
     hist.set_xlabel("key value of the node")
     hist.set_ylabel("unread reachable nodes")
     hist.set_title("Where dense levels go unread")
     hist.legend(fontsize=7)
+    for level in range(dense):
+        trend.plot([h["step"] for h in history], [100 * h["usage"][level] for h in history], marker=".",
+                   label=f"level {level}")
+    trend.set_xlabel("training step")
+    trend.set_ylabel("reachable entries read (%)")
+    trend.set_title("Held-out usage of dense levels during training")
+    trend.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -129,6 +159,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="small-32")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--validation_steps", type=int, default=300,
+                        help="held-out validation every N steps, for the usage-over-training curve")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_ae_small32"))
     args = parser.parse_args(argv)
 
@@ -141,7 +173,8 @@ def main() -> None:
         sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--preset", args.preset,
         "--output_dir", str(run_dir), "--train_batch_size", str(args.batch_size),
         "--max_train_seconds", str(args.minutes * 60), "--max_train_steps", "100000000",
-        "--validation_steps", "100000000", "--checkpointing_steps", "100000000", "--report_to", "none", *extra,
+        "--validation_steps", str(args.validation_steps), "--checkpointing_steps", "100000000",
+        "--report_to", "tensorboard", *extra,
     ]
     shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
     print("$", shown, flush=True)
@@ -158,6 +191,8 @@ def main() -> None:
     levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
     dense = model.retrieval.grids[0].num_dense_levels
     unread, codes_outer = unread_key_values(model, load_emoji_dataset(32 if resolution <= 32 else 64, "test"))
+    trained = GridUsage.trained_entries(model).hit_fraction().mean(dim=0).tolist()
+    history = validation_history(run_dir / "logs", model.config.grid_num_levels)
     results = {
         "command": shown,
         "torch": torch.__version__,
@@ -168,11 +203,13 @@ def main() -> None:
         "unread_dense_nodes": [row["unread"] for row in unread],
         "unread_dense_nodes_outer_key_share": [row["outer_share"] for row in unread],
         "key_codes_outer_share": codes_outer,
+        "grid_trained_per_level": trained,
+        "validation_history": history,
         **breakdown,
     }
     (output / "results.json").write_text(json.dumps(results, indent=2))
     shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
-    has_plot = plot_usage(levels, unread, output / "grid_usage.png")
+    has_plot = plot_usage(levels, trained, unread, history, dense, output / "grid_usage.png")
     report = [
         f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
         "",
@@ -195,6 +232,15 @@ def main() -> None:
         "| ... of them at key values outside [0.1, 0.9] | "
         + ", ".join(f"{100 * r['outer_share']:.0f}%" for r in unread) + " |",
         f"| held-out key codes outside [0.1, 0.9] | {100 * codes_outer:.1f}% |",
+        "| reachable entries training moved from their initialisation, dense levels | "
+        + ", ".join(f"{100 * v:.1f}%" for v in trained[:dense]) + " |",
+        "",
+        "Held-out usage over the run (validation of the EMA model):",
+        "",
+        "| step | PSNR (dB) | dense levels, reachable entries read (%) |",
+        "|---|---|---|",
+        *(f"| {h['step']} | {h['psnr']:.2f} | " + ", ".join(f"{100 * v:.1f}" for v in h["usage"][:dense]) + " |"
+          for h in history),
         "",
         "![reconstructions](reconstructions.png)",
     ]
