@@ -124,7 +124,7 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
         print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
         return False
     fig, (ax, hist, trend) = plt.subplots(1, 3, figsize=(16, 3.2))
-    x = torch.arange(len(levels)).tolist()
+    x = range(len(levels))
     ax.bar([i - 0.2 for i in x], [100 * v for v in levels], width=0.4, color="#4c72b0", label="read on held-out")
     ax.bar([i + 0.2 for i in x], [100 * v for v in trained], width=0.4, color="#dd8452", label="moved by training")
     ax.legend(fontsize=7, loc="lower left")

@@ -144,7 +144,7 @@ def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, fl
     metrics["grid_usage_min_level"] = float(hits.min())
     metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
     metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
-    metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())  # no dead entries?
+    metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
     fixed = fixed_images.to(model.device)
     recon = model.decode(model.encode(fixed).latents).sample.clamp(-1, 1)
     pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
