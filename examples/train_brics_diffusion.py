@@ -6,7 +6,8 @@ The dataset is encoded once by the trained autoencoder (relaxed-precision noise 
 cached as a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly``
 encodes every batch instead). Codes are mapped to ``[-1, 1]`` by ``(z - 0.5) * 2``; no scaling factor is needed.
 Epsilon prediction with the Chen 2023 cosine-variant schedule (default, paper config b) or the cosine schedule
-with min-SNR-gamma weighting (config a). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end.
+with min-SNR-gamma weighting (config a). ``--class_column`` trains a class-conditional UNet (class names are saved
+with the pipeline: ``pipe(class_labels=["name"])``). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
 from diffusers_brics.training.checkpointing import save_checkpoint
-from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.data import class_labels_of, image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.loop import (
     add_common_arguments,
     check_common_arguments,
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
     data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
     data.add_argument("--encode_batch_size", type=int, default=64)
+    data.add_argument("--class_column", default=None,
+                      help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
+                           "embedded emoji)")
     model = p.add_argument_group("model")
     model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant")
@@ -90,8 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_unet(args, vae: BRICSAutoencoder) -> UNet2DModel:
-    """An LDM-like UNet on key codes: attention at the configured resolutions where the code is that large."""
+def build_unet(args, vae: BRICSAutoencoder, num_classes: int | None = None) -> UNet2DModel:
+    """An LDM-like UNet on key codes: attention at the configured resolutions where the code is that large; with
+    ``num_classes``, a class embedding added to the timestep embedding."""
     preset = UNET_PRESETS[args.unet_preset]
     channels, size = preset["block_out_channels"], vae.config.latent_size
     down, up = [], []
@@ -105,6 +110,7 @@ def build_unet(args, vae: BRICSAutoencoder) -> UNet2DModel:
         sample_size=size, in_channels=vae.latent_channels, out_channels=vae.latent_channels,
         block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
         up_block_types=tuple(up), norm_num_groups=min(32, channels[0]), attention_head_dim=max(8, channels[0] // 8),
+        num_class_embeds=num_classes,
     )
 
 
@@ -117,20 +123,24 @@ def build_scheduler(args) -> DDPMScheduler:
 
 
 @torch.no_grad()
-def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device):
-    """Key codes of every image (and of its mirror image with ``flip``) as a ``datasets.Dataset`` of arrays."""
+def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device,
+                   labels: list[int] | None = None):
+    """Key codes of every image, then (with ``flip``) of every mirror image, as a ``datasets.Dataset`` of arrays,
+    with the class label of each image when ``labels`` are given."""
     import datasets
 
     vae.eval()
-    codes = []
+    codes, mirrored = [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="encoding key codes"):
         rows = dataset[start : start + batch_size][column]
         images = torch.stack([transform(image) for image in rows]).to(device, vae.dtype)
         codes.append(vae.encode(images).latents.float().cpu())
         if flip:
-            codes.append(vae.encode(images.flip(-1)).latents.float().cpu())
-    codes = torch.cat(codes).numpy()
-    return datasets.Dataset.from_dict({"key_codes": codes}).with_format("torch")
+            mirrored.append(vae.encode(images.flip(-1)).latents.float().cpu())
+    columns = {"key_codes": torch.cat(codes + mirrored).numpy()}
+    if labels is not None:
+        columns["class_labels"] = labels * (2 if flip else 1)
+    return datasets.Dataset.from_dict(columns).with_format("torch")
 
 
 def load_autoencoder(name_or_path: str, subfolder: str | None) -> BRICSAutoencoder:
@@ -159,14 +169,18 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         train_set, _ = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
                                            resolution, args.cache_dir, seed=args.seed)
     column = image_column_of(train_set, args.image_column)
+    labels, class_names = class_labels_of(train_set, args.class_column) if args.class_column else (None, None)
     # Cached codes come from centre crops; random crops only when encoding on the fly.
     transform = image_transform(resolution, center_crop=args.center_crop or not args.encode_on_the_fly)
 
     if args.encode_on_the_fly:
         def collate(rows):
-            return {"images": torch.stack([transform(row[column]) for row in rows])}
+            batch = {"images": torch.stack([transform(row[column]) for row in rows])}
+            if labels is not None:
+                batch["class_labels"] = torch.tensor([row["class_label_id"] for row in rows])
+            return batch
 
-        dataset = train_set
+        dataset = train_set if labels is None else train_set.add_column("class_label_id", labels)
     else:
         cache = os.path.join(args.output_dir, "key_codes")
         with accelerator.main_process_first():
@@ -177,7 +191,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 logger.info(f"reusing {len(codes)} cached key codes from {cache}")
             elif accelerator.is_main_process:
                 codes = encode_dataset(vae, train_set, column, transform, args.encode_batch_size, args.random_flip,
-                                       accelerator.device)
+                                       accelerator.device, labels)
                 codes.save_to_disk(cache + ".partial")
                 os.replace(cache + ".partial", cache)
             else:
@@ -185,9 +199,15 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         if codes[0]["key_codes"].shape != vae.latent_shape:
             raise ValueError(f"cached key codes in {cache} have shape {tuple(codes[0]['key_codes'].shape)}, the "
                              f"autoencoder makes {vae.latent_shape}: delete the cache folder to re-encode")
+        if labels is not None and not cached_labels_match(codes, labels):
+            raise ValueError(f"the key codes cached in {cache} lack the labels of --class_column {args.class_column!r} "
+                             "(encoded without it, or from other data): delete the cache folder to re-encode")
 
         def collate(rows):
-            return {"codes": torch.stack([row["key_codes"] for row in rows])}
+            batch = {"codes": torch.stack([row["key_codes"] for row in rows])}
+            if labels is not None:
+                batch["class_labels"] = torch.stack([row["class_labels"] for row in rows])
+            return batch
 
         dataset = codes
     if len(dataset) < args.train_batch_size * accelerator.num_processes:
@@ -195,7 +215,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate)
 
-    unet = build_unet(args, vae)
+    unet = build_unet(args, vae, len(class_names) if class_names else None)
     noise_scheduler = build_scheduler(args)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
@@ -233,7 +253,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                                       generator=generator).to(x0.device)
             noisy = noise_scheduler.add_noise(x0, noise, timesteps)
             with accelerator.accumulate(unet):
-                prediction = unet(noisy, timesteps).sample
+                class_ids = batch["class_labels"].to(x0.device) if "class_labels" in batch else None
+                prediction = unet(noisy, timesteps, class_labels=class_ids).sample
                 loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
                 if args.snr_gamma:
                     loss = loss * min_snr_weights(alphas_cumprod, timesteps, args.snr_gamma)
@@ -258,16 +279,16 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step)
+                sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step, class_names)
             if global_step >= max_steps:
                 break
         epoch += 1
     progress.close()
     check_in_sync(accelerator, unet)
     if accelerator.is_main_process:
-        pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler)
+        pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler, class_names)
         pipeline.save_pretrained(args.output_dir)
-        sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step)
+        sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, global_step, class_names)
         data = args.dataset_name or args.train_data_dir or "the embedded emoji images (Google Noto Emoji, Apache-2.0)"
         write_model_card(
             args.output_dir,
@@ -278,29 +299,42 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 f"autoencoder to {resolution}x{resolution} images ({time.monotonic() - start_time:.0f} s of training).\n\n"
                 "```python\nfrom diffusers_brics import BRICSPipeline\n"
                 f"pipe = BRICSPipeline.from_pretrained(\"{args.hub_model_id or args.output_dir}\")\n"
-                "images = pipe(batch_size=4).images\n```"
+                + ("images = pipe(batch_size=4).images\n```" if not class_names else
+                   f"images = pipe(batch_size=4, class_labels={class_names[:1]!r}).images\n```\n\n"
+                   f"Classes (`--class_column {args.class_column}`): " + ", ".join(class_names))
             ),
             config={k: v for k, v in vars(args).items() if v is not None and k != "hub_token"},
             image="samples.png",
             dataset=args.dataset_name,
-            tags=("diffusers", "brics", "unconditional-image-generation"),
+            tags=("diffusers", "brics", "image-generation" if class_names else "unconditional-image-generation"),
         )
         if args.push_to_hub:
             push_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
 
 
-def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler) -> BRICSPipeline:
-    """The pipeline with the EMA UNet weights (the live weights without EMA)."""
-    return BRICSPipeline(unet=ema_copy(accelerator, unet, ema), scheduler=noise_scheduler, vae=vae)
+def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler, class_names: list[str] | None) -> BRICSPipeline:
+    """The pipeline with the EMA UNet weights (the live weights without EMA) and the class names, if any."""
+    return BRICSPipeline(unet=ema_copy(accelerator, unet, ema), scheduler=noise_scheduler, vae=vae,
+                         id2label=dict(enumerate(class_names)) if class_names else None)
 
 
-def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step) -> None:
-    """Samples from fixed seeds, logged and saved as ``samples.png``."""
-    pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler)
+def cached_labels_match(codes, labels: list[int]) -> bool:
+    """Whether cached key codes carry ``labels`` (followed by the same again for the mirror images)."""
+    if "class_labels" not in codes.column_names or len(codes) not in (len(labels), 2 * len(labels)):
+        return False
+    return list(codes.with_format(None)["class_labels"]) == labels * (len(codes) // len(labels))
+
+
+def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step, class_names: list[str] | None) -> None:
+    """Samples from fixed seeds (cycling through the classes of a conditional UNet), logged and saved as
+    ``samples.png``."""
+    pipeline = ema_pipeline(accelerator, unet, ema, vae, noise_scheduler, class_names)
     pipeline.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(seed) for seed in range(args.num_validation_images)]
-    images = pipeline(batch_size=args.num_validation_images, generator=generators,
-                      num_inference_steps=args.num_inference_steps).images
+    count = args.num_validation_images
+    generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
+    classes = [i % len(class_names) for i in range(count)] if class_names else None
+    images = pipeline(batch_size=count, generator=generators, num_inference_steps=args.num_inference_steps,
+                      class_labels=classes).images
     grid = make_image_grid(images, rows=1, cols=len(images))
     grid.save(os.path.join(args.output_dir, "samples.png"))
     log_image(accelerator, "samples", grid, step)

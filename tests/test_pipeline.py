@@ -116,6 +116,26 @@ def test_class_conditional_generation():
     assert np.array_equal(sample(pipe, class_labels=1), b)
     with pytest.raises(ValueError, match="class_labels"):
         sample(pipe)
+    for labels, message in (([0, 1, 2], r"one label or batch_size \(2\), got 3"), ([0, 3], r"\[0, 3\)"),
+                            (-1, r"\[0, 3\)"), ("cat", "not class names.*none")):
+        with pytest.raises(ValueError, match=message):
+            sample(pipe, class_labels=labels)
+
+
+def test_class_names_round_trip_and_select_classes(tmp_path):
+    vae = BRICSAutoencoder.from_preset("tiny").eval()
+    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3), scheduler=default_scheduler(), vae=vae,
+                         id2label={0: "cat", 1: "dog", 2: "emoji"})
+    pipe.save_pretrained(tmp_path)
+    loaded = BRICSPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.labels == {"cat": 0, "dog": 1, "emoji": 2} and loaded.config.id2label == {0: "cat", 1: "dog", 2: "emoji"}
+    assert np.array_equal(sample(loaded, class_labels=["emoji", "dog"]), sample(loaded, class_labels=[2, 1]))
+    with pytest.raises(ValueError, match="'bird'.*known: 'cat', 'dog', 'emoji'"):
+        sample(loaded, class_labels="bird")
+    # pipelines saved without class names still load
+    BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae).save_pretrained(tmp_path / "plain")
+    assert BRICSPipeline.from_pretrained(tmp_path / "plain").labels == {}
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.data import load_emoji_dataset
 from diffusers_brics.pipelines import default_scheduler
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_brics_diffusion.py"
@@ -27,10 +28,10 @@ def autoencoder(tmp_path_factory):
     return folder
 
 
-def run(args, timeout=300):
+def run(args, timeout=300, expect_success=True):
     result = subprocess.run([sys.executable, str(SCRIPT), *FAST, *args], capture_output=True, text=True,
                             timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert (result.returncode == 0) == expect_success, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
 
 
@@ -59,8 +60,10 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
 def test_encoding_on_the_fly_under_a_time_budget(tmp_path, autoencoder):
     out = tmp_path / "fly"
     log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "100000",
-               "--max_train_seconds", "1", "--checkpointing_steps", "100000", "--encode_on_the_fly", "--no-use_ema"])
+               "--max_train_seconds", "1", "--checkpointing_steps", "100000", "--encode_on_the_fly", "--no-use_ema",
+               "--class_column", "category"])
     assert not (out / "key_codes").exists() and (out / "model_index.json").exists()
+    assert BRICSPipeline.from_pretrained(out).unet.config.num_class_embeds == len(EMOJI_CATEGORIES)
     steps = int(log.split("--max_train_seconds reached after ")[1].split()[0])
     assert 1 <= steps < 100000 and (out / f"checkpoint-{steps}").is_dir()
 
@@ -92,3 +95,31 @@ def test_a_missing_autoencoder_names_the_flag(tmp_path, autoencoder, monkeypatch
     with pytest.raises(FileNotFoundError, match="needs --autoencoder_subfolder autoencoder"):
         script.load_autoencoder(str(stage1), None)
     assert isinstance(script.load_autoencoder(str(stage1), "autoencoder"), BRICSAutoencoder)
+
+
+EMOJI_CATEGORIES = ["Activities", "Animals & Nature", "Component", "Flags", "Food & Drink", "Objects", "People & Body",
+                    "Smileys & Emotion", "Symbols", "Travel & Places"]
+
+
+def test_class_conditional_training_on_the_emoji_categories(tmp_path, autoencoder):
+    import datasets
+
+    out = tmp_path / "cond"
+    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
+         "--checkpointing_steps", "2", "--class_column", "category", "--num_validation_images", "3"])
+    pipe = BRICSPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == len(EMOJI_CATEGORIES)
+    assert pipe.labels == {name: i for i, name in enumerate(EMOJI_CATEGORIES)}
+    images = pipe(batch_size=2, class_labels=["Flags", "Smileys & Emotion"], num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    card = (out / "README.md").read_text()
+    assert "class_labels=['Activities']" in card and "Classes (`--class_column category`)" in card
+    cached = datasets.load_from_disk(str(out / "key_codes"))
+    emoji = load_emoji_dataset(32, "train")
+    assert list(cached["class_labels"]) == [EMOJI_CATEGORIES.index(c) for c in emoji["category"]]
+
+    # the cache holds category labels: another class column must not reuse it
+    log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "3",
+               "--class_column", "short_name"], expect_success=False)
+    assert "lack the labels of --class_column 'short_name'" in log

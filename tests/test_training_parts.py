@@ -98,3 +98,17 @@ def test_model_card_and_injected_upload(tmp_path):
                 upload=lambda **kw: calls.setdefault("upload", kw), create=lambda *a, **kw: calls.setdefault("create", (a, kw)))
     assert calls["create"] == (("org/brics",), {"exist_ok": True, "token": "t", "private": True})
     assert calls["upload"]["folder_path"] == str(tmp_path) and calls["upload"]["ignore_patterns"] == IGNORE_PATTERNS
+
+
+def test_class_labels_of_a_column():
+    import datasets
+
+    from diffusers_brics.training.data import class_labels_of
+
+    strings = datasets.Dataset.from_dict({"kind": ["dog", "cat", "dog"], "size": [10, 2, 2]})
+    assert class_labels_of(strings, "kind") == ([1, 0, 1], ["cat", "dog"])
+    assert class_labels_of(strings, "size") == ([1, 0, 0], ["2", "10"])  # numbers in numeric order
+    folder = strings.cast_column("kind", datasets.ClassLabel(names=["dog", "cat"]))  # as an imagefolder's 'label'
+    assert class_labels_of(folder, "kind") == ([0, 1, 0], ["dog", "cat"])
+    with pytest.raises(ValueError, match="class_column 'label' is not in the dataset; columns: kind, size"):
+        class_labels_of(strings, "label")

@@ -63,13 +63,19 @@ class BRICSPipeline(DiffusionPipeline):
         scheduler (`SchedulerMixin`): any scheduler of the DDPM family (DDPM, DDIM, DPM-Solver, ...).
         vae (`BRICSAutoencoder`): decodes the denoised key codes (named like diffusers' VAEs, so that
             ``pipe.vae.enable_slicing()`` works).
+        id2label (`dict[int, str]`, optional): class names of a class-conditional UNet, saved in
+            ``model_index.json``; ``pipe.labels`` maps them back to ids, and ``class_labels`` accepts them.
     """
 
     model_cpu_offload_seq = "unet->vae"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder,
+                 id2label: dict[int, str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        id2label = {int(i): str(name) for i, name in id2label.items()} if id2label else None  # JSON keys are str
+        self.register_to_config(id2label=id2label)
+        self.labels = {name: i for i, name in (id2label or {}).items()}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -119,6 +125,24 @@ class BRICSPipeline(DiffusionPipeline):
         if not conditional and class_labels is not None:
             raise ValueError("class_labels were given but the UNet has no class embedding")
 
+    def class_label_ids(self, class_labels: int | str | list | torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``(batch_size,)`` class ids from one label or one per image, given as ids or as names of ``pipe.labels``."""
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        if not isinstance(class_labels, torch.Tensor):
+            unknown = [label for label in class_labels if isinstance(label, str) and label not in self.labels]
+            if unknown:
+                known = ", ".join(repr(name) for name in list(self.labels)[:10]) or "none: the pipeline has no id2label"
+                raise ValueError(f"class_labels {unknown} are not class names of this pipeline (known: {known})")
+            class_labels = [self.labels[label] if isinstance(label, str) else label for label in class_labels]
+        ids = torch.as_tensor(class_labels).long().reshape(-1)
+        if len(ids) not in (1, batch_size):
+            raise ValueError(f"class_labels must give one label or batch_size ({batch_size}), got {len(ids)}")
+        classes = self.unet.config.num_class_embeds
+        if bool(((ids < 0) | (ids >= classes)).any()):
+            raise ValueError(f"class_labels must lie in [0, {classes}) for this UNet, got {ids.tolist()}")
+        return ids.expand(batch_size)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -129,7 +153,7 @@ class BRICSPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
-        class_labels: int | list[int] | torch.Tensor | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -143,7 +167,8 @@ class BRICSPipeline(DiffusionPipeline):
             return_dict: return an `ImagePipelineOutput` instead of a tuple.
             callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step; a
                 returned ``"latents"`` replaces the current ones.
-            class_labels: class indices for a class-conditional UNet (one, or one per image).
+            class_labels: classes for a class-conditional UNet (one, or one per image), as ids or as names of
+                ``pipe.labels``.
         """
         self.check_inputs(batch_size, latents, generator, class_labels)
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -154,7 +179,7 @@ class BRICSPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         if class_labels is not None:
-            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(batch_size)
+            class_labels = self.class_label_ids(class_labels, batch_size).to(device)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):

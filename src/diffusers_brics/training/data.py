@@ -103,3 +103,20 @@ def image_column_of(dataset, image_column: str | None) -> str:
         if isinstance(feature, datasets.Image):
             return name
     raise ValueError(f"no image column found; pass --image_column (columns: {', '.join(dataset.column_names)})")
+
+
+def class_labels_of(dataset, class_column: str) -> tuple[list[int], list[str]]:
+    """``(label per example, class names)`` of a dataset column: a ``ClassLabel`` (an imagefolder's ``label``)
+    keeps its own names and ids; any other column's values become classes in sorted order."""
+    import datasets
+
+    if class_column not in dataset.column_names:
+        raise ValueError(f"class_column {class_column!r} is not in the dataset; columns: {', '.join(dataset.column_names)}")
+    feature, values = dataset.features[class_column], dataset[class_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(values), list(feature.names)
+    if any(value is None for value in values):
+        raise ValueError(f"class_column {class_column!r} has missing values")
+    classes = sorted(set(values))  # one type per column: numbers in numeric order, strings alphabetically
+    ids = {value: i for i, value in enumerate(classes)}
+    return [ids[value] for value in values], [str(value) for value in classes]
