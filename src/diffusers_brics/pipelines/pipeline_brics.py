@@ -69,8 +69,10 @@ class BRICSPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet->vae"
 
+    # id2label is dict[int, str], annotated as a plain dict: model_index.json gives it back with str keys, which
+    # diffusers' type check on loading would warn about.
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder,
-                 id2label: dict[int, str] | None = None):
+                 id2label: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         id2label = {int(i): str(name) for i, name in id2label.items()} if id2label else None  # JSON keys are str
