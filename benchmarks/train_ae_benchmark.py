@@ -69,12 +69,8 @@ def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, f
     return {"step_seconds": step, "retrieval_seconds": retrieval, "retrieval_share": retrieval / step}
 
 
-def unread_key_values(model: BRICSAutoencoder, dataset) -> tuple[list[dict], float]:
-    """Where the held-out split leaves reachable dense-level nodes unread, by the key value of the node.
-
-    Returns, per dense level, the unread node count and the share of those at key values outside [0.1, 0.9]
-    (with the key values of all unread nodes, for the plot), and the share of held-out key codes outside [0.1, 0.9].
-    """
+def held_out_reads(model: BRICSAutoencoder, dataset) -> tuple[GridUsage, torch.Tensor]:
+    """The grid reads of the held-out split, and its key codes ``(N, C_z, H_z, W_z)``."""
     transform = image_transform(model.config.sample_size, center_crop=True)
     usage = GridUsage(model.eval())
     codes = []
@@ -83,17 +79,39 @@ def unread_key_values(model: BRICSAutoencoder, dataset) -> tuple[list[dict], flo
             images = torch.stack([transform(image) for image in dataset[start : start + 64]["image"]])
             codes.append(model.encode(images).latents)
             usage.update(codes[-1])
-    codes = torch.cat(codes)
-    grids = model.retrieval.grids
+    return usage, torch.cat(codes)
+
+
+def unread_key_values(usage: GridUsage, codes: torch.Tensor) -> tuple[list[dict], float]:
+    """Where the held-out split leaves reachable dense-level nodes unread, by the key value of the node.
+
+    Returns, per dense level, the unread node count and the share of those at key values outside [0.1, 0.9]
+    (with the key values of all unread nodes, for the plot), and the share of held-out key codes outside [0.1, 0.9].
+    """
+    grids, key_channels = usage.model.retrieval.grids, usage.model.retrieval.key_channels
     rows = []
     for level in range(grids[0].num_dense_levels):
         scale = grids[0].levels[level]["scale"]
-        keys = torch.cat([usage.unread_nodes(g, level)[:, : model.retrieval.key_channels] for g in range(len(grids))])
+        keys = torch.cat([usage.unread_nodes(g, level)[:, :key_channels] for g in range(len(grids))])
         values = ((keys.float() - 0.5) / scale).flatten()
         outer = ((values < 0.1) | (values > 0.9)).float().mean().item() if len(values) else 0.0
         rows.append({"level": level, "unread": len(keys), "outer_share": outer, "key_values": values.tolist()})
     codes_outer = ((codes < 0.1) | (codes > 0.9)).float().mean().item()
     return rows, codes_outer
+
+
+def hits_per_entry(usage: GridUsage, level: int) -> list[dict]:
+    """Per group, how often the entries of ``level`` were read (the statistic of paper Figure 4b): mean, standard
+    deviation and 10th / 50th / 90th percentiles over the reachable nodes of a dense level, or every entry of a
+    hashed one."""
+    stats = []
+    for grid, counts in zip(usage.model.retrieval.grids, usage.counts):
+        plan, start = grid.levels[level], int(grid.level_starts[level])
+        rows = torch.arange(start, start + plan["entries"]) if plan["hashed"] else usage.reachable_rows(grid, level)
+        hits = counts[rows].float()
+        p10, p50, p90 = torch.quantile(hits, torch.tensor([0.1, 0.5, 0.9])).tolist()
+        stats.append({"mean": hits.mean().item(), "std": hits.std().item(), "p10": p10, "median": p50, "p90": p90})
+    return stats
 
 
 def validation_history(log_dir: Path, num_levels: int) -> list[dict]:
@@ -114,7 +132,7 @@ def validation_history(log_dir: Path, num_levels: int) -> list[dict]:
 
 
 def plot_usage(levels: list[float], trained: list[float], unread: list[dict], history: list[dict], dense: int,
-               path: Path) -> bool:
+               hits: dict, path: Path) -> bool:
     try:
         import matplotlib
 
@@ -123,7 +141,7 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
     except ImportError:
         print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
         return False
-    fig, (ax, hist, trend) = plt.subplots(1, 3, figsize=(16, 3.2))
+    fig, ((ax, hist), (trend, spread)) = plt.subplots(2, 2, figsize=(12, 7))
     x = range(len(levels))
     ax.bar([i - 0.2 for i in x], [100 * v for v in levels], width=0.4, color="#4c72b0", label="read on held-out")
     ax.bar([i + 0.2 for i in x], [100 * v for v in trained], width=0.4, color="#dd8452", label="moved by training")
@@ -145,6 +163,18 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
     trend.set_ylabel("reachable entries read (%)")
     trend.set_title("Held-out usage of dense levels during training")
     trend.legend(fontsize=7)
+    for offset, (name, h) in zip((-0.2, 0.2), hits.items()):
+        groups = range(len(h["groups"]))
+        medians = [g["median"] for g in h["groups"]]
+        spread.errorbar([g + offset for g in groups], medians, fmt="o", capsize=3,
+                        yerr=[[m - g["p10"] for m, g in zip(medians, h["groups"])],
+                              [g["p90"] - m for m, g in zip(medians, h["groups"])]],
+                        label=f"{name} (level {h['level']})")
+    spread.set_xticks(list(range(len(next(iter(hits.values()))["groups"]))))
+    spread.set_xlabel("group")
+    spread.set_ylabel("held-out reads per entry")
+    spread.set_title("Reads per entry: median, 10th-90th pct. (cf. Fig. 4b)")
+    spread.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -190,7 +220,10 @@ def main() -> None:
 
     levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
     dense = model.retrieval.grids[0].num_dense_levels
-    unread, codes_outer = unread_key_values(model, load_emoji_dataset(32 if resolution <= 32 else 64, "test"))
+    usage, codes = held_out_reads(model, load_emoji_dataset(32 if resolution <= 32 else 64, "test"))
+    unread, codes_outer = unread_key_values(usage, codes)
+    finest = {"finest dense": dense - 1, "maximum resolution": model.config.grid_num_levels - 1}
+    hits = {name: {"level": level, "groups": hits_per_entry(usage, level)} for name, level in finest.items()}
     trained = GridUsage.trained_entries(model).hit_fraction().mean(dim=0).tolist()
     history = validation_history(run_dir / "logs", model.config.grid_num_levels)
     results = {
@@ -204,12 +237,13 @@ def main() -> None:
         "unread_dense_nodes_outer_key_share": [row["outer_share"] for row in unread],
         "key_codes_outer_share": codes_outer,
         "grid_trained_per_level": trained,
+        "hits_per_entry": hits,
         "validation_history": history,
         **breakdown,
     }
     (output / "results.json").write_text(json.dumps(results, indent=2))
     shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
-    has_plot = plot_usage(levels, trained, unread, history, dense, output / "grid_usage.png")
+    has_plot = plot_usage(levels, trained, unread, history, dense, hits, output / "grid_usage.png")
     report = [
         f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
         "",
@@ -234,6 +268,9 @@ def main() -> None:
         f"| held-out key codes outside [0.1, 0.9] | {100 * codes_outer:.1f}% |",
         "| reachable entries training moved from their initialisation, dense levels | "
         + ", ".join(f"{100 * v:.1f}%" for v in trained[:dense]) + " |",
+        *(f"| held-out reads per entry, {name} level {h['level']}, per group: median (10th-90th percentile) | "
+          + ", ".join(f"{g['median']:.0f} ({g['p10']:.0f}-{g['p90']:.0f})" for g in h["groups"]) + " |"
+          for name, h in hits.items()),
         "",
         "Held-out usage over the run (validation of the EMA model):",
         "",
