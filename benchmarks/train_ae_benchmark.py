@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ from diffusers_brics.data import load_emoji_dataset
 from diffusers_brics.metrics import GridUsage
 from diffusers_brics.training.data import image_transform
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_runs import ROOT, fresh_run_dir, run_shown  # beside this script
+
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
 
 
@@ -195,10 +194,7 @@ def main() -> None:
     args = parser.parse_args(argv)
 
     output = Path(args.output)
-    run_dir = output / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_run_dir(output)
     command = [
         sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--preset", args.preset,
         "--output_dir", str(run_dir), "--train_batch_size", str(args.batch_size),
@@ -206,9 +202,7 @@ def main() -> None:
         "--validation_steps", str(args.validation_steps), "--checkpointing_steps", "100000000",
         "--report_to", "tensorboard", *extra,
     ]
-    shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
-    print("$", shown, flush=True)
-    subprocess.run(command, check=True)
+    shown = run_shown(command)
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     model = BRICSAutoencoder.from_pretrained(run_dir / "autoencoder")

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +23,7 @@ import torch
 
 from diffusers_brics import BRICSPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_runs import ROOT, fresh_run_dir, run_shown  # beside this script
 
 
 def class_grid(pipe: BRICSPipeline, per_class: int, steps: int) -> list[list]:
@@ -52,7 +49,8 @@ def save_grid(rows: list[list], names: list[str], path: Path) -> None:
 
         make_image_grid([image for row in rows for image in row], rows=len(rows), cols=len(rows[0])).save(path)
         return
-    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.9 + 1.6, len(rows) * 0.9))
+    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(len(rows[0]) * 0.9 + 1.6, len(rows) * 0.9),
+                             squeeze=False)
     for r, (row, name) in enumerate(zip(rows, names)):
         for c, image in enumerate(row):
             axes[r, c].imshow(image, interpolation="nearest")
@@ -83,10 +81,7 @@ def main() -> None:
                                 "`python benchmarks/train_ae_benchmark.py --minutes 10` first, or pass a folder")
 
     output = Path(args.output)
-    run_dir = output / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    run_dir = fresh_run_dir(output)
     command = [
         sys.executable, str(ROOT / "examples" / "train_brics_diffusion.py"), "--autoencoder", args.autoencoder,
         "--output_dir", str(run_dir), "--class_column", args.class_column, "--random_flip",
@@ -94,10 +89,8 @@ def main() -> None:
         "--max_train_steps", "100000000", "--validation_steps", "100000000", "--checkpointing_steps", "100000000",
         "--report_to", "none", *extra,
     ]
-    shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
-    print("$", shown, flush=True)
     start = time.monotonic()
-    subprocess.run(command, check=True)
+    shown = run_shown(command)
     wall = time.monotonic() - start
     steps = max(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
 
