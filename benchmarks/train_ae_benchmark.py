@@ -105,9 +105,7 @@ def hits_per_entry(usage: GridUsage, level: int) -> list[dict]:
     hashed one."""
     stats = []
     for grid, counts in zip(usage.model.retrieval.grids, usage.counts):
-        plan, start = grid.levels[level], int(grid.level_starts[level])
-        rows = torch.arange(start, start + plan["entries"]) if plan["hashed"] else usage.reachable_rows(grid, level)
-        hits = counts[rows].float()
+        hits = counts[usage.level_rows(grid, level)].float()
         p10, p50, p90 = torch.quantile(hits, torch.tensor([0.1, 0.5, 0.9])).tolist()
         stats.append({"mean": hits.mean().item(), "std": hits.std().item(), "p10": p10, "median": p50, "p90": p90})
     return stats

@@ -79,21 +79,23 @@ class GridUsage:
         n = plan["nodes_per_axis"]
         return torch.stack([(unread // n**d) % n for d in range(grid.input_dim)], dim=-1)
 
+    def level_rows(self, grid, level: int, reachable_only: bool = True) -> torch.Tensor:
+        """Rows of a grid's table that a level's usage counts: every entry of a hashed level; the reachable nodes
+        of a dense level (all of its nodes with ``reachable_only=False``)."""
+        plan, start = grid.levels[level], int(grid.level_starts[level])
+        if plan["hashed"]:
+            return torch.arange(start, start + plan["entries"])
+        if not reachable_only:
+            return torch.arange(start, start + plan["nodes_per_axis"] ** grid.input_dim)
+        return self.reachable_rows(grid, level)
+
     def hit_fraction(self, reachable_only: bool = True) -> torch.Tensor:
         """``(N_h, N_r)`` fraction of (reachable) entries read at least once."""
-        rows = []
-        for grid, counts in zip(self.model.retrieval.grids, self.counts):
-            row = []
-            for level, plan in enumerate(grid.levels):
-                start = int(grid.level_starts[level])
-                if plan["hashed"] or not reachable_only:
-                    usable = plan["entries"] if plan["hashed"] else plan["nodes_per_axis"] ** grid.input_dim
-                    row.append(float((counts[start : start + usable] > 0).sum()) / usable)
-                else:
-                    reachable = self.reachable_rows(grid, level)
-                    row.append(float((counts[reachable] > 0).sum()) / reachable.numel())
-            rows.append(row)
-        return torch.tensor(rows)
+        return torch.tensor([
+            [float((counts[self.level_rows(grid, level, reachable_only)] > 0).float().mean())
+             for level in range(len(grid.levels))]
+            for grid, counts in zip(self.model.retrieval.grids, self.counts)
+        ])
 
 
 @torch.no_grad()
