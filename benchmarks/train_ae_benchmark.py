@@ -18,6 +18,7 @@ Arguments after ``--`` go to the training script. Defaults: preset ``small-32``,
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import statistics
@@ -50,8 +51,9 @@ def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
 
 
 def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, float]:
-    """Median seconds of a whole autoencoder step and of the retrieval's forward + backward in it."""
-    model.train()
+    """Median seconds of a whole autoencoder step and of the retrieval's forward + backward in it, timed on a copy
+    (the steps move the weights, and the grid statistics are read off the trained model)."""
+    model = copy.deepcopy(model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.99), eps=1e-15)
 
     def full_step():
