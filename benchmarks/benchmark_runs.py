@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def split_argv(default_extra: list[str]) -> tuple[list[str], list[str]]:
+    """The command line split at ``--``: the benchmark's own arguments, and those for the training script
+    (``default_extra`` when there is no ``--``)."""
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        return argv, default_extra
+    return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
 
 
 def fresh_run_dir(output: Path) -> Path:

@@ -34,7 +34,7 @@ from diffusers_brics.data import load_emoji_dataset
 from diffusers_brics.metrics import GridUsage
 from diffusers_brics.training.data import image_transform
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown  # beside this script
+from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
 
@@ -181,9 +181,7 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else DEFAULT_TRAIN_ARGS
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_argv(DEFAULT_TRAIN_ARGS)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="small-32")

@@ -23,7 +23,7 @@ import torch
 
 from diffusers_brics import BRICSPipeline
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown  # beside this script
+from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 
 
 def class_grid(pipe: BRICSPipeline, per_class: int, steps: int) -> list[list]:
@@ -63,9 +63,7 @@ def save_grid(rows: list[list], names: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_argv([])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--autoencoder", default=str(ROOT / "benchmarks" / "results" / "train_ae_small32" / "run"
