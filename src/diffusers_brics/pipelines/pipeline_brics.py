@@ -77,7 +77,11 @@ class BRICSPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         id2label = {int(i): str(name) for i, name in id2label.items()} if id2label else None  # JSON keys are str
         self.register_to_config(id2label=id2label)
-        self.labels = {name: i for i, name in (id2label or {}).items()}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class name -> class id, from ``id2label`` (empty without class names)."""
+        return {name: i for i, name in (self.config.id2label or {}).items()}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
