@@ -164,7 +164,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     if resolution != model.config.sample_size:
         raise ValueError(f"--resolution {resolution} does not match the model's sample_size {model.config.sample_size}")
     if args.kl_weight > 0 and not model.config.kl_key_codes:
-        model = BRICSAutoencoder.from_config({**model.config, "kl_key_codes": True})
+        # keyword, not a merged dict: keys listed in the config's `_use_default_values` would be reset to defaults
+        model = BRICSAutoencoder.from_config(model.config, kl_key_codes=True)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     use_gan = args.gan_weight > 0
