@@ -39,6 +39,7 @@ from diffusers_brics.training.loop import (
     log_image,
     make_accelerator,
     make_ema,
+    micro_batch_seed,
     resume,
     run_training,
     step_progress,
@@ -226,7 +227,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
     progress = step_progress(accelerator, args, max_steps, global_step)
     generator = torch.Generator()
-    epoch, first_step = first_epoch, global_step
+    epoch, first_step, micro_step = first_epoch, global_step, 0
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     start_time = time.monotonic()
     while global_step < max_steps:
@@ -235,7 +236,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         skip_batches = 0
         for images in loader:
             # Per-step, per-process randomness that does not depend on where a run was interrupted.
-            generator.manual_seed(args.seed * 1_000_003 + global_step * 1009 + accelerator.process_index)
+            generator.manual_seed(micro_batch_seed(args, global_step, micro_step, accelerator.process_index))
             if args.random_flip:
                 flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1)
                 images = torch.where(flip.to(images.device), images.flip(-1), images)
@@ -248,7 +249,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                                                    logs.pop("reconstruction"), global_step))
                 logs.pop("reconstruction", None)
             if not accelerator.sync_gradients:
+                micro_step += 1
                 continue
+            micro_step = 0
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             global_step += 1
@@ -291,7 +294,9 @@ def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_sche
         loss = loss + args.kl_weight * kl
         logs["kl"] = kl.item()
     if discriminator is not None:
+        discriminator.requires_grad_(False)  # this loss trains the autoencoder only; D keeps its own gradients
         g_adv = generator_adversarial_loss(discriminator(recon), args.gan_loss)
+        discriminator.requires_grad_(True)
         loss = loss + args.gan_weight * g_adv
         logs["g_adv"] = g_adv.item()
     accelerator.backward(loss)
@@ -305,8 +310,8 @@ def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_sche
 
 
 def discriminator_step(args, accelerator, discriminator, disc_optimizer, images, recon, step) -> dict:
-    """One discriminator step: logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP."""
-    disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator step left on D
+    """One discriminator micro-batch: logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP. Gradients
+    accumulate over ``--gradient_accumulation_steps`` micro-batches like the autoencoder's; D steps with it."""
     logs = {}
     if args.gan_loss == "r1" and step % args.r1_interval == 0:
         penalty, real_logits = r1_penalty(discriminator, images)
@@ -321,10 +326,11 @@ def discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
         penalty_term = args.gp_weight * penalty
         logs["gp"] = penalty.item()
     d_loss = discriminator_adversarial_loss(real_logits, fake_logits, args.gan_loss)
-    (d_loss + penalty_term).backward()
-    average_gradients(accelerator, discriminator)
-    disc_optimizer.step()
-    disc_optimizer.zero_grad(set_to_none=True)
+    ((d_loss + penalty_term) / args.gradient_accumulation_steps).backward()
+    if accelerator.sync_gradients:
+        average_gradients(accelerator, discriminator)
+        disc_optimizer.step()
+        disc_optimizer.zero_grad(set_to_none=True)
     logs["d_loss"] = d_loss.item()
     return logs
 

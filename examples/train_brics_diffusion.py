@@ -38,6 +38,7 @@ from diffusers_brics.training.loop import (
     log_image,
     make_accelerator,
     make_ema,
+    micro_batch_seed,
     resume,
     run_training,
     step_progress,
@@ -231,13 +232,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()
     progress = step_progress(accelerator, args, max_steps, global_step)
-    epoch, start_time = first_epoch, time.monotonic()
+    epoch, start_time, micro_step = first_epoch, time.monotonic(), 0
     while global_step < max_steps:
         loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
-            generator.manual_seed(args.seed * 1_000_003 + global_step * 1009 + accelerator.process_index)
+            generator.manual_seed(micro_batch_seed(args, global_step, micro_step, accelerator.process_index))
             if "codes" in batch:
                 codes = batch["codes"]
             else:
@@ -266,7 +267,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
+                micro_step += 1
                 continue
+            micro_step = 0
             if ema is not None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             global_step += 1

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,9 +19,17 @@ FAST = ["--preset", "tiny", "--train_batch_size", "4", "--eval_batch_size", "32"
         "--num_validation_images", "4", "--report_to", "none", "--r1_interval", "2"]
 
 
-def run(args, nproc=1, timeout=300):
-    command = [sys.executable, str(SCRIPT)] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), str(SCRIPT)]
+LAUNCHERS = {
+    "python": [sys.executable],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    # accelerate's multi-process launcher; where no GPU is found the script runs gloo CPU processes
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def run(args, launcher="python", timeout=300):
+    command = LAUNCHERS[launcher] + [str(SCRIPT)]
     result = subprocess.run(command + FAST + args, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -73,10 +82,11 @@ def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpip
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights_dir):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights_dir, launcher):
     log = run(["--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3", "--checkpointing_steps", "3",
-               "--validation_steps", "100"], nproc=2)
-    assert "weights identical on 2 process(es)" in log
+               "--validation_steps", "100"], launcher)
+    assert "batch 4 x 2 processes" in log and "weights identical on 2 process(es)" in log
     assert (tmp_path / "ddp" / "autoencoder").is_dir()
 
 
@@ -126,3 +136,44 @@ def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weig
                "--perceptual_weight", "0", "--random_flip"])
     assert "9 training images, 3 held out" in log
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
+
+
+def adam_steps(optimizer_state: dict) -> set[int]:
+    return {int(state["step"]) for state in optimizer_state["state"].values()}
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    # Without relaxed-precision noise and GAN (their draws and the discriminator's minibatch-std groups depend on
+    # the batch split), 2 micro-batches of 4 must make the same 2 steps as batches of 8.
+    config = tmp_path / "config"
+    BRICSAutoencoder.from_config(BRICSAutoencoder.from_preset("tiny").config, relaxed_precision=False).save_config(config)
+    common = ["--model_config_name_or_path", str(config), "--max_train_steps", "2", "--checkpointing_steps", "2",
+              "--validation_steps", "100", "--gan_weight", "0", "--perceptual_weight", "0", "--no-use_ema"]
+    runs = {"8": ["--train_batch_size", "8"], "4x2": ["--train_batch_size", "4", "--gradient_accumulation_steps", "2"],
+            "4": ["--train_batch_size", "4"]}
+    for name, flags in runs.items():
+        run(common + flags + ["--output_dir", str(tmp_path / name)])
+    big, accumulated, small = (weights(tmp_path / name) for name in runs)
+
+    def share_differing(a, b):  # Adam with eps 1e-15 turns rounding-level gradient differences into whole steps
+        return sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a) / sum(v.numel() for v in a.values())
+
+    assert share_differing(big, accumulated) < 0.03
+    assert share_differing(big, small) > 0.5  # a different run really does differ
+    assert adam_steps(torch.load(tmp_path / "4x2" / "checkpoint-2" / "optimizer.bin")) == {2}
+
+
+def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir):
+    out = tmp_path / "variants"
+    run(["--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
+         "--gan_loss", "wgan-gp", "--kl_weight", "1e-6", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2"])
+    model = BRICSAutoencoder.from_pretrained(out / "autoencoder")
+    assert model.config.kl_key_codes
+    assert model.encode(torch.zeros(1, 3, 32, 32)).key_code_posterior is not None
+    checkpoint = out / "checkpoint-3"
+    # the discriminator accumulates too: one optimiser step per autoencoder step, not one per micro-batch
+    assert adam_steps(torch.load(checkpoint / "optimizer.bin")) == {3}
+    disc_state = next(torch.load(path, weights_only=False) for path in checkpoint.glob("custom_checkpoint_*.pkl")
+                      if "param_groups" in torch.load(path, weights_only=False))
+    assert adam_steps(disc_state) == {3}
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3

@@ -73,12 +73,15 @@ def test_two_processes_end_with_identical_weights(tmp_path, autoencoder):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT), *FAST,
          "--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
-         "--checkpointing_steps", "2"],
+         "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert "weights identical on 2 process(es)" in result.stdout + result.stderr
     assert (out / "model_index.json").exists()
+    # 2 optimiser steps, each over 2 micro-batches per process
+    optimizer = torch.load(out / "checkpoint-2" / "optimizer.bin")
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {2}
 
 
 def test_a_missing_autoencoder_names_the_flag(tmp_path, autoencoder, monkeypatch):

@@ -153,6 +153,14 @@ def time_is_up(accelerator: Accelerator, args: argparse.Namespace, start_time: f
     return True
 
 
+def micro_batch_seed(args: argparse.Namespace, step: int, micro_step: int, process_index: int) -> int:
+    """The seed of one micro-batch's random draws (flips, noise, timesteps): a function of ``--seed``, the
+    optimisation step, the micro-batch within it (``0 .. gradient_accumulation_steps - 1``) and the process, so a
+    resumed run draws what the uninterrupted one would, and no two micro-batches share their draws."""
+    micro_batch = step * args.gradient_accumulation_steps + micro_step
+    return args.seed * 1_000_003 + micro_batch * 1009 + process_index
+
+
 def check_in_sync(accelerator, model) -> None:
     """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
     digest = hashlib.sha256()
