@@ -124,3 +124,21 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
     assert len(set(seeds)) == len(seeds)
     assert micro_batch_seed(args, 7, 2, 1) == micro_batch_seed(Namespace(seed=0, gradient_accumulation_steps=3), 7, 2, 1)
     assert micro_batch_seed(Namespace(seed=1, gradient_accumulation_steps=3), 7, 2, 1) != micro_batch_seed(args, 7, 2, 1)
+
+
+def test_dataset_name_reads_saved_datasets_and_data_folders(tmp_path):
+    import datasets
+
+    from diffusers_brics.data import load_emoji_dataset
+    from diffusers_brics.training.data import load_image_datasets
+
+    images = load_emoji_dataset(32, "test").select(range(20))
+    images.save_to_disk(tmp_path / "dataset")
+    datasets.DatasetDict(train=images, validation=images.select(range(3))).save_to_disk(tmp_path / "dataset_dict")
+    images.to_parquet(str(tmp_path / "parquet" / "train.parquet"))
+    for folder, sizes in (("dataset", (19, 1)), ("dataset_dict", (20, 3)), ("parquet", (19, 1))):
+        train, held_out = load_image_datasets(str(tmp_path / folder), validation_fraction=0.05)
+        assert (len(train), len(held_out)) == sizes, folder
+    for missing in (str(tmp_path / "missing"), "./missing"):
+        with pytest.raises(FileNotFoundError, match="dataset_name .* is not a folder"):
+            load_image_datasets(missing)

@@ -59,8 +59,11 @@ def load_image_datasets(
     import datasets
 
     if dataset_name:
-        if os.path.isdir(dataset_name) and os.path.exists(os.path.join(dataset_name, "dataset_dict.json")):
+        saved = ("dataset_dict.json", "state.json")  # what `save_to_disk` writes for a DatasetDict / a Dataset
+        if any(os.path.exists(os.path.join(dataset_name, name)) for name in saved):
             data = datasets.load_from_disk(dataset_name)
+        elif dataset_name.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(dataset_name)):
+            raise FileNotFoundError(f"dataset_name {dataset_name!r} is not a folder (a Hub dataset id reads 'user/name')")
         else:
             data = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
     elif train_data_dir:
