@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.utils import make_image_grid
 
 from diffusers_brics import BRICSAutoencoder
@@ -40,10 +40,15 @@ from diffusers_brics.training.loop import (
     make_accelerator,
     make_ema,
     micro_batch_seed,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
     resume,
     run_training,
     step_progress,
     time_is_up,
+    unit_interval,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 from diffusers_brics.training.images import to_pil
@@ -61,59 +66,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, output_dir="brics-autoencoder", ema_max_decay=0.999)
     data = p.add_argument_group("data")
-    data.add_argument("--resolution", type=int, help="default: the model's sample_size")
+    data.add_argument("--resolution", type=positive_int, help="default: the model's sample_size")
     data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
     data.add_argument("--random_flip", action="store_true")
     data.add_argument("--validation_fraction", type=float, default=0.05,
                       help="held out when the dataset has no validation/test split")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     model = p.add_argument_group("model")
     model.add_argument("--preset", default="small-32", choices=sorted(PRESETS))
     model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
-    model.add_argument("--kl_weight", type=float, default=0.0, help="> 0 trains the KL variant (paper: 1e-6)")
+    model.add_argument("--kl_weight", type=non_negative_float, default=0.0, help="> 0 trains the KL variant (paper: 1e-6)")
     train = p.add_argument_group("training")
-    train.add_argument("--train_batch_size", type=int, default=16)
-    train.add_argument("--eval_batch_size", type=int, default=64)
-    train.add_argument("--num_epochs", type=int, default=100)
-    train.add_argument("--max_train_steps", type=int, help="overrides --num_epochs")
-    train.add_argument("--learning_rate", type=float, default=2e-3)
-    train.add_argument("--grid_learning_rate", type=float, help="learning rate of the feature grids (default: --learning_rate)")
-    train.add_argument("--disc_learning_rate", type=float, help="default: --learning_rate")
-    train.add_argument("--adam_beta1", type=float, default=0.0)
-    train.add_argument("--adam_beta2", type=float, default=0.99)
-    train.add_argument("--adam_epsilon", type=float, default=1e-15)
-    train.add_argument("--disc_adam_epsilon", type=float, default=1e-8)
-    train.add_argument("--lr_scheduler", default="constant")
-    train.add_argument("--lr_warmup_steps", type=int, default=0)
-    train.add_argument("--max_grad_norm", type=float, default=None)
+    train.add_argument("--train_batch_size", type=positive_int, default=16)
+    train.add_argument("--eval_batch_size", type=positive_int, default=64)
+    train.add_argument("--num_epochs", type=positive_int, default=100)
+    train.add_argument("--max_train_steps", type=positive_int, help="overrides --num_epochs")
+    train.add_argument("--learning_rate", type=positive_float, default=2e-3)
+    train.add_argument("--grid_learning_rate", type=positive_float, help="learning rate of the feature grids (default: --learning_rate)")
+    train.add_argument("--disc_learning_rate", type=positive_float, help="default: --learning_rate")
+    train.add_argument("--adam_beta1", type=unit_interval, default=0.0)
+    train.add_argument("--adam_beta2", type=unit_interval, default=0.99)
+    train.add_argument("--adam_epsilon", type=positive_float, default=1e-15)
+    train.add_argument("--disc_adam_epsilon", type=positive_float, default=1e-8)
+    train.add_argument("--lr_scheduler", default="constant", choices=[t.value for t in SchedulerType])
+    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=0)
+    train.add_argument("--max_grad_norm", type=positive_float, default=None)
     train.add_argument("--gradient_checkpointing", action="store_true")
     loss = p.add_argument_group("loss")
-    loss.add_argument("--l2_weight", type=float, default=20.0)
-    loss.add_argument("--perceptual_weight", type=float, default=5.0, help="LPIPS-VGG weight (0: off)")
-    loss.add_argument("--gan_weight", type=float, default=1.0, help="0: no discriminator")
+    loss.add_argument("--l2_weight", type=non_negative_float, default=20.0)
+    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0, help="LPIPS-VGG weight (0: off)")
+    loss.add_argument("--gan_weight", type=non_negative_float, default=1.0, help="0: no discriminator")
     loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"], default="r1")
-    loss.add_argument("--r1_gamma", type=float, default=4.0)
-    loss.add_argument("--r1_interval", type=int, default=16)
-    loss.add_argument("--gp_weight", type=float, default=4.0)
-    loss.add_argument("--disc_start", type=int, default=0, help="step at which the GAN loss starts")
-    loss.add_argument("--disc_channel_base", type=int, default=None,
+    loss.add_argument("--r1_gamma", type=non_negative_float, default=4.0)
+    loss.add_argument("--r1_interval", type=positive_int, default=16)
+    loss.add_argument("--gp_weight", type=non_negative_float, default=4.0)
+    loss.add_argument("--disc_start", type=non_negative_int, default=0, help="step at which the GAN loss starts")
+    loss.add_argument("--disc_channel_base", type=positive_int, default=None,
                       help="channels at resolution r are min(base / r, max); default: 32768 (NVlabs) from 256x256 "
                            "up, 64 * resolution below")
-    loss.add_argument("--disc_channel_max", type=int, default=None, help="default: 512 from 256x256 up, 256 below")
+    loss.add_argument("--disc_channel_max", type=positive_int, default=None, help="default: 512 from 256x256 up, 256 below")
     loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights (else BRICS_LPIPS_WEIGHTS/cache)")
     log = p.add_argument_group("validation")
-    log.add_argument("--validation_steps", type=int, default=500)
-    log.add_argument("--num_validation_images", type=int, default=16)
-    log.add_argument("--max_eval_images", type=int, default=None, help="cap on held-out images for metrics")
+    log.add_argument("--validation_steps", type=positive_int, default=500)
+    log.add_argument("--num_validation_images", type=positive_int, default=16)
+    log.add_argument("--max_eval_images", type=positive_int, default=None, help="cap on held-out images for metrics")
     args = p.parse_args(argv)
     check_common_arguments(p, args)
     return args
 
 
 def build_model(args) -> BRICSAutoencoder:
-    if args.model_config_name_or_path:
-        return BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(args.model_config_name_or_path))
-    return BRICSAutoencoder.from_preset(args.preset)
+    path = args.model_config_name_or_path
+    if not path:
+        return BRICSAutoencoder.from_preset(args.preset)
+    try:
+        config = BRICSAutoencoder.load_config(path)
+    except OSError as error:  # diffusers reports a missing folder as a failed Hub download
+        nested = os.path.join(path, "autoencoder", "config.json")
+        hint = f"; a stage-1 output folder keeps it in {os.path.dirname(nested)!r}" if os.path.isfile(nested) else ""
+        raise FileNotFoundError(f"--model_config_name_or_path {path!r}: no config.json, neither in a local folder nor "
+                                f"in a Hub repo{hint} ({error})") from error
+    return BRICSAutoencoder.from_config(config)
 
 
 def collate(transform, column):
@@ -210,6 +223,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
+    if len(train_loader) < args.gradient_accumulation_steps:
+        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+                         f"{len(train_loader)} batches of an epoch per process")
     if use_gan:
         # DDP cannot differentiate twice through a wrapped module (the R1 and gradient penalties do), so the
         # discriminator stays unwrapped, starts from rank 0's weights and has its gradients averaged by hand.

@@ -13,6 +13,7 @@ with the pipeline: ``pipe(class_labels=["name"])``). The full `BRICSPipeline` is
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
@@ -39,10 +40,16 @@ from diffusers_brics.training.loop import (
     make_accelerator,
     make_ema,
     micro_batch_seed,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
     resume,
     run_training,
     step_progress,
     time_is_up,
+    unit_interval,
+    weights_digest,
 )
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 
@@ -65,33 +72,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
     data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
     data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
-    data.add_argument("--encode_batch_size", type=int, default=64)
+    data.add_argument("--encode_batch_size", type=positive_int, default=64)
     data.add_argument("--class_column", default=None,
                       help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
                            "embedded emoji)")
     model = p.add_argument_group("model")
     model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant")
-    model.add_argument("--snr_gamma", type=float, default=None, help="min-SNR weighting (paper: 5 with --schedule cosine)")
-    model.add_argument("--num_train_timesteps", type=int, default=1000)
+    model.add_argument("--snr_gamma", type=positive_float, default=None, help="min-SNR weighting (paper: 5 with --schedule cosine)")
+    model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     train = p.add_argument_group("training")
-    train.add_argument("--train_batch_size", type=int, default=64)
-    train.add_argument("--num_epochs", type=int, default=100)
-    train.add_argument("--max_train_steps", type=int)
-    train.add_argument("--learning_rate", type=float, default=8e-4)
-    train.add_argument("--lr_scheduler", default="cosine")
-    train.add_argument("--lr_warmup_steps", type=int, default=500)
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.999)
-    train.add_argument("--adam_weight_decay", type=float, default=0.0)
-    train.add_argument("--adam_epsilon", type=float, default=1e-8)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--train_batch_size", type=positive_int, default=64)
+    train.add_argument("--num_epochs", type=positive_int, default=100)
+    train.add_argument("--max_train_steps", type=positive_int)
+    train.add_argument("--learning_rate", type=positive_float, default=8e-4)
+    train.add_argument("--lr_scheduler", default="cosine", choices=[t.value for t in SchedulerType])
+    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    train.add_argument("--adam_beta1", type=unit_interval, default=0.9)
+    train.add_argument("--adam_beta2", type=unit_interval, default=0.999)
+    train.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0)
+    train.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    train.add_argument("--max_grad_norm", type=positive_float, default=1.0)
     log = p.add_argument_group("validation")
-    log.add_argument("--validation_steps", type=int, default=1000)
-    log.add_argument("--num_validation_images", type=int, default=8)
-    log.add_argument("--num_inference_steps", type=int, default=100)
+    log.add_argument("--validation_steps", type=positive_int, default=1000)
+    log.add_argument("--num_validation_images", type=positive_int, default=8)
+    log.add_argument("--num_inference_steps", type=positive_int, default=100)
     args = p.parse_args(argv)
     check_common_arguments(p, args)
+    if args.num_inference_steps > args.num_train_timesteps:
+        p.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps {args.num_train_timesteps}")
     return args
 
 
@@ -168,11 +177,15 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     resolution = vae.config.sample_size
     with accelerator.main_process_first():
         train_set, _ = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
-                                           resolution, args.cache_dir, seed=args.seed)
+                                           resolution, args.cache_dir, hold_out=False)
     column = image_column_of(train_set, args.image_column)
     labels, class_names = class_labels_of(train_set, args.class_column) if args.class_column else (None, None)
     # Cached codes come from centre crops; random crops only when encoding on the fly.
     transform = image_transform(resolution, center_crop=args.center_crop or not args.encode_on_the_fly)
+    examples = len(train_set) * (2 if args.random_flip and not args.encode_on_the_fly else 1)
+    if examples < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{examples} training examples, fewer than one batch of --train_batch_size "
+                         f"{args.train_batch_size} per process on {accelerator.num_processes} process(es)")
 
     if args.encode_on_the_fly:
         def collate(rows):
@@ -187,22 +200,20 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         with accelerator.main_process_first():
             import datasets
 
+            record = key_code_cache_record(args, vae, column, len(train_set))
             if os.path.isdir(cache):
+                check_key_code_cache(cache, record)
                 codes = datasets.load_from_disk(cache).with_format("torch")
                 logger.info(f"reusing {len(codes)} cached key codes from {cache}")
             elif accelerator.is_main_process:
                 codes = encode_dataset(vae, train_set, column, transform, args.encode_batch_size, args.random_flip,
                                        accelerator.device, labels)
                 codes.save_to_disk(cache + ".partial")
+                with open(os.path.join(cache + ".partial", CACHE_RECORD), "w") as f:
+                    json.dump(record, f, indent=2)
                 os.replace(cache + ".partial", cache)
             else:
                 codes = datasets.load_from_disk(cache).with_format("torch")
-        if codes[0]["key_codes"].shape != vae.latent_shape:
-            raise ValueError(f"cached key codes in {cache} have shape {tuple(codes[0]['key_codes'].shape)}, the "
-                             f"autoencoder makes {vae.latent_shape}: delete the cache folder to re-encode")
-        if labels is not None and not cached_labels_match(codes, labels):
-            raise ValueError(f"the key codes cached in {cache} lack the labels of --class_column {args.class_column!r} "
-                             "(encoded without it, or from other data): delete the cache folder to re-encode")
 
         def collate(rows):
             batch = {"codes": torch.stack([row["key_codes"] for row in rows])}
@@ -211,8 +222,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             return batch
 
         dataset = codes
-    if len(dataset) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(dataset)} training examples, fewer than one batch per process")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate)
 
@@ -226,6 +235,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if len(loader) < args.gradient_accumulation_steps:
+        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+                         f"{len(loader)} batches of an epoch per process")
     ema = make_ema(accelerator, unet, args)
     global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
 
@@ -321,11 +333,40 @@ def ema_pipeline(accelerator, unet, ema, vae, noise_scheduler, class_names: list
                          id2label=dict(enumerate(class_names)) if class_names else None)
 
 
-def cached_labels_match(codes, labels: list[int]) -> bool:
-    """Whether cached key codes carry ``labels`` (followed by the same again for the mirror images)."""
-    if "class_labels" not in codes.column_names or len(codes) not in (len(labels), 2 * len(labels)):
-        return False
-    return list(codes.with_format(None)["class_labels"]) == labels * (len(codes) // len(labels))
+CACHE_RECORD = "brics_key_code_cache.json"
+
+
+def key_code_cache_record(args, vae: BRICSAutoencoder, column: str, images: int) -> dict:
+    """What cached key codes depend on; it is stored with them, and a cache made from anything else is refused."""
+    source = args.dataset_name or args.train_data_dir
+    return {
+        "data": os.path.abspath(source) if source and os.path.exists(source) else source or "embedded emoji",
+        "dataset_config_name": args.dataset_config_name,
+        "image_column": column,
+        "images": images,
+        "random_flip": args.random_flip,
+        "class_column": args.class_column,
+        "autoencoder_sha256": weights_digest(vae),
+    }
+
+
+def check_key_code_cache(cache: str, record: dict) -> None:
+    """Raise a ValueError if the key codes cached in ``cache`` were not made as ``record`` says this run would."""
+    path = os.path.join(cache, CACHE_RECORD)
+    stored = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+    if stored == record:
+        return
+    if stored is None:
+        what = f"have no record of what they were encoded from ({CACHE_RECORD})"
+    else:
+        what = "were encoded with other " + ", ".join(
+            f"{key} ({stored.get(key)!r}; this run: {value!r})" for key, value in record.items() if stored.get(key) != value
+        )
+    raise ValueError(f"the key codes cached in {cache} {what}: delete that folder to re-encode, or use another "
+                     "--output_dir")
 
 
 def sample_grid(args, accelerator, unet, ema, vae, noise_scheduler, step, class_names: list[str] | None) -> None:

@@ -90,10 +90,15 @@ def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights_dir, l
     assert (tmp_path / "ddp" / "autoencoder").is_dir()
 
 
-def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch, lpips_weights_dir):
+@pytest.fixture(scope="module")
+def script():
     spec = importlib.util.spec_from_file_location("train_brics_ae", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch, lpips_weights_dir, script):
     import diffusers_brics.training.hub as hub
 
     uploads = []
@@ -113,12 +118,33 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch, lpi
     assert (out / "autoencoder" / "config.json").exists() and (out / "reconstructions.png").exists()
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("--checkpoints_total_limit", "0"), ("--checkpoints_total_limit", "-1"), ("--max_train_steps", "0"),
+    ("--num_epochs", "0"), ("--validation_steps", "0"), ("--checkpointing_steps", "-1"), ("--r1_interval", "0"),
+    ("--max_train_seconds", "0"), ("--learning_rate", "-1"), ("--max_eval_images", "0"), ("--train_batch_size", "0"),
+    ("--num_validation_images", "0"), ("--gradient_accumulation_steps", "0"), ("--lr_scheduler", "bogus"),
+    ("--adam_beta2", "1.5"), ("--kl_weight", "nan"),
+])
+def test_flag_values_that_cannot_work_are_refused(script, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        script.parse_args([flag, value])
+    assert f"argument {flag}: " in capsys.readouterr().err
+
+
 def test_bad_arguments_are_refused(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--push_to_hub"], capture_output=True, text=True)
-    assert result.returncode != 0 and "--hub_model_id" in result.stderr
-    result = subprocess.run([sys.executable, str(SCRIPT), "--train_data_dir", str(tmp_path / "missing"),
-                             "--output_dir", str(tmp_path / "o"), "--report_to", "none"], capture_output=True, text=True)
-    assert result.returncode != 0 and "train_data_dir" in result.stderr
+    def refused(*args):
+        result = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "o"), "--report_to", "none",
+                                 *args], capture_output=True, text=True)
+        assert result.returncode != 0
+        return result.stderr
+
+    assert "--hub_model_id" in refused("--push_to_hub")
+    assert "train_data_dir" in refused("--train_data_dir", str(tmp_path / "missing"))
+    assert "--model_config_name_or_path" in refused("--model_config_name_or_path", str(tmp_path / "missing"))
+    assert "--mixed_precision fp16 needs a GPU" in refused("--mixed_precision", "fp16")
+    (tmp_path / "o" / "checkpoint-5").mkdir(parents=True)  # a checkpoint folder with nothing in it
+    error = refused("--preset", "tiny", "--resume_from_checkpoint", "latest")
+    assert "--resume_from_checkpoint: " in error and "checkpoint-5 cannot be loaded" in error
 
 
 def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weights_dir):

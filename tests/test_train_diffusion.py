@@ -53,7 +53,7 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
 
     log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "5",
                "--checkpointing_steps", "5", "--resume_from_checkpoint", "latest", "--schedule", "cosine",
-               "--snr_gamma", "5"])
+               "--snr_gamma", "5", "--random_flip"])
     assert "reusing 6266 cached key codes" in log and "at step 3" in log
 
 
@@ -125,4 +125,33 @@ def test_class_conditional_training_on_the_emoji_categories(tmp_path, autoencode
     # the cache holds category labels: another class column must not reuse it
     log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "3",
                "--class_column", "short_name"], expect_success=False)
-    assert "lack the labels of --class_column 'short_name'" in log
+    assert "were encoded with other class_column ('category'; this run: 'short_name')" in log
+
+
+def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder):
+    import datasets
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(10):
+        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    base = ["--autoencoder", str(autoencoder), "--train_data_dir", str(folder), "--train_batch_size", "4",
+            "--output_dir", str(out), "--max_train_steps", "1", "--checkpointing_steps", "1"]
+    run(base)
+    assert len(datasets.load_from_disk(str(out / "key_codes"))) == 10  # no images held out: stage 2 does not evaluate
+
+    other = tmp_path / "other_vae"
+    torch.manual_seed(1)
+    BRICSAutoencoder.from_preset("tiny").save_pretrained(other)
+    base[1] = str(other)
+    assert "were encoded with other autoencoder_sha256" in run(base, expect_success=False)
+    base[1] = str(autoencoder)
+    assert "random_flip (False; this run: True)" in run(base + ["--random_flip"], expect_success=False)
+    assert "data ('" in run(base[:2] + base[4:], expect_success=False)  # the embedded emoji instead of the folder
+    (out / "key_codes" / "brics_key_code_cache.json").unlink()
+    assert "have no record of what they were encoded from" in run(base, expect_success=False)
+    log = run(base + ["--train_batch_size", "11"], expect_success=False)
+    assert "10 training examples, fewer than one batch of --train_batch_size 11" in log

@@ -142,3 +142,26 @@ def test_dataset_name_reads_saved_datasets_and_data_folders(tmp_path):
     for missing in (str(tmp_path / "missing"), "./missing"):
         with pytest.raises(FileNotFoundError, match="dataset_name .* is not a folder"):
             load_image_datasets(missing)
+
+
+def test_columns_that_cannot_work_are_refused(tmp_path):
+    import datasets
+
+    from diffusers_brics.training.data import class_labels_of, image_column_of, load_image_datasets
+
+    table = datasets.Dataset.from_dict({"score": [0.5, 0.25], "tags": [["a"], ["b"]], "name": ["x", "y"]})
+    for column in ("score", "tags"):
+        with pytest.raises(ValueError, match=f"class_column '{column}' holds"):
+            class_labels_of(table, column)
+    with pytest.raises(ValueError, match="image_column 'name' holds Value"):
+        image_column_of(table, "name")
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="train_data_dir .* holds no images"):
+        load_image_datasets(train_data_dir=str(tmp_path))
+
+
+def test_checkpoint_limit_and_discriminator_widths_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="total_limit must be >= 1"):
+        save_checkpoint(None, str(tmp_path), 1, total_limit=0)
+    with pytest.raises(ValueError, match="channel_base 1 and channel_max 256 leave no channels at resolution 32"):
+        StyleGAN2Discriminator(resolution=32, channel_base=1, channel_max=256)

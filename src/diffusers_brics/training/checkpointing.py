@@ -40,6 +40,8 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[in
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
     """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically; prunes to ``total_limit``."""
+    if total_limit is not None and total_limit < 1:
+        raise ValueError(f"total_limit must be >= 1 (or None to keep every checkpoint), got {total_limit}")
     final = os.path.join(output_dir, f"checkpoint-{step}")
     partial = final + ".partial"
     if accelerator.is_main_process:

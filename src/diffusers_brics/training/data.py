@@ -48,13 +48,15 @@ def load_image_datasets(
     cache_dir: str | None = None,
     validation_fraction: float = 0.05,
     seed: int = 0,
+    hold_out: bool = True,
 ):
     """``(train, validation)`` `datasets.Dataset` pair.
 
     Sources, by priority: ``dataset_name`` (a Hub dataset id, a folder saved by ``save_to_disk``, or any folder
     ``datasets.load_dataset`` reads), ``train_data_dir`` (an image folder), or else the embedded emoji set at
-    the stored resolution nearest above ``resolution`` (32 or 64), which has a held-out split by base emoji. Without a ``validation``/``test``
-    split, ``validation_fraction`` of the training images is held out with ``seed``.
+    the stored resolution nearest above ``resolution`` (32 or 64), which has a held-out split by base emoji. Without a
+    ``validation``/``test`` split, ``validation_fraction`` of the training images is held out with ``seed``; with
+    ``hold_out=False`` (training that does not evaluate), every training image is kept and the second item is None.
     """
     import datasets
 
@@ -69,7 +71,11 @@ def load_image_datasets(
     elif train_data_dir:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(f"train_data_dir {train_data_dir!r} is not a directory")
-        data = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+        try:
+            data = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+        except (FileNotFoundError, ValueError) as error:  # datasets: "no data files" / "corresponds to no data"
+            raise ValueError(f"train_data_dir {train_data_dir!r} holds no images that datasets' imagefolder reads "
+                             f"({error})") from error
     else:
         from ..data import load_emoji_dataset
 
@@ -80,6 +86,8 @@ def load_image_datasets(
         data = datasets.DatasetDict(train=data)
     if "train" not in data:
         raise ValueError(f"the dataset has no 'train' split (splits: {', '.join(data)})")
+    if not hold_out:
+        return data["train"], None
     for name in ("validation", "test"):
         if name in data:
             return data["train"], data[name]
@@ -101,6 +109,8 @@ def image_column_of(dataset, image_column: str | None) -> str:
             raise ValueError(
                 f"image_column {image_column!r} is not in the dataset; columns: {', '.join(dataset.column_names)}"
             )
+        if not isinstance(dataset.features[image_column], datasets.Image):
+            raise ValueError(f"image_column {image_column!r} holds {dataset.features[image_column]}, not images")
         return image_column
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Image):
@@ -115,9 +125,16 @@ def class_labels_of(dataset, class_column: str) -> tuple[list[int], list[str]]:
 
     if class_column not in dataset.column_names:
         raise ValueError(f"class_column {class_column!r} is not in the dataset; columns: {', '.join(dataset.column_names)}")
-    feature, values = dataset.features[class_column], dataset[class_column]
+    feature = dataset.features[class_column]
     if isinstance(feature, datasets.ClassLabel):
-        return list(values), list(feature.names)
+        return list(dataset[class_column]), list(feature.names)
+    discrete = isinstance(feature, datasets.Value) and (
+        feature.dtype in ("bool", "string", "large_string") or feature.dtype.startswith(("int", "uint"))
+    )
+    if not discrete:
+        raise ValueError(f"class_column {class_column!r} holds {feature}; classes come from a ClassLabel, string, "
+                         "integer or bool column")
+    values = list(dataset[class_column])
     if any(value is None for value in values):
         raise ValueError(f"class_column {class_column!r} has missing values")
     classes = sorted(set(values))  # one type per column: numbers in numeric order, strings alphabetically

@@ -78,6 +78,10 @@ class StyleGAN2Discriminator(ModelMixin, ConfigMixin):
         def channels(res: int) -> int:
             return min(channel_base // res, channel_max)
 
+        if channels(resolution) < 1 or channel_max < 1:
+            raise ValueError(f"channel_base {channel_base} and channel_max {channel_max} leave no channels at resolution "
+                             f"{resolution}: channel_base must be >= the resolution and channel_max >= 1")
+
         self.from_rgb = EqualConv2d(in_channels, channels(resolution), 1)
         blocks, res = [], resolution
         while res > 4:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import logging
 import os
 import time
@@ -21,6 +22,46 @@ from .checkpointing import resolve_checkpoint
 logger = get_logger(__name__)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a loss weight: 0 turns the term off)."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1] (a decay, an Adam beta)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_max_decay: float) -> None:
     """The flags both training scripts share: image source, run set-up, EMA, logging, checkpoints, Hub."""
     data = parser.add_argument_group("data")
@@ -32,19 +73,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_m
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=output_dir)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    run.add_argument("--max_train_seconds", type=float, help="stop, with a checkpoint and the final save, after this "
+    run.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    run.add_argument("--max_train_seconds", type=positive_float, help="stop, with a checkpoint and the final save, after this "
                      "much training time (the learning-rate schedule still spans the step count)")
     run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
     run.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    run.add_argument("--ema_max_decay", type=float, default=ema_max_decay)
-    run.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
+    run.add_argument("--ema_max_decay", type=unit_interval, default=ema_max_decay)
+    run.add_argument("--ema_power", type=positive_float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
     log = parser.add_argument_group("logging and checkpoints")
-    log.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    log.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
     log.add_argument("--logging_dir", default="logs")
-    log.add_argument("--checkpointing_steps", type=int, default=1000)
-    log.add_argument("--checkpoints_total_limit", type=int, default=None)
+    log.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep this many newest checkpoints")
     log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
     hub = parser.add_argument_group("hub")
     hub.add_argument("--push_to_hub", action="store_true")
@@ -57,8 +98,12 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     """Refuse flag combinations that cannot work, through ``parser.error``."""
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
-    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
-        parser.error("--gradient_accumulation_steps and --train_batch_size must be >= 1")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
+    for tracker in ("wandb", "tensorboard"):
+        if args.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+            parser.error(f"--report_to {args.report_to} needs the {tracker} package (pip install {tracker}), or use "
+                         "--report_to none")
 
 
 def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator:
@@ -75,6 +120,9 @@ def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError("--mixed_precision fp16 needs a GPU (on the CPU accelerate would silently train in fp32); "
+                         "use --mixed_precision bf16")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -95,7 +143,15 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
         logger.info("no checkpoint to resume from; starting a new run")
         return 0, 0, 0
     step, path = found
-    accelerator.load_state(path)
+    try:
+        accelerator.load_state(path)
+    except Exception as error:  # a truncated file, or a checkpoint of another model or other flags
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} cannot be loaded ({type(error).__name__}: {error}). A checkpoint holds "
+            "the model, its optimizer and scheduler, and the objects the run's flags add (the EMA with --use_ema, the "
+            "discriminator with --gan_weight > 0): resume with the model and flags of the run that wrote it, or "
+            "resume from an earlier checkpoint"
+        ) from error
     logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -161,12 +217,17 @@ def micro_batch_seed(args: argparse.Namespace, step: int, micro_step: int, proce
     return args.seed * 1_000_003 + micro_batch * 1009 + process_index
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters (as float32), in registration order."""
+    digest = hashlib.sha256()
+    for parameter in module.parameters():
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_in_sync(accelerator, model) -> None:
     """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
-    digest = hashlib.sha256()
-    for parameter in accelerator.unwrap_model(model).parameters():
-        digest.update(parameter.detach().float().cpu().numpy().tobytes())
-    digests = gather_object([digest.hexdigest()])
+    digests = gather_object([weights_digest(accelerator.unwrap_model(model))])
     if len(set(digests)) != 1:
         raise RuntimeError(f"weights differ across processes: {digests}")
     logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
