@@ -29,7 +29,7 @@ from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage, lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_brics import PRESETS
 from diffusers_brics.training.checkpointing import save_checkpoint
-from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets, undecoded
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.loop import (
     add_common_arguments,
@@ -196,6 +196,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             args.validation_fraction, args.seed,
         )
     column = image_column_of(train_set, args.image_column)
+    train_set, val_set = undecoded(train_set, column), undecoded(val_set, column)
     if len(train_set) < args.train_batch_size * accelerator.num_processes:
         raise ValueError(
             f"the training set has {len(train_set)} images, fewer than one batch of --train_batch_size "

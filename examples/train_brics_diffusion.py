@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.schedules import cosine_variant_betas, min_snr_weights
 from diffusers_brics.training.checkpointing import save_checkpoint
-from diffusers_brics.training.data import class_labels_of, image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.data import (
+    class_labels_of,
+    image_column_of,
+    image_transform,
+    load_image_datasets,
+    undecoded,
+)
 from diffusers_brics.training.loop import (
     add_common_arguments,
     check_common_arguments,
@@ -179,6 +185,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         train_set, _ = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
                                            resolution, args.cache_dir, hold_out=False)
     column = image_column_of(train_set, args.image_column)
+    train_set = undecoded(train_set, column)
     labels, class_names = class_labels_of(train_set, args.class_column) if args.class_column else (None, None)
     # Cached codes come from centre crops; random crops only when encoding on the fly.
     transform = image_transform(resolution, center_crop=args.center_crop or not args.encode_on_the_fly)

@@ -165,3 +165,20 @@ def test_checkpoint_limit_and_discriminator_widths_are_checked(tmp_path):
         save_checkpoint(None, str(tmp_path), 1, total_limit=0)
     with pytest.raises(ValueError, match="channel_base 1 and channel_max 256 leave no channels at resolution 32"):
         StyleGAN2Discriminator(resolution=32, channel_base=1, channel_max=256)
+
+
+def test_unreadable_images_are_named(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from diffusers_brics.training.data import image_transform
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(buffer, format="PNG")
+    transform = image_transform(4)
+    assert transform({"bytes": buffer.getvalue(), "path": None}).shape == (3, 4, 4)
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ValueError, match="image .*cut.png cannot be read"):
+        transform({"bytes": None, "path": str(tmp_path / "cut.png")})

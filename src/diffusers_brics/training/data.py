@@ -6,6 +6,7 @@ Transforms are written with PIL and numpy (resize the shorter side, centre or ra
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -13,15 +14,38 @@ import torch
 from PIL import Image
 
 
+def undecoded(dataset, column: str):
+    """``dataset`` with its image ``column`` left undecoded (``{"bytes", "path"}``), so that `image_transform`
+    opens each image itself and can name a file it cannot read."""
+    import datasets
+
+    return dataset.cast_column(column, datasets.Image(decode=False))
+
+
+def read_image(image) -> Image.Image:
+    """A decoded PIL image from a PIL image or an undecoded ``{"bytes", "path"}`` value; a ValueError naming the
+    file when it cannot be read (corrupt or truncated)."""
+    if isinstance(image, Image.Image):
+        return image
+    path = image.get("path")
+    try:
+        opened = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else path)
+        opened.load()  # decode now: a truncated file fails here, not somewhere later without its name
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"image {path or '(stored as bytes)'} cannot be read ({error}); remove or repair it") from error
+    return opened
+
+
 def image_transform(resolution: int, center_crop: bool = True):
-    """A function PIL image -> ``(3, resolution, resolution)`` float tensor in ``[-1, 1]``.
+    """A function image (PIL, or undecoded, see `undecoded`) -> ``(3, resolution, resolution)`` float tensor in
+    ``[-1, 1]``.
 
     Random crops draw from torch's generator, which DataLoader workers seed one by one. (Flips are applied per
     batch by the training scripts, from per-step seeds.)
     """
 
-    def transform(image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
+    def transform(image) -> torch.Tensor:
+        image = read_image(image).convert("RGB")
         w, h = image.size
         scale = resolution / min(w, h)
         if (w, h) != (resolution, resolution):
