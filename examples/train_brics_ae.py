@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import SchedulerType
 from diffusers.utils import make_image_grid
 
 from diffusers_brics import BRICSAutoencoder
@@ -44,6 +43,7 @@ from diffusers_brics.training.loop import (
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_with_schedule,
     resume,
     run_training,
     step_progress,
@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--preset", default="small-32", choices=sorted(PRESETS))
     model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
-    model.add_argument("--kl_weight", type=non_negative_float, default=0.0, help="> 0 trains the KL variant (paper: 1e-6)")
+    model.add_argument("--kl_weight", type=non_negative_float, default=0.0,
+                       help="> 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
+                       "relaxed-precision noise; paper weight 1e-6)")
     train = p.add_argument_group("training")
     train.add_argument("--train_batch_size", type=positive_int, default=16)
     train.add_argument("--eval_batch_size", type=positive_int, default=64)
@@ -177,9 +179,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     resolution = args.resolution or model.config.sample_size
     if resolution != model.config.sample_size:
         raise ValueError(f"--resolution {resolution} does not match the model's sample_size {model.config.sample_size}")
-    if args.kl_weight > 0 and not model.config.kl_key_codes:
-        # keyword, not a merged dict: keys listed in the config's `_use_default_values` would be reset to defaults
-        model = BRICSAutoencoder.from_config(model.config, kl_key_codes=True)
+    if args.kl_weight > 0 and (not model.config.kl_key_codes or model.config.relaxed_precision):
+        # Paper config c: KL-regularised key codes take the place of the relaxed-precision noise (config d).
+        # Keywords, not a merged dict: keys listed in the config's `_use_default_values` would be reset to defaults.
+        model = BRICSAutoencoder.from_config(model.config, kl_key_codes=True, relaxed_precision=False)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     use_gan = args.gan_weight > 0
@@ -219,14 +222,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         [{"params": other_params}, {"params": grid_params, "lr": args.grid_learning_rate or args.learning_rate}],
         lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
     )
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_steps * accelerator.num_processes)
-    model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
-    if len(train_loader) < args.gradient_accumulation_steps:
-        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
-                         f"{len(train_loader)} batches of an epoch per process")
+    model, optimizer, train_loader, lr_scheduler, steps_per_epoch, max_steps = prepare_with_schedule(
+        accelerator, args, model, optimizer, train_loader)
     if use_gan:
         # DDP cannot differentiate twice through a wrapped module (the R1 and gradient penalties do), so the
         # discriminator stays unwrapped, starts from rank 0's weights and has its gradients averaged by hand.
@@ -238,7 +235,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         accelerator.register_for_checkpointing(discriminator, disc_optimizer)
     ema = make_ema(accelerator, model, args)
 
-    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch, ema)
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
@@ -263,7 +260,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                                         lr_scheduler, images, generator)
                 if gan_active:
                     logs.update(discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
-                                                   logs.pop("reconstruction"), global_step))
+                                                   logs.pop("reconstruction"), global_step, generator))
                 logs.pop("reconstruction", None)
             if not accelerator.sync_gradients:
                 micro_step += 1
@@ -326,7 +323,7 @@ def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_sche
     return logs
 
 
-def discriminator_step(args, accelerator, discriminator, disc_optimizer, images, recon, step) -> dict:
+def discriminator_step(args, accelerator, discriminator, disc_optimizer, images, recon, step, generator) -> dict:
     """One discriminator micro-batch: logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP. Gradients
     accumulate over ``--gradient_accumulation_steps`` micro-batches like the autoencoder's; D steps with it."""
     logs = {}
@@ -339,7 +336,7 @@ def discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
         penalty_term = 0.0
     fake_logits = discriminator(recon)
     if args.gan_loss == "wgan-gp":
-        penalty = gradient_penalty(discriminator, images, recon)
+        penalty = gradient_penalty(discriminator, images, recon, generator)
         penalty_term = args.gp_weight * penalty
         logs["gp"] = penalty.item()
     d_loss = discriminator_adversarial_loss(real_logits, fake_logits, args.gan_loss)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import SchedulerType
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
@@ -50,6 +49,7 @@ from diffusers_brics.training.loop import (
     non_negative_int,
     positive_float,
     positive_int,
+    prepare_with_schedule,
     resume,
     run_training,
     step_progress,
@@ -85,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant")
-    model.add_argument("--snr_gamma", type=positive_float, default=None, help="min-SNR weighting (paper: 5 with --schedule cosine)")
+    model.add_argument("--snr_gamma", type=non_negative_float, default=None,
+                       help="min-SNR loss weighting, 0 for none (default: 5 with --schedule cosine, paper config a; "
+                       "none with cosine-variant, config b)")
     model.add_argument("--num_train_timesteps", type=positive_int, default=1000)
     train = p.add_argument_group("training")
     train.add_argument("--train_batch_size", type=positive_int, default=64)
@@ -105,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     log.add_argument("--num_inference_steps", type=positive_int, default=100)
     args = p.parse_args(argv)
     check_common_arguments(p, args)
+    if args.snr_gamma is None:
+        args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
     if args.num_inference_steps > args.num_train_timesteps:
         p.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps {args.num_train_timesteps}")
     return args
@@ -236,17 +240,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     noise_scheduler = build_scheduler(args)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_steps * accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if len(loader) < args.gradient_accumulation_steps:
-        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
-                         f"{len(loader)} batches of an epoch per process")
+    unet, optimizer, loader, lr_scheduler, steps_per_epoch, max_steps = prepare_with_schedule(
+        accelerator, args, unet, optimizer, loader)
     ema = make_ema(accelerator, unet, args)
-    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
+    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch, ema)
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()

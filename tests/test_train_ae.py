@@ -194,7 +194,7 @@ def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir)
     run(["--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
          "--gan_loss", "wgan-gp", "--kl_weight", "1e-6", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2"])
     model = BRICSAutoencoder.from_pretrained(out / "autoencoder")
-    assert model.config.kl_key_codes
+    assert model.config.kl_key_codes and not model.config.relaxed_precision  # config c replaces d
     assert model.encode(torch.zeros(1, 3, 32, 32)).key_code_posterior is not None
     checkpoint = out / "checkpoint-3"
     # the discriminator accumulates too: one optimiser step per autoencoder step, not one per micro-batch
@@ -203,3 +203,28 @@ def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir)
                       if "param_groups" in torch.load(path, weights_only=False))
     assert adam_steps(disc_state) == {3}
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
+
+
+def test_two_processes_count_epochs_and_resume_where_they_stopped(tmp_path, lpips_weights_dir):
+    # 16 training images in batches of 4 on each of 2 processes: an epoch is 2 steps. Resuming at step 3 must skip
+    # the one batch of epoch 1 that each process has already seen, so the run ends with the uninterrupted weights.
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(20):
+        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()).save(folder / f"{i}.png")
+    common = ["--train_data_dir", str(folder), "--validation_fraction", "0.2", "--checkpointing_steps", "3",
+              "--validation_steps", "100", "--perceptual_weight", "0", "--gan_weight", "0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    log = run(common + ["--output_dir", str(straight), "--num_epochs", "3"], "torchrun")
+    assert "16 training images, 4 held out; 6 steps" in log
+    assert json.loads((straight / "metrics.json").read_text())["step"] == 6
+    run(common + ["--output_dir", str(resumed), "--max_train_steps", "3"], "torchrun")
+    log = run(common + ["--output_dir", str(resumed), "--num_epochs", "3", "--resume_from_checkpoint", "latest"],
+              "torchrun")
+    assert "at step 3" in log
+    final_a, final_b = weights(straight), weights(resumed)
+    for key in final_a:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)

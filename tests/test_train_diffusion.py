@@ -155,3 +155,13 @@ def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_pat
     assert "have no record of what they were encoded from" in run(base, expect_success=False)
     log = run(base + ["--train_batch_size", "11"], expect_success=False)
     assert "10 training examples, fewer than one batch of --train_batch_size 11" in log
+
+
+def test_min_snr_weighting_follows_the_paper_configurations():
+    spec = importlib.util.spec_from_file_location("train_brics_diffusion", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    gamma = {flags: script.parse_args(["--autoencoder", "x", *flags]).snr_gamma
+             for flags in [(), ("--schedule", "cosine"), ("--schedule", "cosine", "--snr_gamma", "0"),
+                           ("--snr_gamma", "2")]}
+    assert list(gamma.values()) == [0.0, 5.0, 0.0, 2.0]  # config b: none; config a: min-SNR-5

@@ -50,6 +50,13 @@ def test_gradient_penalty_is_zero_for_unit_gradient_critic():
     assert float(gp.detach()) < 1e-10
 
 
+def test_gradient_penalty_draws_its_interpolates_from_the_generator():
+    critic = lambda x: (x**3).sum(dim=(1, 2, 3))  # noqa: E731 (the gradient norm depends on where it is taken)
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    values = [gradient_penalty(critic, real, fake, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(values[0], values[1]) and not torch.equal(values[0], values[2])
+
+
 def test_adversarial_losses():
     real, fake = torch.tensor([2.0, 3.0]), torch.tensor([-1.0, 0.0])
     softplus = torch.nn.functional.softplus

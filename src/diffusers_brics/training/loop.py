@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import time
 
@@ -14,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -134,7 +136,29 @@ def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator
     return accelerator
 
 
-def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int, int]:
+def prepare_with_schedule(accelerator: Accelerator, args: argparse.Namespace, model, optimizer, loader):
+    """``accelerator.prepare`` the model, optimizer and loader, then the learning-rate schedule.
+
+    The schedule spans the run's optimisation steps, counted from the *prepared* loader (its length is the number
+    of batches one process sees in an epoch). Returns ``(model, optimizer, loader, lr_scheduler, steps_per_epoch,
+    max_steps)``.
+    """
+    raw_optimizer = optimizer
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if len(loader) < args.gradient_accumulation_steps:
+        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+                         f"{len(loader)} batches of an epoch per process")
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    # The prepared schedule steps once per process per optimisation step, hence the factors.
+    lr_scheduler = get_scheduler(args.lr_scheduler, raw_optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    return model, optimizer, loader, accelerator.prepare(lr_scheduler), steps_per_epoch, max_steps
+
+
+def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int,
+           ema: EMAModel | None = None) -> tuple[int, int, int]:
     """Load ``--resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
     if not args.resume_from_checkpoint:
         return 0, 0, 0
@@ -152,6 +176,8 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
             "discriminator with --gan_weight > 0): resume with the model and flags of the run that wrote it, or "
             "resume from an earlier checkpoint"
         ) from error
+    if ema is not None:  # the loaded EMA weights come back on the CPU
+        ema.to(accelerator.device)
     logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
 

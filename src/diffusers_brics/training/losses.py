@@ -42,9 +42,11 @@ def r1_penalty(discriminator: torch.nn.Module, real: torch.Tensor) -> tuple[torc
     return grad.square().sum(dim=(1, 2, 3)).mean(), logits
 
 
-def gradient_penalty(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP: ``mean (||grad D(x_hat)|| - 1)^2`` at random interpolates of real and fake images."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+def gradient_penalty(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP: ``mean (||grad D(x_hat)|| - 1)^2`` at random interpolates of real and fake images (the mixing
+    weights drawn from ``generator``, a CPU generator, when given)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
