@@ -1,17 +1,30 @@
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ImagePipelineOutput, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    ImagePipelineOutput,
+    PNDMScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
 
 
-def tiny_unet(num_class_embeds=None):
+def tiny_unet(num_class_embeds=None, sample_size=8, in_channels=2, out_channels=2):
     torch.manual_seed(0)
     return UNet2DModel(
-        sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, block_out_channels=(8, 16),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4, attention_head_dim=4, num_class_embeds=num_class_embeds,
     )
@@ -74,6 +87,16 @@ def test_given_latents_and_step_callback(pipe):
 
     pipe(batch_size=1, num_inference_steps=3, callback_on_step_end=callback)
     assert len(seen) == 3 and seen == sorted(seen, reverse=True)
+    # returning None changes nothing; anything but a dict or None is refused
+    np.testing.assert_array_equal(sample(pipe, 7, latents=latents, num_inference_steps=3,
+                                         callback_on_step_end=lambda p, i, t, kwargs: None), a)
+    with pytest.raises(ValueError, match="callback_on_step_end"):
+        sample(pipe, callback_on_step_end=lambda p, i, t, kwargs: kwargs["latents"])
+
+
+def test_numpy_latents_are_accepted(pipe):
+    latents = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(sample(pipe, latents=latents.numpy()), sample(pipe, latents=latents))
 
 
 def test_save_load_round_trip(pipe, tmp_path):
@@ -90,13 +113,46 @@ def test_save_load_round_trip(pipe, tmp_path):
     np.testing.assert_allclose(loaded.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod)
 
 
-@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, DPMSolverMultistepScheduler])
+@pytest.mark.parametrize(
+    "scheduler_cls",
+    [DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, PNDMScheduler, EulerDiscreteScheduler,
+     EulerAncestralDiscreteScheduler, HeunDiscreteScheduler],
+)
 def test_scheduler_swaps(pipe, scheduler_cls):
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
     images = sample(pipe, num_inference_steps=5)
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     assert np.array_equal(images, sample(pipe, num_inference_steps=5))
+
+
+def test_second_order_scheduler_evaluates_the_unet_twice_per_step(pipe):
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, output: calls.append(1))
+    sample(pipe, num_inference_steps=3)
+    assert len(calls) == 2 * 3 - 1  # the last step is first order
+
+
+def test_ddim_eta_is_used_and_reproducible(pipe):
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    deterministic = sample(pipe, num_inference_steps=4)
+    stochastic = sample(pipe, num_inference_steps=4, eta=1.0)
+    assert np.array_equal(stochastic, sample(pipe, num_inference_steps=4, eta=1.0))
+    assert not np.allclose(stochastic, deterministic)
+    assert not np.allclose(stochastic, sample(pipe, 1, num_inference_steps=4, eta=1.0))
+    for eta in (-0.5, float("nan"), "1"):
+        with pytest.raises(ValueError, match="eta"):
+            sample(pipe, eta=eta)
+
+
+def test_vae_in_train_mode_decodes_without_noise_and_keeps_its_mode(pipe):
+    expected = sample(pipe)
+    pipe.vae.train()
+    pipe.vae.decoder.eval()
+    assert np.array_equal(sample(pipe), sample(pipe))
+    np.testing.assert_allclose(sample(pipe), expected, atol=1e-6)
+    assert pipe.vae.training and pipe.vae.retrieval.training and not pipe.vae.decoder.training
 
 
 def test_vae_slicing_and_cpu_offload_sequence(pipe):
@@ -114,10 +170,15 @@ def test_class_conditional_generation():
     b = sample(pipe, class_labels=[1, 1])
     assert a.shape == (2, 32, 32, 3) and not np.array_equal(a, b)
     assert np.array_equal(sample(pipe, class_labels=1), b)
+    assert np.array_equal(sample(pipe, class_labels=torch.tensor([1, 1])), b)
+    assert np.array_equal(sample(pipe, class_labels=np.array([1, 1])), b)
     with pytest.raises(ValueError, match="class_labels"):
         sample(pipe)
+    integers = "class_labels must be integer class ids or class names"
     for labels, message in (([0, 1, 2], r"one label or batch_size \(2\), got 3"), ([0, 3], r"\[0, 3\)"),
-                            (-1, r"\[0, 3\)"), ("cat", "not class names.*none")):
+                            (-1, r"\[0, 3\)"), ("cat", "not class names.*none"), (1.5, integers),
+                            ([0, 1.0], integers), (True, integers), (torch.tensor([1.0, 2.0]), integers),
+                            (torch.tensor([True, False]), integers), (np.array([0.5, 1.5]), integers)):
         with pytest.raises(ValueError, match=message):
             sample(pipe, class_labels=labels)
 
@@ -150,8 +211,70 @@ def test_class_names_round_trip_and_select_classes(tmp_path, caplog):
         (dict(batch_size=2, generator=[torch.Generator()]), "generators"),
         (dict(batch_size=1, output_type="tensor"), "output_type"),
         (dict(batch_size=1, class_labels=[1]), "class embedding"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(batch_size=1, latents=torch.full((1, 2, 8, 8), float("nan"))), "latents must be finite"),
+        (dict(batch_size=1, latents=torch.full((1, 2, 8, 8), float("inf"))), "latents must be finite"),
+        (dict(batch_size=1, latents=[[0.0]]), "latents must be a torch.Tensor"),
+        (dict(batch_size=1, num_inference_steps=0), "num_inference_steps"),
+        (dict(batch_size=1, num_inference_steps=-1), "num_inference_steps"),
+        (dict(batch_size=1, num_inference_steps=None), "num_inference_steps"),
+        (dict(batch_size=1, num_inference_steps=2.5), "num_inference_steps"),
+        (dict(batch_size=1, num_inference_steps=True), "num_inference_steps"),
+        (dict(batch_size=1, num_inference_steps=1001), r"num_inference_steps must be .*1000"),
     ],
 )
 def test_bad_input_raises_value_error(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        pipe(num_inference_steps=2, **kwargs)
+        pipe(**{"num_inference_steps": 2, **kwargs})
+
+
+@pytest.mark.parametrize("scheduler_cls", [DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler])
+@pytest.mark.parametrize("steps", [0, 1001])
+def test_step_count_is_checked_for_every_scheduler(pipe, scheduler_cls, steps):
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe(num_inference_steps=steps)
+
+
+@pytest.mark.parametrize(
+    "unet_kwargs, shown",
+    [
+        (dict(in_channels=3, out_channels=3), r"\(3, 3, \(8, 8\)\)"),
+        (dict(out_channels=4), r"\(2, 4, \(8, 8\)\)"),
+        (dict(sample_size=4), r"\(2, 2, \(4, 4\)\)"),
+        (dict(sample_size=(8, 4)), r"\(2, 2, \(8, 4\)\)"),
+    ],
+)
+def test_unet_that_does_not_fit_the_vae_is_refused(pipe, unet_kwargs, shown):
+    pipe.unet = tiny_unet(**unet_kwargs)
+    with pytest.raises(ValueError, match=shown + r".*\(C_z, H_z, W_z\) = \(2, 8, 8\)"):
+        sample(pipe)
+
+
+@pytest.mark.parametrize("sample_size", [(8, 8), [8, 8], None])
+def test_unet_sample_size_may_be_a_pair_or_unset(pipe, sample_size):
+    pipe.unet = tiny_unet(sample_size=sample_size)
+    assert sample(pipe).shape == (2, 32, 32, 3)
+
+
+def test_missing_local_folder_raises_file_not_found(tmp_path, monkeypatch):
+    asked = []
+
+    def hub_download(repo_id, *args, **kwargs):
+        asked.append(repo_id)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
+    missing = tmp_path / "missing"
+    monkeypatch.chdir(tmp_path)
+    for path in (missing, str(missing), "./missing", "../missing", "~/no-such-folder-for-brics", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="missing|no-such-folder|a/b/c"):
+            BRICSPipeline.from_pretrained(path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileNotFoundError, match="file"):
+        BRICSPipeline.from_pretrained(tmp_path / "file")
+    assert asked == []
+    for repo_id in ("org/name", "name"):  # repo ids still go to the Hub
+        with pytest.raises(ConnectionError):
+            BRICSPipeline.from_pretrained(repo_id)
+    assert asked == ["org/name", "name"]

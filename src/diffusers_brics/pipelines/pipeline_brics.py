@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -32,6 +36,11 @@ def weight_variant(filename: str) -> str | None:
     """``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors`` (or its shards ``...fp16-00001-of-00002...``)."""
     parts = filename.rsplit("/", 1)[-1].split(".")
     return parts[1].split("-")[0] if len(parts) >= 3 else None
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def files_to_download(files: list[str], components: list[str], variant: str | None = None,
@@ -95,11 +104,24 @@ class BRICSPipeline(DiffusionPipeline):
         only those that ``variant`` and ``use_safetensors`` select. ``cache_dir``, ``revision``, ``token``,
         ``force_download`` and ``local_files_only`` are honoured, and so are ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and
         the usual proxy environment variables.
-        """
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 
+        Raises:
+            FileNotFoundError: the argument is not a folder and cannot be a repo id (``"name"`` or ``"org/name"``),
+                so it names a local folder that does not exist.
+        """
+        path = os.path.expanduser(str(pretrained_model_name_or_path))
+        from_hub = not os.path.isdir(path)
+        if from_hub:
+            from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(path)
+            except HFValidationError:
+                raise FileNotFoundError(
+                    f"pretrained_model_name_or_path {path!r} is not a folder (and not a Hub repo id, which has the "
+                    f"form 'name' or 'org/name'); expected a folder holding model_index.json"
+                ) from None
             download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
                                                    "local_files_only") if k in kwargs}
             index_file = Path(hf_hub_download(path, "model_index.json", **download))
@@ -112,17 +134,58 @@ class BRICSPipeline(DiffusionPipeline):
             patterns = files_to_download(files, components, kwargs.get("variant"), kwargs.get("use_safetensors"))
             path = snapshot_download(path, allow_patterns=["model_index.json", *patterns], **download)
         pipeline = super().from_pretrained(path, **kwargs)
-        if path != str(pretrained_model_name_or_path):  # record the repo id, as diffusers does
+        if from_hub:  # record the repo id, as diffusers does
             pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
 
     # ------------------------------------------------------------------ generation
-    def check_inputs(self, batch_size: int, latents: torch.Tensor | None, generator, class_labels) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+    def check_components(self) -> None:
+        """Raise a ValueError unless the UNet's samples have the shape of the VAE's key codes."""
+        config = self.unet.config
+        size = config.sample_size
+        size = (size, size) if is_integer(size) else None if size is None else tuple(size)
+        latent_shape = tuple(self.vae.latent_shape)
+        if config.in_channels != latent_shape[0] or config.out_channels != latent_shape[0] or (
+            size is not None and size != latent_shape[1:]
+        ):
+            raise ValueError(
+                f"the unet does not fit the vae: unet (in_channels, out_channels, sample_size) = "
+                f"({config.in_channels}, {config.out_channels}, {size}), but the vae's key codes have "
+                f"(C_z, H_z, W_z) = {latent_shape}; both channel counts must be C_z and sample_size (H_z, W_z)"
+            )
+
+    def check_inputs(
+        self,
+        batch_size: int,
+        num_inference_steps: int,
+        latents: torch.Tensor | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None,
+        output_type: str = "pil",
+        eta: float = 0.0,
+        callback_on_step_end: Callable | None = None,
+    ) -> None:
+        """Raise a ValueError naming the first argument of ``__call__`` (or component) that cannot work."""
+        self.check_components()
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        shape = (batch_size, *self.vae.latent_shape)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} (batch_size, C_z, H_z, W_z), got {tuple(latents.shape)}")
+        steps_limit = self.scheduler.config.num_train_timesteps
+        if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= steps_limit:
+            raise ValueError(
+                f"num_inference_steps must be an integer in [1, {steps_limit}] (the scheduler's num_train_timesteps),"
+                f" got {num_inference_steps!r}"
+            )
+        if latents is not None:
+            shape = (batch_size, *self.vae.latent_shape)
+            if not isinstance(latents, torch.Tensor):
+                raise ValueError(f"latents must be a torch.Tensor (or numpy array) of shape {shape}, got "
+                                 f"{type(latents).__name__}")
+            if tuple(latents.shape) != shape:
+                raise ValueError(
+                    f"latents must have shape {shape} (batch_size, C_z, H_z, W_z), got {tuple(latents.shape)}"
+                )
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError("latents must be finite, got NaN or infinite values")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"a list of generators must have batch_size ({batch_size}) entries, got {len(generator)}")
         conditional = self.unet.config.num_class_embeds is not None
@@ -130,12 +193,26 @@ class BRICSPipeline(DiffusionPipeline):
             raise ValueError(f"this UNet is class-conditional ({self.unet.config.num_class_embeds} classes): pass class_labels")
         if not conditional and class_labels is not None:
             raise ValueError("class_labels were given but the UNet has no class embedding")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta < math.inf:
+            raise ValueError(f"eta must be a non-negative number (0 for deterministic DDIM), got {eta!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
 
     def class_label_ids(self, class_labels: int | str | list | torch.Tensor, batch_size: int) -> torch.Tensor:
         """``(batch_size,)`` class ids from one label or one per image, given as ids or as names of ``pipe.labels``."""
-        if isinstance(class_labels, (int, str)):
+        if isinstance(class_labels, (numbers.Number, str)):
             class_labels = [class_labels]
-        if not isinstance(class_labels, torch.Tensor):
+        if isinstance(class_labels, torch.Tensor):
+            if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+                raise ValueError(f"class_labels must be integer class ids or class names, got a {class_labels.dtype} "
+                                 f"tensor")
+        else:
+            class_labels = list(class_labels)
+            bad = [label for label in class_labels if not (is_integer(label) or isinstance(label, str))]
+            if bad:
+                raise ValueError(f"class_labels must be integer class ids or class names, got {bad}")
             unknown = [label for label in class_labels if isinstance(label, str) and label not in self.labels]
             if unknown:
                 known = ", ".join(repr(name) for name in list(self.labels)[:10]) or "none: the pipeline has no id2label"
@@ -149,58 +226,87 @@ class BRICSPipeline(DiffusionPipeline):
             raise ValueError(f"class_labels must lie in [0, {classes}) for this UNet, got {ids.tolist()}")
         return ids.expand(batch_size)
 
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
+    ) -> dict[str, object]:
+        """The ``generator`` and ``eta`` keywords of ``scheduler.step``, for the schedulers that take them."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}
+
+    def decode_key_codes(self, key_codes: torch.Tensor) -> torch.Tensor:
+        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]``, without relaxed-precision noise.
+
+        The VAE decodes in eval mode whatever its mode; the modes of its modules are restored afterwards.
+        """
+        modes = {module: module.training for module in self.vae.modules()}
+        self.vae.eval()
+        try:
+            return self.vae.decode(key_codes.to(self.vae.dtype)).sample
+        finally:
+            for module, training in modes.items():
+                module.training = training
+
     @torch.no_grad()
     def __call__(
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 1000,
-        latents: torch.Tensor | None = None,
+        latents: torch.Tensor | np.ndarray | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict | None] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
+        eta: float = 0.0,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
         Args:
             batch_size: number of images.
             generator: a `torch.Generator` (or one per image) for reproducible sampling.
-            num_inference_steps: denoising steps (fewer with DDIM or DPM-Solver schedulers).
-            latents: initial noise ``(batch_size, C_z, H_z, W_z)``; drawn from ``generator`` when omitted.
+            num_inference_steps: denoising steps, from 1 to the scheduler's ``num_train_timesteps`` (fewer with DDIM
+                or DPM-Solver schedulers).
+            latents: initial noise ``(batch_size, C_z, H_z, W_z)`` (a tensor or numpy array); drawn from
+                ``generator`` when omitted.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, 3)`` in ``[0, 1]``), ``"pt"`` (``(B, 3, H, W)`` in
                 ``[0, 1]``) or ``"latent"`` (the key codes in ``[0, 1]``).
             return_dict: return an `ImagePipelineOutput` instead of a tuple.
-            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict`` after every step; a
-                returned ``"latents"`` replaces the current ones.
+            callback_on_step_end: ``fn(pipe, step, timestep, {"latents": ...}) -> dict | None`` after every
+                scheduler step (second-order schedulers make two per timestep); a returned ``"latents"`` replaces
+                the current ones.
             class_labels: classes for a class-conditional UNet (one, or one per image), as ids or as names of
                 ``pipe.labels``.
+            eta: the DDIM ``eta`` (0: deterministic, 1: DDPM-like noise); ignored by schedulers without it.
         """
-        self.check_inputs(batch_size, latents, generator, class_labels)
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if isinstance(latents, np.ndarray):
+            latents = torch.from_numpy(latents)
+        self.check_inputs(batch_size, num_inference_steps, latents, generator, class_labels, output_type, eta,
+                          callback_on_step_end)
         device, dtype = self._execution_device, self.unet.dtype
-        shape = (batch_size, *self.vae.latent_shape)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         if class_labels is not None:
             class_labels = self.class_label_ids(class_labels, batch_size).to(device)
+        if latents is None:
+            shape = (batch_size, *self.vae.latent_shape)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             noise_pred = self.unet(model_input, t, class_labels=class_labels).sample
-            latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                changes = callback_on_step_end(self, i, t, {"latents": latents})
+                if changes is not None and not isinstance(changes, dict):
+                    raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(changes).__name__}")
+                latents = (changes or {}).get("latents", latents)
 
         key_codes = ((latents + 1) / 2).clamp(0, 1)  # diffusion space [-1, 1] -> key codes [0, 1]
         if output_type == "latent":
             images = key_codes
         else:
-            images = self.vae.decode(key_codes.to(self.vae.dtype)).sample
-            images = (images / 2 + 0.5).clamp(0, 1).float()
+            images = (self.decode_key_codes(key_codes) / 2 + 0.5).clamp(0, 1).float()
             if output_type != "pt":
                 images = images.cpu().permute(0, 2, 3, 1).numpy()
                 if output_type == "pil":
