@@ -60,3 +60,46 @@ def test_trained_entries_are_exactly_the_entries_training_read():
     finest_dense = model.retrieval.grids[0].num_dense_levels - 1
     assert 0.0 < float(trained.hit_fraction()[:, finest_dense].max()) < 1.0
     torch.testing.assert_close(trained.hit_fraction(), read.hit_fraction())
+
+
+@pytest.mark.parametrize(
+    "codes, message",
+    [
+        (torch.rand(2, 2, 8, 8) * 2 - 1, r"\[0, 1\]"),  # codes mapped to [-1, 1]
+        (torch.rand(2, 2, 8, 8).index_fill(3, torch.tensor([1]), float("nan")), "NaN"),
+        (torch.rand(2, 2, 4, 4), r"shape \(batch, 2, 8, 8\)"),  # a smaller latent grid is tiled silently otherwise
+        (torch.rand(2, 3, 8, 8), r"shape \(batch, 2, 8, 8\)"),
+        (torch.rand(2, 8, 8), r"shape \(batch, 2, 8, 8\)"),
+        (torch.ones(2, 2, 8, 8, dtype=torch.uint8), "floating point"),
+    ],
+    ids=["minus-one-to-one", "nan", "small-latents", "channels", "3d", "uint8"],
+)
+def test_update_rejects_key_codes_that_do_not_fit_the_model(codes, message):
+    model = BRICSAutoencoder.from_preset("tiny").eval()
+    assert model.latent_shape == (2, 8, 8)
+    usage = GridUsage(model)
+    with pytest.raises(ValueError, match=rf"^key_codes\b.*{message}"):
+        usage.update(codes)
+    assert all(int(counts.sum()) == 0 for counts in usage.counts)
+
+
+def test_group_and_level_outside_the_model_raise_with_the_valid_range():
+    model = BRICSAutoencoder.from_preset("tiny").eval()
+    grid = model.retrieval.grids[0]
+    levels, dense = len(grid.levels), grid.num_dense_levels
+    usage = GridUsage(model)
+    usage.update(torch.rand(2, 2, 8, 8))
+    for group in (2, -1):
+        with pytest.raises(ValueError, match=r"^group must be an integer in \[0, 1\]"):
+            usage.unread_nodes(group, 0)
+    for level in (levels, -1, 0.5):
+        with pytest.raises(ValueError, match=rf"^level must be an integer in \[0, {levels - 1}\]"):
+            usage.unread_nodes(0, level)
+        with pytest.raises(ValueError, match=rf"^level must be an integer in \[0, {levels - 1}\]"):
+            usage.level_rows(grid, level)
+        with pytest.raises(ValueError, match=rf"^level must be an integer in \[0, {levels - 1}\]"):
+            usage.reachable_rows(grid, level)
+    # a hashed level has no lattice nodes to reach; level_rows counts all of its entries instead
+    with pytest.raises(ValueError, match="hashed"):
+        usage.reachable_rows(grid, dense)
+    assert usage.level_rows(grid, dense).numel() == grid.levels[dense]["entries"]

@@ -9,6 +9,7 @@ backbones.
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,40 @@ def test_checkpoint_unpickler_loads_numpy_only():
     np.testing.assert_array_equal(loaded["A_0"]["Conv_0"]["kernel"], tree["A_0"]["Conv_0"]["kernel"])
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         lpips_weights.load_numpy_pickle(io.BytesIO(pickle.dumps({"path": os.path.join})))
+
+
+def _corrupt_weights(real: bytes, kind: str) -> bytes:
+    if kind == "truncated":
+        return real[: len(real) // 2]
+    if kind == "empty":
+        return b""
+    if kind == "garbage":
+        return bytes(range(256)) * 64
+    buffer = io.BytesIO()
+    if kind == "pth":
+        torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, buffer)
+        return buffer.getvalue()
+    from safetensors.torch import save
+
+    return save({"backbone.0.weight": torch.zeros(2, 2)})  # kind == "other-tensors"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "garbage", "pth", "other-tensors"])
+@pytest.mark.parametrize("via", ["weights_path", "env"])
+def test_corrupt_weights_file_raises_value_error_naming_it(lpips_weights_dir, tmp_path, monkeypatch, kind, via):
+    path = tmp_path / "lpips_alex.safetensors"
+    path.write_bytes(_corrupt_weights((lpips_weights_dir / path.name).read_bytes(), kind))
+    monkeypatch.setenv(lpips_weights.ENV_WEIGHTS, str(tmp_path))
+    with pytest.raises(ValueError) as info:
+        LPIPS("alex", weights_path=path if via == "weights_path" else None)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"python -m diffusers_brics.metrics.prepare_lpips --net alex --force --output {tmp_path}" in message
+
+
+def test_missing_weights_file_raises_file_not_found_naming_it(lpips_weights_dir, tmp_path):
+    path = tmp_path / "lpips_alex.safetensors"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        LPIPS("alex", weights_path=path)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        lpips_weights.load_weights("alex", path)

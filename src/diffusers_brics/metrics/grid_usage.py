@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from numbers import Integral
 
 import torch
 
@@ -41,7 +42,12 @@ class GridUsage:
 
     @torch.no_grad()
     def update(self, key_codes: torch.Tensor) -> None:
-        """Add the reads of key codes ``(B, C_z, H_z, W_z)`` (relaxed-precision noise off)."""
+        """Add the reads of key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]`` (relaxed-precision noise off).
+
+        ``(C_z, H_z, W_z)`` is the model's ``latent_shape``; other shapes, values outside ``[0, 1]`` and NaN raise
+        ValueError.
+        """
+        self.model._check_latents(key_codes, "key_codes")
         retrieval = self.model.retrieval
         was_training = retrieval.training
         retrieval.eval()
@@ -53,7 +59,10 @@ class GridUsage:
             counts += torch.bincount(read, minlength=counts.numel())
 
     def reachable_rows(self, grid, level: int) -> torch.Tensor:
-        """Rows of a dense level's table that some query can touch."""
+        """Rows of a dense level's table that some query can touch (a hashed level raises ValueError)."""
+        _check_index("level", level, len(grid.levels))
+        if grid.levels[level]["hashed"]:
+            raise ValueError(f"level {level} is hashed: its entries are not lattice nodes")
         plan, retrieval = grid.levels[level], self.model.retrieval
         scale, size = plan["scale"], retrieval.feature_size
         key_nodes = torch.arange(int(scale + 0.5) + 2)  # key codes span [0, 1]
@@ -70,18 +79,17 @@ class GridUsage:
         Node ``k`` of a key axis sits at key value ``(k - 0.5) / scale``; where the unread nodes lie tells whether
         usage is limited by the key codes' range (outermost nodes) or by the grid's capacity (everywhere).
         """
+        _check_index("group", group, len(self.counts))
         grid = self.model.retrieval.grids[group]
-        plan = grid.levels[level]
-        if plan["hashed"]:
-            raise ValueError(f"level {level} is hashed: its entries are not lattice nodes")
         rows = self.reachable_rows(grid, level)
         unread = rows[self.counts[group][rows] == 0] - int(grid.level_starts[level])
-        n = plan["nodes_per_axis"]
+        n = grid.levels[level]["nodes_per_axis"]
         return torch.stack([(unread // n**d) % n for d in range(grid.input_dim)], dim=-1)
 
     def level_rows(self, grid, level: int, reachable_only: bool = True) -> torch.Tensor:
         """Rows of a grid's table that a level's usage counts: every entry of a hashed level; the reachable nodes
         of a dense level (all of its nodes with ``reachable_only=False``)."""
+        _check_index("level", level, len(grid.levels))
         plan, start = grid.levels[level], int(grid.level_starts[level])
         if plan["hashed"]:
             return torch.arange(start, start + plan["entries"])
@@ -96,6 +104,12 @@ class GridUsage:
              for level in range(len(grid.levels))]
             for grid, counts in zip(self.model.retrieval.grids, self.counts)
         ])
+
+
+def _check_index(name: str, value: int, count: int) -> None:
+    """Raise ValueError unless ``value`` is an integer in ``[0, count)``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < count:
+        raise ValueError(f"{name} must be an integer in [0, {count - 1}] (there are {count} {name}s), got {value!r}")
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_image_pair
 from .weights import BACKBONE_CONVS, HEAD_CHANNELS, PathLike, check_net, load_weights, resolve_lpips_weights
 
 __all__ = ["LPIPS", "lpips"]
@@ -76,7 +77,9 @@ class LPIPS(nn.Module):
 
     The parameters never require gradients and the module stays in eval mode, but gradients flow to the inputs,
     so it can serve as a training loss. Inputs are RGB images scaled to [-1, 1], shape ``(B, 3, H, W)``, with
-    ``H, W`` at least :attr:`min_size` (31 for AlexNet, 16 for VGG16).
+    ``H, W`` at least :attr:`min_size` (31 for AlexNet, 16 for VGG16); other inputs (integer dtypes, values outside
+    [-1, 1], NaN, empty batches, mismatched shapes) raise ValueError. A prediction that requires grad may leave
+    [-1, 1] (see :func:`diffusers_brics.metrics.inputs.check_image`).
     """
 
     def __init__(self, net: str = "alex", weights_path: Optional[PathLike] = None):
@@ -112,24 +115,18 @@ class LPIPS(nn.Module):
                 x = F.max_pool2d(x, kernel_size=int(op[1:]), stride=2)
         return taps
 
-    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        for name, t in (("x", x), ("y", y)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            if not t.is_floating_point():
-                raise ValueError(f"{name} must be a floating-point tensor with values in [-1, 1], got {t.dtype}")
-            if t.ndim != 4 or t.shape[1] != 3:
-                raise ValueError(f"{name} must have shape (B, 3, H, W) (RGB in [-1, 1]), got {tuple(t.shape)}")
-            if min(t.shape[2], t.shape[3]) < self.min_size:
-                raise ValueError(
-                    f"{name} is {t.shape[2]}x{t.shape[3]}; LPIPS-{self.net} needs at least "
-                    f"{self.min_size}x{self.min_size} pixels"
-                )
-        if x.shape != y.shape:
-            raise ValueError(f"y must have the same shape as x: x is {tuple(x.shape)}, y is {tuple(y.shape)}")
+    def _check_rgb(self, t: torch.Tensor, name: str) -> None:
+        """LPIPS' own input rules on top of the shared ones: three channels and at least ``min_size`` pixels."""
+        if t.shape[1] != 3:
+            raise ValueError(f"{name} must have shape (B, 3, H, W) (RGB in [-1, 1]), got {tuple(t.shape)}")
+        if min(t.shape[2], t.shape[3]) < self.min_size:
+            raise ValueError(
+                f"{name} is {t.shape[2]}x{t.shape[3]}; LPIPS-{self.net} needs at least "
+                f"{self.min_size}x{self.min_size} pixels"
+            )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._check(x, y)
+        check_image_pair(x, y, self._check_rgb)
         dtype = self.shift.dtype
         batch = x.shape[0]
         both = torch.cat([x.to(dtype), y.to(dtype)], dim=0)

