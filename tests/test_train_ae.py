@@ -147,15 +147,8 @@ def test_bad_arguments_are_refused(tmp_path):
     assert "--resume_from_checkpoint: " in error and "checkpoint-5 cannot be loaded" in error
 
 
-def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weights_dir):
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for i in range(12):  # not square and not at the model's resolution: resized, then randomly cropped
-        pixels = (torch.rand(40, 48, 3, generator=generator) * 255).byte().numpy()
-        Image.fromarray(pixels).save(folder / f"{i}.png")
+def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weights_dir, random_image_folder):
+    folder = random_image_folder(12, 40, 48)  # not square and not at the model's resolution: resized, then cropped
     out = tmp_path / "folder-run"
     log = run(["--train_data_dir", str(folder), "--output_dir", str(out), "--max_train_steps", "2",
                "--validation_steps", "100", "--checkpointing_steps", "100", "--validation_fraction", "0.25",
@@ -205,16 +198,10 @@ def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir)
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
 
 
-def test_two_processes_count_epochs_and_resume_where_they_stopped(tmp_path, lpips_weights_dir):
+def test_two_processes_count_epochs_and_resume_where_they_stopped(tmp_path, lpips_weights_dir, random_image_folder):
     # 16 training images in batches of 4 on each of 2 processes: an epoch is 2 steps. Resuming at step 3 must skip
     # the one batch of epoch 1 that each process has already seen, so the run ends with the uninterrupted weights.
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for i in range(20):
-        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()).save(folder / f"{i}.png")
+    folder = random_image_folder(20)
     common = ["--train_data_dir", str(folder), "--validation_fraction", "0.2", "--checkpointing_steps", "3",
               "--validation_steps", "100", "--perceptual_weight", "0", "--gan_weight", "0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -128,15 +128,10 @@ def test_class_conditional_training_on_the_emoji_categories(tmp_path, autoencode
     assert "were encoded with other class_column ('category'; this run: 'short_name')" in log
 
 
-def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder):
+def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder, random_image_folder):
     import datasets
-    from PIL import Image
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    for i in range(10):
-        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()).save(folder / f"{i}.png")
+    folder = random_image_folder(10)
     out = tmp_path / "run"
     base = ["--autoencoder", str(autoencoder), "--train_data_dir", str(folder), "--train_batch_size", "4",
             "--output_dir", str(out), "--max_train_steps", "1", "--checkpointing_steps", "1"]
