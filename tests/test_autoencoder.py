@@ -149,6 +149,7 @@ def test_summary_cli_prints_table_3_comparison(capsys):
         (torch.rand(2, 3, 32, 32) * 255, r"\[-1, 1\]"),
         (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
         ([[0.0]], "torch.Tensor"),
+        (torch.zeros(0, 3, 32, 32), "empty batch"),
     ],
 )
 def test_bad_images_raise_value_error(model, x, message):
@@ -167,6 +168,7 @@ def test_bad_images_raise_value_error(model, x, message):
         (torch.rand(2, 2, 8, 8) * 2 - 1, r"\[0, 1\]"),
         (torch.full((1, 2, 8, 8), float("nan")), "NaN"),
         (torch.ones(1, 2, 8, 8, dtype=torch.int64), "floating point"),
+        (torch.zeros(0, 2, 8, 8), "empty batch"),
     ],
 )
 def test_bad_key_codes_raise_value_error(model, z, message):
@@ -184,6 +186,18 @@ def test_bad_key_codes_raise_value_error(model, z, message):
         (dict(encoder_norm_num_groups=3), "encoder_norm_num_groups"),
         (dict(decoder_block_out_channels=(16, 8, 8)), "feature_size"),
         (dict(grid_backend="gpu"), "backend"),
+        (dict(style_dim=0), "style_dim"),
+        (dict(in_channels=0), "in_channels"),
+        (dict(out_channels=0), "out_channels"),
+        (dict(key_channels=1.5), "key_channels"),
+        (dict(num_groups=True), "num_groups"),
+        (dict(mlp_hidden_layers=-1), "mlp_hidden_layers"),
+        (dict(mlp_hidden_channels=0), "mlp_hidden_channels"),
+        (dict(mapping_layers=-1), "mapping_layers"),
+        (dict(encoder_layers_per_block=0), "encoder_layers_per_block"),
+        (dict(decoder_block_out_channels=()), "decoder_block_out_channels"),
+        (dict(grid_init_scale=-1e-4), "grid_init_scale"),
+        (dict(grid_init_scale=float("nan")), "grid_init_scale"),
     ],
 )
 def test_configurations_that_cannot_work_raise_value_error(overrides, message):
@@ -194,3 +208,24 @@ def test_configurations_that_cannot_work_raise_value_error(overrides, message):
 def test_tiling_is_refused_rather_than_silently_ignored(model):
     with pytest.raises(NotImplementedError, match="Tiling"):
         model.enable_tiling()
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("input_dtype", [torch.float64, torch.float32])
+def test_inputs_of_another_float_dtype_are_accepted(model, model_dtype, input_dtype):
+    model = model.to(model_dtype)
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).to(input_dtype)
+    z = model.encode(x).latents
+    assert z.dtype == model_dtype
+    sample = model.decode(torch.rand(2, 2, 8, 8, dtype=input_dtype)).sample
+    assert sample.dtype == model_dtype and bool(sample.isfinite().all())
+
+
+def test_half_precision_key_codes_read_the_grids_like_float32(model):
+    # Codes of a bf16 model (or under autocast) are widened before the look-up: the feature block of bf16
+    # codes equals the float32 block of the same (bf16-representable) codes.
+    z = torch.rand(2, 2, 8, 8).to(torch.bfloat16)
+    assert torch.equal(model.retrieval(z), model.retrieval(z.float()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_sample = model.decode(z).sample
+    torch.testing.assert_close(autocast_sample.float(), model.decode(z.float()).sample, rtol=0, atol=0.1)

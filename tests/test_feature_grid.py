@@ -88,7 +88,7 @@ def test_gradcheck_wrt_queries_and_table():
     torch.nn.init.normal_(grid.embeddings)
     # keep queries away from cell borders, where the D-linear interpolation has a kink
     x = torch.rand(20, 3, dtype=torch.float64)
-    pos = x.unsqueeze(1) * grid.scales.double().view(1, -1, 1) + 0.5
+    pos = x.unsqueeze(1) * torch.tensor(grid.scales, dtype=torch.float64).view(1, -1, 1) + 0.5
     frac = pos - pos.floor()
     x = x[((frac > 0.02) & (frac < 0.98)).all(dim=(1, 2))][:8].requires_grad_(True)
     assert x.shape[0] >= 2
@@ -179,3 +179,30 @@ def test_tcnn_backend_matches_torch():
     out_tcnn = grid(x)
     grid.backend = "torch"
     torch.testing.assert_close(out_tcnn, grid(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_queries_address_the_same_rows_as_float32(dtype):
+    # The paper's finest level (r_max 64) holds a dense lattice where x * scale needs more bits than
+    # fp16/bf16 carry; the look-up must widen the queries rather than read neighbouring rows.
+    grid = MultiResolutionFeatureGrid(3, 8, 4, 15, 4, 64, backend="torch")
+    torch.nn.init.normal_(grid.embeddings)
+    x = torch.rand(4000, 3).to(dtype)  # values exactly representable in `dtype`
+    index, weights = grid.corner_indices(x)
+    ref_index, ref_weights = grid.corner_indices(x.float())
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(weights, ref_weights)
+    out = grid(x)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), grid(x.float()), rtol=0, atol=2e-2)
+
+
+def test_half_precision_table_is_read_and_trained_in_float32():
+    grid = small_grid(3).half()
+    torch.nn.init.normal_(grid.embeddings)
+    x = torch.rand(100, 3)
+    out = grid(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference_lookup(grid, x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert grid.embeddings.grad.dtype == torch.float16 and grid.embeddings.grad.abs().sum() > 0

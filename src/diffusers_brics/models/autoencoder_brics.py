@@ -175,10 +175,7 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         mapping_layers: int = 8,
     ):
         super().__init__()
-        _check_config(
-            sample_size, latent_size, num_groups, key_channels, encoder_block_out_channels, encoder_norm_num_groups,
-            feature_size, feature_channels, decoder_block_out_channels,
-        )
+        _check_config(self.config)
         self.encoder = KeyCodeEncoder(
             in_channels=in_channels,
             latent_channels=num_groups * key_channels,
@@ -254,6 +251,8 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             )
         if not sample.is_floating_point():
             raise ValueError(f"{name} must be a floating point tensor in [-1, 1], got dtype {sample.dtype}")
+        if sample.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one image, got an empty batch of shape {tuple(sample.shape)}")
         if sample.numel() and not bool(((sample >= -1.001) & (sample <= 1.001)).all()):
             raise ValueError(
                 f"{name} must hold values in [-1, 1] with no NaN, got min {sample.min().item():.3g} and max "
@@ -269,6 +268,8 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"{name} (key codes) must have shape {expected}, got {tuple(z.shape)}")
         if not z.is_floating_point():
             raise ValueError(f"{name} (key codes) must be a floating point tensor, got dtype {z.dtype}")
+        if z.shape[0] == 0:
+            raise ValueError(f"{name} (key codes) must hold at least one code, got an empty batch of shape {tuple(z.shape)}")
         if z.numel() and not bool(((z >= 0) & (z <= 1)).all()):
             raise ValueError(
                 f"{name} (key codes) must lie in [0, 1] with no NaN, got min {z.min().item():.3g} and max "
@@ -287,9 +288,10 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         """Images ``(B, 3, H, W)`` in ``[-1, 1]`` -> key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]``.
 
         For the KL variant, ``sample_posterior`` (default: ``self.training``) draws ``z = sigmoid(mu + sigma * eps)``;
-        otherwise ``z = sigmoid(mu)``.
+        otherwise ``z = sigmoid(mu)``. ``x`` of another floating dtype than the model's is cast to it.
         """
         self._check_images(x, "x")
+        x = x.to(self.encoder.encoder.conv_in.weight.dtype)
         if sample_posterior is None:
             sample_posterior = self.training
         if self.use_slicing and x.shape[0] > 1:
@@ -313,7 +315,8 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     ) -> DecoderOutput | tuple:
         """Key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]`` -> images ``(B, 3, H, W)`` (about ``[-1, 1]``).
 
-        In training mode the relaxed-precision noise is drawn from ``generator``.
+        ``z`` may have any floating dtype: the grid look-up runs in at least float32, the decoder in the model's
+        dtype. In training mode the relaxed-precision noise is drawn from ``generator``.
         """
         self._check_latents(z)
         if self.use_slicing and z.shape[0] > 1:
@@ -339,15 +342,32 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         )
 
 
-def _check_config(
-    sample_size, latent_size, num_groups, key_channels, encoder_channels, norm_groups, feature_size,
-    feature_channels, decoder_channels,
-) -> None:
+def _check_config(config: Any) -> None:
     """Raise a ValueError naming the argument for a configuration that cannot work."""
+    for name in ("in_channels", "out_channels", "sample_size", "latent_size", "num_groups", "key_channels",
+                 "encoder_layers_per_block", "encoder_norm_num_groups", "feature_size", "feature_channels",
+                 "grid_num_levels", "grid_features_per_level", "style_dim", "mlp_hidden_channels"):
+        value = config[name]
+        if not (value is None and name == "mlp_hidden_channels") and not _is_int(value, minimum=1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("mlp_hidden_layers", "decoder_first_block_layers", "decoder_layers_per_block", "mapping_layers"):
+        if not _is_int(config[name], minimum=0):
+            raise ValueError(f"{name} must be a non-negative integer, got {config[name]!r}")
+    for name in ("encoder_block_out_channels", "decoder_block_out_channels"):
+        channels = config[name]
+        if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c, 1) for c in channels):
+            raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {channels!r}")
+    init_scale = config["grid_init_scale"]
+    if not isinstance(init_scale, (int, float)) or not 0 <= init_scale < math.inf:
+        raise ValueError(f"grid_init_scale must be a finite number >= 0 (paper: 1e-4), got {init_scale!r}")
+    sample_size, latent_size, num_groups, key_channels = (
+        config["sample_size"], config["latent_size"], config["num_groups"], config["key_channels"]
+    )
+    encoder_channels, norm_groups = config["encoder_block_out_channels"], config["encoder_norm_num_groups"]
+    feature_size, feature_channels = config["feature_size"], config["feature_channels"]
+    decoder_channels = config["decoder_block_out_channels"]
     if not 1 <= key_channels <= 3:
         raise ValueError(f"key_channels (C_key) must be 1, 2 or 3 (grids take C_key + 2 <= 5 inputs), got {key_channels}")
-    if num_groups < 1:
-        raise ValueError(f"num_groups (N_h) must be >= 1, got {num_groups}")
     downsample = 2 ** (len(encoder_channels) - 1)
     if latent_size * downsample != sample_size:
         raise ValueError(
@@ -372,3 +392,8 @@ def _check_config(
         )
     if math.log2(sample_size) % 1:
         raise ValueError(f"sample_size must be a power of two, got {sample_size}")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

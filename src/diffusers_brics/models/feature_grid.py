@@ -165,9 +165,8 @@ class MultiResolutionFeatureGrid(nn.Module):
         strides = torch.tensor(
             [[level["nodes_per_axis"] ** d for d in range(input_dim)] for level in self.levels], dtype=torch.long
         )
-        self.register_buffer(
-            "scales", torch.tensor([level["scale"] for level in self.levels], dtype=torch.float32), persistent=False
-        )
+        # Kept as Python floats, not a buffer: `module.half()` would round a float buffer to 11 bits.
+        self.scales = tuple(level["scale"] for level in self.levels)
         self.register_buffer("strides", strides[: self.num_dense_levels], persistent=False)
         # Offset of every corner from the cell's first corner in a dense table: (L_dense, 2**D).
         self.register_buffer("corner_offsets", strides[: self.num_dense_levels] @ bits.T, persistent=False)
@@ -244,8 +243,12 @@ class MultiResolutionFeatureGrid(nn.Module):
         Returns:
             ``index``: ``(2**D, L, N)`` rows of ``embeddings``; ``weights``: ``(2**D, L, N)``, differentiable in
             ``x`` and summing to 1 over the corners. Corner ``k`` is offset by ``(k >> d) & 1`` along axis ``d``.
+            Both are computed in at least float32: half precision cannot address a fine level's nodes (fp16 has
+            11 significant bits, bf16 8, so ``x * scale`` already rounds to the wrong cell at modest scales).
         """
-        pos = x.T.unsqueeze(1) * self.scales.to(x.dtype).view(1, -1, 1) + 0.5  # (D, L, N)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        scales = torch.tensor(self.scales, dtype=x.dtype, device=x.device)
+        pos = x.T.unsqueeze(1) * scales.view(1, -1, 1) + 0.5  # (D, L, N)
         cell = torch.floor(pos)
         frac = pos - cell
 
@@ -278,7 +281,10 @@ class MultiResolutionFeatureGrid(nn.Module):
         return index + self.level_starts.view(1, -1, 1), weights
 
     def interpolate(self, x: torch.Tensor) -> torch.Tensor:
-        """The look-up without input checks, for callers that guarantee ``(N, D)`` queries in ``[0, 1]``."""
+        """The look-up without input checks, for callers that guarantee ``(N, D)`` queries in ``[0, 1]``.
+
+        Returns ``(N, num_levels * features_per_level)`` in the dtype of ``x``.
+        """
         if self.backend == "tcnn" and x.is_cuda:
             from tinycudann.modules import _module_function
 
@@ -287,7 +293,7 @@ class MultiResolutionFeatureGrid(nn.Module):
             return out.to(x.dtype)
         index, weights = self.corner_indices(x)
         out = _InterpolateTable.apply(weights, index, self.embeddings.to(weights.dtype))  # (L, N, F)
-        return out.transpose(0, 1).reshape(x.shape[0], self.num_levels * self.features_per_level)
+        return out.transpose(0, 1).reshape(x.shape[0], self.num_levels * self.features_per_level).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Look up ``x`` of shape ``(N, D)`` in ``[0, 1]``; returns ``(N, num_levels * features_per_level)``."""

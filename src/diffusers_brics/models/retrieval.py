@@ -111,22 +111,30 @@ class KeyCodeRetrieval(nn.Module):
         return z.repeat_interleave(factor_h, dim=-2).repeat_interleave(factor_w, dim=-1)
 
     def queries(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Combined key codes ``q``: ``(N_h, B * H_d * W_d, C_key + 2)`` in ``[0, 1]``."""
-        tiled = self.tile(z)
+        """Combined key codes ``q``: ``(N_h, B * H_d * W_d, C_key + 2)`` in ``[0, 1]``, at least float32.
+
+        Half-precision codes (a model in fp16/bf16, or autocast) are widened first: the finest levels address
+        cells of ``1 / r_max``, finer than bf16 resolves near 1 and close to fp16's limit.
+        """
+        tiled = self.tile(z.to(torch.promote_types(z.dtype, torch.float32)))
         if self.training and self.relaxed_precision:
             noise = randn_tensor(tiled.shape, generator=generator, device=tiled.device, dtype=tiled.dtype)
             tiled = (tiled + noise * self.noise_std).clamp(0.0, 1.0)
         batch, size = tiled.shape[0], self.feature_size
         # (B, N_h, C_key, H_d, W_d) -> (N_h, B, H_d, W_d, C_key)
         keys = tiled.view(batch, self.num_groups, self.key_channels, size, size).permute(1, 0, 3, 4, 2)
-        coords = pixel_coordinates(size, size, device=z.device, dtype=z.dtype).view(1, 1, size, size, 2)
+        coords = pixel_coordinates(size, size, device=z.device, dtype=tiled.dtype).view(1, 1, size, size, 2)
         coords = coords.expand(self.num_groups, batch, size, size, 2)
         return torch.cat((keys, coords), dim=-1).reshape(self.num_groups, -1, self.key_channels + 2)
 
     def forward(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]`` -> feature block ``(B, C_d, H_d, W_d)``."""
+        """Key codes ``(B, C_z, H_z, W_z)`` in ``[0, 1]`` -> feature block ``(B, C_d, H_d, W_d)``.
+
+        The codes may have any floating dtype; the feature block has the MLPs' dtype.
+        """
         batch, size = z.shape[0], self.feature_size
         queries = self.queries(z, generator)
-        features = [mlp(grid.interpolate(q)) for grid, mlp, q in zip(self.grids, self.mlps, queries)]
+        mlp_dtype = self.mlps[0][0].weight.dtype
+        features = [mlp(grid.interpolate(q).to(mlp_dtype)) for grid, mlp, q in zip(self.grids, self.mlps, queries)]
         f = torch.cat(features, dim=-1)  # (B * H_d * W_d, C_d), group-major channels
         return f.view(batch, size, size, self.feature_channels).permute(0, 3, 1, 2).contiguous()
