@@ -4,7 +4,8 @@
 
 The dataset is encoded once by the trained autoencoder (relaxed-precision noise off) and the key codes are
 cached as a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly``
-encodes every batch instead). Codes are mapped to ``[-1, 1]`` by ``(z - 0.5) * 2``; no scaling factor is needed.
+encodes every batch instead). Codes are mapped to diffusion space by the autoencoder's
+``(z - shift_factor) * scaling_factor``, by default ``(z - 0.5) * 2`` onto ``[-1, 1]``.
 Epsilon prediction with the Chen 2023 cosine-variant schedule (default, paper config b) or the cosine schedule
 with min-SNR-gamma weighting (config a). ``--class_column`` trains a class-conditional UNet (class names are saved
 with the pipeline: ``pipe(class_labels=["name"])``). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end.
@@ -264,7 +265,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                     images = torch.where(flip, images.flip(-1), images)
                 with torch.no_grad():
                     codes = vae.encode(images.to(vae.dtype)).latents
-            x0 = (codes.float() * 2 - 1).to(accelerator.device)  # key codes [0, 1] -> [-1, 1]
+            # key codes [0, 1] -> diffusion space (by default [-1, 1])
+            x0 = ((codes.float() - vae.config.shift_factor) * vae.config.scaling_factor).to(accelerator.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                       generator=generator).to(x0.device)

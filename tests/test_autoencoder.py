@@ -229,3 +229,36 @@ def test_half_precision_key_codes_read_the_grids_like_float32(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast_sample = model.decode(z).sample
     torch.testing.assert_close(autocast_sample.float(), model.decode(z.float()).sample, rtol=0, atol=0.1)
+
+
+def test_config_answers_what_autoencoderkl_code_reads(model, tmp_path, caplog):
+    # Pipelines compute vae_scale_factor from block_out_channels, shape latents by latent_channels and map
+    # latents with (z - shift_factor) * scaling_factor (SD3/Flux convention): key codes land on [-1, 1].
+    config = model.config
+    assert 2 ** (len(config.block_out_channels) - 1) == config.sample_size // config.latent_size
+    assert config.latent_channels == model.latent_channels == 2
+    assert config.force_upcast is False
+    z = model.encode(torch.rand(2, 3, 32, 32) * 2 - 1).latents.detach()
+    latents = (z - config.shift_factor) * config.scaling_factor
+    assert float(latents.min()) >= -1 and float(latents.max()) <= 1
+    codes = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close((codes - config.shift_factor) * config.scaling_factor, torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(
+        model.decode(latents / config.scaling_factor + config.shift_factor).sample, model.decode(z).sample
+    )
+    # the derived entries are saved for other code to read, and recomputed (not passed to __init__) on load
+    model.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        loaded = BRICSAutoencoder.from_pretrained(tmp_path)
+    assert "not expected" not in caplog.text
+    assert list(loaded.config.block_out_channels) == list(config.block_out_channels)
+    assert loaded.config.scaling_factor == 2.0 and loaded.config.shift_factor == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(dict(scaling_factor=0.0), "scaling_factor"), (dict(shift_factor=float("inf")), "shift_factor")],
+)
+def test_bad_diffusion_space_map_is_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        BRICSAutoencoder.from_preset("tiny", **overrides)

@@ -94,6 +94,17 @@ def test_given_latents_and_step_callback(pipe):
         sample(pipe, callback_on_step_end=lambda p, i, t, kwargs: kwargs["latents"])
 
 
+def test_diffusion_space_map_comes_from_the_vae_config(pipe):
+    latents = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.3
+    default = sample(pipe, latents=latents, output_type="latent")  # key codes clamp((x + 1) / 2)
+    pipe.vae.register_to_config(scaling_factor=1.0, shift_factor=0.0)  # raw key codes as diffusion space
+    raw = sample(pipe, latents=latents, output_type="latent")
+    # the same denoised latents x, now read as clamp(x)
+    x = default * 2 - 1
+    unclamped = (default > 0) & (default < 1)
+    torch.testing.assert_close(raw[unclamped], x[unclamped].clamp(0, 1))
+
+
 def test_numpy_latents_are_accepted(pipe):
     latents = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(5))
     np.testing.assert_array_equal(sample(pipe, latents=latents.numpy()), sample(pipe, latents=latents))

@@ -137,7 +137,17 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         relaxed_precision (`bool`): noise ``N(0, (1 / 4 r_max)^2)`` on the tiled codes in training mode.
         decoder_block_out_channels, decoder_first_block_layers, decoder_layers_per_block, style_dim,
         mapping_layers: the StyleGAN2-style decoder, see `BRICSDecoder`.
+        scaling_factor, shift_factor (`float`): the map to diffusion space, ``(z - shift_factor) * scaling_factor``,
+            and back, ``x / scaling_factor + shift_factor`` (the convention of diffusers' SD3/Flux VAEs). The
+            defaults send key codes in ``[0, 1]`` to ``[-1, 1]``.
+        force_upcast (`bool`): for diffusers pipelines that upcast fp16 VAEs; not needed, the grid look-up
+            already runs in float32.
+
+    The config also carries ``latent_channels`` (``C_z``) and ``block_out_channels`` (the encoder's), derived
+    from the fields above, so that code written for `AutoencoderKL` finds them.
     """
+
+    _derived_config = ("latent_channels", "block_out_channels")
 
     _supports_gradient_checkpointing = True
 
@@ -173,9 +183,16 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         decoder_layers_per_block: int = 2,
         style_dim: int = 512,
         mapping_layers: int = 8,
+        scaling_factor: float = 2.0,
+        shift_factor: float = 0.5,
+        force_upcast: bool = False,
     ):
         super().__init__()
         _check_config(self.config)
+        # What diffusers' pipelines and training scripts read off a VAE config, derived from the fields above.
+        self.register_to_config(
+            latent_channels=num_groups * key_channels, block_out_channels=tuple(encoder_block_out_channels)
+        )
         self.encoder = KeyCodeEncoder(
             in_channels=in_channels,
             latent_channels=num_groups * key_channels,
@@ -214,6 +231,12 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.use_slicing = False
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        # The derived entries are recomputed by __init__, not passed to it.
+        config_dict = {k: v for k, v in config_dict.items() if k not in cls._derived_config}
+        return super().extract_init_dict(config_dict, **kwargs)
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "BRICSAutoencoder":
         """An untrained model in a named configuration (see `PRESETS`); keyword arguments override it."""
@@ -357,6 +380,10 @@ def _check_config(config: Any) -> None:
         channels = config[name]
         if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c, 1) for c in channels):
             raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {channels!r}")
+    if not isinstance(config["scaling_factor"], (int, float)) or not 0 < config["scaling_factor"] < math.inf:
+        raise ValueError(f"scaling_factor must be a finite number > 0, got {config['scaling_factor']!r}")
+    if not isinstance(config["shift_factor"], (int, float)) or not math.isfinite(config["shift_factor"]):
+        raise ValueError(f"shift_factor must be a finite number, got {config['shift_factor']!r}")
     init_scale = config["grid_init_scale"]
     if not isinstance(init_scale, (int, float)) or not 0 <= init_scale < math.inf:
         raise ValueError(f"grid_init_scale must be a finite number >= 0 (paper: 1e-4), got {init_scale!r}")

@@ -68,7 +68,8 @@ class BRICSPipeline(DiffusionPipeline):
     r"""Generates images by denoising key codes with a `UNet2DModel` and decoding them with a `BRICSAutoencoder`.
 
     Components:
-        unet (`UNet2DModel`): predicts the noise on key codes mapped to ``[-1, 1]`` by ``(z - 0.5) * 2``.
+        unet (`UNet2DModel`): predicts the noise on key codes mapped to diffusion space by the VAE's
+            ``(z - shift_factor) * scaling_factor`` (by default ``(z - 0.5) * 2``, onto ``[-1, 1]``).
         scheduler (`SchedulerMixin`): any scheduler of the DDPM family (DDPM, DDIM, DPM-Solver, ...).
         vae (`BRICSAutoencoder`): decodes the denoised key codes (named like diffusers' VAEs, so that
             ``pipe.vae.enable_slicing()`` works).
@@ -241,7 +242,7 @@ class BRICSPipeline(DiffusionPipeline):
         modes = {module: module.training for module in self.vae.modules()}
         self.vae.eval()
         try:
-            return self.vae.decode(key_codes.to(self.vae.dtype)).sample
+            return self.vae.decode(key_codes).sample
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -302,7 +303,8 @@ class BRICSPipeline(DiffusionPipeline):
                     raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(changes).__name__}")
                 latents = (changes or {}).get("latents", latents)
 
-        key_codes = ((latents + 1) / 2).clamp(0, 1)  # diffusion space [-1, 1] -> key codes [0, 1]
+        # diffusion space -> key codes [0, 1]
+        key_codes = (latents / self.vae.config.scaling_factor + self.vae.config.shift_factor).clamp(0, 1)
         if output_type == "latent":
             images = key_codes
         else:
