@@ -31,6 +31,7 @@ from diffusers_brics.training.checkpointing import save_checkpoint
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets, undecoded
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.loop import (
+    StepLogs,
     add_common_arguments,
     check_common_arguments,
     check_in_sync,
@@ -241,7 +242,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")
     progress = step_progress(accelerator, args, max_steps, global_step)
     generator = torch.Generator()
-    epoch, first_step, micro_step = first_epoch, global_step, 0
+    epoch, first_step, micro_step, step_logs = first_epoch, global_step, 0, StepLogs()
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     start_time = time.monotonic()
     while global_step < max_steps:
@@ -262,10 +263,12 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                     logs.update(discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
                                                    logs.pop("reconstruction"), global_step, generator))
                 logs.pop("reconstruction", None)
+            step_logs.add(logs)
             if not accelerator.sync_gradients:
                 micro_step += 1
                 continue
             micro_step = 0
+            logs = {**step_logs.reduce(accelerator), "lr": lr_scheduler.get_last_lr()[0]}
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             global_step += 1
@@ -319,7 +322,7 @@ def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_sche
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    logs.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0], reconstruction=recon.detach())
+    logs.update(loss=loss.item(), reconstruction=recon.detach())
     return logs
 
 

@@ -38,6 +38,7 @@ from diffusers_brics.training.data import (
     undecoded,
 )
 from diffusers_brics.training.loop import (
+    StepLogs,
     add_common_arguments,
     check_common_arguments,
     check_in_sync,
@@ -249,7 +250,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()
     progress = step_progress(accelerator, args, max_steps, global_step)
-    epoch, start_time, micro_step = first_epoch, time.monotonic(), 0
+    epoch, start_time, micro_step, step_logs = first_epoch, time.monotonic(), 0, StepLogs()
     while global_step < max_steps:
         loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -284,6 +285,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            step_logs.add({"loss": loss.item()})
             if not accelerator.sync_gradients:
                 micro_step += 1
                 continue
@@ -292,7 +294,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             global_step += 1
             progress.update(1)
-            logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs = {**step_logs.reduce(accelerator), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{logs['loss']:.4g}")
             accelerator.log(logs, step=global_step)
             if time_is_up(accelerator, args, start_time, global_step):

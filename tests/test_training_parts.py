@@ -133,6 +133,26 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
     assert micro_batch_seed(Namespace(seed=1, gradient_accumulation_steps=3), 7, 2, 1) != micro_batch_seed(args, 7, 2, 1)
 
 
+def test_step_logs_average_micro_batches_and_processes():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from diffusers_brics.training.loop import StepLogs
+
+    logs = StepLogs()
+    logs.add({"loss": 1.0, "r1": 4.0})
+    logs.add({"loss": 3.0})  # a key logged by some micro-batches only is averaged over those
+    assert logs.reduce(Accelerator(cpu=True)) == {"loss": 2.0, "r1": 4.0}
+    assert logs.reduce(Accelerator(cpu=True)) == {}  # reset for the next step
+
+    other_rank = torch.tensor([6.0, 0.0])  # (loss, r1) of a second process
+    two = SimpleNamespace(num_processes=2, device="cpu",
+                          reduce=lambda t, reduction: (t + other_rank) / 2 if reduction == "mean" else None)
+    logs.add({"r1": 4.0, "loss": 2.0})
+    assert logs.reduce(two) == {"loss": 4.0, "r1": 2.0}
+
+
 def test_dataset_name_reads_saved_datasets_and_data_folders(tmp_path):
     import datasets
 

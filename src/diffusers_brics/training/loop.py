@@ -235,6 +235,34 @@ def time_is_up(accelerator: Accelerator, args: argparse.Namespace, start_time: f
     return True
 
 
+class StepLogs:
+    """The logged losses of one optimisation step, averaged over its micro-batches and over the processes.
+
+    Without it a step would log the last micro-batch of the main process only: with gradient accumulation
+    or several processes that is a fraction of the effective batch, and a noisier curve.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, logs: dict[str, float]) -> None:
+        """Record one micro-batch's values."""
+        for key, value in logs.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def reduce(self, accelerator: Accelerator) -> dict[str, float]:
+        """Each value's mean over the step's micro-batches and the processes (call on every process: the
+        processes log the same keys, as they run the same step), then start afresh for the next step."""
+        keys = sorted(self._sums)
+        means = torch.tensor([self._sums[k] / self._counts[k] for k in keys], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            means = accelerator.reduce(means, reduction="mean")
+        self._sums, self._counts = {}, {}
+        return dict(zip(keys, means.tolist()))
+
+
 def micro_batch_seed(args: argparse.Namespace, step: int, micro_step: int, process_index: int) -> int:
     """The seed of one micro-batch's random draws (flips, noise, timesteps): a function of ``--seed``, the
     optimisation step, the micro-batch within it (``0 .. gradient_accumulation_steps - 1``) and the process, so a
