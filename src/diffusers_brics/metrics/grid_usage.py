@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from numbers import Integral
 
 import torch
 
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..utils import is_integer
 
 
 class GridUsage:
@@ -108,7 +108,7 @@ class GridUsage:
 
 def _check_index(name: str, value: int, count: int) -> None:
     """Raise ValueError unless ``value`` is an integer in ``[0, count)``."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < count:
+    if not is_integer(value) or not 0 <= value < count:
         raise ValueError(f"{name} must be an integer in [0, {count - 1}] (there are {count} {name}s), got {value!r}")
 
 

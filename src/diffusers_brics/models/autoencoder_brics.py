@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..utils import is_integer
 from .decoder import BRICSDecoder
 from .encoder import KeyCodeEncoder
 from .retrieval import KeyCodeRetrieval
@@ -371,14 +372,14 @@ def _check_config(config: Any) -> None:
                  "encoder_layers_per_block", "encoder_norm_num_groups", "feature_size", "feature_channels",
                  "grid_num_levels", "grid_features_per_level", "style_dim", "mlp_hidden_channels"):
         value = config[name]
-        if not (value is None and name == "mlp_hidden_channels") and not _is_int(value, minimum=1):
+        if not (value is None and name == "mlp_hidden_channels") and not (is_integer(value) and value >= 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     for name in ("mlp_hidden_layers", "decoder_first_block_layers", "decoder_layers_per_block", "mapping_layers"):
-        if not _is_int(config[name], minimum=0):
+        if not (is_integer(config[name]) and config[name] >= 0):
             raise ValueError(f"{name} must be a non-negative integer, got {config[name]!r}")
     for name in ("encoder_block_out_channels", "decoder_block_out_channels"):
         channels = config[name]
-        if not isinstance(channels, (list, tuple)) or not channels or not all(_is_int(c, 1) for c in channels):
+        if not isinstance(channels, (list, tuple)) or not channels or not all(is_integer(c) and c >= 1 for c in channels):
             raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {channels!r}")
     if not isinstance(config["scaling_factor"], (int, float)) or not 0 < config["scaling_factor"] < math.inf:
         raise ValueError(f"scaling_factor must be a finite number > 0, got {config['scaling_factor']!r}")
@@ -420,7 +421,3 @@ def _check_config(config: Any) -> None:
     if math.log2(sample_size) % 1:
         raise ValueError(f"sample_size must be a power of two, got {sample_size}")
 
-
-def _is_int(value: Any, minimum: int) -> bool:
-    """Whether ``value`` is an integer (not a bool) of at least ``minimum``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..schedules import cosine_variant_betas
+from ..utils import is_integer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -36,11 +37,6 @@ def weight_variant(filename: str) -> str | None:
     """``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors`` (or its shards ``...fp16-00001-of-00002...``)."""
     parts = filename.rsplit("/", 1)[-1].split(".")
     return parts[1].split("-")[0] if len(parts) >= 3 else None
-
-
-def is_integer(value) -> bool:
-    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def files_to_download(files: list[str], components: list[str], variant: str | None = None,
