@@ -45,6 +45,7 @@ from diffusers_brics.training.loop import (
     positive_float,
     positive_int,
     prepare_with_schedule,
+    register_checkpoint_hooks,
     resume,
     run_training,
     step_progress,
@@ -235,8 +236,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                                           betas=(args.adam_beta1, args.adam_beta2), eps=args.disc_adam_epsilon)
         accelerator.register_for_checkpointing(discriminator, disc_optimizer)
     ema = make_ema(accelerator, model, args)
+    register_checkpoint_hooks(accelerator, "autoencoder", ema)
 
-    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch, ema)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch)
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")

@@ -52,6 +52,7 @@ from diffusers_brics.training.loop import (
     positive_float,
     positive_int,
     prepare_with_schedule,
+    register_checkpoint_hooks,
     resume,
     run_training,
     step_progress,
@@ -245,7 +246,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     unet, optimizer, loader, lr_scheduler, steps_per_epoch, max_steps = prepare_with_schedule(
         accelerator, args, unet, optimizer, loader)
     ema = make_ema(accelerator, unet, args)
-    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch, ema)
+    register_checkpoint_hooks(accelerator, "unet", ema)
+    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()

@@ -36,8 +36,8 @@ def run(args, launcher="python", timeout=300):
     return result.stdout + result.stderr
 
 
-def weights(folder):
-    return load_file(os.path.join(folder, "autoencoder", "diffusion_pytorch_model.safetensors"))
+def weights(folder, model="autoencoder"):
+    return load_file(os.path.join(folder, model, "diffusion_pytorch_model.safetensors"))
 
 
 def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_weights_dir):
@@ -73,10 +73,17 @@ def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpip
     log = run(["--output_dir", str(resumed), "--max_train_steps", "6", "--checkpointing_steps", "3",
                "--validation_steps", "100", "--resume_from_checkpoint", "latest"])
     assert "at step 3" in log
-    # the checkpoint at step 3 holds the same weights in both runs, and so does the end of training
-    a = load_file(straight / "checkpoint-3" / "model.safetensors")
-    b = load_file(resumed / "checkpoint-3" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # checkpoints hold the model and its EMA in diffusers' format, the same in both runs at step 3
+    for folder in ("autoencoder", "autoencoder_ema"):
+        a, b = weights(straight / "checkpoint-3", folder), weights(resumed / "checkpoint-3", folder)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((straight / "checkpoint-3").glob("model*.safetensors"))  # not stored twice
+    ema = BRICSAutoencoder.from_pretrained(straight / "checkpoint-6", subfolder="autoencoder_ema")
+    final = weights(straight)
+    assert all(torch.equal(final[k], v) for k, v in ema.state_dict().items())  # the output is the last EMA
+    ema_state = json.loads((straight / "checkpoint-6" / "autoencoder_ema" / "ema_state.json").read_text())
+    assert ema_state["optimization_step"] == 6
+    # the end of training is the same after the resume
     final_a, final_b = weights(straight), weights(resumed)
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -57,6 +57,29 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
     assert "reusing 6266 cached key codes" in log and "at step 3" in log
 
 
+def test_resume_continues_with_the_same_weights_and_checkpoints_load_with_from_pretrained(tmp_path, autoencoder):
+    from safetensors.torch import load_file
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--autoencoder", str(autoencoder), "--checkpointing_steps", "2", "--encode_on_the_fly",
+              "--max_train_steps", "4"]
+    run([*common, "--output_dir", str(straight)])
+    # a run interrupted after its step-2 checkpoint (same flags, so the same learning-rate schedule)
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    log = run([*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    assert "at step 2" in log
+    for folder in ("checkpoint-4/unet", "checkpoint-4/unet_ema", "unet"):
+        a = load_file(straight / folder / "diffusion_pytorch_model.safetensors")
+        b = load_file(resumed / folder / "diffusion_pytorch_model.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{folder}: {key}")
+    from diffusers import UNet2DModel
+
+    ema = UNet2DModel.from_pretrained(straight / "checkpoint-4", subfolder="unet_ema")
+    final = BRICSPipeline.from_pretrained(straight).unet  # the pipeline carries the last EMA weights
+    assert all(torch.equal(v, final.state_dict()[k]) for k, v in ema.state_dict().items())
+
+
 def test_encoding_on_the_fly_under_a_time_budget(tmp_path, autoencoder):
     out = tmp_path / "fly"
     log = run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "100000",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -157,8 +158,7 @@ def prepare_with_schedule(accelerator: Accelerator, args: argparse.Namespace, mo
     return model, optimizer, loader, accelerator.prepare(lr_scheduler), steps_per_epoch, max_steps
 
 
-def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int,
-           ema: EMAModel | None = None) -> tuple[int, int, int]:
+def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int, int]:
     """Load ``--resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
     if not args.resume_from_checkpoint:
         return 0, 0, 0
@@ -176,22 +176,59 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
             "discriminator with --gan_weight > 0): resume with the model and flags of the run that wrote it, or "
             "resume from an earlier checkpoint"
         ) from error
-    if ema is not None:  # the loaded EMA weights come back on the CPU
-        ema.to(accelerator.device)
     logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
 
 
 def make_ema(accelerator: Accelerator, model, args: argparse.Namespace) -> EMAModel | None:
-    """EMA of the (prepared) model's weights with warm-up, saved in checkpoints; None with ``--no-use_ema``."""
+    """EMA of the (prepared) model's weights with warm-up; None with ``--no-use_ema``. Checkpoints hold it once
+    `register_checkpoint_hooks` is given it."""
     if not args.use_ema:
         return None
     unwrapped = accelerator.unwrap_model(model)
     ema = EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=args.ema_power, model_cls=type(unwrapped), model_config=unwrapped.config)
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
     return ema
+
+
+EMA_STATE_FILE = "ema_state.json"
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel | None) -> None:
+    """Write the prepared model into checkpoints in diffusers' format, as diffusers' training examples do.
+
+    ``checkpoint-N/<name>`` holds the model and ``checkpoint-N/<name>_ema`` its EMA weights (with the EMA's
+    decay state in ``ema_state.json``), so any checkpoint loads with ``from_pretrained(path, subfolder=...)``.
+    The optimizers, schedule, RNG states and other registered objects stay in accelerate's files beside them.
+    """
+
+    def save_models(models, weights, output_dir: str) -> None:
+        for model in models:
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, name))
+                if ema is not None:
+                    ema_dir = os.path.join(output_dir, f"{name}_ema")
+                    ema_copy(accelerator, model, ema).save_pretrained(ema_dir)
+                    state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+                    with open(os.path.join(ema_dir, EMA_STATE_FILE), "w") as f:
+                        json.dump(state, f, indent=2)
+            weights.pop()  # saved above, not again in accelerate's own model file
+
+    def load_models(models, input_dir: str) -> None:
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            model.load_state_dict(type(model).from_pretrained(input_dir, subfolder=name).state_dict())
+            if ema is not None:
+                ema_dir = os.path.join(input_dir, f"{name}_ema")
+                with open(os.path.join(ema_dir, EMA_STATE_FILE)) as f:
+                    state = json.load(f)
+                shadow = [p.detach().clone() for p in type(model).from_pretrained(ema_dir).parameters()]
+                ema.load_state_dict({**state, "shadow_params": shadow})
+                ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_models)
+    accelerator.register_load_state_pre_hook(load_models)
 
 
 def ema_copy(accelerator: Accelerator, model, ema: EMAModel | None):
