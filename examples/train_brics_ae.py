@@ -66,8 +66,7 @@ logger = get_logger(__name__)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p, output_dir="brics-autoencoder", ema_max_decay=0.999)
-    data = p.add_argument_group("data")
+    data = add_common_arguments(p, output_dir="brics-autoencoder", ema_max_decay=0.999)["data"]
     data.add_argument("--resolution", type=positive_int, help="default: the model's sample_size")
     data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
     data.add_argument("--random_flip", action="store_true")

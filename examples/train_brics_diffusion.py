@@ -76,8 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--autoencoder", required=True, help="a trained BRICSAutoencoder: local folder or Hub id")
     p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'autoencoder' for a stage-1 output folder")
-    add_common_arguments(p, output_dir="brics-diffusion", ema_max_decay=0.9999)
-    data = p.add_argument_group("data")
+    data = add_common_arguments(p, output_dir="brics-diffusion", ema_max_decay=0.9999)["data"]
     data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
     data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
     data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")

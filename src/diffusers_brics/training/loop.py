@@ -65,8 +65,13 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_max_decay: float) -> None:
-    """The flags both training scripts share: image source, run set-up, EMA, logging, checkpoints, Hub."""
+def add_common_arguments(
+    parser: argparse.ArgumentParser, output_dir: str, ema_max_decay: float
+) -> dict[str, argparse._ArgumentGroup]:
+    """The flags both training scripts share: image source, run set-up, EMA, logging, checkpoints, Hub.
+
+    Returns the argument groups by title, for a script to add its own flags to them.
+    """
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
     data.add_argument("--dataset_config_name")
@@ -95,6 +100,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_dir: str, ema_m
     hub.add_argument("--hub_model_id")
     hub.add_argument("--hub_token")
     hub.add_argument("--hub_private_repo", action="store_true")
+    return {"data": data, "run": run, "logging and checkpoints": log, "hub": hub}
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
