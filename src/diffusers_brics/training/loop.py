@@ -209,29 +209,34 @@ def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel
     The optimizers, schedule, RNG states and other registered objects stay in accelerate's files beside them.
     """
 
+    def only_model(models) -> torch.nn.Module:
+        if len(models) != 1:  # both scripts prepare one model; a second would overwrite the first's folder
+            raise RuntimeError(f"checkpoint hooks for {name!r} expect one prepared model, got {len(models)}")
+        return accelerator.unwrap_model(models[0])
+
     def save_models(models, weights, output_dir: str) -> None:
-        for model in models:
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, name))
-                if ema is not None:
-                    ema_dir = os.path.join(output_dir, f"{name}_ema")
-                    ema_copy(accelerator, model, ema).save_pretrained(ema_dir)
-                    state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-                    with open(os.path.join(ema_dir, EMA_STATE_FILE), "w") as f:
-                        json.dump(state, f, indent=2)
-            weights.pop()  # saved above, not again in accelerate's own model file
+        model = only_model(models)
+        if accelerator.is_main_process:
+            model.save_pretrained(os.path.join(output_dir, name))
+            if ema is not None:
+                ema_dir = os.path.join(output_dir, f"{name}_ema")
+                ema_copy(accelerator, model, ema).save_pretrained(ema_dir)
+                state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+                with open(os.path.join(ema_dir, EMA_STATE_FILE), "w") as f:
+                    json.dump(state, f, indent=2)
+        weights.pop()  # saved above, not again in accelerate's own model file
 
     def load_models(models, input_dir: str) -> None:
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            model.load_state_dict(type(model).from_pretrained(input_dir, subfolder=name).state_dict())
-            if ema is not None:
-                ema_dir = os.path.join(input_dir, f"{name}_ema")
-                with open(os.path.join(ema_dir, EMA_STATE_FILE)) as f:
-                    state = json.load(f)
-                shadow = [p.detach().clone() for p in type(model).from_pretrained(ema_dir).parameters()]
-                ema.load_state_dict({**state, "shadow_params": shadow})
-                ema.to(accelerator.device)
+        model = only_model(models)
+        models.pop()  # loaded here, not by accelerate
+        model.load_state_dict(type(model).from_pretrained(input_dir, subfolder=name).state_dict())
+        if ema is not None:
+            ema_dir = os.path.join(input_dir, f"{name}_ema")
+            with open(os.path.join(ema_dir, EMA_STATE_FILE)) as f:
+                state = json.load(f)
+            shadow = [p.detach().clone() for p in type(model).from_pretrained(ema_dir).parameters()]
+            ema.load_state_dict({**state, "shadow_params": shadow})
+            ema.to(accelerator.device)
 
     accelerator.register_save_state_pre_hook(save_models)
     accelerator.register_load_state_pre_hook(load_models)
