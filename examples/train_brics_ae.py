@@ -237,7 +237,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     ema = make_ema(accelerator, model, args)
     register_checkpoint_hooks(accelerator, "autoencoder", ema)
 
-    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch, lr_scheduler)
 
     logger.info(f"{len(train_set)} training images, {len(val_set)} held out; {max_steps} steps of batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps}")

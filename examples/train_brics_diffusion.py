@@ -246,7 +246,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         accelerator, args, unet, optimizer, loader)
     ema = make_ema(accelerator, unet, args)
     register_checkpoint_hooks(accelerator, "unet", ema)
-    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch)
+    global_step, first_epoch, skip = resume(accelerator, args, steps_per_epoch, lr_scheduler)
 
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     generator = torch.Generator()

@@ -133,6 +133,36 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
     assert micro_batch_seed(Namespace(seed=1, gradient_accumulation_steps=3), 7, 2, 1) != micro_batch_seed(args, 7, 2, 1)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant_with_warmup"])
+def test_resume_follows_the_new_schedule_from_its_first_step(name):
+    from diffusers.optimization import get_scheduler
+
+    from diffusers_brics.training.loop import follow_schedule
+
+    def run(total_steps, steps, state=None):
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.AdamW([parameter], lr=1e-3)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=total_steps)
+        if state is not None:  # a resume: restore both, as accelerate's load_state does
+            optimizer.load_state_dict(state[0])
+            scheduler.load_state_dict(state[1])
+            follow_schedule(scheduler)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return optimizer, scheduler
+
+    straight = run(4, 2)
+    # same schedule: the restored rates are rewritten bit for bit
+    resumed = run(4, 0, (straight[0].state_dict(), straight[1].state_dict()))
+    assert resumed[0].param_groups[0]["lr"] == straight[0].param_groups[0]["lr"]
+    # a checkpoint of a 2-step run, resumed into a 4-step run: the next step takes the 4-step schedule's rate
+    short = run(2, 2)
+    extended = run(4, 0, (short[0].state_dict(), short[1].state_dict()))
+    assert extended[0].param_groups[0]["lr"] == straight[0].param_groups[0]["lr"]
+    assert extended[1].get_last_lr() == straight[1].get_last_lr()
+
+
 def test_step_logs_average_micro_batches_and_processes():
     from types import SimpleNamespace
 

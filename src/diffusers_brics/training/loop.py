@@ -164,7 +164,8 @@ def prepare_with_schedule(accelerator: Accelerator, args: argparse.Namespace, mo
     return model, optimizer, loader, accelerator.prepare(lr_scheduler), steps_per_epoch, max_steps
 
 
-def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int) -> tuple[int, int, int]:
+def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int,
+           lr_scheduler) -> tuple[int, int, int]:
     """Load ``--resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
     if not args.resume_from_checkpoint:
         return 0, 0, 0
@@ -182,8 +183,23 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
             "discriminator with --gan_weight > 0): resume with the model and flags of the run that wrote it, or "
             "resume from an earlier checkpoint"
         ) from error
+    follow_schedule(lr_scheduler)
     logger.info(f"resumed from {path} at step {step}")
     return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+
+
+def follow_schedule(lr_scheduler) -> None:
+    """Set the optimizer's learning rates to the schedule's value at the scheduler's restored step.
+
+    A checkpoint stores the rates its own schedule chose for the next step; after a resume with another
+    ``--max_train_steps`` (so another schedule) the first step would still use them. For an unchanged schedule
+    this rewrites the same values. diffusers' schedules are all ``LambdaLR``s, whose functions are not saved.
+    """
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def make_ema(accelerator: Accelerator, model, args: argparse.Namespace) -> EMAModel | None:
