@@ -248,7 +248,7 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     @property
     def latent_channels(self) -> int:
         """``C_z = N_h * C_key``."""
-        return self.config.num_groups * self.config.key_channels
+        return self.config.latent_channels
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -277,7 +277,7 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"{name} must be a floating point tensor in [-1, 1], got dtype {sample.dtype}")
         if sample.shape[0] == 0:
             raise ValueError(f"{name} must hold at least one image, got an empty batch of shape {tuple(sample.shape)}")
-        if sample.numel() and not bool(((sample >= -1.001) & (sample <= 1.001)).all()):
+        if not bool(((sample >= -1.001) & (sample <= 1.001)).all()):
             raise ValueError(
                 f"{name} must hold values in [-1, 1] with no NaN, got min {sample.min().item():.3g} and max "
                 f"{sample.max().item():.3g} (images in [0, 1] map to [-1, 1] by x * 2 - 1)"
@@ -420,4 +420,3 @@ def _check_config(config: Any) -> None:
         )
     if math.log2(sample_size) % 1:
         raise ValueError(f"sample_size must be a power of two, got {sample_size}")
-
