@@ -294,10 +294,11 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"{name} (key codes) must be a floating point tensor, got dtype {z.dtype}")
         if z.shape[0] == 0:
             raise ValueError(f"{name} (key codes) must hold at least one code, got an empty batch of shape {tuple(z.shape)}")
-        if z.numel() and not bool(((z >= 0) & (z <= 1)).all()):
+        if not bool(((z >= 0) & (z <= 1)).all()):
             raise ValueError(
                 f"{name} (key codes) must lie in [0, 1] with no NaN, got min {z.min().item():.3g} and max "
-                f"{z.max().item():.3g}; diffusion samples in [-1, 1] map back by (x + 1) / 2, then clamp"
+                f"{z.max().item():.3g}; diffusion samples x map back by x / {c.scaling_factor:g} + {c.shift_factor:g} "
+                f"(x / scaling_factor + shift_factor), then clamp"
             )
 
     # ------------------------------------------------------------------ encode / decode
