@@ -3,15 +3,18 @@
 Runs ``examples/train_brics_ae.py`` for ``--minutes`` of training, then reports from the saved EMA model:
 held-out PSNR / SSIM / LPIPS-alex, the share of reachable grid entries read at each level on the held-out
 split (paper Figure 4b) and how it evolved over the run (validation every ``--validation_steps``, read back from
-the tensorboard logs), the share that training moved from their initialisation, training throughput, and the
-share of a training step spent in feature retrieval (forward + backward of `KeyCodeRetrieval` against a whole
+the tensorboard logs), where the unread entries lie (key value; position in the image, beside how much the
+held-out images vary there), the share that training moved from their initialisation, training throughput, and
+the share of a training step spent in feature retrieval (forward + backward of `KeyCodeRetrieval` against a whole
 autoencoder step on the same batch). Writes ``results.json``, ``report.md``, a grid-usage plot and the
 reconstruction grid into ``--output``.
 
     python benchmarks/train_ae_benchmark.py --minutes 10
     python benchmarks/train_ae_benchmark.py --minutes 10 -- --perceptual_weight 5 --disc_start 1000
 
-Arguments after ``--`` go to the training script. Defaults: preset ``small-32``, batch 32, L2 loss only
+Arguments after ``--`` go to the training script (they replace the default ones below). Its data flags
+(``--dataset_name``, ``--train_data_dir``, ...) apply to the benchmark's own figures too: they are read off the
+held-out split the script used. Defaults: preset ``small-32``, batch 32, the embedded emoji images, L2 loss only
 (the perceptual and GAN terms cost more time per step than the autoencoder itself at 32x32 on a CPU).
 """
 
@@ -19,24 +22,40 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import shutil
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
-from diffusers_brics.data import load_emoji_dataset
 from diffusers_brics.metrics import GridUsage
-from diffusers_brics.training.data import image_transform
+from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
+TRAIN_SCRIPT = ROOT / "examples" / "train_brics_ae.py"
+BORDER = 1 / 8  # the band along each edge of the image that the report and plot set apart from the inside
+
+
+def script_data(script_argv: list[str], sample_size: int):
+    """``(train, held_out, image_column, resolution)``: the data the training script read (``sample_size``: its
+    model's), from its own argument parser and loader, so the benchmark reads the script's held-out split."""
+    spec = importlib.util.spec_from_file_location("train_brics_ae", TRAIN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(script_argv)
+    resolution = args.resolution or sample_size
+    train, held_out = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
+                                          resolution, args.cache_dir, args.validation_fraction, args.seed)
+    return train, held_out, image_column_of(train, args.image_column), resolution
 
 
 def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
@@ -70,17 +89,23 @@ def step_breakdown(model: BRICSAutoencoder, images: torch.Tensor) -> dict[str, f
     return {"step_seconds": step, "retrieval_seconds": retrieval, "retrieval_share": retrieval / step}
 
 
-def held_out_reads(model: BRICSAutoencoder, dataset) -> tuple[GridUsage, torch.Tensor]:
-    """The grid reads of the held-out split, and its key codes ``(N, C_z, H_z, W_z)``."""
-    transform = image_transform(model.config.sample_size, center_crop=True)
+def split_reads(model: BRICSAutoencoder, dataset, column: str, resolution: int
+                ) -> tuple[GridUsage, torch.Tensor, torch.Tensor]:
+    """The grid reads of a split's images (centre crops, no flips, no relaxed-precision noise), their key codes
+    ``(N, C_z, H_z, W_z)``, and how much the images vary at each pixel ``(resolution, resolution)``: the standard
+    deviation over images, averaged over RGB."""
+    transform = image_transform(resolution, center_crop=True)
     usage = GridUsage(model.eval())
-    codes = []
+    codes, total, squares = [], 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(dataset), 64):
-            images = torch.stack([transform(image) for image in dataset[start : start + 64]["image"]])
-            codes.append(model.encode(images).latents)
+            images = torch.stack([transform(image) for image in dataset[start : start + 64][column]]).double()
+            codes.append(model.encode(images.float()).latents)
             usage.update(codes[-1])
-    return usage, torch.cat(codes)
+            total, squares = total + images.sum(0), squares + images.square().sum(0)
+    n = len(dataset)
+    variance = (squares - total.square() / n) / max(n - 1, 1)
+    return usage, torch.cat(codes), variance.clamp_min(0).sqrt().mean(0).float()
 
 
 def unread_key_values(usage: GridUsage, codes: torch.Tensor) -> tuple[list[dict], float]:
@@ -99,6 +124,32 @@ def unread_key_values(usage: GridUsage, codes: torch.Tensor) -> tuple[list[dict]
         rows.append({"level": level, "unread": len(keys), "outer_share": outer, "key_values": values.tolist()})
     codes_outer = ((codes < 0.1) | (codes > 0.9)).float().mean().item()
     return rows, codes_outer
+
+
+def unread_positions(usage: GridUsage, level: int) -> torch.Tensor:
+    """``(M, 2)`` image-plane positions ``(x, y)`` of a dense level's unread reachable nodes, all groups: node ``n``
+    of a pixel axis sits at ``(n - 0.5) / scale`` (the key axes come first in a node's coordinates, then x, y), so
+    the outermost nodes lie up to a cell outside ``[0, 1]``."""
+    grids = usage.model.retrieval.grids
+    scale = grids[0].levels[level]["scale"]
+    nodes = torch.cat([usage.unread_nodes(g, level)[:, -2:] for g in range(len(grids))])
+    return (nodes.float() - 0.5) / scale
+
+
+def band_mean(pixel_map: torch.Tensor, border: bool) -> float:
+    """Mean of an ``(H, W)`` map over the pixels whose centres lie within ``BORDER`` of an edge (or the others)."""
+    h, w = pixel_map.shape
+    rows = ((torch.arange(h) + 0.5) / h - 0.5).abs() > 0.5 - BORDER
+    cols = ((torch.arange(w) + 0.5) / w - 0.5).abs() > 0.5 - BORDER
+    mask = rows[:, None] | cols[None, :]
+    return pixel_map[mask if border else ~mask].mean().item()
+
+
+def border_share(positions: torch.Tensor) -> float:
+    """The share of ``(M, 2)`` image-plane positions within ``BORDER`` of an edge of the image."""
+    if not len(positions):
+        return 0.0
+    return ((positions < BORDER) | (positions > 1 - BORDER)).any(dim=-1).float().mean().item()
 
 
 def hits_per_entry(usage: GridUsage, level: int) -> list[dict]:
@@ -131,7 +182,8 @@ def validation_history(log_dir: Path, num_levels: int) -> list[dict]:
 
 
 def plot_usage(levels: list[float], trained: list[float], unread: list[dict], history: list[dict], dense: int,
-               hits: dict, path: Path) -> bool:
+               hits: dict, positions: torch.Tensor, scale: float, node_count: int, pixel_std: torch.Tensor,
+               path: Path) -> bool:
     try:
         import matplotlib
 
@@ -140,7 +192,7 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
     except ImportError:
         print("matplotlib is not installed: no grid-usage plot (pip install matplotlib)")
         return False
-    fig, ((ax, hist), (trend, spread)) = plt.subplots(2, 2, figsize=(12, 7))
+    fig, ((ax, hist, where), (trend, spread, varies)) = plt.subplots(2, 3, figsize=(17, 7))
     x = range(len(levels))
     ax.bar([i - 0.2 for i in x], [100 * v for v in levels], width=0.4, color="#4c72b0", label="read on held-out")
     ax.bar([i + 0.2 for i in x], [100 * v for v in trained], width=0.4, color="#dd8452", label="moved by training")
@@ -174,6 +226,19 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
     spread.set_ylabel("held-out reads per entry")
     spread.set_title("Reads per entry: median, 10th-90th pct. (cf. Fig. 4b)")
     spread.legend(fontsize=7)
+    edges = ((torch.arange(node_count + 1) - 1) / scale).numpy()  # node n's cell: [(n - 1) / scale, n / scale)
+    image = where.hist2d(positions[:, 0].numpy(), positions[:, 1].numpy(), bins=[edges, edges], cmap="magma")[3]
+    where.set_xlim(edges[0], edges[-1])
+    where.set_ylim(edges[-1], edges[0])
+    where.set_aspect("equal")
+    fig.colorbar(image, ax=where, label="unread nodes (all groups and key values)")
+    where.set_title(f"Unread nodes of level {dense - 1} by image position")
+    image = varies.imshow(pixel_std.numpy(), cmap="viridis", extent=(0, 1, 1, 0))
+    fig.colorbar(image, ax=varies, label="std over images (mean over RGB)")
+    varies.set_title("How much held-out images vary, per pixel")
+    for panel in (where, varies):
+        panel.add_patch(plt.Rectangle((BORDER, BORDER), 1 - 2 * BORDER, 1 - 2 * BORDER, fill=False,
+                                      edgecolor="white", linestyle="--"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -204,16 +269,18 @@ def main() -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     model = BRICSAutoencoder.from_pretrained(run_dir / "autoencoder")
-    resolution = model.config.sample_size
-    dataset = load_emoji_dataset(32 if resolution <= 32 else 64, "train")
+    train_set, held_out, column, resolution = script_data(command[2:], model.config.sample_size)
     transform = image_transform(resolution)
-    images = torch.stack([transform(dataset[i]["image"]) for i in range(args.batch_size)])
+    images = torch.stack([transform(train_set[i][column]) for i in range(args.batch_size)])
     breakdown = step_breakdown(model, images)
 
     levels = [metrics[f"grid_usage_level_{i}"] for i in range(model.config.grid_num_levels)]
     dense = model.retrieval.grids[0].num_dense_levels
-    usage, codes = held_out_reads(model, load_emoji_dataset(32 if resolution <= 32 else 64, "test"))
+    usage, codes, pixel_std = split_reads(model, held_out, column, resolution)
+    read_by_train = split_reads(model, train_set, column, resolution)[0].hit_fraction().mean(dim=0).tolist()
     unread, codes_outer = unread_key_values(usage, codes)
+    borders = [border_share(unread_positions(usage, level)) for level in range(dense)]
+    positions = unread_positions(usage, dense - 1)
     finest = {"finest dense": dense - 1, "maximum resolution": model.config.grid_num_levels - 1}
     hits = {name: {"level": level, "groups": hits_per_entry(usage, level)} for name, level in finest.items()}
     trained = GridUsage.trained_entries(model).hit_fraction().mean(dim=0).tolist()
@@ -227,15 +294,20 @@ def main() -> None:
         "dense_levels": dense,
         "unread_dense_nodes": [row["unread"] for row in unread],
         "unread_dense_nodes_outer_key_share": [row["outer_share"] for row in unread],
+        "unread_dense_nodes_border_share": borders,
+        "held_out_images": len(held_out),
         "key_codes_outer_share": codes_outer,
         "grid_trained_per_level": trained,
+        "grid_usage_training_images_per_level": read_by_train,
         "hits_per_entry": hits,
         "validation_history": history,
         **breakdown,
     }
     (output / "results.json").write_text(json.dumps(results, indent=2))
     shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
-    has_plot = plot_usage(levels, trained, unread, history, dense, hits, output / "grid_usage.png")
+    finest_plan = model.retrieval.grids[0].levels[dense - 1]
+    has_plot = plot_usage(levels, trained, unread, history, dense, hits, positions, finest_plan["scale"],
+                          finest_plan["nodes_per_axis"], pixel_std, output / "grid_usage.png")
     report = [
         f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
         "",
@@ -257,7 +329,14 @@ def main() -> None:
         "| unread reachable nodes, dense levels (all groups) | " + ", ".join(str(r["unread"]) for r in unread) + " |",
         "| ... of them at key values outside [0.1, 0.9] | "
         + ", ".join(f"{100 * r['outer_share']:.0f}%" for r in unread) + " |",
-        f"| held-out key codes outside [0.1, 0.9] | {100 * codes_outer:.1f}% |",
+        f"| ... of them within {Fraction(BORDER).limit_denominator()} of the image's side from an edge "
+        f"({100 * (1 - (1 - 2 * BORDER) ** 2):.0f}% of its area) | "
+        + ", ".join(f"{100 * b:.0f}%" for b in borders) + " |",
+        f"| held-out images; their key codes outside [0.1, 0.9] | {len(held_out)}; {100 * codes_outer:.1f}% |",
+        "| held-out pixel variation (std over images, mean over RGB): outer band; inside | "
+        f"{band_mean(pixel_std, True):.3f}; {band_mean(pixel_std, False):.3f} |",
+        f"| reachable entries read by the {len(train_set)} training images (centre crops, no flips), dense levels | "
+        + ", ".join(f"{100 * v:.1f}%" for v in read_by_train[:dense]) + " |",
         "| reachable entries training moved from their initialisation, dense levels | "
         + ", ".join(f"{100 * v:.1f}%" for v in trained[:dense]) + " |",
         *(f"| held-out reads per entry, {name} level {h['level']}, per group: median (10th-90th percentile) | "
