@@ -108,48 +108,49 @@ def split_reads(model: BRICSAutoencoder, dataset, column: str, resolution: int
     return usage, torch.cat(codes), variance.clamp_min(0).sqrt().mean(0).float()
 
 
-def unread_key_values(usage: GridUsage, codes: torch.Tensor) -> tuple[list[dict], float]:
-    """Where the held-out split leaves reachable dense-level nodes unread, by the key value of the node.
+def unread_node_positions(usage: GridUsage, level: int) -> torch.Tensor:
+    """``(M, D)`` positions of a dense level's unread reachable nodes, all groups: node ``n`` of an axis sits at
+    ``(n - 0.5) / scale`` (the key axes first, then x, y), so the outermost nodes lie up to a cell outside
+    ``[0, 1]``."""
+    grids = usage.model.retrieval.grids
+    nodes = torch.cat([usage.unread_nodes(g, level) for g in range(len(grids))])
+    return (nodes.float() - 0.5) / grids[0].levels[level]["scale"]
 
-    Returns, per dense level, the unread node count and the share of those at key values outside [0.1, 0.9]
-    (with the key values of all unread nodes, for the plot), and the share of held-out key codes outside [0.1, 0.9].
+
+def near_edge(t: torch.Tensor) -> torch.Tensor:
+    """Which values of ``t`` (positions in ``[0, 1]`` along an image side) lie within ``BORDER`` of an edge."""
+    return (t < BORDER) | (t > 1 - BORDER)
+
+
+def share(mask: torch.Tensor) -> float:
+    """The share of true values in a boolean tensor (0 when it is empty)."""
+    return mask.float().mean().item() if len(mask) else 0.0
+
+
+def unread_dense_nodes(usage: GridUsage, codes: torch.Tensor) -> tuple[list[dict], float]:
+    """Where the held-out split leaves reachable dense-level nodes unread.
+
+    Returns, per dense level, the unread node count, the share of those at key values outside [0.1, 0.9] and the
+    share within ``BORDER`` of an edge of the image (with the nodes' key values and image positions ``(M, 2)``, for
+    the plot); and the share of held-out key codes outside [0.1, 0.9].
     """
-    grids, key_channels = usage.model.retrieval.grids, usage.model.retrieval.key_channels
+    key_channels = usage.model.retrieval.key_channels
     rows = []
-    for level in range(grids[0].num_dense_levels):
-        scale = grids[0].levels[level]["scale"]
-        keys = torch.cat([usage.unread_nodes(g, level)[:, :key_channels] for g in range(len(grids))])
-        values = ((keys.float() - 0.5) / scale).flatten()
-        outer = ((values < 0.1) | (values > 0.9)).float().mean().item() if len(values) else 0.0
-        rows.append({"level": level, "unread": len(keys), "outer_share": outer, "key_values": values.tolist()})
+    for level in range(usage.model.retrieval.grids[0].num_dense_levels):
+        positions = unread_node_positions(usage, level)
+        keys, pixels = positions[:, :key_channels].flatten(), positions[:, -2:]
+        rows.append({"level": level, "unread": len(positions), "outer_share": share((keys < 0.1) | (keys > 0.9)),
+                     "border_share": share(near_edge(pixels).any(dim=-1)), "key_values": keys.tolist(),
+                     "positions": pixels})
     codes_outer = ((codes < 0.1) | (codes > 0.9)).float().mean().item()
     return rows, codes_outer
-
-
-def unread_positions(usage: GridUsage, level: int) -> torch.Tensor:
-    """``(M, 2)`` image-plane positions ``(x, y)`` of a dense level's unread reachable nodes, all groups: node ``n``
-    of a pixel axis sits at ``(n - 0.5) / scale`` (the key axes come first in a node's coordinates, then x, y), so
-    the outermost nodes lie up to a cell outside ``[0, 1]``."""
-    grids = usage.model.retrieval.grids
-    scale = grids[0].levels[level]["scale"]
-    nodes = torch.cat([usage.unread_nodes(g, level)[:, -2:] for g in range(len(grids))])
-    return (nodes.float() - 0.5) / scale
 
 
 def band_mean(pixel_map: torch.Tensor, border: bool) -> float:
     """Mean of an ``(H, W)`` map over the pixels whose centres lie within ``BORDER`` of an edge (or the others)."""
     h, w = pixel_map.shape
-    rows = ((torch.arange(h) + 0.5) / h - 0.5).abs() > 0.5 - BORDER
-    cols = ((torch.arange(w) + 0.5) / w - 0.5).abs() > 0.5 - BORDER
-    mask = rows[:, None] | cols[None, :]
+    mask = near_edge((torch.arange(h) + 0.5) / h)[:, None] | near_edge((torch.arange(w) + 0.5) / w)[None, :]
     return pixel_map[mask if border else ~mask].mean().item()
-
-
-def border_share(positions: torch.Tensor) -> float:
-    """The share of ``(M, 2)`` image-plane positions within ``BORDER`` of an edge of the image."""
-    if not len(positions):
-        return 0.0
-    return ((positions < BORDER) | (positions > 1 - BORDER)).any(dim=-1).float().mean().item()
 
 
 def hits_per_entry(usage: GridUsage, level: int) -> list[dict]:
@@ -182,8 +183,7 @@ def validation_history(log_dir: Path, num_levels: int) -> list[dict]:
 
 
 def plot_usage(levels: list[float], trained: list[float], unread: list[dict], history: list[dict], dense: int,
-               hits: dict, positions: torch.Tensor, scale: float, node_count: int, pixel_std: torch.Tensor,
-               path: Path) -> bool:
+               hits: dict, scale: float, node_count: int, pixel_std: torch.Tensor, path: Path) -> bool:
     try:
         import matplotlib
 
@@ -226,6 +226,7 @@ def plot_usage(levels: list[float], trained: list[float], unread: list[dict], hi
     spread.set_ylabel("held-out reads per entry")
     spread.set_title("Reads per entry: median, 10th-90th pct. (cf. Fig. 4b)")
     spread.legend(fontsize=7)
+    positions = unread[-1]["positions"]  # the finest dense level's
     edges = ((torch.arange(node_count + 1) - 1) / scale).numpy()  # node n's cell: [(n - 1) / scale, n / scale)
     image = where.hist2d(positions[:, 0].numpy(), positions[:, 1].numpy(), bins=[edges, edges], cmap="magma")[3]
     where.set_xlim(edges[0], edges[-1])
@@ -278,9 +279,7 @@ def main() -> None:
     dense = model.retrieval.grids[0].num_dense_levels
     usage, codes, pixel_std = split_reads(model, held_out, column, resolution)
     read_by_train = split_reads(model, train_set, column, resolution)[0].hit_fraction().mean(dim=0).tolist()
-    unread, codes_outer = unread_key_values(usage, codes)
-    borders = [border_share(unread_positions(usage, level)) for level in range(dense)]
-    positions = unread_positions(usage, dense - 1)
+    unread, codes_outer = unread_dense_nodes(usage, codes)
     finest = {"finest dense": dense - 1, "maximum resolution": model.config.grid_num_levels - 1}
     hits = {name: {"level": level, "groups": hits_per_entry(usage, level)} for name, level in finest.items()}
     trained = GridUsage.trained_entries(model).hit_fraction().mean(dim=0).tolist()
@@ -294,7 +293,7 @@ def main() -> None:
         "dense_levels": dense,
         "unread_dense_nodes": [row["unread"] for row in unread],
         "unread_dense_nodes_outer_key_share": [row["outer_share"] for row in unread],
-        "unread_dense_nodes_border_share": borders,
+        "unread_dense_nodes_border_share": [row["border_share"] for row in unread],
         "held_out_images": len(held_out),
         "key_codes_outer_share": codes_outer,
         "grid_trained_per_level": trained,
@@ -306,7 +305,7 @@ def main() -> None:
     (output / "results.json").write_text(json.dumps(results, indent=2))
     shutil.copy(run_dir / "reconstructions.png", output / "reconstructions.png")
     finest_plan = model.retrieval.grids[0].levels[dense - 1]
-    has_plot = plot_usage(levels, trained, unread, history, dense, hits, positions, finest_plan["scale"],
+    has_plot = plot_usage(levels, trained, unread, history, dense, hits, finest_plan["scale"],
                           finest_plan["nodes_per_axis"], pixel_std, output / "grid_usage.png")
     report = [
         f"# Stage-1 training benchmark: `{args.preset}`, {args.minutes:g} minutes",
@@ -331,7 +330,7 @@ def main() -> None:
         + ", ".join(f"{100 * r['outer_share']:.0f}%" for r in unread) + " |",
         f"| ... of them within {Fraction(BORDER).limit_denominator()} of the image's side from an edge "
         f"({100 * (1 - (1 - 2 * BORDER) ** 2):.0f}% of its area) | "
-        + ", ".join(f"{100 * b:.0f}%" for b in borders) + " |",
+        + ", ".join(f"{100 * r['border_share']:.0f}%" for r in unread) + " |",
         f"| held-out images; their key codes outside [0.1, 0.9] | {len(held_out)}; {100 * codes_outer:.1f}% |",
         "| held-out pixel variation (std over images, mean over RGB): outer band; inside | "
         f"{band_mean(pixel_std, True):.3f}; {band_mean(pixel_std, False):.3f} |",
