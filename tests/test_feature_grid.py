@@ -14,7 +14,11 @@ def small_grid(input_dim=3, **kwargs):
 
 
 def reference_lookup(grid, x):
-    """Loop-per-corner reference of the official indexing and D-linear interpolation."""
+    """Loop-per-corner reference of the official indexing and D-linear interpolation.
+
+    Rows follow the authors' CUDA kernel (``get_grid_index``): the stride grows by the nodes per axis, an axis
+    is added while the stride fits in the level's table, and a level whose lattice does not fit is either
+    hashed or taken modulo the table size (tiled)."""
     outs = []
     for level, plan in enumerate(grid.levels):
         pos = x * plan["scale"] + 0.5
@@ -28,13 +32,18 @@ def reference_lookup(grid, x):
             weight = torch.ones(x.shape[0], dtype=x.dtype)
             for d, bit in enumerate(bits):
                 weight = weight * (frac[:, d] if bit else 1 - frac[:, d])
-            if plan["hashed"]:
+            if not plan["dense"] and grid.indexing == "hash":
                 h = torch.zeros(x.shape[0], dtype=torch.long)
                 for d in range(grid.input_dim):
                     h ^= corner[:, d] * HASH_PRIMES[d]
                 row = (h & 0xFFFFFFFF) % plan["entries"]
             else:
-                row = sum(corner[:, d] * plan["nodes_per_axis"] ** d for d in range(grid.input_dim))
+                row, stride = torch.zeros(x.shape[0], dtype=torch.long), 1
+                for d in range(grid.input_dim):
+                    if stride > plan["entries"]:
+                        break
+                    row += corner[:, d] * stride
+                    stride *= plan["nodes_per_axis"]
                 row = row % plan["entries"]
             acc += weight[:, None] * grid.embeddings.detach().to(x.dtype)[int(grid.level_starts[level]) + row]
         outs.append(acc)
@@ -62,8 +71,9 @@ def test_tcnn_convention_counts_resolution_nodes_per_axis():
 
 @pytest.mark.parametrize("input_dim", [2, 3, 4, 5])
 @pytest.mark.parametrize("convention", ["torch-ngp", "tcnn"])
-def test_matches_reference_for_dense_and_hashed_levels(input_dim, convention):
-    grid = small_grid(input_dim, convention=convention, log2_hashmap_size=6 if input_dim == 2 else 8)
+@pytest.mark.parametrize("indexing", ["tiled", "hash"])
+def test_matches_reference_for_dense_and_shared_levels(input_dim, convention, indexing):
+    grid = small_grid(input_dim, convention=convention, indexing=indexing, log2_hashmap_size=6 if input_dim == 2 else 8)
     assert 0 < grid.num_dense_levels < grid.num_levels  # both kinds of level are exercised
     torch.nn.init.normal_(grid.embeddings)
     x = torch.rand(300, input_dim)
@@ -71,6 +81,34 @@ def test_matches_reference_for_dense_and_hashed_levels(input_dim, convention):
     out = grid(x)
     assert out.shape == (300, grid.num_levels * grid.features_per_level)
     torch.testing.assert_close(out, reference_lookup(grid, x), rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_indexing_hand_computed():
+    # One level of 5 nodes per axis (scale 3) in 32 entries: rows (x + 5 y + 25 k) mod 32, paper eq. 6.
+    grid = MultiResolutionFeatureGrid(3, 1, 1, 5, 4, 4, backend="torch", indexing="tiled")
+    assert grid.levels[0]["nodes_per_axis"] == 5 and not grid.levels[0]["dense"] and grid.num_entries == [32]
+    with torch.no_grad():
+        grid.embeddings.copy_(torch.arange(32.0).view(32, 1))  # each entry holds its row number
+    # pos = (0.5, 0.3, 0.9) * 3 + 0.5 = (2.0, 1.4, 3.2): cell (2, 1, 3), weights 0.6/0.4 on y and 0.8/0.2 on k;
+    # rows: (2,1,3) -> 82 % 32 = 18, (2,2,3) -> 23, (2,1,4) -> 107 % 32 = 11, (2,2,4) -> 16
+    out = grid(torch.tensor([[0.5, 0.3, 0.9]]))
+    torch.testing.assert_close(out, torch.tensor([[0.48 * 18 + 0.32 * 23 + 0.12 * 11 + 0.08 * 16]]))
+    # With 8 entries the authors' kernel stops adding axes once the stride (25) exceeds the table: rows x + 5 y.
+    grid = MultiResolutionFeatureGrid(3, 1, 1, 3, 4, 4, backend="torch", indexing="tiled")
+    with torch.no_grad():
+        grid.embeddings.copy_(torch.arange(8.0).view(8, 1))
+    out = grid(torch.tensor([[0.5, 0.3, 0.9]]))  # rows (2,1) -> 7 and (2,2) -> 12 % 8 = 4, whatever k
+    torch.testing.assert_close(out, torch.tensor([[0.6 * 7 + 0.4 * 4]]))
+
+
+def test_hash_indexing_differs_from_tiling_only_on_shared_levels():
+    tiled, hashed = small_grid(3, indexing="tiled"), small_grid(3, indexing="hash")
+    hashed.load_state_dict(tiled.state_dict())
+    x = torch.rand(200, 3)
+    (i_tiled, _), (i_hashed, _) = tiled.corner_indices(x), hashed.corner_indices(x)
+    dense = tiled.num_dense_levels
+    assert torch.equal(i_tiled[:, :dense], i_hashed[:, :dense])
+    assert not torch.equal(i_tiled[:, dense:], i_hashed[:, dense:])
 
 
 def test_constant_table_gives_constant_everywhere():
@@ -145,6 +183,7 @@ def test_bad_queries_raise_value_error(x, message):
         (dict(min_resolution=8, max_resolution=4), "min_resolution"),
         (dict(log2_hashmap_size=40), "log2_hashmap_size"),
         (dict(convention="nerf"), "convention"),
+        (dict(indexing="modulo"), "indexing"),
         (dict(backend="cuda"), "backend"),
     ],
 )
@@ -157,23 +196,25 @@ def test_auto_backend_is_torch_where_tcnn_cannot_run():
     grid = MultiResolutionFeatureGrid(3, backend="auto")
     assert grid.backend == "torch"
     assert "torch-ngp" in grid.tcnn_unavailable_reason()
+    tiled = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="auto", convention="tcnn", indexing="tiled")
+    assert tiled.backend == "torch" and "tiles" in tiled.tcnn_unavailable_reason()
 
 
 def test_tcnn_backend_refused_with_clear_reason_when_unavailable():
-    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn")
+    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn", indexing="hash")
     reason = grid.tcnn_unavailable_reason()
     if reason is None:
         pytest.skip("tinycudann and CUDA are available; covered by test_tcnn_backend_matches_torch")
     with pytest.raises(ValueError, match="tcnn"):
-        MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn")
+        MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn", indexing="hash")
 
 
 def test_tcnn_backend_matches_torch():
-    probe = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn")
+    probe = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn", indexing="hash")
     reason = probe.tcnn_unavailable_reason()
     if reason is not None:
         pytest.skip(f"tiny-cuda-nn backend unavailable: {reason}")
-    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn").cuda()
+    grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn", indexing="hash").cuda()
     torch.nn.init.normal_(grid.embeddings)
     x = torch.rand(512, 3, device="cuda")
     out_tcnn = grid(x)

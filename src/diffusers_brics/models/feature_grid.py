@@ -5,7 +5,12 @@ looked up at ``N_r`` resolutions. Level ``l`` has ``scale_l = r_min * b**l - 1``
 growth factor ``b = (r_max / r_min) ** (1 / (N_r - 1))``. The ``2**D`` grid nodes around
 ``q * scale_l + 0.5`` are read from the level's table and D-linearly interpolated; the ``N_r`` results of
 ``C_v`` features each are concatenated. A level's table is *dense* (one entry per grid node) while its nodes
-fit in ``T`` entries, and a coherent-prime spatial *hash* of the node modulo ``T`` beyond (instant-NGP).
+fit in ``T`` entries. Beyond, several nodes share an entry, by one of two ``indexing`` rules:
+
+* ``"tiled"`` (the paper's eq. 6 and the authors' training command): the dense row index modulo ``T``,
+  ``(sum_d x_d * stride_d) mod T``, so the lattice wraps around the table like a tiling. As in the authors'
+  kernel, the sum stops at the first axis whose stride exceeds ``T`` (with ``C_key = 1`` it never does);
+* ``"hash"`` (instant-NGP): a coherent-prime spatial hash of the node modulo ``T``.
 
 Gradients reach both the tables and the queries: the interpolation weights are differentiable in ``q``,
 which is how BRICS trains its key codes without a straight-through estimator.
@@ -32,6 +37,7 @@ _UINT32_MASK = 0xFFFFFFFF
 
 GridBackend = Literal["auto", "torch", "tcnn"]
 GridConvention = Literal["torch-ngp", "tcnn"]
+GridIndexing = Literal["tiled", "hash"]
 
 
 def _level_plan(
@@ -42,7 +48,7 @@ def _level_plan(
     log2_hashmap_size: int,
     convention: str,
 ) -> list[dict]:
-    """Scale, nodes per axis, table size and kind (dense or hashed) of every level."""
+    """Scale, nodes per axis, table size and whether the table is dense (one entry per node), for every level."""
     growth = (max_resolution / min_resolution) ** (1.0 / (num_levels - 1)) if num_levels > 1 else 1.0
     max_entries = 2**log2_hashmap_size
     plan = []
@@ -53,9 +59,7 @@ def _level_plan(
         dense_nodes = nodes_per_axis**input_dim
         entries = min(max_entries, dense_nodes)
         entries = (entries + 7) // 8 * 8  # tables are padded to a multiple of 8 entries, as in the official code
-        plan.append(
-            dict(scale=scale, nodes_per_axis=nodes_per_axis, entries=entries, hashed=dense_nodes > entries)
-        )
+        plan.append(dict(scale=scale, nodes_per_axis=nodes_per_axis, entries=entries, dense=dense_nodes <= entries))
     return plan
 
 
@@ -109,6 +113,8 @@ class MultiResolutionFeatureGrid(nn.Module):
         backend (`str`): ``"torch"`` (any device), ``"tcnn"`` (tiny-cuda-nn, CUDA, ``D <= 4``, convention
             ``"tcnn"``), or ``"auto"``: ``tcnn`` where it can run, ``torch`` otherwise.
         convention (`str`): ``"torch-ngp"`` (the paper's counts) or ``"tcnn"``; see the module docstring.
+        indexing (`str`): how levels with more nodes than ``T`` share entries: ``"tiled"`` (paper eq. 6, the
+            authors' command) or ``"hash"`` (instant-NGP, and what tiny-cuda-nn implements).
 
     Shapes: ``grid(x)`` takes ``x`` of shape ``(N, D)`` in ``[0, 1]`` and returns
     ``(N, num_levels * features_per_level)``, level-major.
@@ -125,6 +131,7 @@ class MultiResolutionFeatureGrid(nn.Module):
         init_scale: float = 1e-4,
         backend: GridBackend = "auto",
         convention: GridConvention = "torch-ngp",
+        indexing: GridIndexing = "tiled",
     ):
         super().__init__()
         if not 2 <= input_dim <= len(HASH_PRIMES):
@@ -144,6 +151,8 @@ class MultiResolutionFeatureGrid(nn.Module):
             raise ValueError(f"convention must be 'torch-ngp' or 'tcnn', got {convention!r}")
         if backend not in ("auto", "torch", "tcnn"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'tcnn', got {backend!r}")
+        if indexing not in ("tiled", "hash"):
+            raise ValueError(f"indexing must be 'tiled' or 'hash', got {indexing!r}")
 
         self.input_dim = input_dim
         self.num_levels = num_levels
@@ -152,6 +161,7 @@ class MultiResolutionFeatureGrid(nn.Module):
         self.min_resolution = min_resolution
         self.max_resolution = max_resolution
         self.convention = convention
+        self.indexing = indexing
         self.levels = _level_plan(
             input_dim, num_levels, min_resolution, max_resolution, log2_hashmap_size, convention
         )
@@ -159,17 +169,20 @@ class MultiResolutionFeatureGrid(nn.Module):
         self.embeddings = nn.Parameter(torch.empty(sum(entries), features_per_level))
         nn.init.uniform_(self.embeddings, -init_scale, init_scale)
 
-        # Dense levels come first (resolutions grow with the level), hashed ones last.
-        self.num_dense_levels = sum(not level["hashed"] for level in self.levels)
+        # Dense levels come first (resolutions grow with the level), shared (tiled or hashed) ones last.
+        self.num_dense_levels = sum(level["dense"] for level in self.levels)
         bits = _corner_bits(input_dim)
         strides = torch.tensor(
             [[level["nodes_per_axis"] ** d for d in range(input_dim)] for level in self.levels], dtype=torch.long
         )
+        # The authors' kernel adds an axis to a tiled index only while its stride fits in the table.
+        strides = torch.where(strides <= torch.tensor(entries).view(-1, 1), strides, 0)
         # Kept as Python floats, not a buffer: `module.half()` would round a float buffer to 11 bits.
         self.scales = tuple(level["scale"] for level in self.levels)
-        self.register_buffer("strides", strides[: self.num_dense_levels], persistent=False)
-        # Offset of every corner from the cell's first corner in a dense table: (L_dense, 2**D).
-        self.register_buffer("corner_offsets", strides[: self.num_dense_levels] @ bits.T, persistent=False)
+        # Row strides of the dense levels, and of every level under tiling: (L, D).
+        self.register_buffer("strides", strides, persistent=False)
+        # Offset of every corner from the cell's first corner in a dense (or tiled) table: (L, 2**D).
+        self.register_buffer("corner_offsets", strides @ bits.T, persistent=False)
         starts = [0]
         for count in entries[:-1]:
             starts.append(starts[-1] + count)
@@ -209,6 +222,8 @@ class MultiResolutionFeatureGrid(nn.Module):
         """Why the tiny-cuda-nn backend cannot serve this grid, or None when it can."""
         if self.convention != "tcnn":
             return "tiny-cuda-nn indexes grids with the 'tcnn' convention; this grid uses 'torch-ngp'"
+        if self.indexing != "hash" and self.num_dense_levels < self.num_levels:
+            return "tiny-cuda-nn hashes the levels that exceed its table; this grid tiles them (indexing='tiled')"
         if self.input_dim > 4:
             return f"tiny-cuda-nn supports input_dim 2 to 4, got {self.input_dim}"
         if not torch.cuda.is_available():
@@ -262,12 +277,17 @@ class MultiResolutionFeatureGrid(nn.Module):
         nd = self.num_dense_levels
         if nd > 0:
             # Row of the cell's first corner, in float (exact: tables hold < 2**24 entries), then per corner.
-            base = (cell[:, :nd] * self.strides.T.to(x.dtype).unsqueeze(-1)).sum(0).long()  # (L_dense, N)
-            dense = base + self.corner_offsets.T.unsqueeze(-1)  # (K, L_dense, N)
+            base = (cell[:, :nd] * self.strides[:nd].T.to(x.dtype).unsqueeze(-1)).sum(0).long()  # (L_dense, N)
+            dense = base + self.corner_offsets[:nd].T.unsqueeze(-1)  # (K, L_dense, N)
             if self.convention == "tcnn":  # tcnn's last node per axis wraps around the table
                 dense = dense % self.level_entries[:nd].view(1, -1, 1)
             parts.append(dense)
-        if nd < self.num_levels:
+        if nd < self.num_levels and self.indexing == "tiled":
+            # The dense row modulo T (paper eq. 6), in integers: the unwrapped row may pass 2**24.
+            base = (cell[:, nd:].long() * self.strides[nd:].T.unsqueeze(-1)).sum(0)  # (L_shared, N)
+            tiled = (base + self.corner_offsets[nd:].T.unsqueeze(-1)) % self.level_entries[nd:].view(1, -1, 1)
+            parts.append(tiled)
+        elif nd < self.num_levels:
             hashed_cells = cell[:, nd:].long()  # (D, L_hash, N)
             primes = self.primes.view(-1, 1, 1)
             low, high = hashed_cells * primes, (hashed_cells + 1) * primes
@@ -316,5 +336,5 @@ class MultiResolutionFeatureGrid(nn.Module):
             f"input_dim={self.input_dim}, num_levels={self.num_levels}, features_per_level="
             f"{self.features_per_level}, log2_hashmap_size={self.log2_hashmap_size}, resolution="
             f"{self.min_resolution}..{self.max_resolution}, dense_levels={self.num_dense_levels}, "
-            f"convention={self.convention!r}, backend={self.backend!r}"
+            f"indexing={self.indexing!r}, convention={self.convention!r}, backend={self.backend!r}"
         )
