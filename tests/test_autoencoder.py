@@ -1,12 +1,17 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.pipelines.ltx.pipeline_ltx_latent_upsample import retrieve_latents  # needs no transformers
 
 from diffusers_brics import PRESETS, BRICSAutoencoder, BRICSEncoderOutput
+from diffusers_brics.models.autoencoder_brics import LEGACY_CONFIG
 from diffusers_brics.summary import decode_macs, main as summary_main, parameter_counts
+
+LEGACY_TINY = Path(__file__).parent / "data" / "legacy_tiny"
 
 
 @pytest.fixture
@@ -92,8 +97,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert checkpointed.is_gradient_checkpointing
     x = images()
     for m in (reference, checkpointed):
-        m.train()
-        m(x).sample.square().mean().backward()
+        m.train()  # the decoder's noise inputs draw from the generator, the same in both runs
+        m(x, generator=torch.Generator().manual_seed(0)).sample.square().mean().backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
@@ -123,20 +128,119 @@ def test_all_presets_build():
         BRICSAutoencoder.from_preset("paper-8x8x4")
 
 
-def test_paper_configuration_matches_table_3():
+def test_paper_configuration_matches_table_3_and_the_release():
     model = BRICSAutoencoder.from_preset("paper-64x64x4", grid_backend="torch")
     counts = parameter_counts(model)
-    assert counts["grids"] == 18_630_272
-    assert abs(counts["decoder_path"] / 9.9e6 - 1) < 0.15
+    assert counts["grids"] == 18_630_272  # Table 3's 18.6M
+    # the release's decoder path, built from its sources: per-group MLPs and style networks + synthesis network
+    assert counts["retrieval_mlps"] + counts["mapping"] == 282_112
+    assert counts["synthesis"] == 9_445_521
+    assert counts["decoder_path"] == 9_727_633  # Table 3: 9.9M
+    assert counts["encoder"] == 3_472_196  # the release's encoder without its unused mid block
     macs = decode_macs(model)
-    assert abs(macs["total"] / 63.41e9 - 1) < 0.15
-    # paper supp. B: retrieval costs 0.27 GFLOPs (multiplications), 95% of it in the MLPs
-    assert abs(macs["retrieval"] / 0.27e9 - 1) < 0.05
+    # the release decodes 256x256 at 68.2 GMACs (67.90 synthesis + 0.27 retrieval), 7.5% above Table 3's 63.41
+    assert abs(macs["decoder"] / 67.90e9 - 1) < 0.001
+    assert abs(macs["retrieval"] / 0.27e9 - 1) < 0.01  # paper supp. B: 0.27 GFLOPs, 95% of it in the MLPs
+    assert abs(macs["total"] / 68.16e9 - 1) < 0.001
 
 
 def test_summary_cli_prints_table_3_comparison(capsys):
     assert summary_main(["tiny"]) == 0
     assert "feature grids" in capsys.readouterr().out
+    assert summary_main(["--config", str(LEGACY_TINY)]) == 0
+    assert "2 hash levels" in capsys.readouterr().out
+
+
+def test_config_saved_before_the_release_architecture_loads_and_decodes_bit_identically():
+    # tests/data/legacy_tiny was saved by diffusers-brics 0.1.0 (the first architecture): see its README.md.
+    model = BRICSAutoencoder.from_pretrained(LEGACY_TINY).eval()
+    assert {k: model.config[k] for k in LEGACY_CONFIG} == LEGACY_CONFIG
+    expected = np.load(LEGACY_TINY / "expected.npz")
+    with torch.no_grad():
+        latents = model.encode(torch.from_numpy(expected["images"])).latents
+        decoded = model.decode(torch.from_numpy(expected["codes"])).sample
+    assert torch.equal(latents, torch.from_numpy(expected["latents"]))
+    assert torch.equal(decoded, torch.from_numpy(expected["decoded"]))
+
+
+def test_legacy_model_saved_again_keeps_its_architecture(tmp_path):
+    model = BRICSAutoencoder.from_pretrained(LEGACY_TINY).eval()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["retrieval_mlp"] == "plain"
+    again = BRICSAutoencoder.from_pretrained(tmp_path).eval()
+    z = torch.rand(2, *model.latent_shape)
+    assert torch.equal(model.decode(z).sample, again.decode(z).sample)
+
+
+def test_a_config_builds_the_same_model_as_keywords(model):
+    # diffusers builds models as Model(**dict(model.config)) (its own model tests do)
+    rebuilt = BRICSAutoencoder(**dict(model.config)).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    z = torch.rand(2, *model.latent_shape)
+    assert torch.equal(rebuilt.decode(z).sample, model.decode(z).sample)
+    assert dict(rebuilt.config) == dict(model.config)
+    # the derived entries follow the fields they come from, through from_config overrides too
+    assert BRICSAutoencoder.from_config(model.config, num_groups=4).config.latent_channels == 4
+    with pytest.raises(ValueError, match="latent_channels=3 contradicts"):
+        BRICSAutoencoder(**{**dict(model.config), "latent_channels": 3})
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("encoder_layout", "diffusers"),
+        ("grid_indexing", "hash"),
+        ("grid_query_order", "key-row-col"),
+        ("retrieval_mlp", "plain"),
+        ("relaxed_precision_placement", "per_position"),
+        ("decoder_style", "feature_block"),
+        ("decoder_noise", False),
+        ("decoder_conv_clamp", None),
+    ],
+)
+def test_each_alternative_to_the_release_builds_trains_and_round_trips(option, value, tmp_path):
+    model = BRICSAutoencoder.from_preset("tiny", **{option: value})
+    assert model.config[option] == value != BRICSAutoencoder.from_preset("tiny").config[option]
+    x = images()
+    model.train()
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out.sample.shape == x.shape
+    out.sample.square().mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "noise_strength" not in n), option
+    model.eval().save_pretrained(tmp_path)
+    loaded = BRICSAutoencoder.from_pretrained(tmp_path).eval()
+    assert loaded.config[option] == value
+    assert torch.equal(loaded(x).sample, model(x).sample)
+
+
+def test_release_and_first_layouts_have_their_parameter_counts():
+    release = parameter_counts(BRICSAutoencoder.from_preset("small-32"))
+    saved = Path(__file__).parents[1] / "benchmarks" / "configs" / "small-32-v0.1"  # small-32 of version 0.1.0
+    first = parameter_counts(BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(saved)))
+    # small-32: group MLPs 4 x (2 x 32 x 33 + 33 x 32) plain; modulated adds per layer a style affine (64 -> 32)
+    assert first["retrieval_mlps"] == 4 * (32 * 32 + 32 + 32 * 32 + 32 + 32 * 32 + 32)
+    assert release["retrieval_mlps"] == first["retrieval_mlps"] + 4 * (3 * (64 * 32 + 32) + 32 * 32 + 32 + 64 * 32 + 64)
+    assert release["mapping"] == 4 * (3 * (32 * 32 + 32))  # per group 32 -> 32 -> 32 -> 128 / 4
+    assert first["mapping"] == 2 * (128 * 128 + 128)  # 2 layers of 128 on pooled f
+
+
+def test_decoder_noise_is_fixed_at_inference_and_drawn_in_training(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "noise_strength" in name:
+                p.fill_(0.5)
+    z = torch.rand(2, *model.latent_shape)
+    const = model.decode(z).sample
+    assert torch.equal(model.decode(z).sample, const)
+    assert not torch.equal(model.decode(z, noise_mode="none").sample, const)
+    random = model.decode(z, noise_mode="random", generator=torch.Generator().manual_seed(0)).sample
+    assert not torch.equal(random, const)
+    model.train()
+    trained = model.decode(z, relaxed_precision=False, generator=torch.Generator().manual_seed(0)).sample
+    assert torch.equal(trained, random)  # training mode: random noise inputs by default
+    model.eval()
+    noisy = model.decode(z, relaxed_precision=True, generator=torch.Generator().manual_seed(0)).sample
+    assert not torch.equal(noisy, const)  # the release's reconstruction metrics: relaxed precision at eval
 
 
 @pytest.mark.parametrize(
@@ -198,6 +302,17 @@ def test_bad_key_codes_raise_value_error(model, z, message):
         (dict(decoder_block_out_channels=()), "decoder_block_out_channels"),
         (dict(grid_init_scale=-1e-4), "grid_init_scale"),
         (dict(grid_init_scale=float("nan")), "grid_init_scale"),
+        (dict(encoder_layout="vqgan"), "encoder_layout"),
+        (dict(grid_indexing="modulo"), "grid_indexing"),
+        (dict(grid_query_order="xyk"), "grid_query_order"),
+        (dict(retrieval_mlp="mlp"), "retrieval_mlp"),
+        (dict(relaxed_precision_placement="tiled"), "relaxed_precision_placement"),
+        (dict(decoder_style="mapping"), "decoder_style"),
+        (dict(decoder_conv_clamp=0), "decoder_conv_clamp"),
+        (dict(encoder_attention_resolutions=8), "encoder_attention_resolutions"),
+        (dict(encoder_block_out_channels=(4, 16, 16)), "stem"),
+        (dict(style_dim=15), "style_dim"),
+        (dict(mapping_layers=0), "mapping_layers"),
     ],
 )
 def test_configurations_that_cannot_work_raise_value_error(overrides, message):
@@ -225,7 +340,8 @@ def test_half_precision_key_codes_read_the_grids_like_float32(model):
     # Codes of a bf16 model (or under autocast) are widened before the look-up: the feature block of bf16
     # codes equals the float32 block of the same (bf16-representable) codes.
     z = torch.rand(2, 2, 8, 8).to(torch.bfloat16)
-    assert torch.equal(model.retrieval(z), model.retrieval(z.float()))
+    for a, b in zip(model.retrieval(z), model.retrieval(z.float())):
+        assert torch.equal(a, b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast_sample = model.decode(z).sample
     torch.testing.assert_close(autocast_sample.float(), model.decode(z.float()).sample, rtol=0, atol=0.1)

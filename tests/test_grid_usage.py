@@ -35,9 +35,9 @@ def test_unread_nodes_are_the_key_values_no_code_came_near():
     assert bool(((nodes[:, 0] - 0.5) / scale >= 0.5 - 1 / scale).all())
     reachable = usage.reachable_rows(grid, level).numel()
     torch.testing.assert_close(usage.hit_fraction()[0, level], torch.tensor(1 - len(nodes) / reachable))
-    hashed = [i for i, plan in enumerate(grid.levels) if plan["hashed"]]
+    hashed = [i for i, plan in enumerate(grid.levels) if not plan["dense"]]
     assert hashed, "the tiny preset has hashed levels"
-    with pytest.raises(ValueError, match="hashed"):
+    with pytest.raises(ValueError, match="not dense"):
         usage.unread_nodes(0, hashed[0])
 
 
@@ -50,7 +50,7 @@ def test_trained_entries_are_exactly_the_entries_training_read():
     optimizer = torch.optim.Adam(grids, lr=1e-2, betas=(0.0, 0.99), eps=1e-15)
     for _ in range(3):
         optimizer.zero_grad()
-        model.retrieval(codes).sub(1).square().mean().backward()
+        model.retrieval(codes)[0].sub(1).square().mean().backward()
         optimizer.step()
     read = GridUsage(model)
     read.update(codes)
@@ -100,6 +100,6 @@ def test_group_and_level_outside_the_model_raise_with_the_valid_range():
         with pytest.raises(ValueError, match=rf"^level must be an integer in \[0, {levels - 1}\]"):
             usage.reachable_rows(grid, level)
     # a hashed level has no lattice nodes to reach; level_rows counts all of its entries instead
-    with pytest.raises(ValueError, match="hashed"):
+    with pytest.raises(ValueError, match="not dense"):
         usage.reachable_rows(grid, dense)
     assert usage.level_rows(grid, dense).numel() == grid.levels[dense]["entries"]

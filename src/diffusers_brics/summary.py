@@ -1,4 +1,5 @@
-"""Model summary: parameters per component and decode multiply-accumulates, against the paper's Table 3.
+"""Model summary: parameters per component and decode multiply-accumulates, against the paper's Table 3 and
+the authors' release.
 
     python -m diffusers_brics.summary paper-64x64x4
     python -m diffusers_brics.summary --all
@@ -23,6 +24,13 @@ TABLE3 = {
     "paper-16x16x8": (21.2e6, 9.9e6, 63.54),
     "paper-16x16x16": (42.9e6, 9.9e6, 63.80),
 }
+# The authors' release (brics-project/brics_code_release, its README's training command), built from its sources
+# on CPU: grid parameters, decoder-path parameters (per-group MLPs and style networks 282,112 + synthesis
+# 9,445,521) and decode multiply-accumulates at 256x256 by torch.utils.flop_counter (67.90 synthesis + 0.27
+# retrieval; its CUDA grid look-up is not counted, as ours is not).
+RELEASE = {
+    "paper-64x64x4": (18_630_272, 9_727_633, 68.16),
+}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -30,14 +38,21 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def parameter_counts(model: BRICSAutoencoder) -> dict[str, int]:
-    """Parameters per component; ``decoder_path`` is everything after the grids (MLPs + decoder)."""
-    grids = sum(grid.embeddings.numel() for grid in model.retrieval.grids)
+    """Parameters per component; ``decoder_path`` is everything after the grids (MLPs, style networks, decoder).
+
+    ``retrieval_mlps`` counts the per-group ``F_mlp`` with their modulation networks; ``mapping`` the networks
+    giving the decoder's style (the groups' style networks, or the decoder's own mapping network).
+    """
+    retrieval, decoder = model.retrieval, model.decoder
+    grids = sum(grid.embeddings.numel() for grid in retrieval.grids)
+    mapping = _count(retrieval.style_mappings) if retrieval.style_mappings is not None else _count(decoder.mapping)
     counts = {
         "encoder": _count(model.encoder),
         "grids": grids,
-        "retrieval_mlps": _count(model.retrieval.mlps),
-        "mapping": _count(model.decoder.mapping),
-        "synthesis": _count(model.decoder) - _count(model.decoder.mapping),
+        "retrieval_mlps": _count(retrieval.mlps) + (_count(retrieval.modulation_mappings)
+                                                   if retrieval.modulation_mappings is not None else 0),
+        "mapping": mapping,
+        "synthesis": _count(decoder) - (_count(decoder.mapping) if decoder.mapping is not None else 0),
     }
     counts["decoder_path"] = counts["retrieval_mlps"] + counts["mapping"] + counts["synthesis"]
     counts["total"] = _count(model)
@@ -47,17 +62,14 @@ def parameter_counts(model: BRICSAutoencoder) -> dict[str, int]:
 @torch.no_grad()
 def decode_macs(model: BRICSAutoencoder, batch_size: int = 1) -> dict[str, float]:
     """Multiply-accumulates of one decode, split into retrieval and decoder (``torch.utils.flop_counter``)."""
-    was_training = model.training
-    model.eval()
     param = next(model.parameters())
     z = torch.rand(batch_size, *model.latent_shape, device=param.device, dtype=param.dtype)
     with FlopCounterMode(display=False) as counter:
-        f = model.retrieval(z)
+        f, style = model.retrieval(z, relaxed_precision=False)
     retrieval = counter.get_total_flops() / 2
     with FlopCounterMode(display=False) as counter:
-        model.decoder(f)
+        model.decoder(f, style, noise_mode="const")
     decoder = counter.get_total_flops() / 2
-    model.train(was_training)
     return {"retrieval": retrieval, "decoder": decoder, "total": retrieval + decoder}
 
 
@@ -78,13 +90,13 @@ def summarize(model: BRICSAutoencoder, name: str | None = None) -> str:
         f"  grids: N_r={c.grid_num_levels} levels x C_v={c.grid_features_per_level}, T=2^{c.grid_log2_hashmap_size}, "
         f"r={c.grid_min_resolution:g}..{c.grid_max_resolution:g}, "
         f"{model.retrieval.grids[0].num_dense_levels} dense + "
-        f"{c.grid_num_levels - model.retrieval.grids[0].num_dense_levels} hashed levels per group",
+        f"{c.grid_num_levels - model.retrieval.grids[0].num_dense_levels} {c.grid_indexing} levels per group",
         "",
         "  parameters",
         f"    encoder                      {counts['encoder']:>14,}",
         f"    feature grids (all groups)   {counts['grids']:>14,}",
-        f"    retrieval MLPs               {counts['retrieval_mlps']:>14,}",
-        f"    decoder mapping network      {counts['mapping']:>14,}",
+        f"    retrieval MLPs (F_mlp)       {counts['retrieval_mlps']:>14,}",
+        f"    style networks               {counts['mapping']:>14,}",
         f"    decoder synthesis network    {counts['synthesis']:>14,}",
         f"    decoder path (MLPs+decoder)  {counts['decoder_path']:>14,}",
         f"    total                        {counts['total']:>14,}",
@@ -96,16 +108,17 @@ def summarize(model: BRICSAutoencoder, name: str | None = None) -> str:
     ]
     if name in TABLE3:
         grids, decoder, gmacs = TABLE3[name]
-        lines += [
-            "",
-            "  paper Table 3                  paper      here   deviation",
-            f"    grid parameters            {grids / 1e6:>7.1f}M {counts['grids'] / 1e6:>8.2f}M   "
-            f"{_deviation(counts['grids'], grids)}",
-            f"    decoder parameters         {decoder / 1e6:>7.1f}M {counts['decoder_path'] / 1e6:>8.2f}M   "
-            f"{_deviation(counts['decoder_path'], decoder)}",
-            f"    decode GMACs               {gmacs:>8.2f} {macs['total'] / 1e9:>9.2f}   "
-            f"{_deviation(macs['total'] / 1e9, gmacs)}",
-        ]
+        release = RELEASE.get(name)
+        here = (counts["grids"], counts["decoder_path"], macs["total"] / 1e9)
+        lines += ["", "  paper Table 3 / release       paper      release         here   vs paper  vs release"]
+        for label, paper, ours, ref, unit in (
+            ("grid parameters", grids, here[0], release and release[0], 1e6),
+            ("decoder parameters", decoder, here[1], release and release[1], 1e6),
+            ("decode GMACs", gmacs, here[2], release and release[2], 1.0),
+        ):
+            fmt = (lambda v: f"{v / unit:,.2f}M") if unit > 1 else (lambda v: f"{v:,.2f}")
+            lines.append(f"    {label:<22} {fmt(paper):>10} {fmt(ref) if ref else '-':>12} {fmt(ours):>12}   "
+                         f"{_deviation(ours, paper):>8}  {_deviation(ours, ref) if ref else '-':>10}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ class GridUsage:
     """Counts, per group and level, how often each table entry is read with a non-zero interpolation weight.
 
     Feed key codes with `update`, then read `hit_fraction()`: ``(N_h, N_r)``, the share of a level's entries
-    that were read at least once. Hashed levels count all ``T`` entries. Dense levels count, by default, the
+    that were read at least once. Shared levels (more nodes than ``T``, tiled or hashed) count all ``T`` entries.
+    Dense levels count, by default, the
     *reachable* nodes: those some query can touch, given key codes in ``[0, 1]`` and the fixed lattice of pixel
     coordinates (a grid finer than the feature block skips nodes between pixel centres, and with a
     non-integer scale the last node of an axis lies beyond ``1``). ``reachable_only=False`` counts every node.
@@ -49,32 +50,31 @@ class GridUsage:
         """
         self.model._check_latents(key_codes, "key_codes")
         retrieval = self.model.retrieval
-        was_training = retrieval.training
-        retrieval.eval()
-        queries = retrieval.queries(key_codes)
-        retrieval.train(was_training)
+        queries = retrieval.queries(key_codes, relaxed_precision=False)
         for grid, q, counts in zip(retrieval.grids, queries, self.counts):
             index, weights = grid.corner_indices(q)
             read = index[weights > 0].cpu()
             counts += torch.bincount(read, minlength=counts.numel())
 
     def reachable_rows(self, grid, level: int) -> torch.Tensor:
-        """Rows of a dense level's table that some query can touch (a hashed level raises ValueError)."""
+        """Rows of a dense level's table that some query can touch (a shared level raises ValueError)."""
         _check_index("level", level, len(grid.levels))
-        if grid.levels[level]["hashed"]:
-            raise ValueError(f"level {level} is hashed: its entries are not lattice nodes")
+        if not grid.levels[level]["dense"]:
+            raise ValueError(f"level {level} is not dense: its {grid.indexing} entries are shared by several lattice "
+                             "nodes")
         plan, retrieval = grid.levels[level], self.model.retrieval
         scale, size = plan["scale"], retrieval.feature_size
         key_nodes = torch.arange(int(scale + 0.5) + 2)  # key codes span [0, 1]
         centres = torch.floor((torch.arange(size) + 0.5) / size * scale + 0.5).long()
         pixel_nodes = torch.unique(torch.cat([centres, centres + 1]))
-        axes = [key_nodes] * retrieval.key_channels + [pixel_nodes, pixel_nodes]
+        axes = [key_nodes if axis in retrieval.key_axes else pixel_nodes for axis in range(grid.input_dim)]
         nodes = torch.cartesian_prod(*axes).view(-1, grid.input_dim)
         strides = torch.tensor([plan["nodes_per_axis"] ** d for d in range(grid.input_dim)])
         return torch.unique((nodes * strides).sum(-1) % plan["entries"]) + int(grid.level_starts[level])
 
     def unread_nodes(self, group: int, level: int) -> torch.Tensor:
-        """``(M, D)`` lattice coordinates (key axes, then x, y) of the reachable nodes of a dense level never read.
+        """``(M, D)`` lattice coordinates (key axes, then row, then column, whatever the grid's query order) of the
+        reachable nodes of a dense level never read.
 
         Node ``k`` of a key axis sits at key value ``(k - 0.5) / scale``; where the unread nodes lie tells whether
         usage is limited by the key codes' range (outermost nodes) or by the grid's capacity (everywhere).
@@ -84,14 +84,16 @@ class GridUsage:
         rows = self.reachable_rows(grid, level)
         unread = rows[self.counts[group][rows] == 0] - int(grid.level_starts[level])
         n = grid.levels[level]["nodes_per_axis"]
-        return torch.stack([(unread // n**d) % n for d in range(grid.input_dim)], dim=-1)
+        retrieval = self.model.retrieval
+        order = [*retrieval.key_axes, *retrieval.pixel_axes]
+        return torch.stack([(unread // n**d) % n for d in order], dim=-1)
 
     def level_rows(self, grid, level: int, reachable_only: bool = True) -> torch.Tensor:
-        """Rows of a grid's table that a level's usage counts: every entry of a hashed level; the reachable nodes
+        """Rows of a grid's table that a level's usage counts: every entry of a shared level; the reachable nodes
         of a dense level (all of its nodes with ``reachable_only=False``)."""
         _check_index("level", level, len(grid.levels))
         plan, start = grid.levels[level], int(grid.level_starts[level])
-        if plan["hashed"]:
+        if not plan["dense"]:
             return torch.arange(start, start + plan["entries"])
         if not reachable_only:
             return torch.arange(start, start + plan["nodes_per_axis"] ** grid.input_dim)
@@ -116,9 +118,6 @@ def _check_index(name: str, value: int, count: int) -> None:
 def grid_usage(model: BRICSAutoencoder, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """``(N_h, N_r)`` hit fractions for the images of ``batches`` (each ``(B, 3, H, W)`` in ``[-1, 1]``)."""
     usage = GridUsage(model)
-    was_training = model.training
-    model.eval()
     for images in batches:
-        usage.update(model.encode(images).latents)
-    model.train(was_training)
+        usage.update(model.encode(images, sample_posterior=False).latents)
     return usage.hit_fraction()

@@ -231,17 +231,9 @@ class BRICSPipeline(DiffusionPipeline):
         return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}
 
     def decode_key_codes(self, key_codes: torch.Tensor) -> torch.Tensor:
-        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]``, without relaxed-precision noise.
-
-        The VAE decodes in eval mode whatever its mode; the modes of its modules are restored afterwards.
-        """
-        modes = {module: module.training for module in self.vae.modules()}
-        self.vae.eval()
-        try:
-            return self.vae.decode(key_codes).sample
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]``: no relaxed-precision noise, and the decoder's
+        fixed noise inputs (where it has any), whatever the VAE's train/eval mode."""
+        return self.vae.decode(key_codes, relaxed_precision=False, noise_mode="const").sample
 
     @torch.no_grad()
     def __call__(
