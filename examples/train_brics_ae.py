@@ -3,10 +3,11 @@
     accelerate launch examples/train_brics_ae.py --preset small-32 --output_dir brics-emoji
     torchrun --nproc_per_node 2 examples/train_brics_ae.py --preset small-32 --output_dir brics-emoji
 
-Loss (paper eq. 5, supp. A.3): ``20 * L2 + 5 * LPIPS-VGG + GAN`` (non-saturating + lazy R1 by default, WGAN-GP
-with ``--gan_loss wgan-gp``), plus ``--kl_weight`` for the KL variant. Adam with betas (0, 0.99), eps 1e-15
-for the autoencoder (the grids get ``--grid_learning_rate``), 1e-8 for the discriminator. Without data
-flags it trains on the emoji images shipped with the package.
+Loss (paper eq. 5, supp. A.3): ``20 * L2 + 5 * perceptual + GAN``: the release's VGG16 perceptual loss (or
+``--perceptual_loss lpips``), the non-saturating loss with lazy R1 (or WGAN-GP with ``--gan_loss wgan-gp``), plus
+``--kl_weight`` for the KL variant. Adam with betas (0, 0.99), eps 1e-15 for the autoencoder (the grids get
+``--grid_learning_rate``), 1e-8 for the discriminator (lr and betas adjusted for lazy R1 as StyleGAN2 does), and
+StyleGAN2's EMA schedule. Without data flags it trains on the emoji images shipped with the package.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ from diffusers_brics.training.loop import (
 from diffusers_brics.training.hub import push_to_hub, write_model_card
 from diffusers_brics.training.images import to_pil
 from diffusers_brics.training.losses import (
+    VGGPerceptualLoss,
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     gradient_penalty,
+    kl_loss,
     r1_penalty,
 )
 
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--kl_weight", type=non_negative_float, default=0.0,
                        help="> 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
                        "relaxed-precision noise; paper weight 1e-6)")
+    model.add_argument("--kl_reduction", choices=["mean", "sum"], default="mean",
+                       help="the KL term averaged over a code's elements (the release) or summed over them "
+                            "(diffusers' DiagonalGaussianDistribution.kl(), C*H*W times stronger)")
     train = p.add_argument_group("training")
     train.add_argument("--train_batch_size", type=positive_int, default=16)
     train.add_argument("--eval_batch_size", type=positive_int, default=64)
@@ -97,20 +103,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--gradient_checkpointing", action="store_true")
     loss = p.add_argument_group("loss")
     loss.add_argument("--l2_weight", type=non_negative_float, default=20.0)
-    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0, help="LPIPS-VGG weight (0: off)")
+    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0, help="perceptual loss weight (0: off)")
+    loss.add_argument("--perceptual_loss", choices=["vgg", "lpips"], default="vgg",
+                      help="vgg: the release's L1 between VGG16 features (relu1_2 ... relu4_3, Johnson et al.); "
+                           "lpips: LPIPS-VGG")
+    loss.add_argument("--perceptual_resolution", type=non_negative_int, default=224,
+                      help="images are resized to this size for the VGG loss (the release: 224; 0: their own size)")
     loss.add_argument("--gan_weight", type=non_negative_float, default=1.0, help="0: no discriminator")
     loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"], default="r1")
     loss.add_argument("--r1_gamma", type=non_negative_float, default=4.0)
     loss.add_argument("--r1_interval", type=positive_int, default=16)
+    loss.add_argument("--r1_lazy_adjustment", action=argparse.BooleanOptionalAction, default=True,
+                      help="StyleGAN2's lazy-regularisation adjustment of the discriminator's Adam: lr x c and betas "
+                           "** c with c = interval / (interval + 1) (the release)")
     loss.add_argument("--gp_weight", type=non_negative_float, default=4.0)
     loss.add_argument("--disc_start", type=non_negative_int, default=0, help="step at which the GAN loss starts")
     loss.add_argument("--disc_channel_base", type=positive_int, default=None,
                       help="channels at resolution r are min(base / r, max); default: 32768 (NVlabs) from 256x256 "
                            "up, 64 * resolution below")
     loss.add_argument("--disc_channel_max", type=positive_int, default=None, help="default: 512 from 256x256 up, 256 below")
-    loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights (else BRICS_LPIPS_WEIGHTS/cache)")
+    loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights, whose VGG16 backbone the VGG loss "
+                      "also uses (else BRICS_LPIPS_WEIGHTS/cache)")
+    train.add_argument("--ema_schedule", choices=["stylegan", "warmup"], default="stylegan",
+                       help="stylegan: half-life --ema_halflife_kimg with --ema_rampup (the release); warmup: "
+                            "diffusers' EMAModel warm-up capped at --ema_max_decay")
+    train.add_argument("--ema_halflife_kimg", type=positive_float, default=None,
+                       help="EMA half-life in thousands of images (default: 10 * total batch / 32, the release's)")
+    train.add_argument("--ema_rampup", type=non_negative_float, default=0.05,
+                       help="EMA half-life ramp-up as a fraction of the images seen (0: none)")
     log = p.add_argument_group("validation")
     log.add_argument("--validation_steps", type=positive_int, default=500)
+    log.add_argument("--eval_with_noise", action=argparse.BooleanOptionalAction, default=True,
+                     help="held-out metrics with the relaxed-precision noise and random decoder noise, as the "
+                          "release's measure_recon_error.py (drawn from a fixed seed); --no-eval_with_noise: the "
+                          "deterministic decode a pipeline uses")
     log.add_argument("--num_validation_images", type=positive_int, default=16)
     log.add_argument("--max_eval_images", type=positive_int, default=None, help="cap on held-out images for metrics")
     args = p.parse_args(argv)
@@ -140,14 +166,19 @@ def collate(transform, column):
 
 
 @torch.no_grad()
-def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, float], object]:
-    """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions."""
-    model.eval()
+def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed=0) -> tuple[dict[str, float], object]:
+    """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions.
+
+    ``with_noise``: reconstructions with the relaxed-precision noise (for a model trained with it) and random
+    decoder noise (the release's measurement), drawn from ``seed``; otherwise the deterministic decode."""
     totals, count, usage = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, GridUsage(model)
+    generator = torch.Generator().manual_seed(seed)
+    noise = dict(relaxed_precision=with_noise and model.config.relaxed_precision,
+                 noise_mode="random" if with_noise else "const", generator=generator)
     for images in loader:
         images = images.to(model.device)
-        z = model.encode(images).latents
-        recon = model.decode(z).sample.clamp(-1, 1)
+        z = model.encode(images, sample_posterior=False).latents
+        recon = model.decode(z, **noise).sample.clamp(-1, 1)
         usage.update(z)
         for name, fn in (("psnr", psnr), ("ssim", ssim)):
             totals[name] += float(fn(recon, images).sum())
@@ -163,7 +194,7 @@ def evaluate(model, loader, fixed_images, max_images=None) -> tuple[dict[str, fl
     metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
     metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
     fixed = fixed_images.to(model.device)
-    recon = model.decode(model.encode(fixed).latents).sample.clamp(-1, 1)
+    recon = model.decode(model.encode(fixed, sample_posterior=False).latents, **noise).sample.clamp(-1, 1)
     pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
     return metrics, make_image_grid(pictures, rows=2, cols=fixed.shape[0])
 
@@ -231,11 +262,19 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         discriminator.to(accelerator.device)
         for parameter in discriminator.parameters():
             parameter.data.copy_(broadcast(parameter.data, from_process=0))
-        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.disc_learning_rate or args.learning_rate,
-                                          betas=(args.adam_beta1, args.adam_beta2), eps=args.disc_adam_epsilon)
+        # StyleGAN2's lazy regularisation: R1 every `interval` steps stands in for a separate step, so the
+        # release scales D's learning rate and betas by c = interval / (interval + 1).
+        c = args.r1_interval / (args.r1_interval + 1) if args.gan_loss == "r1" and args.r1_lazy_adjustment else 1.0
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(),
+                                          lr=(args.disc_learning_rate or args.learning_rate) * c,
+                                          betas=(args.adam_beta1**c, args.adam_beta2**c), eps=args.disc_adam_epsilon)
         accelerator.register_for_checkpointing(discriminator, disc_optimizer)
-    ema = make_ema(accelerator, model, args)
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    ema = make_ema(accelerator, model, args, total_batch)
     register_checkpoint_hooks(accelerator, "autoencoder", ema)
+    perceptual = None
+    if args.perceptual_weight > 0 and args.perceptual_loss == "vgg":
+        perceptual = VGGPerceptualLoss(args.lpips_weights, args.perceptual_resolution or None).to(accelerator.device)
 
     global_step, first_epoch, skip_batches = resume(accelerator, args, steps_per_epoch, lr_scheduler)
 
@@ -244,7 +283,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
     progress = step_progress(accelerator, args, max_steps, global_step)
     generator = torch.Generator()
     epoch, first_step, micro_step, step_logs = first_epoch, global_step, 0, StepLogs()
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     start_time = time.monotonic()
     while global_step < max_steps:
         train_loader.set_epoch(epoch)
@@ -259,7 +297,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
             gan_active = use_gan and global_step >= args.disc_start
             with accelerator.accumulate(model):
                 logs = autoencoder_step(args, accelerator, model, discriminator if gan_active else None, optimizer,
-                                        lr_scheduler, images, generator)
+                                        lr_scheduler, images, generator, perceptual)
                 if gan_active:
                     logs.update(discriminator_step(args, accelerator, discriminator, disc_optimizer, images,
                                                    logs.pop("reconstruction"), global_step, generator))
@@ -274,7 +312,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             global_step += 1
             progress.update(1)
-            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "l2", "lpips_vgg", "d_loss")})
+            progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
+                                  if k in ("loss", "l2", "vgg", "lpips_vgg", "d_loss")})
             accelerator.log(logs, step=global_step)
             if time_is_up(accelerator, args, start_time, global_step):
                 max_steps = global_step
@@ -296,19 +335,25 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> None:
         finish(args, accelerator, model, ema, val_loader, fixed_images, global_step, throughput)
 
 
-def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_scheduler, images, generator) -> dict:
-    """One optimisation step of encoder, grids and decoder; returns the logged losses and the reconstruction."""
+def autoencoder_step(args, accelerator, model, discriminator, optimizer, lr_scheduler, images, generator,
+                     vgg_loss=None) -> dict:
+    """One optimisation step of encoder, grids and decoder; returns the logged losses and the reconstruction.
+    ``vgg_loss``: the VGG perceptual loss module (``--perceptual_loss vgg``)."""
     out = model(images, sample_posterior=True, generator=generator)
     recon = out.sample
     l2 = F.mse_loss(recon.float(), images.float())
     loss = args.l2_weight * l2
     logs = {"l2": l2.item()}
     if args.perceptual_weight > 0:
-        perceptual = lpips(recon.float(), images.float(), net="vgg", weights_path=args.lpips_weights).mean()
+        if vgg_loss is not None:
+            perceptual, name = vgg_loss(recon.float(), images.float()), "vgg"
+        else:
+            perceptual = lpips(recon.float(), images.float(), net="vgg", weights_path=args.lpips_weights).mean()
+            name = "lpips_vgg"
         loss = loss + args.perceptual_weight * perceptual
-        logs["lpips_vgg"] = perceptual.item()
+        logs[name] = perceptual.item()
     if args.kl_weight > 0:
-        kl = out.key_code_posterior.kl().mean()
+        kl = kl_loss(out.key_code_posterior, args.kl_reduction)
         loss = loss + args.kl_weight * kl
         logs["kl"] = kl.item()
     if discriminator is not None:
@@ -365,7 +410,8 @@ def average_gradients(accelerator, module) -> None:
 
 def validate(args, accelerator, model, ema, val_loader, fixed_images, step) -> tuple[dict, object]:
     """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
-    metrics, grid = evaluate(ema_copy(accelerator, model, ema), val_loader, fixed_images, args.max_eval_images)
+    metrics, grid = evaluate(ema_copy(accelerator, model, ema), val_loader, fixed_images, args.max_eval_images,
+                             with_noise=args.eval_with_noise, seed=args.seed)
     accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
     log_image(accelerator, "val/reconstructions", grid, step)
     grid.save(os.path.join(args.output_dir, "reconstructions.png"))
@@ -390,7 +436,9 @@ def finish(args, accelerator, model, ema, val_loader, fixed_images, step, throug
             f"{final.config.latent_size}x{final.config.latent_size}x{final.latent_channels} in [0, 1].\n\n"
             "```python\nfrom diffusers_brics import BRICSAutoencoder\n"
             f"vae = BRICSAutoencoder.from_pretrained(\"{args.hub_model_id or args.output_dir}\", subfolder=\"autoencoder\")\n```\n\n"
-            "Metrics on the held-out split (EMA weights); LPIPS uses AlexNet."
+            "Metrics on the held-out split (EMA weights"
+            + ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
+               if args.eval_with_noise else "") + "); LPIPS uses AlexNet."
         ),
         config={k: v for k, v in vars(args).items() if v is not None and k != "hub_token"},
         metrics=metrics,

@@ -15,8 +15,10 @@ from diffusers_brics import BRICSAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_brics_ae.py"
+# The VGG loss at the images' own 32x32 (the default, 224x224, costs seconds per step on a CPU; its module is
+# tested at 224 in test_training_parts.py).
 FAST = ["--preset", "tiny", "--train_batch_size", "4", "--eval_batch_size", "32", "--max_eval_images", "32",
-        "--num_validation_images", "4", "--report_to", "none", "--r1_interval", "2"]
+        "--num_validation_images", "4", "--report_to", "none", "--r1_interval", "2", "--perceptual_resolution", "0"]
 
 
 LAUNCHERS = {
@@ -54,6 +56,13 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     assert "BRICS autoencoder" in card and "| psnr |" in card
     assert (out / "reconstructions.png").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # the release's recipe: lazy-R1 adjustment of D's Adam (interval 2 here: c = 2/3) and StyleGAN2's EMA
+    disc_state = next(torch.load(path, weights_only=False) for path in (out / "checkpoint-4").glob("custom_checkpoint_*.pkl")
+                      if "param_groups" in torch.load(path, weights_only=False))
+    group = disc_state["param_groups"][0]
+    assert group["lr"] == pytest.approx(2e-3 * 2 / 3) and group["betas"] == pytest.approx((0.0, 0.99 ** (2 / 3)))
+    ema_state = json.loads((out / "checkpoint-4" / "autoencoder_ema" / "ema_state.json").read_text())
+    assert ema_state["halflife_images"] == pytest.approx(10_000 * 4 / 32) and ema_state["rampup"] == 0.05
 
 
 def test_time_budget_stops_with_a_checkpoint_and_the_final_save(tmp_path, lpips_weights_dir):
@@ -169,10 +178,10 @@ def adam_steps(optimizer_state: dict) -> set[int]:
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
-    # Without relaxed-precision noise and GAN (their draws and the discriminator's minibatch-std groups depend on
-    # the batch split), 2 micro-batches of 4 must make the same 2 steps as batches of 8.
+    # Without relaxed-precision noise, decoder noise and GAN (their draws and the discriminator's minibatch-std
+    # groups depend on the batch split), 2 micro-batches of 4 must make the same 2 steps as batches of 8.
     config = tmp_path / "config"
-    BRICSAutoencoder.from_config(BRICSAutoencoder.from_preset("tiny").config, relaxed_precision=False).save_config(config)
+    BRICSAutoencoder.from_preset("tiny", relaxed_precision=False, decoder_noise=False).save_config(config)
     common = ["--model_config_name_or_path", str(config), "--max_train_steps", "2", "--checkpointing_steps", "2",
               "--validation_steps", "100", "--gan_weight", "0", "--perceptual_weight", "0", "--no-use_ema"]
     runs = {"8": ["--train_batch_size", "8"], "4x2": ["--train_batch_size", "4", "--gradient_accumulation_steps", "2"],
@@ -192,7 +201,8 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
 def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir):
     out = tmp_path / "variants"
     run(["--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "3", "--validation_steps", "100",
-         "--gan_loss", "wgan-gp", "--kl_weight", "1e-6", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2"])
+         "--gan_loss", "wgan-gp", "--kl_weight", "1e-6", "--mixed_precision", "bf16", "--gradient_accumulation_steps", "2",
+         "--perceptual_loss", "lpips", "--kl_reduction", "sum", "--ema_schedule", "warmup", "--no-eval_with_noise"])
     model = BRICSAutoencoder.from_pretrained(out / "autoencoder")
     assert model.config.kl_key_codes and not model.config.relaxed_precision  # config c replaces d
     assert model.encode(torch.zeros(1, 3, 32, 32)).key_code_posterior is not None

@@ -6,10 +6,13 @@ import torch
 from diffusers_brics.training.checkpointing import list_checkpoints, resolve_checkpoint, save_checkpoint
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.hub import IGNORE_PATTERNS, push_to_hub, write_model_card
+from diffusers_brics.training.ema import HalfLifeEMA
 from diffusers_brics.training.losses import (
+    VGGPerceptualLoss,
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     gradient_penalty,
+    kl_loss,
     r1_penalty,
 )
 
@@ -239,3 +242,68 @@ def test_unreadable_images_are_named(tmp_path):
     (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(ValueError, match="image .*cut.png cannot be read"):
         transform({"bytes": None, "path": str(tmp_path / "cut.png")})
+
+
+def test_vgg_perceptual_loss_is_the_release_l1_over_four_vgg16_maps(lpips_weights_dir):
+    from diffusers_brics.metrics import LPIPS
+
+    loss = VGGPerceptualLoss()
+    assert len(loss.convs) == 10  # VGG16 up to relu4_3
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    # The same ImageNet VGG16 as LPIPS-VGG's backbone (checked against the lpips package): same maps for the same
+    # input, here the release's preprocessing (ImageNet normalisation of [0, 1] images, bilinear resize to 224).
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    prepared = torch.nn.functional.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode="bilinear",
+                                               align_corners=False)
+    reference = LPIPS("vgg").features(prepared)[:4]
+    ours = loss.features(x)
+    assert [tuple(f.shape[1:]) for f in ours] == [(64, 224, 224), (128, 112, 112), (256, 56, 56), (512, 28, 28)]
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+    expected = sum((a - b).abs().mean() for a, b in zip(ours, loss.features(y)))
+    torch.testing.assert_close(loss(x, y), expected)
+    assert float(loss(x, x)) == 0.0
+    x.requires_grad_(True)
+    loss(x, y).backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in loss.parameters())
+    native = VGGPerceptualLoss(resolution=None)
+    assert tuple(native.features(x)[0].shape[2:]) == (32, 32)
+    with pytest.raises(ValueError, match="one shape"):
+        loss(x, y[:1])
+
+
+def test_kl_mean_is_the_sum_over_the_elements_of_a_code():
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    # a hand-made posterior over 2 codes of 1x1x2 elements: mu (1, 0) and (0, 2), log-variances 0 and log 4
+    mean = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).view(2, 2, 1, 1)
+    logvar = torch.tensor([[0.0, float(torch.tensor(4.0).log())], [0.0, 0.0]]).view(2, 2, 1, 1)
+    posterior = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+    # KL(N(mu, var) || N(0, 1)) = 0.5 (mu^2 + var - 1 - log var) per element:
+    # code 1: 0.5 * 1 + 0.5 * (4 - 1 - log 4); code 2: 0 + 0.5 * 4
+    code1 = 0.5 + 0.5 * (3 - float(torch.tensor(4.0).log()))
+    code2 = 2.0
+    torch.testing.assert_close(kl_loss(posterior, "sum"), torch.tensor((code1 + code2) / 2))
+    torch.testing.assert_close(kl_loss(posterior, "mean"), torch.tensor((code1 + code2) / 2 / 2))
+    with pytest.raises(ValueError, match="reduction"):
+        kl_loss(posterior, "max")
+
+
+def test_half_life_ema_follows_stylegan2():
+    param = torch.nn.Parameter(torch.zeros(3))
+    ema = HalfLifeEMA([param], halflife_images=10_000 * 8 / 32, batch_size=8, rampup=0.05)
+    # step k (0-based) after k * 8 images: beta = 0.5 ** (8 / max(min(2500, 0.05 * 8 k), 1e-8))
+    betas = [0.5 ** (8 / max(min(2500, 0.05 * 8 * k), 1e-8)) for k in range(5)]
+    assert betas[0] == 0.0  # the first step copies the weights
+    for k, beta in enumerate(betas):
+        assert ema.get_decay(k + 1) == pytest.approx(beta, rel=1e-12)
+    assert ema.get_decay(10_000) == pytest.approx(0.5 ** (1 / 312.5))  # after the ramp-up: half-life 312.5 steps
+    assert HalfLifeEMA([param], 2500, 8, rampup=None).get_decay(1) == pytest.approx(0.5 ** (8 / 2500))
+    with torch.no_grad():
+        param.fill_(1.0)
+    ema.step([param])
+    torch.testing.assert_close(ema.shadow_params[0], torch.ones(3))
+    state = ema.state_dict()
+    assert state["halflife_images"] == 2500 and state["batch_size"] == 8 and state["rampup"] == 0.05
+    with pytest.raises(ValueError, match="halflife_images"):
+        HalfLifeEMA([param], 0, 8)

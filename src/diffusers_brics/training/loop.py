@@ -21,6 +21,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .checkpointing import resolve_checkpoint
+from .ema import HalfLifeEMA
 
 logger = get_logger(__name__)
 
@@ -202,14 +203,28 @@ def follow_schedule(lr_scheduler) -> None:
     scheduler._last_lr = rates
 
 
-def make_ema(accelerator: Accelerator, model, args: argparse.Namespace) -> EMAModel | None:
-    """EMA of the (prepared) model's weights with warm-up; None with ``--no-use_ema``. Checkpoints hold it once
-    `register_checkpoint_hooks` is given it."""
+def make_ema(accelerator: Accelerator, model, args: argparse.Namespace, batch_size: int | None = None) -> EMAModel | None:
+    """EMA of the (prepared) model's weights; None with ``--no-use_ema``. Checkpoints hold it once
+    `register_checkpoint_hooks` is given it.
+
+    ``--ema_schedule stylegan`` (stage 1's default, the release's): `HalfLifeEMA` with ``--ema_halflife_kimg``
+    (default ``10 * batch_size / 32``, the release's) and ``--ema_rampup``; ``warmup``: diffusers' warm-up
+    ``1 - (1 + step) ** -ema_power`` capped at ``--ema_max_decay`` (stage 2, which has no ``--ema_schedule``).
+    ``batch_size``, the images of one step, is needed by the ``stylegan`` schedule.
+    """
     if not args.use_ema:
         return None
     unwrapped = accelerator.unwrap_model(model)
-    ema = EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
-                   power=args.ema_power, model_cls=type(unwrapped), model_config=unwrapped.config)
+    kwargs = dict(model_cls=type(unwrapped), model_config=unwrapped.config)
+    if getattr(args, "ema_schedule", "warmup") == "stylegan":
+        if batch_size is None:
+            raise ValueError("the stylegan EMA schedule needs the batch size of a step")
+        halflife_kimg = args.ema_halflife_kimg or 10 * batch_size / 32
+        ema = HalfLifeEMA(unwrapped.parameters(), halflife_images=halflife_kimg * 1000, batch_size=batch_size,
+                          rampup=args.ema_rampup or None, **kwargs)
+    else:
+        ema = EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                       power=args.ema_power, **kwargs)
     ema.to(accelerator.device)
     return ema
 

@@ -1,0 +1,53 @@
+"""StyleGAN2's EMA schedule for the autoencoder's weights (the authors' release, ``training/training_loop.py``).
+
+The decay of step ``k`` (0-based) is ``0.5 ** (B / max(min(H, rampup * k * B), 1e-8))``: the average halves its
+weight on old values every ``H`` training images, and during the ramp-up the half-life is a fixed fraction of
+the images seen so far (so the first step copies the weights). The release sets ``H = 10,000 * B / 32`` (its
+``ema_kimg = batch * 10 / 32``), a half-life of 312.5 steps whatever the batch ``B``, and ``rampup = 0.05``.
+
+diffusers' `EMAModel` keeps the shadow weights, device moves and checkpoint state; its warm-up formula cannot
+express this schedule, so `HalfLifeEMA` overrides only `get_decay` (and saves its own fields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from diffusers.training_utils import EMAModel
+
+
+class HalfLifeEMA(EMAModel):
+    """`EMAModel` whose decay follows StyleGAN2's half-life schedule.
+
+    Args:
+        parameters: the parameters to average.
+        halflife_images (`float`): ``H``, the half-life in training images.
+        batch_size (`int`): ``B``, the images of one optimisation step (over processes and accumulation).
+        rampup (`float`, *optional*): the ramp-up fraction (0.05); None: no ramp-up.
+        **kwargs: passed to `EMAModel` (``model_cls``, ``model_config``).
+    """
+
+    def __init__(
+        self, parameters: Iterable[torch.nn.Parameter], halflife_images: float, batch_size: int,
+        rampup: float | None = 0.05, **kwargs: Any,
+    ):
+        if not halflife_images > 0 or batch_size < 1 or (rampup is not None and not rampup > 0):
+            raise ValueError(f"need halflife_images > 0, batch_size >= 1 and rampup > 0 or None, got "
+                             f"{halflife_images}, {batch_size} and {rampup}")
+        super().__init__(parameters, **kwargs)
+        self.halflife_images = float(halflife_images)
+        self.batch_size = int(batch_size)
+        self.rampup = rampup
+
+    def get_decay(self, optimization_step: int) -> float:
+        seen = (optimization_step - 1) * self.batch_size  # images trained on before this step
+        halflife = self.halflife_images if self.rampup is None else min(self.halflife_images, seen * self.rampup)
+        return 0.5 ** (self.batch_size / max(halflife, 1e-8))
+
+    def state_dict(self) -> dict:
+        # Recorded for the reader of a checkpoint; a resumed run follows the schedule of its own flags (as its
+        # learning rate does), so `load_state_dict` restores only `EMAModel`'s fields and the step.
+        return {**super().state_dict(), "halflife_images": self.halflife_images, "batch_size": self.batch_size,
+                "rampup": self.rampup}
