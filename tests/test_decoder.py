@@ -113,3 +113,19 @@ def test_conv_clamp_bounds_every_layer():
     conv = ModulatedConv2d(4, 6, style_dim=5, conv_clamp=0.5)
     out = conv(torch.randn(3, 4, 8, 8) * 100, torch.randn(3, 5))
     assert float(out.detach().abs().max()) == 0.5
+
+
+def test_decoding_without_a_graph_gives_the_same_image():
+    # the no-grad path updates the convolutions' outputs in place; it must not change a single value
+    decoder = BRICSDecoder(in_channels=8, block_out_channels=(8, 4), style_dim=6, feature_size=4, conv_clamp=0.5)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            if p.ndim == 0:
+                p.fill_(0.5)
+    f, style = torch.randn(2, 8, 4, 4), torch.randn(2, 6)
+    with_graph = decoder(f, style)
+    with torch.no_grad():
+        without = decoder(f, style)
+    with torch.inference_mode():
+        inference = decoder(f, style)
+    assert with_graph.requires_grad and torch.equal(with_graph.detach(), without) and torch.equal(without, inference)
