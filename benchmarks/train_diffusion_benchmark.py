@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--class_column", default="category")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=8e-4,
-                        help="the paper's rate (the release's 8e-5, the script's default, is slower at this budget)")
+                        help="the paper's rate, with which the committed report was made (the script's default is the "
+                             "release's 8e-5)")
     parser.add_argument("--samples_per_class", type=int, default=8)
     parser.add_argument("--num_inference_steps", type=int, default=100)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_diffusion_small32"))

@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--gradient_checkpointing", action="store_true")
     loss = p.add_argument_group("loss")
     loss.add_argument("--l2_weight", type=non_negative_float, default=20.0)
-    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0, help="perceptual loss weight (0: off)")
+    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0,
+                      help="perceptual loss weight (0: off)")
     loss.add_argument("--perceptual_loss", choices=["vgg", "lpips"], default="vgg",
                       help="vgg: the release's L1 between VGG16 features (relu1_2 ... relu4_3, Johnson et al.); "
                            "lpips: LPIPS-VGG")

@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--num_epochs", type=positive_int, default=100)
     train.add_argument("--max_train_steps", type=positive_int)
     train.add_argument("--learning_rate", type=positive_float, default=8e-5,
-                       help="the release's command: 8e-5 (the paper's table: 8e-4, which short CPU runs prefer)")
+                       help="the release's command: 8e-5 (the paper's table: 8e-4)")
     train.add_argument("--lr_scheduler", default="cosine", choices=[t.value for t in SchedulerType])
     train.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
     train.add_argument("--adam_beta1", type=unit_interval, default=0.9)

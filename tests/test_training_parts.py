@@ -252,7 +252,8 @@ def test_vgg_perceptual_loss_is_the_release_l1_over_four_vgg16_maps(lpips_weight
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     # The same ImageNet VGG16 as LPIPS-VGG's backbone (checked against the lpips package): same maps for the same
     # input, here the release's preprocessing (ImageNet normalisation of [0, 1] images, bilinear resize to 224).
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     prepared = torch.nn.functional.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode="bilinear",
                                                align_corners=False)
     reference = LPIPS("vgg").features(prepared)[:4]

@@ -24,12 +24,16 @@ TABLE3 = {
     "paper-16x16x8": (21.2e6, 9.9e6, 63.54),
     "paper-16x16x16": (42.9e6, 9.9e6, 63.80),
 }
-# The authors' release (brics-project/brics_code_release, its README's training command), built from its sources
-# on CPU: grid parameters, decoder-path parameters (per-group MLPs and style networks 282,112 + synthesis
-# 9,445,521) and decode multiply-accumulates at 256x256 by torch.utils.flop_counter (67.90 synthesis + 0.27
-# retrieval; its CUDA grid look-up is not counted, as ours is not).
+# The authors' release (brics-project/brics_code_release, its README's training command for each code size), built
+# from its sources on CPU by benchmarks/compare_release.py: grid parameters, decoder-path parameters (per-group
+# MLPs and style networks + synthesis network, 282,112 + 9,445,521 at 64x64x4) and decode multiply-accumulates at
+# 256x256 by torch.utils.flop_counter (its CUDA grid look-up is not counted, as ours is not).
 RELEASE = {
-    "paper-64x64x4": (18_630_272, 9_727_633, 68.16),
+    "paper-64x64x4": (18_630_272, 9_727_633, 68.17),
+    "paper-32x32x4": (10_607_744, 9_727_633, 68.17),
+    "paper-32x32x8": (21_215_488, 9_943_185, 68.30),
+    "paper-16x16x8": (21_215_488, 9_943_185, 68.30),
+    "paper-16x16x16": (42_430_976, 10_374_289, 68.57),
 }
 
 

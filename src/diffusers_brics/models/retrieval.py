@@ -155,7 +155,8 @@ class KeyCodeRetrieval(nn.Module):
             )
         self.style_dim = style_dim
         self.style_mappings = None if style_dim is None else nn.ModuleList(
-            MappingNetwork(grid_channels, style_dim // num_groups, num_layers=style_layers, hidden_features=grid_channels)
+            MappingNetwork(grid_channels, style_dim // num_groups, num_layers=style_layers,
+                           hidden_features=grid_channels)
             for _ in range(num_groups)
         )
 

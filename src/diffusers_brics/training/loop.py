@@ -203,7 +203,9 @@ def follow_schedule(lr_scheduler) -> None:
     scheduler._last_lr = rates
 
 
-def make_ema(accelerator: Accelerator, model, args: argparse.Namespace, batch_size: int | None = None) -> EMAModel | None:
+def make_ema(
+    accelerator: Accelerator, model, args: argparse.Namespace, batch_size: int | None = None
+) -> EMAModel | None:
     """EMA of the (prepared) model's weights; None with ``--no-use_ema``. Checkpoints hold it once
     `register_checkpoint_hooks` is given it.
 
