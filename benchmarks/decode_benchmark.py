@@ -69,14 +69,14 @@ def build_models() -> dict[str, tuple[list[nn.Module], Callable[[], Any]]]:
     z_kl = torch.randn(1, 4, 32, 32)
     z_vq = torch.randn(1, 256, 16, 16)
     with torch.inference_mode():
-        features = brics.retrieval(z_brics)
+        features, style = brics.retrieval(z_brics)
     return {
         "BRICS (paper-64x64x4)": ([brics.retrieval, brics.decoder], lambda: brics.decode(z_brics).sample),
         REFERENCE: ([kl.post_quant_conv, kl.decoder], lambda: kl.decode(z_kl).sample),
         "VQModel (VQGAN-f16)": ([vq.quantize, vq.post_quant_conv, vq.decoder], lambda: vq.decode(z_vq).sample),
         # Timed only, for the retrieval share of BRICS decode.
         "BRICS retrieval": ([brics.retrieval], lambda: brics.retrieval(z_brics)),
-        "BRICS synthesis": ([brics.decoder], lambda: brics.decoder(features)),
+        "BRICS synthesis": ([brics.decoder], lambda: brics.decoder(features, style)),
     }
 
 
