@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import shutil
 import statistics
@@ -36,44 +35,35 @@ import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage
+from diffusers_brics.training import autoencoder as stage1
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
-TRAIN_SCRIPT = ROOT / "examples" / "train_brics_ae.py"
 BORDER = 1 / 8  # the band along each edge of the image that the report and plot set apart from the inside
-
-
-def training_script():
-    """The stage-1 training script as a module (its argument parser and evaluation)."""
-    spec = importlib.util.spec_from_file_location("train_brics_ae", TRAIN_SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def script_data(script_argv: list[str], sample_size: int):
     """``(train, held_out, image_column, resolution)``: the data the training script read (``sample_size``: its
-    model's), from its own argument parser and loader, so the benchmark reads the script's held-out split."""
-    args = training_script().parse_args(script_argv)
-    resolution = args.resolution or sample_size
-    train, held_out = load_image_datasets(args.dataset_name, args.dataset_config_name, args.train_data_dir,
-                                          resolution, args.cache_dir, args.validation_fraction, args.seed)
-    return train, held_out, image_column_of(train, args.image_column), resolution
+    model's), from its own settings and loader, so the benchmark reads the script's held-out split."""
+    config = stage1.parse_args(script_argv)
+    resolution, data = config.resolution or sample_size, config.data
+    train, held_out = load_image_datasets(data.dataset_name, data.dataset_config_name, data.train_data_dir,
+                                          resolution, data.cache_dir, config.validation_fraction, config.loop.seed)
+    return train, held_out, image_column_of(train, data.image_column), resolution
 
 
 def held_out_metrics(model: BRICSAutoencoder, held_out, column: str, resolution: int) -> dict[str, dict]:
     """Held-out PSNR / SSIM / LPIPS-alex of the saved model by the script's own evaluation, both ways: the
     deterministic decode (no relaxed-precision noise, fixed decoder noise) and the release's measurement (both
     noises drawn, from seed 0)."""
-    script = training_script()
     transform = image_transform(resolution, center_crop=True)
-    loader = torch.utils.data.DataLoader(held_out, batch_size=64, collate_fn=script.collate(transform, column))
+    loader = torch.utils.data.DataLoader(held_out, batch_size=64, collate_fn=stage1.collate(transform, column))
     fixed = torch.stack([transform(held_out[i][column]) for i in range(2)])
     out = {}
     for name, with_noise in (("deterministic", False), ("with_noise", True)):
-        metrics, _ = script.evaluate(model.eval(), loader, fixed, with_noise=with_noise)
+        metrics, _ = stage1.evaluate(model.eval(), loader, fixed, with_noise=with_noise)
         out[name] = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
     return out
 

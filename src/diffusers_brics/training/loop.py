@@ -1,15 +1,26 @@
-"""Pieces shared by the training scripts: accelerator set-up, trackers, resuming, process sync, time budget."""
+"""The training loop both stages share: `Trainer` runs a `TrainingStage`.
+
+The `Trainer` owns the accelerator and everything around a training step: preparing the stage's model, optimizer
+and data, the learning-rate schedule, the EMA, checkpoints in diffusers' format and resuming from them (skipping
+the batches a resumed epoch has already consumed), gradient accumulation, per-micro-batch seeds, the mean of the
+logged losses over micro-batches and processes, the time budget, SIGTERM / SIGINT (a checkpoint, then exit), steps
+with a non-finite loss or gradient (skipped, counted, and fatal after ``max_nonfinite_steps`` in a row), the
+validation cadence, the final save and the Hub upload. A stage supplies its model, optimizer and data
+(`TrainingStage.setup`), one micro-batch (`TrainingStage.training_step`, which applies its updates through
+`Trainer.apply_gradients`), validation and the final artefacts.
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import os
+import signal
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,157 +31,351 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpointing import resolve_checkpoint
+from .checkpointing import resolve_checkpoint, save_checkpoint
+from .config import LoopConfig, flat_settings
 from .ema import HalfLifeEMA
+from .hub import push_to_hub
 
 logger = get_logger(__name__)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (repeated non-finite steps); the message says why and which checkpoint is intact."""
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+@dataclass
+class StageParts:
+    """What a stage trains: one model (checkpointed in diffusers' format as ``name``), its optimizer and data."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: torch.utils.data.DataLoader
+    # Objects the checkpoints must also hold (a discriminator and its optimizer...).
+    extra_state: list[Any] = field(default_factory=list)
+    # What the run trains on, for the log ("3133 training images, 393 held out").
+    description: str = ""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+class TrainingStage:
+    """One training task for the `Trainer`. Subclasses implement the methods below; the trainer calls them in this
+    order: `setup` once, `training_step` per micro-batch, `validate` every ``validation_steps`` and at the end
+    (main process), `finish` once with the final EMA model (main process)."""
+
+    def setup(self, trainer: Trainer) -> StageParts:
+        raise NotImplementedError
+
+    def training_step(self, trainer: Trainer, batch: Any, generator: torch.Generator, step: int) -> dict[str, float]:
+        """One micro-batch inside ``accelerator.accumulate``; returns the values to log (floats)."""
+        raise NotImplementedError
+
+    def validate(self, trainer: Trainer, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """Evaluate ``model`` (the EMA weights) at ``step``; returns metrics (logged by the trainer)."""
+        return {}
+
+    def finish(self, trainer: Trainer, model: torch.nn.Module, step: int, summary: dict[str, float]) -> None:
+        """Save the final artefacts (model, metrics, card) into the output folder."""
+
+    def check_in_sync(self, trainer: Trainer) -> None:
+        """Verify that objects trained outside DDP are the same on every process (the trainer checks its model)."""
+
+    progress_keys: tuple[str, ...] = ("loss",)
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (a loss weight: 0 turns the term off)."""
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+class Trainer:
+    """Runs a `TrainingStage` under the settings of a `LoopConfig`; see the module docstring."""
+
+    def __init__(self, config: LoopConfig, project_name: str, tracker_config: dict | None = None):
+        self.config = config
+        self.accelerator = make_accelerator(config, project_name, tracker_config or flat_settings(config))
+        self.global_step = 0
+        self.model: torch.nn.Module | None = None
+        self.optimizer = None
+        self.lr_scheduler = None
+        self.ema: EMAModel | None = None
+        self.nonfinite_steps = 0
+        self._nonfinite_in_a_row = 0
+        self._step_is_bad = False
+        self._signal: int | None = None
+
+    # ------------------------------------------------------------------ for stages
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def total_batch_size(self) -> int:
+        """Images of one optimisation step, over processes and micro-batches."""
+        c = self.config
+        return c.train_batch_size * self.accelerator.num_processes * c.gradient_accumulation_steps
+
+    def apply_gradients(
+        self, loss: torch.Tensor, optimizer, parameters, *, prepared: bool = True, lr_scheduler=None,
+        scale: float = 1.0,
+    ) -> None:
+        """Backward ``loss * scale`` and, at the end of an optimisation step, apply the accumulated gradients.
+
+        ``prepared``: an optimizer and model prepared by accelerate (which accumulates, syncs, clips at
+        ``max_grad_norm`` and steps only at the end); otherwise (a module kept out of DDP) the loss is divided by
+        the accumulation steps and the gradients are averaged over the processes here. Non-finite gradients are
+        never applied: the step is dropped and counted (`nonfinite_steps`), for every optimizer of the step.
+        """
+        accelerator = self.accelerator
+        if prepared:
+            accelerator.backward(loss * scale)
+        else:
+            (loss * scale / self.config.gradient_accumulation_steps).backward()
+        if accelerator.sync_gradients:
+            parameters = [p for p in parameters if p.grad is not None]
+            if not prepared:
+                average_gradients(accelerator, parameters)
+            if not self._gradients_are_finite(loss, parameters):
+                self._step_is_bad = True
+            if self._step_is_bad:  # dropped; the schedule still advances with the step count
+                optimizer.zero_grad(set_to_none=True)
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
+                return
+            if prepared and self.config.max_grad_norm:
+                accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
+            optimizer.step()
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        elif prepared:
+            optimizer.step()  # accelerate: a no-op until the gradients are synchronised
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def _gradients_are_finite(self, loss: torch.Tensor, parameters) -> bool:
+        """Whether the loss and the (process-averaged) gradients are finite, agreed by all processes."""
+        finite = torch.isfinite(loss.detach()).all()
+        for p in parameters:
+            finite = finite & torch.isfinite(p.grad).all()
+        flag = finite.float().to(self.device).view(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum") / self.accelerator.num_processes
+        return bool(flag.item() == 1.0)
+
+    def unwrap(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model if model is not None else self.model)
+
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the trained model holding the EMA weights (the live weights without EMA), in eval mode."""
+        return ema_copy(self.accelerator, self.model, self.ema)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stage: TrainingStage) -> None:
+        """Train ``stage`` to the end (or to the time budget, or a signal); see the module docstring."""
+        try:
+            self._fit(stage)
+        finally:
+            # Release the prepared (DDP-wrapped) model before ending the run: if a DDP reducer were the last owner
+            # of the gloo process group, collected at interpreter exit, the group's destructor would join its
+            # worker thread while holding the GIL, and a worker still releasing a finished collective's tensors
+            # would wait for the GIL: the process would never exit.
+            self.model = self.optimizer = self.lr_scheduler = self.ema = None
+            self.accelerator.free_memory()
+            self.accelerator.end_training()
+
+    def _fit(self, stage: TrainingStage) -> None:
+        c, accelerator = self.config, self.accelerator
+        parts = stage.setup(self)
+        self.model, self.optimizer, loader, self.lr_scheduler, steps_per_epoch, max_steps = self._prepare(parts)
+        for obj in parts.extra_state:
+            accelerator.register_for_checkpointing(obj)
+        self.ema = make_ema(accelerator, self.model, c, self.total_batch_size)
+        register_checkpoint_hooks(accelerator, parts.name, self.ema)
+        self.global_step, epoch, skip = resume(accelerator, c, steps_per_epoch, self.lr_scheduler)
+        first_step = self.global_step
+        logger.info((f"{parts.description}; " if parts.description else "") + f"{max_steps} steps of batch "
+                    f"{c.train_batch_size} x {accelerator.num_processes} processes x {c.gradient_accumulation_steps}")
+
+        progress = step_progress(accelerator, c, max_steps, self.global_step)
+        generator, micro_step, step_logs = torch.Generator(), 0, StepLogs()
+        start = time.monotonic()
+        with stop_signals(self):
+            while self.global_step < max_steps:
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+                skip = 0
+                for batch in batches:
+                    # Per-step, per-process randomness that does not depend on where a run was interrupted.
+                    generator.manual_seed(micro_batch_seed(c.seed, c.gradient_accumulation_steps, self.global_step,
+                                                           micro_step, accelerator.process_index))
+                    with accelerator.accumulate(self.model):
+                        step_logs.add(stage.training_step(self, batch, generator, self.global_step))
+                    if not accelerator.sync_gradients:
+                        micro_step += 1
+                        continue
+                    micro_step = 0
+                    logs = self._end_of_step(step_logs)
+                    progress.update(1)
+                    progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in stage.progress_keys})
+                    stop = self._should_stop(start)
+                    if stop:
+                        max_steps = self.global_step
+                    if self.global_step % c.checkpointing_steps == 0 or self.global_step >= max_steps:
+                        save_checkpoint(accelerator, c.output_dir, self.global_step, c.checkpoints_total_limit)
+                    if self._signal is not None:
+                        self._exit_on_signal(progress)
+                    if self.global_step % c.validation_steps == 0 and accelerator.is_main_process:
+                        self._validate(stage)
+                    if self.global_step >= max_steps:
+                        break
+                epoch += 1
+        progress.close()
+        elapsed = time.monotonic() - start
+        summary = {"train_seconds": elapsed, "train_images_per_second":
+                   (self.global_step - first_step) * self.total_batch_size / max(elapsed, 1e-9),
+                   "nonfinite_steps": self.nonfinite_steps}
+        check_in_sync(accelerator, self.model)
+        stage.check_in_sync(self)
+        if accelerator.is_main_process:
+            stage.finish(self, self.ema_model(), self.global_step, summary)
+            if c.push_to_hub:
+                push_to_hub(c.output_dir, c.hub_model_id, token=c.hub_token, private=c.hub_private_repo)
+
+    def _prepare(self, parts: StageParts):
+        """``accelerator.prepare`` the model, optimizer and loader, then the learning-rate schedule.
+
+        The schedule spans the run's optimisation steps, counted from the *prepared* loader (its length is the
+        number of batches one process sees in an epoch).
+        """
+        c, accelerator = self.config, self.accelerator
+        model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, parts.loader)
+        if len(loader) < c.gradient_accumulation_steps:
+            raise ValueError(f"--gradient_accumulation_steps {c.gradient_accumulation_steps} exceeds the "
+                             f"{len(loader)} batches of an epoch per process")
+        steps_per_epoch = math.ceil(len(loader) / c.gradient_accumulation_steps)
+        max_steps = c.max_train_steps or c.num_epochs * steps_per_epoch
+        # The prepared schedule steps once per process per optimisation step, hence the factors.
+        lr_scheduler = get_scheduler(c.lr_scheduler, parts.optimizer,
+                                     num_warmup_steps=c.lr_warmup_steps * accelerator.num_processes,
+                                     num_training_steps=max_steps * accelerator.num_processes)
+        return model, optimizer, loader, accelerator.prepare(lr_scheduler), steps_per_epoch, max_steps
+
+    def _end_of_step(self, step_logs: StepLogs) -> dict[str, float]:
+        """After an optimisation step: the EMA (unless the step was dropped), the step count, the logs."""
+        if self._step_is_bad:
+            self.nonfinite_steps += 1
+            self._nonfinite_in_a_row += 1
+            logger.warning(f"step {self.global_step + 1}: non-finite loss or gradients, nothing applied "
+                           f"({self._nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all)")
+        else:
+            self._nonfinite_in_a_row = 0
+            if self.ema is not None:
+                self.ema.step(self.unwrap().parameters())
+        bad, self._step_is_bad = self._step_is_bad, False
+        self.global_step += 1
+        logs = {**step_logs.reduce(self.accelerator), "lr": self.lr_scheduler.get_last_lr()[0],
+                "nonfinite_steps": float(self.nonfinite_steps)}
+        self.accelerator.log(logs, step=self.global_step)
+        if bad and self._nonfinite_in_a_row >= self.config.max_nonfinite_steps:
+            raise TrainingStopped(
+                f"{self._nonfinite_in_a_row} steps in a row had a non-finite loss or gradients (up to step "
+                f"{self.global_step}); none was applied, and the last checkpoint in {self.config.output_dir!r} is "
+                "intact. Lower the learning rate, use --max_grad_norm or --mixed_precision no, or check the data; "
+                "--max_nonfinite_steps sets the limit"
+            )
+        return logs
+
+    def _should_stop(self, start: float) -> bool:
+        """Whether the time budget is spent or a stop signal came, decided together by all processes."""
+        c = self.config
+        local = float(self._signal is not None)
+        if c.max_train_seconds:
+            local = max(local, float(time.monotonic() - start >= c.max_train_seconds))
+        if not c.max_train_seconds and self.accelerator.num_processes == 1:
+            return bool(local)
+        flag = torch.tensor([local], device=self.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item() > 0:
+            if self._signal is None and c.max_train_seconds:
+                logger.info(f"--max_train_seconds reached after {self.global_step} steps")
+            elif self._signal is None:
+                self._signal = signal.SIGTERM  # another process was signalled
+            return True
+        return False
+
+    def _exit_on_signal(self, progress) -> None:
+        name = signal.Signals(self._signal).name
+        progress.close()
+        logger.info(f"{name}: stopped at step {self.global_step} with checkpoint-{self.global_step} written; "
+                    "resume with --resume_from_checkpoint latest")
+        raise SystemExit(128 + int(self._signal))
+
+    def _validate(self, stage: TrainingStage) -> None:
+        metrics = stage.validate(self, self.ema_model(), self.global_step)
+        if metrics:
+            self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=self.global_step)
+            logger.info(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
-def unit_interval(text: str) -> float:
-    """argparse type: a number in [0, 1] (a decay, an Adam beta)."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
+class stop_signals:
+    """Within the block, SIGTERM and SIGINT set ``trainer._signal`` instead of killing the process: the loop then
+    writes a checkpoint at the end of the current step and exits with status 128 + the signal's number."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.trainer._signal is not None:  # a second signal: leave now
+                raise KeyboardInterrupt
+            self.trainer._signal = signum
+            logger.warning(f"{signal.Signals(signum).name} received: stopping after this step with a checkpoint")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        return False
 
 
-def add_common_arguments(
-    parser: argparse.ArgumentParser, output_dir: str, ema_max_decay: float
-) -> dict[str, argparse._ArgumentGroup]:
-    """The flags both training scripts share: image source, run set-up, EMA, logging, checkpoints, Hub.
-
-    Returns the argument groups by title, for a script to add its own flags to them.
-    """
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--train_data_dir", help="a folder of images (datasets' imagefolder)")
-    data.add_argument("--image_column", help="default: the first Image column")
-    data.add_argument("--cache_dir")
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default=output_dir)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    run.add_argument("--max_train_seconds", type=positive_float, help="stop, with a checkpoint and the final save, after this "
-                     "much training time (the learning-rate schedule still spans the step count)")
-    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
-    run.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
-    run.add_argument("--ema_max_decay", type=unit_interval, default=ema_max_decay)
-    run.add_argument("--ema_power", type=positive_float, default=3 / 4, help="EMA warm-up: decay = 1 - (1 + step) ** -power")
-    log = parser.add_argument_group("logging and checkpoints")
-    log.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
-    log.add_argument("--logging_dir", default="logs")
-    log.add_argument("--checkpointing_steps", type=positive_int, default=1000)
-    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep this many newest checkpoints")
-    log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
-    hub = parser.add_argument_group("hub")
-    hub.add_argument("--push_to_hub", action="store_true")
-    hub.add_argument("--hub_model_id")
-    hub.add_argument("--hub_token")
-    hub.add_argument("--hub_private_repo", action="store_true")
-    return {"data": data, "run": run, "logging and checkpoints": log, "hub": hub}
-
-
-def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse flag combinations that cannot work, through ``parser.error``."""
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        parser.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
-    for tracker in ("wandb", "tensorboard"):
-        if args.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
-            parser.error(f"--report_to {args.report_to} needs the {tracker} package (pip install {tracker}), or use "
-                         "--report_to none")
-
-
-def make_accelerator(args: argparse.Namespace, project_name: str) -> Accelerator:
-    """An `Accelerator` from the scripts' common flags, with logging, seeding and trackers set up."""
+# ---------------------------------------------------------------------------------------------- helpers
+def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict) -> Accelerator:
+    """An `Accelerator` from the loop settings, with logging, seeding and trackers set up."""
     # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        cpu=config.cpu or (multi_process and not torch.cuda.is_available()),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("--mixed_precision fp16 needs a GPU (on the CPU accelerate would silently train in fp32); "
                          "use --mixed_precision bf16")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
+    set_seed(config.seed)
     if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        if args.report_to != "none":
-            config = {k: v for k, v in vars(args).items() if v is not None and k != "hub_token"
-                      and not isinstance(v, (list, dict))}
-            accelerator.init_trackers(project_name, config=config)
+        os.makedirs(config.output_dir, exist_ok=True)
+        if config.report_to != "none":
+            accelerator.init_trackers(project_name, config={k: v for k, v in tracker_config.items()
+                                                            if not isinstance(v, (list, dict))})
     return accelerator
 
 
-def prepare_with_schedule(accelerator: Accelerator, args: argparse.Namespace, model, optimizer, loader):
-    """``accelerator.prepare`` the model, optimizer and loader, then the learning-rate schedule.
-
-    The schedule spans the run's optimisation steps, counted from the *prepared* loader (its length is the number
-    of batches one process sees in an epoch). Returns ``(model, optimizer, loader, lr_scheduler, steps_per_epoch,
-    max_steps)``.
-    """
-    raw_optimizer = optimizer
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if len(loader) < args.gradient_accumulation_steps:
-        raise ValueError(f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
-                         f"{len(loader)} batches of an epoch per process")
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    # The prepared schedule steps once per process per optimisation step, hence the factors.
-    lr_scheduler = get_scheduler(args.lr_scheduler, raw_optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_steps * accelerator.num_processes)
-    return model, optimizer, loader, accelerator.prepare(lr_scheduler), steps_per_epoch, max_steps
-
-
-def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: int,
-           lr_scheduler) -> tuple[int, int, int]:
-    """Load ``--resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
-    if not args.resume_from_checkpoint:
+def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, lr_scheduler) -> tuple[int, int, int]:
+    """Load ``resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
+    if not config.resume_from_checkpoint:
         return 0, 0, 0
-    found = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    found = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
     if found is None:
         logger.info("no checkpoint to resume from; starting a new run")
         return 0, 0, 0
@@ -186,7 +391,7 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, steps_per_epoch: 
         ) from error
     follow_schedule(lr_scheduler)
     logger.info(f"resumed from {path} at step {step}")
-    return step, step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
+    return step, step // steps_per_epoch, (step % steps_per_epoch) * config.gradient_accumulation_steps
 
 
 def follow_schedule(lr_scheduler) -> None:
@@ -203,30 +408,26 @@ def follow_schedule(lr_scheduler) -> None:
     scheduler._last_lr = rates
 
 
-def make_ema(
-    accelerator: Accelerator, model, args: argparse.Namespace, batch_size: int | None = None
-) -> EMAModel | None:
-    """EMA of the (prepared) model's weights; None with ``--no-use_ema``. Checkpoints hold it once
+def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: int) -> EMAModel | None:
+    """EMA of the (prepared) model's weights; None without ``use_ema``. Checkpoints hold it once
     `register_checkpoint_hooks` is given it.
 
-    ``--ema_schedule stylegan`` (stage 1's default, the release's): `HalfLifeEMA` with ``--ema_halflife_kimg``
-    (default ``10 * batch_size / 32``, the release's) and ``--ema_rampup``; ``warmup``: diffusers' warm-up
-    ``1 - (1 + step) ** -ema_power`` capped at ``--ema_max_decay`` (stage 2, which has no ``--ema_schedule``).
-    ``batch_size``, the images of one step, is needed by the ``stylegan`` schedule.
+    ``ema_schedule="stylegan"`` (the release's): `HalfLifeEMA` with ``ema_halflife_kimg`` (default
+    ``10 * batch_size / 32``) and ``ema_rampup``; ``"warmup"``: diffusers' warm-up ``1 - (1 + step) ** -ema_power``
+    capped at ``ema_max_decay``. ``batch_size`` is the images of one optimisation step.
     """
-    if not args.use_ema:
+    settings = config.ema
+    if not settings.use_ema:
         return None
     unwrapped = accelerator.unwrap_model(model)
     kwargs = dict(model_cls=type(unwrapped), model_config=unwrapped.config)
-    if getattr(args, "ema_schedule", "warmup") == "stylegan":
-        if batch_size is None:
-            raise ValueError("the stylegan EMA schedule needs the batch size of a step")
-        halflife_kimg = args.ema_halflife_kimg or 10 * batch_size / 32
+    if settings.ema_schedule == "stylegan":
+        halflife_kimg = settings.ema_halflife_kimg or 10 * batch_size / 32
         ema = HalfLifeEMA(unwrapped.parameters(), halflife_images=halflife_kimg * 1000, batch_size=batch_size,
-                          rampup=args.ema_rampup or None, **kwargs)
+                          rampup=settings.ema_rampup or None, **kwargs)
     else:
-        ema = EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
-                       power=args.ema_power, **kwargs)
+        ema = EMAModel(unwrapped.parameters(), decay=settings.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                       power=settings.ema_power, **kwargs)
     ema.to(accelerator.device)
     return ema
 
@@ -243,7 +444,7 @@ def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel
     """
 
     def only_model(models) -> torch.nn.Module:
-        if len(models) != 1:  # both scripts prepare one model; a second would overwrite the first's folder
+        if len(models) != 1:  # the trainer prepares one model; a second would overwrite the first's folder
             raise RuntimeError(f"checkpoint hooks for {name!r} expect one prepared model, got {len(models)}")
         return accelerator.unwrap_model(models[0])
 
@@ -296,24 +497,12 @@ def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
             tracker.log({tag: wandb.Image(image)}, step=step)
 
 
-def step_progress(accelerator: Accelerator, args: argparse.Namespace, max_steps: int, initial: int) -> tqdm:
+def step_progress(accelerator: Accelerator, config: LoopConfig, max_steps: int, initial: int) -> tqdm:
     """The training progress bar (main process). Under a time budget the step count is open-ended: count and
     rate, no step total or ETA."""
-    budget = args.max_train_seconds
+    budget = config.max_train_seconds
     return tqdm(total=None if budget else max_steps, initial=initial, desc=f"steps (budget {budget:g} s)" if budget
                 else "steps", disable=not accelerator.is_local_main_process)
-
-
-def time_is_up(accelerator: Accelerator, args: argparse.Namespace, start_time: float, step: int) -> bool:
-    """Whether ``--max_train_seconds`` is spent (never without one), decided by the main process so that all
-    processes stop together; logs the step it stopped at."""
-    if not args.max_train_seconds:
-        return False
-    flag = torch.tensor([float(time.monotonic() - start_time >= args.max_train_seconds)], device=accelerator.device)
-    if not broadcast(flag, from_process=0).item():
-        return False
-    logger.info(f"--max_train_seconds reached after {step} steps")
-    return True
 
 
 class StepLogs:
@@ -344,12 +533,23 @@ class StepLogs:
         return dict(zip(keys, means.tolist()))
 
 
-def micro_batch_seed(args: argparse.Namespace, step: int, micro_step: int, process_index: int) -> int:
-    """The seed of one micro-batch's random draws (flips, noise, timesteps): a function of ``--seed``, the
-    optimisation step, the micro-batch within it (``0 .. gradient_accumulation_steps - 1``) and the process, so a
-    resumed run draws what the uninterrupted one would, and no two micro-batches share their draws."""
-    micro_batch = step * args.gradient_accumulation_steps + micro_step
-    return args.seed * 1_000_003 + micro_batch * 1009 + process_index
+def micro_batch_seed(seed: int, accumulation_steps: int, step: int, micro_step: int, process_index: int) -> int:
+    """The seed of one micro-batch's random draws (flips, noise, timesteps): a function of the run's ``seed``, the
+    optimisation step, the micro-batch within it (``0 .. accumulation_steps - 1``) and the process, so a resumed
+    run draws what the uninterrupted one would, and no two micro-batches share their draws."""
+    micro_batch = step * accumulation_steps + micro_step
+    return seed * 1_000_003 + micro_batch * 1009 + process_index
+
+
+def average_gradients(accelerator: Accelerator, parameters) -> None:
+    """Mean of the gradients over all processes (one all-reduce of the flattened gradients), for modules kept out
+    of DDP."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -368,15 +568,7 @@ def check_in_sync(accelerator, model) -> None:
     logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
 
 
-def run_training(train, args: argparse.Namespace, accelerator: Accelerator) -> None:
-    """``train(args, accelerator)``, then release what it prepared and end the run (trackers, process group).
-
-    ``train`` must keep the prepared (DDP-wrapped) models in its own frame, so that they are gone when it returns.
-    Otherwise the last owner of the gloo process group can be a DDP reducer collected at interpreter exit: the
-    group's destructor then joins its worker thread while holding the GIL, and a worker still releasing the
-    tensors of a finished collective waits for the GIL, so the process never exits. Once the wrappers are
-    released, `destroy_process_group` drops the group instead, without holding the GIL.
-    """
-    train(args, accelerator)
-    accelerator.free_memory()
-    accelerator.end_training()
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Give every process rank 0's weights of a module kept out of DDP."""
+    for parameter in module.parameters():
+        parameter.data.copy_(broadcast(parameter.data, from_process=0))

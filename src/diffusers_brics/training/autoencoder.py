@@ -1,0 +1,423 @@
+"""Stage 1: train a BRICS autoencoder (encoder + feature grids + decoder) with a StyleGAN2 discriminator.
+
+Loss (paper eq. 5, supp. A.3): ``20 * L2 + 5 * perceptual + GAN``: the release's VGG16 perceptual loss (or LPIPS-VGG),
+the non-saturating loss with lazy R1 (or WGAN-GP), plus a KL term for the KL variant. Adam with betas (0, 0.99), eps
+1e-15 for the autoencoder (the grids may get their own learning rate), 1e-8 for the discriminator (lr and betas
+adjusted for lazy R1 as StyleGAN2 does), and StyleGAN2's EMA schedule. `main` is the command line
+(``examples/train_brics_ae.py``); `AutoencoderStage` the training task the `Trainer` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from diffusers.utils import make_image_grid
+
+from ..metrics import GridUsage, lpips, psnr, ssim
+from ..models.autoencoder_brics import PRESETS, BRICSAutoencoder
+from .config import (
+    DataConfig,
+    LoopConfig,
+    add_loop_arguments,
+    check_loop_arguments,
+    flat_settings,
+    from_namespace,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from .data import image_column_of, image_transform, load_image_datasets, undecoded
+from .discriminator import StyleGAN2Discriminator
+from .hub import write_model_card
+from .images import to_pil
+from .loop import StageParts, Trainer, TrainingStage, broadcast_parameters, check_in_sync, log_image
+from .losses import (
+    VGGPerceptualLoss,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+    kl_loss,
+    r1_penalty,
+)
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class AutoencoderLossConfig:
+    """The terms of the stage-1 loss and the discriminator."""
+
+    l2_weight: float = 20.0
+    perceptual_weight: float = 5.0
+    perceptual_loss: str = "vgg"
+    perceptual_resolution: int = 224
+    lpips_weights: str | None = None
+    gan_weight: float = 1.0
+    gan_loss: str = "r1"
+    r1_gamma: float = 4.0
+    r1_interval: int = 16
+    r1_lazy_adjustment: bool = True
+    gp_weight: float = 4.0
+    disc_start: int = 0
+    disc_channel_base: int | None = None
+    disc_channel_max: int | None = None
+    kl_weight: float = 0.0
+    kl_reduction: str = "mean"
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    """Everything a stage-1 run needs; `parse_args` builds it from the command line."""
+
+    loop: LoopConfig
+    data: DataConfig
+    loss: AutoencoderLossConfig
+    preset: str = "small-32"
+    model_config_name_or_path: str | None = None
+    gradient_checkpointing: bool = False
+    resolution: int | None = None
+    center_crop: bool = False
+    random_flip: bool = False
+    validation_fraction: float = 0.05
+    dataloader_num_workers: int = 0
+    learning_rate: float = 2e-3
+    grid_learning_rate: float | None = None
+    disc_learning_rate: float | None = None
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    adam_epsilon: float = 1e-15
+    disc_adam_epsilon: float = 1e-8
+    eval_batch_size: int = 64
+    num_validation_images: int = 16
+    max_eval_images: int | None = None
+    eval_with_noise: bool = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stage-1 command line; every flag is a field of `AutoencoderTrainingConfig`."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = add_loop_arguments(p, output_dir="brics-autoencoder", train_batch_size=16,
+                                learning_rate_scheduler="constant", lr_warmup_steps=0, max_grad_norm=None,
+                                validation_steps=500, ema_max_decay=0.999, ema_schedule="stylegan")
+    data, train, val = groups["data"], groups["training"], groups["validation"]
+    data.add_argument("--resolution", type=positive_int, help="default: the model's sample_size")
+    data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
+    data.add_argument("--random_flip", action="store_true", help="mirror half the images, drawn per step")
+    data.add_argument("--validation_fraction", type=float, default=0.05,
+                      help="held out when the dataset has no validation/test split")
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers")
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", default="small-32", choices=sorted(PRESETS), help="a BRICSAutoencoder preset")
+    model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
+    model.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
+    model.add_argument("--kl_weight", type=non_negative_float, default=0.0,
+                       help="> 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
+                       "relaxed-precision noise; paper weight 1e-6)")
+    model.add_argument("--kl_reduction", choices=["mean", "sum"], default="mean",
+                       help="the KL term averaged over a code's elements (the release) or summed over them "
+                            "(diffusers' DiagonalGaussianDistribution.kl(), C*H*W times stronger)")
+    train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Adam's rate (paper: 2e-3)")
+    train.add_argument("--grid_learning_rate", type=positive_float,
+                       help="learning rate of the feature grids (default: --learning_rate)")
+    train.add_argument("--disc_learning_rate", type=positive_float, help="default: --learning_rate")
+    train.add_argument("--adam_beta1", type=unit_interval, default=0.0, help="Adam beta1 (paper: 0)")
+    train.add_argument("--adam_beta2", type=unit_interval, default=0.99, help="Adam beta2 (paper: 0.99)")
+    train.add_argument("--adam_epsilon", type=positive_float, default=1e-15,
+                       help="Adam eps of the autoencoder (paper: 1e-15, fast grid updates)")
+    train.add_argument("--disc_adam_epsilon", type=positive_float, default=1e-8, help="Adam eps of the discriminator")
+    loss = p.add_argument_group("loss")
+    loss.add_argument("--l2_weight", type=non_negative_float, default=20.0, help="weight of the L2 term (paper: 20)")
+    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0,
+                      help="perceptual loss weight (0: off)")
+    loss.add_argument("--perceptual_loss", choices=["vgg", "lpips"], default="vgg",
+                      help="vgg: the release's L1 between VGG16 features (relu1_2 ... relu4_3, Johnson et al.); "
+                           "lpips: LPIPS-VGG")
+    loss.add_argument("--perceptual_resolution", type=non_negative_int, default=224,
+                      help="images are resized to this size for the VGG loss (the release: 224; 0: their own size)")
+    loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights, whose VGG16 backbone the VGG loss "
+                      "also uses (else BRICS_LPIPS_WEIGHTS/cache)")
+    loss.add_argument("--gan_weight", type=non_negative_float, default=1.0, help="0: no discriminator")
+    loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"], default="r1",
+                      help="r1: non-saturating + lazy R1 (the release); wgan-gp: the paper's text")
+    loss.add_argument("--r1_gamma", type=non_negative_float, default=4.0, help="R1 weight gamma")
+    loss.add_argument("--r1_interval", type=positive_int, default=16, help="R1 every N steps (lazy)")
+    loss.add_argument("--r1_lazy_adjustment", action=argparse.BooleanOptionalAction, default=True,
+                      help="StyleGAN2's lazy-regularisation adjustment of the discriminator's Adam: lr x c and betas "
+                           "** c with c = interval / (interval + 1) (the release)")
+    loss.add_argument("--gp_weight", type=non_negative_float, default=4.0, help="WGAN-GP gradient-penalty weight")
+    loss.add_argument("--disc_start", type=non_negative_int, default=0, help="step at which the GAN loss starts")
+    loss.add_argument("--disc_channel_base", type=positive_int, default=None,
+                      help="channels at resolution r are min(base / r, max); default: 32768 (NVlabs) from 256x256 "
+                           "up, 64 * resolution below")
+    loss.add_argument("--disc_channel_max", type=positive_int, default=None,
+                      help="default: 512 from 256x256 up, 256 below")
+    val.add_argument("--eval_batch_size", type=positive_int, default=64, help="held-out images per batch")
+    val.add_argument("--num_validation_images", type=positive_int, default=16, help="images in the reconstruction grid")
+    val.add_argument("--max_eval_images", type=positive_int, default=None, help="cap on held-out images for metrics")
+    val.add_argument("--eval_with_noise", action=argparse.BooleanOptionalAction, default=True,
+                     help="held-out metrics with the relaxed-precision noise and random decoder noise, as the "
+                          "release's measure_recon_error.py (drawn from a fixed seed); --no-eval_with_noise: the "
+                          "deterministic decode a pipeline uses")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
+    """`AutoencoderTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_loop_arguments(parser, args)
+    return from_namespace(AutoencoderTrainingConfig, args)
+
+
+def build_model(config: AutoencoderTrainingConfig) -> BRICSAutoencoder:
+    """The untrained autoencoder of ``--model_config_name_or_path`` or ``--preset``."""
+    path = config.model_config_name_or_path
+    if not path:
+        return BRICSAutoencoder.from_preset(config.preset)
+    try:
+        model_config = BRICSAutoencoder.load_config(path)
+    except OSError as error:  # diffusers reports a missing folder as a failed Hub download
+        nested = os.path.join(path, "autoencoder", "config.json")
+        hint = f"; a stage-1 output folder keeps it in {os.path.dirname(nested)!r}" if os.path.isfile(nested) else ""
+        raise FileNotFoundError(f"--model_config_name_or_path {path!r}: no config.json, neither in a local folder nor "
+                                f"in a Hub repo{hint} ({error})") from error
+    return BRICSAutoencoder.from_config(model_config)
+
+
+def collate(transform, column):
+    """A DataLoader collate function: the images of ``column``, transformed, as one tensor."""
+
+    def fn(examples):
+        return torch.stack([transform(example[column]) for example in examples])
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed=0) -> tuple[dict[str, float], object]:
+    """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions.
+
+    ``with_noise``: reconstructions with the relaxed-precision noise (for a model trained with it) and random
+    decoder noise (the release's measurement), drawn from ``seed``; otherwise the deterministic decode."""
+    totals, count, usage = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, GridUsage(model)
+    generator = torch.Generator().manual_seed(seed)
+    noise = dict(relaxed_precision=with_noise and model.config.relaxed_precision,
+                 noise_mode="random" if with_noise else "const", generator=generator)
+    for images in loader:
+        images = images.to(model.device)
+        z = model.encode(images, sample_posterior=False).latents
+        recon = model.decode(z, **noise).sample.clamp(-1, 1)
+        usage.update(z)
+        for name, fn in (("psnr", psnr), ("ssim", ssim)):
+            totals[name] += float(fn(recon, images).sum())
+        totals["lpips"] += float(lpips(recon, images, net="alex").sum())
+        count += images.shape[0]
+        if max_images and count >= max_images:
+            break
+    metrics = {name: value / count for name, value in totals.items()}
+    hits = usage.hit_fraction()  # (N_h, N_r)
+    metrics["grid_usage_mean"] = float(hits.mean())
+    metrics["grid_usage_min_level"] = float(hits.min())
+    metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
+    metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
+    metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
+    fixed = fixed_images.to(model.device)
+    recon = model.decode(model.encode(fixed, sample_posterior=False).latents, **noise).sample.clamp(-1, 1)
+    pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
+    return metrics, make_image_grid(pictures, rows=2, cols=fixed.shape[0])
+
+
+class AutoencoderStage(TrainingStage):
+    """Stage 1 for the `Trainer`: the autoencoder (prepared, DDP) and a discriminator kept out of DDP."""
+
+    progress_keys = ("loss", "l2", "vgg", "lpips_vgg", "d_loss")
+
+    def __init__(self, config: AutoencoderTrainingConfig):
+        self.config = config
+        self.discriminator = self.disc_optimizer = self.vgg_loss = None
+
+    def setup(self, trainer: Trainer) -> StageParts:
+        c, loss, accelerator = self.config, self.config.loss, trainer.accelerator
+        model = build_model(c)
+        resolution = c.resolution or model.config.sample_size
+        if resolution != model.config.sample_size:
+            raise ValueError(f"--resolution {resolution} does not match the model's sample_size "
+                             f"{model.config.sample_size}")
+        if loss.kl_weight > 0 and (not model.config.kl_key_codes or model.config.relaxed_precision):
+            # Paper config c: KL-regularised key codes take the place of the relaxed-precision noise (config d).
+            # Keywords, not a merged dict: keys in the config's `_use_default_values` would be reset to defaults.
+            model = BRICSAutoencoder.from_config(model.config, kl_key_codes=True, relaxed_precision=False)
+        if c.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+
+        with accelerator.main_process_first():
+            train_set, val_set = load_image_datasets(
+                c.data.dataset_name, c.data.dataset_config_name, c.data.train_data_dir, resolution, c.data.cache_dir,
+                c.validation_fraction, c.loop.seed,
+            )
+        column = image_column_of(train_set, c.data.image_column)
+        train_set, val_set = undecoded(train_set, column), undecoded(val_set, column)
+        batch = c.loop.train_batch_size
+        if len(train_set) < batch * accelerator.num_processes:
+            raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of --train_batch_size "
+                             f"{batch} per process on {accelerator.num_processes} process(es)")
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=batch, shuffle=True, drop_last=True,
+            collate_fn=collate(image_transform(resolution, c.center_crop), column),
+            num_workers=c.dataloader_num_workers,
+        )
+        self.val_loader = torch.utils.data.DataLoader(
+            val_set, batch_size=c.eval_batch_size, collate_fn=collate(image_transform(resolution, True), column))
+        self.fixed_images = torch.stack([image_transform(resolution, True)(val_set[i][column])
+                                         for i in range(min(c.num_validation_images, len(val_set)))])
+
+        grids = [p for n, p in model.named_parameters() if n.endswith("embeddings")]
+        others = [p for n, p in model.named_parameters() if not n.endswith("embeddings")]
+        optimizer = torch.optim.Adam(
+            [{"params": others}, {"params": grids, "lr": c.grid_learning_rate or c.learning_rate}],
+            lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon,
+        )
+        extra = []
+        if loss.gan_weight > 0:
+            large = resolution >= 256
+            self.discriminator = StyleGAN2Discriminator(
+                resolution=resolution,
+                channel_base=loss.disc_channel_base or (32768 if large else 64 * resolution),
+                channel_max=loss.disc_channel_max or (512 if large else 256),
+            ).to(accelerator.device)
+            # DDP cannot differentiate twice through a wrapped module (the R1 and gradient penalties do), so the
+            # discriminator stays unwrapped, starts from rank 0's weights and has its gradients averaged by hand.
+            broadcast_parameters(self.discriminator)
+            # StyleGAN2's lazy regularisation: R1 every `interval` steps stands in for a separate step, so the
+            # release scales D's learning rate and betas by c = interval / (interval + 1).
+            lazy = loss.r1_interval / (loss.r1_interval + 1) if loss.gan_loss == "r1" and loss.r1_lazy_adjustment else 1.0
+            self.disc_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=(c.disc_learning_rate or c.learning_rate) * lazy,
+                betas=(c.adam_beta1**lazy, c.adam_beta2**lazy), eps=c.disc_adam_epsilon)
+            extra = [self.discriminator, self.disc_optimizer]
+        if loss.perceptual_weight > 0 and loss.perceptual_loss == "vgg":
+            self.vgg_loss = VGGPerceptualLoss(loss.lpips_weights, loss.perceptual_resolution or None)
+            self.vgg_loss.to(accelerator.device)
+        return StageParts("autoencoder", model, optimizer, loader, extra,
+                          description=f"{len(train_set)} training images, {len(val_set)} held out")
+
+    def training_step(self, trainer: Trainer, images: torch.Tensor, generator: torch.Generator, step: int) -> dict:
+        if self.config.random_flip:
+            flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1)
+            images = torch.where(flip.to(images.device), images.flip(-1), images)
+        gan = self.discriminator is not None and step >= self.config.loss.disc_start
+        logs, recon = self._autoencoder_step(trainer, images, generator, gan)
+        if gan:
+            logs.update(self._discriminator_step(trainer, images, recon, step, generator))
+        return logs
+
+    def _autoencoder_step(self, trainer, images, generator, gan: bool) -> tuple[dict, torch.Tensor]:
+        """Encoder, grids and decoder: returns the logged losses and the (detached) reconstruction."""
+        loss_config = self.config.loss
+        # The training draws, explicitly: the KL sample, the relaxed-precision noise and the decoder's noise inputs.
+        relaxed = trainer.unwrap().config.relaxed_precision
+        out = trainer.model(images, sample_posterior=True, relaxed_precision=relaxed, noise_mode="random",
+                            generator=generator)
+        recon = out.sample
+        l2 = F.mse_loss(recon.float(), images.float())
+        loss = loss_config.l2_weight * l2
+        logs = {"l2": l2.item()}
+        if loss_config.perceptual_weight > 0:
+            if self.vgg_loss is not None:
+                perceptual, name = self.vgg_loss(recon.float(), images.float()), "vgg"
+            else:
+                perceptual = lpips(recon.float(), images.float(), net="vgg", weights_path=loss_config.lpips_weights)
+                perceptual, name = perceptual.mean(), "lpips_vgg"
+            loss = loss + loss_config.perceptual_weight * perceptual
+            logs[name] = perceptual.item()
+        if loss_config.kl_weight > 0:
+            kl = kl_loss(out.key_code_posterior, loss_config.kl_reduction)
+            loss = loss + loss_config.kl_weight * kl
+            logs["kl"] = kl.item()
+        if gan:
+            self.discriminator.requires_grad_(False)  # this loss trains the autoencoder only
+            g_adv = generator_adversarial_loss(self.discriminator(recon), loss_config.gan_loss)
+            self.discriminator.requires_grad_(True)
+            loss = loss + loss_config.gan_weight * g_adv
+            logs["g_adv"] = g_adv.item()
+        trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
+        logs["loss"] = loss.item()
+        return logs, recon.detach()
+
+    def _discriminator_step(self, trainer, images, recon, step: int, generator) -> dict:
+        """Logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP. Gradients accumulate over the micro-batches
+        like the autoencoder's; D steps with it."""
+        loss_config, disc = self.config.loss, self.discriminator
+        logs = {}
+        if loss_config.gan_loss == "r1" and step % loss_config.r1_interval == 0:
+            penalty, real_logits = r1_penalty(disc, images)
+            penalty_term = loss_config.r1_gamma / 2 * penalty * loss_config.r1_interval
+            logs["r1"] = penalty.item()
+        else:
+            real_logits = disc(images)
+            penalty_term = 0.0
+        fake_logits = disc(recon)
+        if loss_config.gan_loss == "wgan-gp":
+            penalty = gradient_penalty(disc, images, recon, generator)
+            penalty_term = loss_config.gp_weight * penalty
+            logs["gp"] = penalty.item()
+        d_loss = discriminator_adversarial_loss(real_logits, fake_logits, loss_config.gan_loss)
+        trainer.apply_gradients(d_loss + penalty_term, self.disc_optimizer, disc.parameters(), prepared=False)
+        logs["d_loss"] = d_loss.item()
+        return logs
+
+    def validate(self, trainer: Trainer, model: BRICSAutoencoder, step: int) -> dict[str, float]:
+        """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
+        c = self.config
+        metrics, grid = evaluate(model, self.val_loader, self.fixed_images, c.max_eval_images,
+                                 with_noise=c.eval_with_noise, seed=c.loop.seed)
+        log_image(trainer.accelerator, "val/reconstructions", grid, step)
+        grid.save(os.path.join(c.loop.output_dir, "reconstructions.png"))
+        return metrics
+
+    def check_in_sync(self, trainer: Trainer) -> None:
+        if self.discriminator is not None:
+            check_in_sync(trainer.accelerator, self.discriminator)
+
+    def finish(self, trainer: Trainer, model: BRICSAutoencoder, step: int, summary: dict[str, float]) -> None:
+        """Save the EMA autoencoder, final metrics and a model card."""
+        c = self.config
+        output = c.loop.output_dir
+        model.save_pretrained(os.path.join(output, "autoencoder"))
+        metrics = self.validate(trainer, model, step)
+        trainer.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        with open(os.path.join(output, "metrics.json"), "w") as f:
+            json.dump({"step": step, **summary, **metrics}, f, indent=2)
+        repo = c.loop.hub_model_id or output
+        write_model_card(
+            output,
+            title=f"BRICS autoencoder ({c.model_config_name_or_path or c.preset})",
+            description=(
+                f"A BRICS autoencoder trained for {step} steps on {c.data.describe()} at {model.config.sample_size}x"
+                f"{model.config.sample_size} with `examples/train_brics_ae.py` from diffusers-brics. Key codes "
+                f"{model.config.latent_size}x{model.config.latent_size}x{model.latent_channels} in [0, 1].\n\n"
+                "```python\nfrom diffusers_brics import BRICSAutoencoder\n"
+                f"vae = BRICSAutoencoder.from_pretrained(\"{repo}\", subfolder=\"autoencoder\")\n```\n\n"
+                "Metrics on the held-out split (EMA weights"
+                + ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
+                   if c.eval_with_noise else "") + "); LPIPS uses AlexNet."
+            ),
+            config=flat_settings(c),
+            metrics=metrics,
+            image="reconstructions.png",
+            dataset=c.data.dataset_name,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train a BRICS autoencoder from command-line arguments."""
+    config = parse_args(argv)
+    Trainer(config.loop, "train_brics_ae", flat_settings(config)).fit(AutoencoderStage(config))

@@ -1,0 +1,226 @@
+"""Training settings as small typed objects, and the command-line flags they are built from.
+
+Every flag of the training scripts is the name of one dataclass field: `from_namespace` builds a (nested) settings
+object from parsed arguments, `flat_settings` lists it back for a model card or a tracker. The settings the
+`Trainer` owns (run, schedule, checkpoints, EMA, Hub) are `LoopConfig`; the image source both stages read is
+`DataConfig`; each stage adds its own (`training.autoencoder`, `training.diffusion`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers.optimization import SchedulerType
+
+
+# ---------------------------------------------------------------------------------------------- argparse types
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a loss weight: 0 turns the term off)."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1] (a decay, an Adam beta)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass
+class DataConfig:
+    """Where the images come from (see `training.data.load_image_datasets`); the embedded emoji by default."""
+
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_data_dir: str | None = None
+    image_column: str | None = None
+    cache_dir: str | None = None
+    strict_data: bool = False
+
+    def describe(self) -> str:
+        return self.dataset_name or self.train_data_dir or "the embedded emoji images (Google Noto Emoji, Apache-2.0)"
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the trained model's weights: ``stylegan`` (half-life schedule) or diffusers' ``warmup``."""
+
+    use_ema: bool = True
+    ema_schedule: str = "warmup"
+    ema_max_decay: float = 0.9999
+    ema_power: float = 0.75
+    ema_halflife_kimg: float | None = None
+    ema_rampup: float = 0.05
+
+
+@dataclass
+class LoopConfig:
+    """What the `Trainer` owns: the run, its length and schedule, checkpoints, validation cadence, logging, Hub."""
+
+    output_dir: str
+    seed: int = 0
+    train_batch_size: int = 16
+    num_epochs: int = 100
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_train_seconds: float | None = None
+    mixed_precision: str | None = None
+    cpu: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    max_nonfinite_steps: int = 10
+    checkpointing_steps: int = 1000
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    validation_steps: int = 500
+    report_to: str = "tensorboard"
+    logging_dir: str = "logs"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_token: str | None = None
+    hub_private_repo: bool = False
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+
+def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
+    """A settings dataclass (nested ones included) from parsed arguments: each field reads the flag of its name."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind):
+            values[item.name] = from_namespace(kind, namespace)
+        else:
+            values[item.name] = getattr(namespace, item.name)
+    return cls(**values)
+
+
+def flat_settings(settings: Any, secret: tuple[str, ...] = ("hub_token",)) -> dict[str, Any]:
+    """The fields of a (nested) settings object as one flat dict, leaving out unset values and secrets."""
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_settings(value, secret))
+        elif value is not None and item.name not in secret:
+            out[item.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- flags
+def add_loop_arguments(
+    parser: argparse.ArgumentParser, *, output_dir: str, train_batch_size: int, learning_rate_scheduler: str,
+    lr_warmup_steps: int, max_grad_norm: float | None, validation_steps: int, ema_max_decay: float,
+    ema_schedule: str,
+) -> dict[str, argparse._ArgumentGroup]:
+    """The flags of `DataConfig`, `LoopConfig` and `EMAConfig`, with a stage's defaults; returns the groups by title
+    ("data", "training", "run", "validation", "logging and checkpoints", "hub") for a stage to add its own flags."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
+    data.add_argument("--dataset_config_name", help="the dataset's configuration, for --dataset_name")
+    data.add_argument("--train_data_dir", help="a folder of images (datasets' imagefolder)")
+    data.add_argument("--image_column", help="default: the first Image column")
+    data.add_argument("--cache_dir", help="where datasets caches downloads")
+    data.add_argument("--strict_data", action="store_true",
+                      help="stop at the first unreadable image instead of skipping it (skips are counted and reported)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--train_batch_size", type=positive_int, default=train_batch_size, help="images per process")
+    train.add_argument("--num_epochs", type=positive_int, default=100, help="epochs, unless --max_train_steps")
+    train.add_argument("--max_train_steps", type=positive_int, help="optimisation steps (overrides --num_epochs)")
+    train.add_argument("--lr_scheduler", default=learning_rate_scheduler, choices=[t.value for t in SchedulerType],
+                       help="diffusers' learning-rate schedule")
+    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=lr_warmup_steps,
+                       help="linear warm-up steps of the schedule")
+    train.add_argument("--max_grad_norm", type=positive_float, default=max_grad_norm,
+                       help="clip the trained model's gradient norm (default: none)" if max_grad_norm is None
+                       else "clip the trained model's gradient norm")
+    train.add_argument("--max_nonfinite_steps", type=positive_int, default=10,
+                       help="a step with a non-finite loss or gradient is skipped (nothing applied, EMA untouched); "
+                            "this many in a row stop training, the last checkpoint intact")
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep an EMA of the weights, validated and saved at the end")
+    train.add_argument("--ema_schedule", choices=["stylegan", "warmup"], default=ema_schedule,
+                       help="stylegan: half-life --ema_halflife_kimg with --ema_rampup (the BRICS release); warmup: "
+                            "diffusers' EMAModel warm-up capped at --ema_max_decay")
+    train.add_argument("--ema_max_decay", type=unit_interval, default=ema_max_decay, help="warmup schedule: the cap")
+    train.add_argument("--ema_power", type=positive_float, default=3 / 4,
+                       help="warmup schedule: decay = 1 - (1 + step) ** -power")
+    train.add_argument("--ema_halflife_kimg", type=positive_float, default=None,
+                       help="stylegan schedule: half-life in thousands of images (default: 10 * total batch / 32)")
+    train.add_argument("--ema_rampup", type=non_negative_float, default=0.05,
+                       help="stylegan schedule: half-life ramp-up as a fraction of the images seen (0: none)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default=output_dir, help="checkpoints, logs and the final model")
+    run.add_argument("--seed", type=int, default=0, help="seeds initialisation and every random draw of training")
+    run.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+                     help="micro-batches per optimisation step")
+    run.add_argument("--max_train_seconds", type=positive_float,
+                     help="stop, with a checkpoint and the final save, after this much training time (the "
+                          "learning-rate schedule still spans the step count)")
+    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                     help="autocast precision (fp16 needs a GPU; default: accelerate's configuration)")
+    run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--validation_steps", type=positive_int, default=validation_steps, help="validate every N steps")
+    log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"],
+                     help="trackers")
+    log.add_argument("--logging_dir", default="logs", help="tracker folder inside --output_dir")
+    log.add_argument("--checkpointing_steps", type=positive_int, default=1000, help="checkpoint every N steps")
+    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep this many newest checkpoints")
+    log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="upload the result (without checkpoints and logs)")
+    hub.add_argument("--hub_model_id", help="the Hub repository, 'user/name'")
+    hub.add_argument("--hub_token", help="default: the token huggingface_hub finds")
+    hub.add_argument("--hub_private_repo", action="store_true", help="create the repository private")
+    return {"data": data, "training": train, "run": run, "validation": val, "logging and checkpoints": log,
+            "hub": hub}
+
+
+def check_loop_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse flag combinations that cannot work, through ``parser.error``."""
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
+    for tracker in ("wandb", "tensorboard"):
+        if args.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+            parser.error(f"--report_to {args.report_to} needs the {tracker} package (pip install {tracker}), or use "
+                         "--report_to none")

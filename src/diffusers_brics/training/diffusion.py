@@ -1,0 +1,375 @@
+"""Stage 2: train a UNet2DModel to generate BRICS key codes (latent diffusion on key codes).
+
+The dataset is encoded once by the trained autoencoder (relaxed-precision noise off) and the key codes are cached as
+a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly`` encodes every
+batch instead). Codes are mapped to diffusion space by the autoencoder's ``(z - shift_factor) * scaling_factor``,
+by default ``(z - 0.5) * 2`` onto ``[-1, 1]``. Epsilon prediction with the Chen 2023 cosine-variant schedule
+(default, paper config b) or the cosine schedule with min-SNR-gamma weighting (config a). ``--class_column`` trains a
+class-conditional UNet (class names are saved with the pipeline: ``pipe(class_labels=["name"])``). The full
+`BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `main` is the command line
+(``examples/train_brics_diffusion.py``); `DiffusionStage` the training task the `Trainer` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from ..models.autoencoder_brics import BRICSAutoencoder
+from ..pipelines.pipeline_brics import BRICSPipeline
+from ..schedules import cosine_variant_betas, min_snr_weights
+from .config import (
+    DataConfig,
+    LoopConfig,
+    add_loop_arguments,
+    check_loop_arguments,
+    flat_settings,
+    from_namespace,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from .data import class_labels_of, image_column_of, image_transform, load_image_datasets, undecoded
+from .hub import write_model_card
+from .loop import StageParts, Trainer, TrainingStage, log_image, weights_digest
+
+logger = get_logger(__name__)
+
+# UNet presets: the paper's LDM-like UNet (supp. A.5) and small ones for CPU runs.
+UNET_PRESETS = {
+    "paper": dict(block_out_channels=(256, 512, 768, 1024), layers_per_block=2, attention_resolutions=(32, 16, 8)),
+    "small": dict(block_out_channels=(64, 128, 192), layers_per_block=2, attention_resolutions=(4,)),
+    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(4,)),
+}
+CACHE_RECORD = "brics_key_code_cache.json"
+
+
+@dataclass
+class DiffusionTrainingConfig:
+    """Everything a stage-2 run needs; `parse_args` builds it from the command line."""
+
+    loop: LoopConfig
+    data: DataConfig
+    autoencoder: str
+    autoencoder_subfolder: str | None = None
+    center_crop: bool = False
+    random_flip: bool = False
+    encode_on_the_fly: bool = False
+    encode_batch_size: int = 64
+    class_column: str | None = None
+    unet_preset: str = "small"
+    schedule: str = "cosine-variant"
+    snr_gamma: float = 0.0
+    num_train_timesteps: int = 1000
+    learning_rate: float = 8e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    num_validation_images: int = 8
+    num_inference_steps: int = 100
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stage-2 command line; every flag is a field of `DiffusionTrainingConfig`."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--autoencoder", required=True, help="a trained BRICSAutoencoder: local folder or Hub id")
+    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'autoencoder' for a stage-1 output folder")
+    groups = add_loop_arguments(p, output_dir="brics-diffusion", train_batch_size=64, learning_rate_scheduler="cosine",
+                                lr_warmup_steps=500, max_grad_norm=1.0, validation_steps=1000, ema_max_decay=0.9999,
+                                ema_schedule="warmup")
+    data, train, val = groups["data"], groups["training"], groups["validation"]
+    data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
+    data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
+    data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
+    data.add_argument("--encode_batch_size", type=positive_int, default=64, help="images per encoding batch")
+    data.add_argument("--class_column", default=None,
+                      help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
+                      "embedded emoji)")
+    model = p.add_argument_group("model")
+    model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet's size")
+    model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant",
+                       help="noise schedule: Chen 2023's cosine variant (paper config b) or cosine (config a)")
+    model.add_argument("--snr_gamma", type=non_negative_float, default=None,
+                       help="min-SNR loss weighting, 0 for none (default: 5 with --schedule cosine, paper config a; "
+                       "none with cosine-variant, config b)")
+    model.add_argument("--num_train_timesteps", type=positive_int, default=1000, help="diffusion steps")
+    train.add_argument("--learning_rate", type=positive_float, default=8e-5,
+                       help="the release's command: 8e-5 (the paper's table: 8e-4)")
+    train.add_argument("--adam_beta1", type=unit_interval, default=0.9, help="AdamW beta1")
+    train.add_argument("--adam_beta2", type=unit_interval, default=0.999, help="AdamW beta2")
+    train.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW eps")
+    val.add_argument("--num_validation_images", type=positive_int, default=8, help="samples in the grid")
+    val.add_argument("--num_inference_steps", type=positive_int, default=100, help="sampling steps for the grid")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
+    """`DiffusionTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_loop_arguments(parser, args)
+    if args.snr_gamma is None:
+        args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
+    if args.num_inference_steps > args.num_train_timesteps:
+        parser.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps "
+                     f"{args.num_train_timesteps}")
+    return from_namespace(DiffusionTrainingConfig, args)
+
+
+def build_unet(config: DiffusionTrainingConfig, vae: BRICSAutoencoder, num_classes: int | None = None) -> UNet2DModel:
+    """An LDM-like UNet on key codes: attention at the configured resolutions where the code is that large; with
+    ``num_classes``, a class embedding added to the timestep embedding."""
+    preset = UNET_PRESETS[config.unet_preset]
+    channels, size = preset["block_out_channels"], vae.config.latent_size
+    down, up = [], []
+    for level in range(len(channels)):
+        attention = (size // 2**level) in preset["attention_resolutions"]
+        down.append("AttnDownBlock2D" if attention else "DownBlock2D")
+        up.insert(0, "AttnUpBlock2D" if attention else "UpBlock2D")
+    if size % 2 ** (len(channels) - 1):
+        raise ValueError(f"key codes of size {size} cannot be halved {len(channels) - 1} times by --unet_preset "
+                         f"{config.unet_preset}")
+    return UNet2DModel(
+        sample_size=size, in_channels=vae.latent_channels, out_channels=vae.latent_channels,
+        block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
+        up_block_types=tuple(up), norm_num_groups=min(32, channels[0]), attention_head_dim=max(8, channels[0] // 8),
+        num_class_embeds=num_classes,
+    )
+
+
+def build_scheduler(config: DiffusionTrainingConfig) -> DDPMScheduler:
+    """The training noise schedule (saved with the pipeline)."""
+    if config.schedule == "cosine-variant":
+        return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type="epsilon",
+                             clip_sample=False, trained_betas=cosine_variant_betas(config.num_train_timesteps).tolist())
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type="epsilon", clip_sample=False,
+                         beta_schedule="squaredcos_cap_v2")
+
+
+@torch.no_grad()
+def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device,
+                   labels: list[int] | None = None):
+    """Key codes of every image, then (with ``flip``) of every mirror image, as a ``datasets.Dataset`` of arrays,
+    with the class label of each image when ``labels`` are given."""
+    import datasets
+
+    codes, mirrored = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="encoding key codes"):
+        rows = dataset[start : start + batch_size][column]
+        images = torch.stack([transform(image) for image in rows]).to(device, vae.dtype)
+        codes.append(vae.encode(images, sample_posterior=False).latents.float().cpu())
+        if flip:
+            mirrored.append(vae.encode(images.flip(-1), sample_posterior=False).latents.float().cpu())
+    columns = {"key_codes": torch.cat(codes + mirrored).numpy()}
+    if labels is not None:
+        columns["class_labels"] = labels * (2 if flip else 1)
+    return datasets.Dataset.from_dict(columns).with_format("torch")
+
+
+def load_autoencoder(name_or_path: str, subfolder: str | None) -> BRICSAutoencoder:
+    """The trained stage-1 autoencoder from a local folder or a Hub repo, or a FileNotFoundError naming the flag."""
+    try:
+        return BRICSAutoencoder.from_pretrained(name_or_path, subfolder=subfolder)
+    except OSError as error:  # diffusers reports a missing folder as a failed Hub download
+        where = f"--autoencoder {name_or_path!r}" + (f" with --autoencoder_subfolder {subfolder!r}" if subfolder else "")
+        raise FileNotFoundError(
+            f"{where}: no BRICSAutoencoder found, neither as a local folder holding config.json and the weights "
+            f"(a stage-1 output folder needs --autoencoder_subfolder autoencoder) nor as a Hub repo ({error})"
+        ) from error
+
+
+def key_code_cache_record(config: DiffusionTrainingConfig, vae: BRICSAutoencoder, column: str, images: int) -> dict:
+    """What cached key codes depend on; it is stored with them, and a cache made from anything else is refused."""
+    source = config.data.dataset_name or config.data.train_data_dir
+    return {
+        "data": os.path.abspath(source) if source and os.path.exists(source) else source or "embedded emoji",
+        "dataset_config_name": config.data.dataset_config_name,
+        "image_column": column,
+        "images": images,
+        "random_flip": config.random_flip,
+        "class_column": config.class_column,
+        "autoencoder_sha256": weights_digest(vae),
+    }
+
+
+def check_key_code_cache(cache: str, record: dict) -> None:
+    """Raise a ValueError if the key codes cached in ``cache`` were not made as ``record`` says this run would."""
+    path = os.path.join(cache, CACHE_RECORD)
+    stored = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+    if stored == record:
+        return
+    if stored is None:
+        what = f"have no record of what they were encoded from ({CACHE_RECORD})"
+    else:
+        what = "were encoded with other " + ", ".join(
+            f"{key} ({stored.get(key)!r}; this run: {value!r})" for key, value in record.items() if stored.get(key) != value
+        )
+    raise ValueError(f"the key codes cached in {cache} {what}: delete that folder to re-encode, or use another "
+                     "--output_dir")
+
+
+class DiffusionStage(TrainingStage):
+    """Stage 2 for the `Trainer`: a UNet on key codes (cached, or encoded per batch by the frozen autoencoder)."""
+
+    def __init__(self, config: DiffusionTrainingConfig):
+        self.config = config
+
+    def setup(self, trainer: Trainer) -> StageParts:
+        c, accelerator = self.config, trainer.accelerator
+        vae = load_autoencoder(c.autoencoder, c.autoencoder_subfolder).to(accelerator.device)
+        self.vae = vae.requires_grad_(False).eval()
+        resolution = vae.config.sample_size
+        with accelerator.main_process_first():
+            train_set, _ = load_image_datasets(c.data.dataset_name, c.data.dataset_config_name, c.data.train_data_dir,
+                                               resolution, c.data.cache_dir, hold_out=False)
+        column = image_column_of(train_set, c.data.image_column)
+        train_set = undecoded(train_set, column)
+        labels, self.class_names = class_labels_of(train_set, c.class_column) if c.class_column else (None, None)
+        # Cached codes come from centre crops; random crops only when encoding on the fly.
+        transform = image_transform(resolution, center_crop=c.center_crop or not c.encode_on_the_fly)
+        examples = len(train_set) * (2 if c.random_flip and not c.encode_on_the_fly else 1)
+        batch = c.loop.train_batch_size
+        if examples < batch * accelerator.num_processes:
+            raise ValueError(f"{examples} training examples, fewer than one batch of --train_batch_size "
+                             f"{batch} per process on {accelerator.num_processes} process(es)")
+        if c.encode_on_the_fly:
+            def collate(rows):
+                out = {"images": torch.stack([transform(row[column]) for row in rows])}
+                if labels is not None:
+                    out["class_labels"] = torch.tensor([row["class_label_id"] for row in rows])
+                return out
+
+            dataset = train_set if labels is None else train_set.add_column("class_label_id", labels)
+        else:
+            dataset = self._cached_codes(accelerator, train_set, column, transform, labels)
+
+            def collate(rows):
+                out = {"codes": torch.stack([row["key_codes"] for row in rows])}
+                if labels is not None:
+                    out["class_labels"] = torch.stack([row["class_labels"] for row in rows])
+                return out
+
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                                             collate_fn=collate)
+        unet = build_unet(c, vae, len(self.class_names) if self.class_names else None)
+        self.noise_scheduler = build_scheduler(c)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
+                                      weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
+        return StageParts("unet", unet, optimizer, loader, description=f"{len(train_set)} training images")
+
+    def _cached_codes(self, accelerator, train_set, column: str, transform, labels):
+        """The key codes of the training set from ``OUTPUT_DIR/key_codes``, encoded (main process) if missing."""
+        import datasets
+
+        c = self.config
+        cache = os.path.join(c.loop.output_dir, "key_codes")
+        with accelerator.main_process_first():
+            record = key_code_cache_record(c, self.vae, column, len(train_set))
+            if os.path.isdir(cache):
+                check_key_code_cache(cache, record)
+                codes = datasets.load_from_disk(cache).with_format("torch")
+                logger.info(f"reusing {len(codes)} cached key codes from {cache}")
+            elif accelerator.is_main_process:
+                codes = encode_dataset(self.vae, train_set, column, transform, c.encode_batch_size, c.random_flip,
+                                       accelerator.device, labels)
+                codes.save_to_disk(cache + ".partial")
+                with open(os.path.join(cache + ".partial", CACHE_RECORD), "w") as f:
+                    json.dump(record, f, indent=2)
+                os.replace(cache + ".partial", cache)
+            else:
+                codes = datasets.load_from_disk(cache).with_format("torch")
+        return codes
+
+    def training_step(self, trainer: Trainer, batch: dict, generator: torch.Generator, step: int) -> dict:
+        c, vae, device = self.config, self.vae, trainer.device
+        if "codes" in batch:
+            codes = batch["codes"]
+        else:
+            images = batch["images"].to(device)
+            if c.random_flip:
+                flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1).to(device)
+                images = torch.where(flip, images.flip(-1), images)
+            with torch.no_grad():
+                codes = vae.encode(images.to(vae.dtype), sample_posterior=False).latents
+        # key codes [0, 1] -> diffusion space (by default [-1, 1])
+        x0 = ((codes.float() - vae.config.shift_factor) * vae.config.scaling_factor).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
+                                  generator=generator).to(device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
+        class_ids = batch["class_labels"].to(device) if "class_labels" in batch else None
+        prediction = trainer.model(noisy, timesteps, class_labels=class_ids).sample
+        loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        if c.snr_gamma:
+            loss = loss * min_snr_weights(self.alphas_cumprod, timesteps, c.snr_gamma)
+        loss = loss.mean()
+        trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
+        return {"loss": loss.item()}
+
+    def pipeline(self, unet: UNet2DModel) -> BRICSPipeline:
+        """The pipeline of ``unet`` (the EMA weights) with the autoencoder and the class names, if any."""
+        names = self.class_names
+        return BRICSPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.vae,
+                             id2label=dict(enumerate(names)) if names else None)
+
+    def validate(self, trainer: Trainer, model: UNet2DModel, step: int) -> dict[str, float]:
+        """Samples from fixed seeds (cycling through the classes of a conditional UNet), logged and saved as
+        ``samples.png``."""
+        pipeline = self.pipeline(model)
+        pipeline.set_progress_bar_config(disable=True)
+        count = self.config.num_validation_images
+        generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
+        classes = [i % len(self.class_names) for i in range(count)] if self.class_names else None
+        images = pipeline(batch_size=count, generator=generators, num_inference_steps=self.config.num_inference_steps,
+                          class_labels=classes).images
+        grid = make_image_grid(images, rows=1, cols=len(images))
+        grid.save(os.path.join(self.config.loop.output_dir, "samples.png"))
+        log_image(trainer.accelerator, "samples", grid, step)
+        return {}
+
+    def finish(self, trainer: Trainer, model: UNet2DModel, step: int, summary: dict[str, float]) -> None:
+        """Save the pipeline (EMA UNet, scheduler, autoencoder), a sample grid and a model card."""
+        c, vae = self.config, self.vae
+        self.pipeline(model).save_pretrained(c.loop.output_dir)
+        self.validate(trainer, model, step)
+        names, size, resolution = self.class_names, vae.config.latent_size, vae.config.sample_size
+        write_model_card(
+            c.loop.output_dir,
+            title="BRICS latent diffusion pipeline",
+            description=(
+                f"A `BRICSPipeline`: a UNet trained for {step} steps on the key codes of {c.data.describe()} "
+                f"({size}x{size}x{vae.latent_channels}), decoded by a BRICS autoencoder to {resolution}x{resolution} "
+                f"images ({summary['train_seconds']:.0f} s of training).\n\n"
+                "```python\nfrom diffusers_brics import BRICSPipeline\n"
+                f"pipe = BRICSPipeline.from_pretrained(\"{c.loop.hub_model_id or c.loop.output_dir}\")\n"
+                + ("images = pipe(batch_size=4).images\n```" if not names else
+                   f"images = pipe(batch_size=4, class_labels={names[:1]!r}).images\n```\n\n"
+                   f"Classes (`--class_column {c.class_column}`): " + ", ".join(names))
+            ),
+            config=flat_settings(c),
+            image="samples.png",
+            dataset=c.data.dataset_name,
+            tags=("diffusers", "brics", "image-generation" if names else "unconditional-image-generation"),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train a UNet on BRICS key codes from command-line arguments."""
+    config = parse_args(argv)
+    Trainer(config.loop, "train_brics_diffusion", flat_settings(config)).fit(DiffusionStage(config))
