@@ -1,6 +1,7 @@
 """Stage 2: train a UNet2DModel to generate BRICS key codes (latent diffusion on key codes).
 
-    accelerate launch examples/train_brics_diffusion.py --autoencoder brics-emoji/autoencoder --output_dir brics-emoji-ldm
+    accelerate launch examples/train_brics_diffusion.py --autoencoder brics-emoji/autoencoder \
+        --output_dir brics-emoji-ldm
 
 The training images are encoded once by the trained autoencoder and the key codes cached in ``OUTPUT_DIR/key_codes``;
 the whole `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `--help` lists every flag. The training itself

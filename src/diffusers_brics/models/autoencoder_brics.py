@@ -8,6 +8,7 @@ images in ``[-1, 1]``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,6 +304,23 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         # The derived entries are recomputed by __init__ (so that keyword overrides cannot contradict them).
         config_dict = {k: v for k, v in config_dict.items() if k not in cls._derived_config}
         return super().extract_init_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs: Any) -> "BRICSAutoencoder":
+        """diffusers' ``from_pretrained``, with errors that name the file for a local folder that lacks its weights
+        or whose weights do not fit its ``config.json`` (a damaged config, or files of two models mixed)."""
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isfile(os.path.join(folder, "config.json")) and not any(
+            name.startswith("diffusion_pytorch_model") for name in os.listdir(folder)
+        ):
+            raise FileNotFoundError(f"{folder} holds a config.json but no weights (diffusion_pytorch_model.safetensors)")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            if "expected shape" not in str(error):
+                raise
+            raise ValueError(f"the weights in {folder} do not fit {os.path.join(folder, 'config.json')}: {error}. The "
+                             "config is damaged, or belongs to another model") from error
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "BRICSAutoencoder":

@@ -34,7 +34,15 @@ from .config import (
     positive_int,
     unit_interval,
 )
-from .data import image_column_of, image_transform, load_image_datasets, undecoded
+from .data import (
+    ImageDataset,
+    SkippedImages,
+    collate_images,
+    image_column_of,
+    image_transform,
+    load_image_datasets,
+    undecoded,
+)
 from .discriminator import StyleGAN2Discriminator
 from .hub import write_model_card
 from .images import to_pil
@@ -201,6 +209,12 @@ def collate(transform, column):
     return fn
 
 
+def held_out_loader(dataset, column: str, resolution: int, batch_size: int, strict: bool = False):
+    """Centre-cropped held-out images in batches (``{"images": ...}``), unreadable ones skipped unless ``strict``."""
+    images = ImageDataset(dataset, column, image_transform(resolution, True), strict=strict)
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, collate_fn=collate_images)
+
+
 @torch.no_grad()
 def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed=0) -> tuple[dict[str, float], object]:
     """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions.
@@ -211,8 +225,8 @@ def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed
     generator = torch.Generator().manual_seed(seed)
     noise = dict(relaxed_precision=with_noise and model.config.relaxed_precision,
                  noise_mode="random" if with_noise else "const", generator=generator)
-    for images in loader:
-        images = images.to(model.device)
+    for batch in loader:
+        images = (batch["images"] if isinstance(batch, dict) else batch).to(model.device)
         z = model.encode(images, sample_posterior=False).latents
         recon = model.decode(z, **noise).sample.clamp(-1, 1)
         usage.update(z)
@@ -243,6 +257,7 @@ class AutoencoderStage(TrainingStage):
     def __init__(self, config: AutoencoderTrainingConfig):
         self.config = config
         self.discriminator = self.disc_optimizer = self.vgg_loss = None
+        self.skipped = SkippedImages()
 
     def setup(self, trainer: Trainer) -> StageParts:
         c, loss, accelerator = self.config, self.config.loss, trainer.accelerator
@@ -267,17 +282,14 @@ class AutoencoderStage(TrainingStage):
         train_set, val_set = undecoded(train_set, column), undecoded(val_set, column)
         batch = c.loop.train_batch_size
         if len(train_set) < batch * accelerator.num_processes:
-            raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of --train_batch_size "
-                             f"{batch} per process on {accelerator.num_processes} process(es)")
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=batch, shuffle=True, drop_last=True,
-            collate_fn=collate(image_transform(resolution, c.center_crop), column),
-            num_workers=c.dataloader_num_workers,
-        )
-        self.val_loader = torch.utils.data.DataLoader(
-            val_set, batch_size=c.eval_batch_size, collate_fn=collate(image_transform(resolution, True), column))
-        self.fixed_images = torch.stack([image_transform(resolution, True)(val_set[i][column])
-                                         for i in range(min(c.num_validation_images, len(val_set)))])
+            raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of "
+                             f"--train_batch_size {batch} per process on {accelerator.num_processes} process(es)")
+        images = ImageDataset(train_set, column, image_transform(resolution, c.center_crop), strict=c.data.strict_data)
+        loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=True, drop_last=True,
+                                             collate_fn=collate_images, num_workers=c.dataloader_num_workers)
+        self.val_loader = held_out_loader(val_set, column, resolution, c.eval_batch_size, c.data.strict_data)
+        held_out = ImageDataset(val_set, column, image_transform(resolution, True), strict=c.data.strict_data)
+        self.fixed_images = torch.stack([held_out[i][0] for i in range(min(c.num_validation_images, len(val_set)))])
 
         grids = [p for n, p in model.named_parameters() if n.endswith("embeddings")]
         others = [p for n, p in model.named_parameters() if not n.endswith("embeddings")]
@@ -298,7 +310,8 @@ class AutoencoderStage(TrainingStage):
             broadcast_parameters(self.discriminator)
             # StyleGAN2's lazy regularisation: R1 every `interval` steps stands in for a separate step, so the
             # release scales D's learning rate and betas by c = interval / (interval + 1).
-            lazy = loss.r1_interval / (loss.r1_interval + 1) if loss.gan_loss == "r1" and loss.r1_lazy_adjustment else 1.0
+            lazy_r1 = loss.gan_loss == "r1" and loss.r1_lazy_adjustment
+            lazy = loss.r1_interval / (loss.r1_interval + 1) if lazy_r1 else 1.0
             self.disc_optimizer = torch.optim.Adam(
                 self.discriminator.parameters(), lr=(c.disc_learning_rate or c.learning_rate) * lazy,
                 betas=(c.adam_beta1**lazy, c.adam_beta2**lazy), eps=c.disc_adam_epsilon)
@@ -309,7 +322,9 @@ class AutoencoderStage(TrainingStage):
         return StageParts("autoencoder", model, optimizer, loader, extra,
                           description=f"{len(train_set)} training images, {len(val_set)} held out")
 
-    def training_step(self, trainer: Trainer, images: torch.Tensor, generator: torch.Generator, step: int) -> dict:
+    def training_step(self, trainer: Trainer, batch: dict, generator: torch.Generator, step: int) -> dict:
+        self.skipped.add(batch["skipped"])
+        images = batch["images"]
         if self.config.random_flip:
             flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1)
             images = torch.where(flip.to(images.device), images.flip(-1), images)
@@ -382,6 +397,9 @@ class AutoencoderStage(TrainingStage):
         log_image(trainer.accelerator, "val/reconstructions", grid, step)
         grid.save(os.path.join(c.loop.output_dir, "reconstructions.png"))
         return metrics
+
+    def end_of_epoch(self, trainer: Trainer, epoch: int) -> None:
+        self.skipped.report(trainer.accelerator, epoch, logger)
 
     def check_in_sync(self, trainer: Trainer) -> None:
         if self.discriminator is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 
+logger = logging.getLogger(__name__)
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_PARTIAL = re.compile(r"^checkpoint-(\d+)\.partial$")
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -25,6 +29,12 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[in
     """``"latest"`` -> the newest complete checkpoint (or None); a path -> ``(step, path)``, checked."""
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
+        newest = checkpoints[-1][0] if checkpoints else -1
+        for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+            match = _PARTIAL.match(name)
+            if match and int(match.group(1)) > newest:
+                logger.warning(f"skipping the incomplete checkpoint {os.path.join(output_dir, name)} (a save that was "
+                               "interrupted); resuming from " + (checkpoints[-1][1] if checkpoints else "the start"))
         return checkpoints[-1] if checkpoints else None
     path = resume_from_checkpoint
     if not os.path.isdir(path):
@@ -60,3 +70,29 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def first_unreadable_file(folder: str) -> tuple[str, Exception] | None:
+    """The first file of a checkpoint folder that cannot be read back (safetensors, torch pickles, JSON), with the
+    error, or None. Used to name the damaged file when a checkpoint fails to load."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    for root, _, names in sorted(os.walk(folder)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            try:
+                if name.endswith(".safetensors"):
+                    with safe_open(path, framework="pt") as f:
+                        for key in f.keys():
+                            f.get_tensor(key)
+                elif name.endswith((".bin", ".pkl", ".pt", ".pth")):
+                    torch.load(path, map_location="cpu", weights_only=False)
+                elif name.endswith(".json"):
+                    with open(path) as f:
+                        json.load(f)
+            except Exception as error:  # noqa: BLE001 - any failure means this file is the damaged one
+                return path, error
+    return None

@@ -203,7 +203,8 @@ def add_loop_arguments(
                      help="trackers")
     log.add_argument("--logging_dir", default="logs", help="tracker folder inside --output_dir")
     log.add_argument("--checkpointing_steps", type=positive_int, default=1000, help="checkpoint every N steps")
-    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep this many newest checkpoints")
+    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
+                     help="keep this many newest checkpoints")
     log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
     hub = parser.add_argument_group("hub")
     hub.add_argument("--push_to_hub", action="store_true", help="upload the result (without checkpoints and logs)")

@@ -2,6 +2,12 @@
 
 Transforms are written with PIL and numpy (resize the shorter side, centre or random crop, scale to
 ``[-1, 1]``) so that training does not depend on torchvision, whose wheels are tied to exact torch builds.
+
+Every image becomes 8-bit RGB (`to_rgb`): grayscale and palette images are expanded, 16-bit and float images are
+scaled to 8 bits, and transparent ones are composited on white. An image smaller than the resolution is enlarged
+(bicubic) until its shorter side fits, like a larger one is reduced. An image that cannot be read is skipped by
+`ImageDataset` (and counted; the stages report the count at the end of each epoch), or stops training with
+``strict=True`` (``--strict_data``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ def undecoded(dataset, column: str):
     return dataset.cast_column(column, datasets.Image(decode=False))
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be opened or decoded (``path`` names it, when it has one)."""
+
+    def __init__(self, path: str | None, reason: Exception):
+        self.path = path
+        super().__init__(f"image {path or '(stored as bytes)'} cannot be read ({reason}); remove or repair it")
+
+
 def read_image(image) -> Image.Image:
     """A decoded PIL image from a PIL image or an undecoded ``{"bytes", "path"}`` value; a ValueError naming the
     file when it cannot be read (corrupt or truncated)."""
@@ -32,8 +46,23 @@ def read_image(image) -> Image.Image:
         opened = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else path)
         opened.load()  # decode now: a truncated file fails here, not somewhere later without its name
     except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"image {path or '(stored as bytes)'} cannot be read ({error}); remove or repair it") from error
+        raise UnreadableImage(path, error) from error
     return opened
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode: 16-bit and float pixels scaled to 8 bits, transparency composited on white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0  # 16-bit data, or 8-bit values in a wide mode
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def image_transform(resolution: int, center_crop: bool = True):
@@ -45,7 +74,7 @@ def image_transform(resolution: int, center_crop: bool = True):
     """
 
     def transform(image) -> torch.Tensor:
-        image = read_image(image).convert("RGB")
+        image = to_rgb(read_image(image))
         w, h = image.size
         scale = resolution / min(w, h)
         if (w, h) != (resolution, resolution):
@@ -62,6 +91,66 @@ def image_transform(resolution: int, center_crop: bool = True):
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     return transform
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """The transformed images of a dataset column, skipping those that cannot be read.
+
+    Item ``i`` is ``(image, extra, skipped)``: the ``(3, R, R)`` tensor of row ``i`` (or, when row ``i`` cannot be
+    read, of the next readable row), the row's values of the ``extra`` columns, and the paths of the rows passed
+    over. ``strict=True`` raises `UnreadableImage` instead. `collate_images` batches items.
+    """
+
+    def __init__(self, dataset, column: str, transform, extra_columns: tuple[str, ...] = (), strict: bool = False):
+        self.dataset, self.column, self.transform = dataset, column, transform
+        self.extra_columns, self.strict = tuple(extra_columns), strict
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        skipped: list[str] = []
+        for offset in range(len(self.dataset)):
+            row = self.dataset[(index + offset) % len(self.dataset)]
+            try:
+                image = self.transform(row[self.column])
+            except UnreadableImage as error:
+                if self.strict:
+                    raise
+                skipped.append(error.path or f"row {(index + offset) % len(self.dataset)}")
+                continue
+            return image, {name: row[name] for name in self.extra_columns}, skipped
+        raise ValueError(f"none of the {len(self.dataset)} images of column {self.column!r} can be read")
+
+
+def collate_images(items) -> dict:
+    """Batch `ImageDataset` items: ``{"images": (B, 3, R, R), <extra columns>: tensors, "skipped": [paths]}``."""
+    batch = {"images": torch.stack([image for image, _, _ in items]),
+             "skipped": [path for _, _, skipped in items for path in skipped]}
+    for name in items[0][1]:
+        batch[name] = torch.tensor([extra[name] for _, extra, _ in items])
+    return batch
+
+
+class SkippedImages:
+    """Counts the unreadable images a stage passed over, for a warning at the end of each epoch."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+
+    def add(self, paths) -> None:
+        self.paths.update(paths)
+
+    def report(self, accelerator, epoch: int, logger) -> None:
+        """Log how many images were skipped in the epoch (summed over the processes, with examples), then reset."""
+        count = torch.tensor([float(len(self.paths))], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            count = accelerator.reduce(count, reduction="sum")
+        if count.item() > 0:
+            examples = ", ".join(sorted(self.paths)[:5])
+            logger.warning(f"epoch {epoch}: {int(count.item())} unreadable image(s) skipped (e.g. {examples}); "
+                           "--strict_data stops at the first one instead")
+        self.paths.clear()
 
 
 def load_image_datasets(

@@ -39,7 +39,17 @@ from .config import (
     positive_int,
     unit_interval,
 )
-from .data import class_labels_of, image_column_of, image_transform, load_image_datasets, undecoded
+from .data import (
+    ImageDataset,
+    SkippedImages,
+    UnreadableImage,
+    class_labels_of,
+    collate_images,
+    image_column_of,
+    image_transform,
+    load_image_datasets,
+    undecoded,
+)
 from .hub import write_model_card
 from .loop import StageParts, Trainer, TrainingStage, log_image, weights_digest
 
@@ -160,21 +170,37 @@ def build_scheduler(config: DiffusionTrainingConfig) -> DDPMScheduler:
 
 @torch.no_grad()
 def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device,
-                   labels: list[int] | None = None):
-    """Key codes of every image, then (with ``flip``) of every mirror image, as a ``datasets.Dataset`` of arrays,
-    with the class label of each image when ``labels`` are given."""
+                   labels: list[int] | None = None, strict: bool = False):
+    """Key codes of every readable image, then (with ``flip``) of every mirror image, as a ``datasets.Dataset`` of
+    arrays, with the class label of each image when ``labels`` are given. Unreadable images are left out and
+    counted (a warning), or raise with ``strict``."""
     import datasets
 
-    codes, mirrored = [], []
+    codes, mirrored, kept, skipped = [], [], [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="encoding key codes"):
-        rows = dataset[start : start + batch_size][column]
-        images = torch.stack([transform(image) for image in rows]).to(device, vae.dtype)
+        images = []
+        for index, image in enumerate(dataset[start : start + batch_size][column], start):
+            try:
+                images.append(transform(image))
+                kept.append(index)
+            except UnreadableImage as error:
+                if strict:
+                    raise
+                skipped.append(error.path or f"row {index}")
+        if not images:
+            continue
+        images = torch.stack(images).to(device, vae.dtype)
         codes.append(vae.encode(images, sample_posterior=False).latents.float().cpu())
         if flip:
             mirrored.append(vae.encode(images.flip(-1), sample_posterior=False).latents.float().cpu())
+    if skipped:
+        logger.warning(f"{len(skipped)} unreadable image(s) left out of the key codes (e.g. "
+                       f"{', '.join(skipped[:5])}); --strict_data stops at the first one instead")
+    if not kept:
+        raise ValueError(f"none of the {len(dataset)} images of column {column!r} can be read")
     columns = {"key_codes": torch.cat(codes + mirrored).numpy()}
     if labels is not None:
-        columns["class_labels"] = labels * (2 if flip else 1)
+        columns["class_labels"] = [labels[i] for i in kept] * (2 if flip else 1)
     return datasets.Dataset.from_dict(columns).with_format("torch")
 
 
@@ -183,7 +209,8 @@ def load_autoencoder(name_or_path: str, subfolder: str | None) -> BRICSAutoencod
     try:
         return BRICSAutoencoder.from_pretrained(name_or_path, subfolder=subfolder)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
-        where = f"--autoencoder {name_or_path!r}" + (f" with --autoencoder_subfolder {subfolder!r}" if subfolder else "")
+        where = f"--autoencoder {name_or_path!r}"
+        where += f" with --autoencoder_subfolder {subfolder!r}" if subfolder else ""
         raise FileNotFoundError(
             f"{where}: no BRICSAutoencoder found, neither as a local folder holding config.json and the weights "
             f"(a stage-1 output folder needs --autoencoder_subfolder autoencoder) nor as a Hub repo ({error})"
@@ -217,7 +244,8 @@ def check_key_code_cache(cache: str, record: dict) -> None:
         what = f"have no record of what they were encoded from ({CACHE_RECORD})"
     else:
         what = "were encoded with other " + ", ".join(
-            f"{key} ({stored.get(key)!r}; this run: {value!r})" for key, value in record.items() if stored.get(key) != value
+            f"{key} ({stored.get(key)!r}; this run: {value!r})"
+            for key, value in record.items() if stored.get(key) != value
         )
     raise ValueError(f"the key codes cached in {cache} {what}: delete that folder to re-encode, or use another "
                      "--output_dir")
@@ -228,6 +256,7 @@ class DiffusionStage(TrainingStage):
 
     def __init__(self, config: DiffusionTrainingConfig):
         self.config = config
+        self.skipped = SkippedImages()
 
     def setup(self, trainer: Trainer) -> StageParts:
         c, accelerator = self.config, trainer.accelerator
@@ -248,13 +277,11 @@ class DiffusionStage(TrainingStage):
             raise ValueError(f"{examples} training examples, fewer than one batch of --train_batch_size "
                              f"{batch} per process on {accelerator.num_processes} process(es)")
         if c.encode_on_the_fly:
-            def collate(rows):
-                out = {"images": torch.stack([transform(row[column]) for row in rows])}
-                if labels is not None:
-                    out["class_labels"] = torch.tensor([row["class_label_id"] for row in rows])
-                return out
-
-            dataset = train_set if labels is None else train_set.add_column("class_label_id", labels)
+            if labels is not None:
+                train_set = train_set.add_column("class_labels", labels)
+            extra = ("class_labels",) if labels is not None else ()
+            dataset = ImageDataset(train_set, column, transform, extra, strict=c.data.strict_data)
+            collate = collate_images
         else:
             dataset = self._cached_codes(accelerator, train_set, column, transform, labels)
 
@@ -287,7 +314,7 @@ class DiffusionStage(TrainingStage):
                 logger.info(f"reusing {len(codes)} cached key codes from {cache}")
             elif accelerator.is_main_process:
                 codes = encode_dataset(self.vae, train_set, column, transform, c.encode_batch_size, c.random_flip,
-                                       accelerator.device, labels)
+                                       accelerator.device, labels, strict=c.data.strict_data)
                 codes.save_to_disk(cache + ".partial")
                 with open(os.path.join(cache + ".partial", CACHE_RECORD), "w") as f:
                     json.dump(record, f, indent=2)
@@ -301,6 +328,7 @@ class DiffusionStage(TrainingStage):
         if "codes" in batch:
             codes = batch["codes"]
         else:
+            self.skipped.add(batch["skipped"])
             images = batch["images"].to(device)
             if c.random_flip:
                 flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1).to(device)
@@ -321,6 +349,9 @@ class DiffusionStage(TrainingStage):
         loss = loss.mean()
         trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
         return {"loss": loss.item()}
+
+    def end_of_epoch(self, trainer: Trainer, epoch: int) -> None:
+        self.skipped.report(trainer.accelerator, epoch, logger)
 
     def pipeline(self, unet: UNet2DModel) -> BRICSPipeline:
         """The pipeline of ``unet`` (the EMA weights) with the autoencoder and the class names, if any."""

@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpointing import resolve_checkpoint, save_checkpoint
+from .checkpointing import first_unreadable_file, resolve_checkpoint, save_checkpoint
 from .config import LoopConfig, flat_settings
 from .ema import HalfLifeEMA
 from .hub import push_to_hub
@@ -78,6 +78,9 @@ class TrainingStage:
 
     def check_in_sync(self, trainer: Trainer) -> None:
         """Verify that objects trained outside DDP are the same on every process (the trainer checks its model)."""
+
+    def end_of_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """Called on every process after each epoch (and when training stops within one): report what it skipped."""
 
     progress_keys: tuple[str, ...] = ("loss",)
 
@@ -225,6 +228,7 @@ class Trainer:
                         self._validate(stage)
                     if self.global_step >= max_steps:
                         break
+                stage.end_of_epoch(self, epoch)
                 epoch += 1
         progress.close()
         elapsed = time.monotonic() - start
@@ -383,6 +387,13 @@ def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, l
     try:
         accelerator.load_state(path)
     except Exception as error:  # a truncated file, or a checkpoint of another model or other flags
+        damaged = first_unreadable_file(path)
+        if damaged is not None:
+            file, reason = damaged
+            raise ValueError(
+                f"--resume_from_checkpoint: {file} is damaged ({type(reason).__name__}: {reason}); resume from an "
+                "earlier checkpoint (--resume_from_checkpoint checkpoint-<step>), or delete this one"
+            ) from error
         raise ValueError(
             f"--resume_from_checkpoint: {path} cannot be loaded ({type(error).__name__}: {error}). A checkpoint holds "
             "the model, its optimizer and scheduler, and the objects the run's flags add (the EMA with --use_ema, the "
