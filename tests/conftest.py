@@ -44,3 +44,14 @@ def lpips_weights_dir():
         clear_cache()
         yield directory
         clear_cache()
+
+
+@pytest.fixture(scope="session")
+def autoencoder(tmp_path_factory):
+    """A folder holding an untrained `tiny` BRICSAutoencoder (seed 0), for the stage-2 trainings."""
+    from diffusers_brics import BRICSAutoencoder
+
+    folder = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    BRICSAutoencoder.from_preset("tiny").save_pretrained(folder)
+    return folder

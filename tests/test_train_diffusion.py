@@ -20,14 +20,6 @@ FAST = ["--unet_preset", "tiny", "--train_batch_size", "16", "--lr_warmup_steps"
         "--num_validation_images", "2", "--report_to", "none", "--validation_steps", "100"]
 
 
-@pytest.fixture(scope="module")
-def autoencoder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    BRICSAutoencoder.from_preset("tiny").save_pretrained(folder)
-    return folder
-
-
 def run(args, timeout=300, expect_success=True):
     result = subprocess.run([sys.executable, str(SCRIPT), *FAST, *args], capture_output=True, text=True,
                             timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})

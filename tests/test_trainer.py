@@ -1,0 +1,84 @@
+"""The shared training loop with a stand-in stage: non-finite steps are dropped, counted and, in a row, fatal."""
+
+import pytest
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file
+
+from diffusers_brics.training.config import EMAConfig, LoopConfig
+from diffusers_brics.training.loop import StageParts, Trainer, TrainingStage, TrainingStopped
+
+
+class Line(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.linear = torch.nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class PoisonedStage(TrainingStage):
+    """Regression on random data; the steps in ``poisoned`` get a NaN loss (and so NaN gradients)."""
+
+    def __init__(self, poisoned: set[int]):
+        self.poisoned = poisoned
+        self.weights_before, self.weights_after, self.ema_steps = {}, {}, {}
+
+    def setup(self, trainer):
+        data = torch.utils.data.TensorDataset(torch.randn(64, 4))
+        loader = torch.utils.data.DataLoader(data, batch_size=8, drop_last=True,
+                                             collate_fn=lambda rows: torch.stack([row[0] for row in rows]))
+        model = Line()
+        return StageParts("line", model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
+
+    def training_step(self, trainer, batch, generator, step):
+        self.ema_steps[step] = trainer.ema.optimization_step
+        self.weights_before[step] = trainer.unwrap().linear.weight.detach().clone()
+        loss = trainer.model(batch).square().mean()
+        if step in self.poisoned:
+            loss = loss * float("nan")
+        trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
+        self.weights_after[step] = trainer.unwrap().linear.weight.detach().clone()
+        return {"loss": loss.item()}
+
+
+def loop_config(tmp_path, **overrides) -> LoopConfig:
+    settings = dict(output_dir=str(tmp_path), train_batch_size=8, max_train_steps=8, checkpointing_steps=2,
+                    validation_steps=1000, report_to="none", max_nonfinite_steps=3, ema=EMAConfig(ema_max_decay=0.9))
+    return LoopConfig(**{**settings, **overrides})
+
+
+def test_a_non_finite_step_is_dropped_counted_and_kept_out_of_the_ema(tmp_path):
+    stage = PoisonedStage({2, 5})
+    trainer = Trainer(loop_config(tmp_path), "test")
+    trainer.fit(stage)
+    for step in range(8):
+        moved = not torch.equal(stage.weights_before[step], stage.weights_after[step])
+        assert moved == (step not in {2, 5}), step
+        assert torch.isfinite(stage.weights_after[step]).all()
+    # the EMA skipped the dropped steps: after step k it has seen k + 1 minus the dropped steps before
+    assert [stage.ema_steps[k] for k in range(8)] == [0, 1, 2, 2, 3, 4, 4, 5]
+    assert trainer.nonfinite_steps == 2
+
+
+def test_non_finite_steps_in_a_row_stop_training_with_the_last_checkpoint_intact(tmp_path):
+    stage = PoisonedStage({3, 4, 5, 6})
+    trainer = Trainer(loop_config(tmp_path), "test")
+    with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss.*last checkpoint .* is intact"):
+        trainer.fit(stage)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    saved = load_file(tmp_path / "checkpoint-4" / "line" / "diffusion_pytorch_model.safetensors")
+    assert torch.equal(saved["linear.weight"], stage.weights_after[2])  # the last applied step
+    assert torch.isfinite(saved["linear.weight"]).all()
+
+
+def test_gradient_accumulation_drops_the_whole_step(tmp_path):
+    stage = PoisonedStage({1})
+    trainer = Trainer(loop_config(tmp_path, gradient_accumulation_steps=2, max_train_steps=3), "test")
+    trainer.fit(stage)
+    # step 1 has two micro-batches, both poisoned (steps are numbered per optimisation step): nothing moves
+    assert torch.equal(stage.weights_before[1], stage.weights_after[1])
+    assert not torch.equal(stage.weights_before[2], stage.weights_after[2]) and trainer.nonfinite_steps == 1
