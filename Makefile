@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 300
 
-.PHONY: install lpips-weights demo test benchmark
+.PHONY: install lpips-weights demo test test-minimum benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ demo: lpips-weights
 
 test: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The same suite with every dependency at the floor pyproject.toml admits (ci/minimum-versions.txt), in .venv-min.
+.venv-min/.installed: pyproject.toml Makefile ci/minimum-versions.txt
+	$(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	.venv-min/bin/python -m pip install --quiet --disable-pip-version-check -c ci/minimum-versions.txt -e ".[test]"
+	touch $@
+
+test-minimum: .venv-min/.installed
+	.venv-min/bin/python -m pytest -q -m "not slow"
 
 benchmark: install
 	$(PY) -m diffusers_brics.summary paper-64x64x4
