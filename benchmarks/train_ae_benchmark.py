@@ -164,15 +164,10 @@ def band_mean(pixel_map: torch.Tensor, border: bool) -> float:
 
 
 def hits_per_entry(usage: GridUsage, level: int) -> list[dict]:
-    """Per group, how often the entries of ``level`` were read (the statistic of paper Figure 4b): mean, standard
-    deviation and 10th / 50th / 90th percentiles over the reachable nodes of a dense level, or every entry of a
-    hashed one."""
-    stats = []
-    for grid, counts in zip(usage.model.retrieval.grids, usage.counts):
-        hits = counts[usage.level_rows(grid, level)].float()
-        p10, p50, p90 = torch.quantile(hits, torch.tensor([0.1, 0.5, 0.9])).tolist()
-        stats.append({"mean": hits.mean().item(), "std": hits.std().item(), "p10": p10, "median": p50, "p90": p90})
-    return stats
+    """Per group, how often the entries of ``level`` were read (the statistic of paper Figure 4b, in the report a VQ
+    codebook gets): share read, mean, standard deviation and 10th / 50th / 90th percentiles over the reachable nodes
+    of a dense level, or every entry of a shared one."""
+    return [usage.level_summary(group, level) for group in range(len(usage.counts))]
 
 
 def validation_history(log_dir: Path, num_levels: int) -> list[dict]:

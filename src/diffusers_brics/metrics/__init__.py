@@ -1,11 +1,14 @@
-"""Image metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet / VGG16, also a training loss) and feature-grid usage."""
+"""Image metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet / VGG16, also a training loss), feature-grid and VQ-codebook
+usage."""
 
+from .codebook_usage import CodebookUsage, usage_summary
 from .grid_usage import GridUsage, grid_usage
 from .lpips import LPIPS, clear_cache, lpips
 from .reconstruction import psnr, ssim
 from .weights import default_cache_dir, resolve_lpips_weights
 
 __all__ = [
+    "CodebookUsage",
     "GridUsage",
     "LPIPS",
     "clear_cache",
@@ -15,4 +18,5 @@ __all__ = [
     "psnr",
     "resolve_lpips_weights",
     "ssim",
+    "usage_summary",
 ]

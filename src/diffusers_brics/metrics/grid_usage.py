@@ -8,6 +8,7 @@ import torch
 
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..utils import is_integer
+from .codebook_usage import usage_summary
 
 
 class GridUsage:
@@ -98,6 +99,12 @@ class GridUsage:
         if not reachable_only:
             return torch.arange(start, start + plan["nodes_per_axis"] ** grid.input_dim)
         return self.reachable_rows(grid, level)
+
+    def level_summary(self, group: int, level: int, reachable_only: bool = True) -> dict[str, float]:
+        """The reads of one level's (reachable) entries in the report a VQ codebook gets (`usage_summary`)."""
+        _check_index("group", group, len(self.counts))
+        grid = self.model.retrieval.grids[group]
+        return usage_summary(self.counts[group][self.level_rows(grid, level, reachable_only)])
 
     def hit_fraction(self, reachable_only: bool = True) -> torch.Tensor:
         """``(N_h, N_r)`` fraction of (reachable) entries read at least once."""
