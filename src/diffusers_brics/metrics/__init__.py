@@ -1,21 +1,30 @@
-"""Image metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet / VGG16, also a training loss), feature-grid and VQ-codebook
-usage."""
+"""Image metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet / VGG16, also a training loss), FID / KID / Inception Score with
+the FID Inception-v3, feature-grid and VQ-codebook usage."""
 
 from .codebook_usage import CodebookUsage, usage_summary
+from .fid import CLIP_FID_MESSAGE, frechet_inception_distance, inception_score, kernel_inception_distance
 from .grid_usage import GridUsage, grid_usage
+from .inception import InceptionFeatures, inception_cache_dir, resolve_inception_weights
 from .lpips import LPIPS, clear_cache, lpips
 from .reconstruction import psnr, ssim
 from .weights import default_cache_dir, resolve_lpips_weights
 
 __all__ = [
+    "CLIP_FID_MESSAGE",
     "CodebookUsage",
     "GridUsage",
+    "InceptionFeatures",
     "LPIPS",
     "clear_cache",
     "default_cache_dir",
+    "frechet_inception_distance",
     "grid_usage",
+    "inception_cache_dir",
+    "inception_score",
+    "kernel_inception_distance",
     "lpips",
     "psnr",
+    "resolve_inception_weights",
     "resolve_lpips_weights",
     "ssim",
     "usage_summary",
