@@ -236,3 +236,50 @@ def test_two_processes_count_epochs_and_resume_where_they_stopped(tmp_path, lpip
     final_a, final_b = weights(straight), weights(resumed)
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("model_type", ["autoencoderkl", "vqmodel"])
+def test_diffusers_autoencoders_train_resume_and_report_their_own_terms(tmp_path, lpips_weights_dir, model_type):
+    from diffusers import AutoencoderKL, VQModel
+
+    cls = {"autoencoderkl": AutoencoderKL, "vqmodel": VQModel}[model_type]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--model_type", model_type, "--checkpointing_steps", "2", "--validation_steps", "100"]
+    log = run(common + ["--output_dir", str(straight), "--max_train_steps", "4"])
+    assert ("kl=" if model_type == "autoencoderkl" else "vq=") in log  # the model's own term is trained and logged
+    run(common + ["--output_dir", str(resumed), "--max_train_steps", "2"])
+    log = run(common + ["--output_dir", str(resumed), "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
+    assert "at step 2" in log
+    final_a, final_b = weights(straight), weights(resumed)
+    for key in final_a:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)
+    model = cls.from_pretrained(straight / "autoencoder")  # stock diffusers loads it
+    assert all(torch.equal(v, final_a[k]) for k, v in model.state_dict().items())
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["step"] == 4 and 0 < metrics["psnr"] < 60 and "grid_usage_mean" not in metrics
+    if model_type == "vqmodel":
+        assert 0 < metrics["codebook_usage"] <= 1 and metrics["codebook_perplexity"] >= 1
+    card = (straight / "README.md").read_text()
+    assert f"from diffusers import {cls.__name__}" in card
+
+
+def test_model_type_flags_that_cannot_work_are_refused(script, capsys):
+    for argv, expected in (
+        (["--model_type", "vqmodel", "--preset", "paper-64x64x4"], "not a vqmodel preset"),
+        (["--model_type", "vqmodel", "--kl_weight", "1e-6"], "not to --model_type vqmodel"),
+    ):
+        with pytest.raises(SystemExit):
+            script.parse_args(argv)
+        assert expected in capsys.readouterr().err
+
+
+def test_a_config_of_another_model_type_is_named(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from diffusers_brics.models import peers
+    from diffusers_brics.training import autoencoder as stage1
+
+    peers.build_autoencoder("autoencoderkl", "tiny").save_config(tmp_path)
+    assert isinstance(stage1.build_model(stage1.parse_args(["--model_type", "autoencoderkl", "--model_config_name_or_path", str(tmp_path)])), AutoencoderKL)
+    with pytest.raises(ValueError, match="--model_config_name_or_path .*AutoencoderKL config.*--model_type autoencoderkl"):
+        stage1.build_model(stage1.parse_args(["--model_config_name_or_path", str(tmp_path)]))

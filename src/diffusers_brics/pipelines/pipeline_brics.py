@@ -17,6 +17,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..models.peers import decode_latents, from_diffusion_space
+from ..models.peers import latent_shape as latent_shape_of
 from ..schedules import cosine_variant_betas
 from ..utils import is_integer
 
@@ -68,7 +70,8 @@ class BRICSPipeline(DiffusionPipeline):
             ``(z - shift_factor) * scaling_factor`` (by default ``(z - 0.5) * 2``, onto ``[-1, 1]``).
         scheduler (`SchedulerMixin`): any scheduler of the DDPM family (DDPM, DDIM, DPM-Solver, ...).
         vae (`BRICSAutoencoder`): decodes the denoised key codes (named like diffusers' VAEs, so that
-            ``pipe.vae.enable_slicing()`` works).
+            ``pipe.vae.enable_slicing()`` works). diffusers' `AutoencoderKL` and `VQModel` work too: the UNet then
+            denoises their latents, scaled by their ``scaling_factor`` (and shifted by ``shift_factor``, if set).
         id2label (`dict[int, str]`, optional): class names of a class-conditional UNet, saved in
             ``model_index.json``; ``pipe.labels`` maps them back to ids, and ``class_labels`` accepts them.
     """
@@ -141,7 +144,7 @@ class BRICSPipeline(DiffusionPipeline):
         config = self.unet.config
         size = config.sample_size
         size = (size, size) if is_integer(size) else None if size is None else tuple(size)
-        latent_shape = tuple(self.vae.latent_shape)
+        latent_shape = latent_shape_of(self.vae)
         if config.in_channels != latent_shape[0] or config.out_channels != latent_shape[0] or (
             size is not None and size != latent_shape[1:]
         ):
@@ -173,7 +176,7 @@ class BRICSPipeline(DiffusionPipeline):
                 f" got {num_inference_steps!r}"
             )
         if latents is not None:
-            shape = (batch_size, *self.vae.latent_shape)
+            shape = (batch_size, *latent_shape_of(self.vae))
             if not isinstance(latents, torch.Tensor):
                 raise ValueError(f"latents must be a torch.Tensor (or numpy array) of shape {shape}, got "
                                  f"{type(latents).__name__}")
@@ -231,9 +234,9 @@ class BRICSPipeline(DiffusionPipeline):
         return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}
 
     def decode_key_codes(self, key_codes: torch.Tensor) -> torch.Tensor:
-        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]``: no relaxed-precision noise, and the decoder's
-        fixed noise inputs (where it has any), whatever the VAE's train/eval mode."""
-        return self.vae.decode(key_codes, relaxed_precision=False, noise_mode="const").sample
+        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]`` (or another VAE's latents): no relaxed-precision
+        noise, and the decoder's fixed noise inputs (where it has any), whatever the VAE's train/eval mode."""
+        return decode_latents(self.vae, key_codes)
 
     @torch.no_grad()
     def __call__(
@@ -275,7 +278,7 @@ class BRICSPipeline(DiffusionPipeline):
         if class_labels is not None:
             class_labels = self.class_label_ids(class_labels, batch_size).to(device)
         if latents is None:
-            shape = (batch_size, *self.vae.latent_shape)
+            shape = (batch_size, *latent_shape_of(self.vae))
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
@@ -291,8 +294,7 @@ class BRICSPipeline(DiffusionPipeline):
                     raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(changes).__name__}")
                 latents = (changes or {}).get("latents", latents)
 
-        # diffusion space -> key codes [0, 1]
-        key_codes = (latents / self.vae.config.scaling_factor + self.vae.config.shift_factor).clamp(0, 1)
+        key_codes = from_diffusion_space(self.vae, latents)  # BRICS: key codes in [0, 1]
         if output_type == "latent":
             images = key_codes
         else:

@@ -1,5 +1,10 @@
 """Stage 1: train a BRICS autoencoder (encoder + feature grids + decoder) with a StyleGAN2 discriminator.
 
+``--model_type autoencoderkl|vqmodel`` trains diffusers' `AutoencoderKL` or `VQModel` instead, with the same data,
+losses, discriminator, EMA, checkpoints and validation, plus each model's own term: the KL divergence of its
+posterior (LDM's weight 1e-6, summed over the latent), or VQ-VAE's codebook and commitment losses (diffusers'
+`VectorQuantizer`, beta 0.25, weighted by ``--codebook_weight`` as taming-transformers does).
+
 Loss (paper eq. 5, supp. A.3): ``20 * L2 + 5 * perceptual + GAN``: the release's VGG16 perceptual loss (or LPIPS-VGG),
 the non-saturating loss with lazy R1 (or WGAN-GP), plus a KL term for the KL variant. Adam with betas (0, 0.99), eps
 1e-15 for the autoencoder (the grids may get their own learning rate), 1e-8 for the discriminator (lr and betas
@@ -10,6 +15,7 @@ adjusted for lazy R1 as StyleGAN2 does), and StyleGAN2's EMA schedule. `main` is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,10 +23,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from diffusers import AutoencoderKL, VQModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import make_image_grid
 
-from ..metrics import GridUsage, lpips, psnr, ssim
-from ..models.autoencoder_brics import PRESETS, BRICSAutoencoder
+from ..metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
+from ..models import peers
+from ..models.autoencoder_brics import BRICSAutoencoder
 from .config import (
     DataConfig,
     LoopConfig,
@@ -79,6 +88,7 @@ class AutoencoderLossConfig:
     disc_channel_max: int | None = None
     kl_weight: float = 0.0
     kl_reduction: str = "mean"
+    codebook_weight: float = 1.0
 
 
 @dataclass
@@ -88,6 +98,7 @@ class AutoencoderTrainingConfig:
     loop: LoopConfig
     data: DataConfig
     loss: AutoencoderLossConfig
+    model_type: str = "brics"
     preset: str = "small-32"
     model_config_name_or_path: str | None = None
     gradient_checkpointing: bool = False
@@ -123,15 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="held out when the dataset has no validation/test split")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers")
     model = p.add_argument_group("model")
-    model.add_argument("--preset", default="small-32", choices=sorted(PRESETS), help="a BRICSAutoencoder preset")
-    model.add_argument("--model_config_name_or_path", help="a BRICSAutoencoder config (overrides --preset)")
+    model.add_argument("--model_type", default="brics", choices=sorted(peers.AUTOENCODER_CLASSES),
+                       help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel")
+    presets = "; ".join(f"{kind}: {', '.join(peers.presets_of(kind))}" for kind in sorted(peers.AUTOENCODER_CLASSES))
+    model.add_argument("--preset", default="small-32", help=f"a preset of the model type ({presets})")
+    model.add_argument("--model_config_name_or_path",
+                       help="a config.json folder (or Hub id) of the model type, overriding --preset")
     model.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
-    model.add_argument("--kl_weight", type=non_negative_float, default=0.0,
-                       help="> 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
-                       "relaxed-precision noise; paper weight 1e-6)")
-    model.add_argument("--kl_reduction", choices=["mean", "sum"], default="mean",
-                       help="the KL term averaged over a code's elements (the release) or summed over them "
-                            "(diffusers' DiagonalGaussianDistribution.kl(), C*H*W times stronger)")
+    model.add_argument("--kl_weight", type=non_negative_float, default=None,
+                       help="BRICS: > 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
+                       "relaxed-precision noise; paper weight 1e-6); default 0. AutoencoderKL: the KL term's weight, "
+                       "default 1e-6 (LDM)")
+    model.add_argument("--kl_reduction", choices=["mean", "sum"], default=None,
+                       help="the KL term averaged over a code's elements (the BRICS release; default for BRICS) or "
+                            "summed over them (diffusers' DiagonalGaussianDistribution.kl(), C*H*W times stronger; "
+                            "LDM's, default for AutoencoderKL)")
+    model.add_argument("--codebook_weight", type=non_negative_float, default=1.0,
+                       help="VQModel: weight of the codebook + 0.25 x commitment loss (taming-transformers: 1)")
     train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Adam's rate (paper: 2e-3)")
     train.add_argument("--grid_learning_rate", type=positive_float,
                        help="learning rate of the feature grids (default: --learning_rate)")
@@ -182,14 +201,24 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_loop_arguments(parser, args)
+    if args.preset not in peers.presets_of(args.model_type):
+        parser.error(f"--preset {args.preset!r} is not a {args.model_type} preset; choose one of "
+                     f"{', '.join(peers.presets_of(args.model_type))}")
+    kl_model = args.model_type == "autoencoderkl"
+    if args.kl_weight is None:
+        args.kl_weight = 1e-6 if kl_model else 0.0
+    if args.kl_reduction is None:
+        args.kl_reduction = "sum" if kl_model else "mean"
+    if args.kl_weight > 0 and args.model_type == "vqmodel":
+        parser.error("--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type vqmodel")
     return from_namespace(AutoencoderTrainingConfig, args)
 
 
-def build_model(config: AutoencoderTrainingConfig) -> BRICSAutoencoder:
-    """The untrained autoencoder of ``--model_config_name_or_path`` or ``--preset``."""
+def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
+    """The untrained autoencoder (of ``--model_type``) of ``--model_config_name_or_path`` or ``--preset``."""
     path = config.model_config_name_or_path
     if not path:
-        return BRICSAutoencoder.from_preset(config.preset)
+        return peers.build_autoencoder(config.model_type, config.preset)
     try:
         model_config = BRICSAutoencoder.load_config(path)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
@@ -197,7 +226,10 @@ def build_model(config: AutoencoderTrainingConfig) -> BRICSAutoencoder:
         hint = f"; a stage-1 output folder keeps it in {os.path.dirname(nested)!r}" if os.path.isfile(nested) else ""
         raise FileNotFoundError(f"--model_config_name_or_path {path!r}: no config.json, neither in a local folder nor "
                                 f"in a Hub repo{hint} ({error})") from error
-    return BRICSAutoencoder.from_config(model_config)
+    try:
+        return peers.build_autoencoder(config.model_type, config=model_config)
+    except ValueError as error:
+        raise ValueError(f"--model_config_name_or_path {path!r}: {error}") from error
 
 
 def collate(transform, column):
@@ -217,19 +249,31 @@ def held_out_loader(dataset, column: str, resolution: int, batch_size: int, stri
 
 @torch.no_grad()
 def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed=0) -> tuple[dict[str, float], object]:
-    """Held-out PSNR / SSIM / LPIPS-alex, grid usage, and a grid of originals over reconstructions.
+    """Held-out PSNR / SSIM / LPIPS-alex, grid (BRICS) or codebook (VQModel) usage, and a grid of originals over
+    reconstructions.
 
-    ``with_noise``: reconstructions with the relaxed-precision noise (for a model trained with it) and random
+    ``with_noise`` (BRICS): reconstructions with the relaxed-precision noise (for a model trained with it) and random
     decoder noise (the release's measurement), drawn from ``seed``; otherwise the deterministic decode."""
-    totals, count, usage = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, GridUsage(model)
+    brics = isinstance(model, BRICSAutoencoder)
+    totals, count = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0
+    usage = GridUsage(model) if brics else CodebookUsage(model) if isinstance(model, VQModel) else None
     generator = torch.Generator().manual_seed(seed)
-    noise = dict(relaxed_precision=with_noise and model.config.relaxed_precision,
-                 noise_mode="random" if with_noise else "const", generator=generator)
+    if brics and with_noise:
+        noise = dict(relaxed_precision=model.config.relaxed_precision, noise_mode="random", generator=generator)
+
+        def reconstruct(z):
+            return model.decode(z, **noise).sample
+    else:
+
+        def reconstruct(z):
+            return peers.decode_latents(model, z)
+
     for batch in loader:
         images = (batch["images"] if isinstance(batch, dict) else batch).to(model.device)
-        z = model.encode(images, sample_posterior=False).latents
-        recon = model.decode(z, **noise).sample.clamp(-1, 1)
-        usage.update(z)
+        z = peers.encode_latents(model, images)
+        recon = reconstruct(z).clamp(-1, 1)
+        if usage is not None:
+            usage.update(z)
         for name, fn in (("psnr", psnr), ("ssim", ssim)):
             totals[name] += float(fn(recon, images).sum())
         totals["lpips"] += float(lpips(recon, images, net="alex").sum())
@@ -237,14 +281,19 @@ def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed
         if max_images and count >= max_images:
             break
     metrics = {name: value / count for name, value in totals.items()}
-    hits = usage.hit_fraction()  # (N_h, N_r)
-    metrics["grid_usage_mean"] = float(hits.mean())
-    metrics["grid_usage_min_level"] = float(hits.min())
-    metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
-    metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
-    metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
+    if brics:
+        hits = usage.hit_fraction()  # (N_h, N_r)
+        metrics["grid_usage_mean"] = float(hits.mean())
+        metrics["grid_usage_min_level"] = float(hits.min())
+        metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
+        metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
+        metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
+    elif usage is not None:
+        summary = usage.summary()
+        metrics["codebook_usage"] = summary["used"]
+        metrics["codebook_perplexity"] = summary["perplexity"]
     fixed = fixed_images.to(model.device)
-    recon = model.decode(model.encode(fixed, sample_posterior=False).latents, **noise).sample.clamp(-1, 1)
+    recon = reconstruct(peers.encode_latents(model, fixed)).clamp(-1, 1)
     pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
     return metrics, make_image_grid(pictures, rows=2, cols=fixed.shape[0])
 
@@ -252,7 +301,7 @@ def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed
 class AutoencoderStage(TrainingStage):
     """Stage 1 for the `Trainer`: the autoencoder (prepared, DDP) and a discriminator kept out of DDP."""
 
-    progress_keys = ("loss", "l2", "vgg", "lpips_vgg", "d_loss")
+    progress_keys = ("loss", "l2", "vgg", "lpips_vgg", "kl", "vq", "d_loss")
 
     def __init__(self, config: AutoencoderTrainingConfig):
         self.config = config
@@ -266,7 +315,9 @@ class AutoencoderStage(TrainingStage):
         if resolution != model.config.sample_size:
             raise ValueError(f"--resolution {resolution} does not match the model's sample_size "
                              f"{model.config.sample_size}")
-        if loss.kl_weight > 0 and (not model.config.kl_key_codes or model.config.relaxed_precision):
+        if isinstance(model, BRICSAutoencoder) and loss.kl_weight > 0 and (
+            not model.config.kl_key_codes or model.config.relaxed_precision
+        ):
             # Paper config c: KL-regularised key codes take the place of the relaxed-precision noise (config d).
             # Keywords, not a merged dict: keys in the config's `_use_default_values` would be reset to defaults.
             model = BRICSAutoencoder.from_config(model.config, kl_key_codes=True, relaxed_precision=False)
@@ -337,14 +388,13 @@ class AutoencoderStage(TrainingStage):
     def _autoencoder_step(self, trainer, images, generator, gan: bool) -> tuple[dict, torch.Tensor]:
         """Encoder, grids and decoder: returns the logged losses and the (detached) reconstruction."""
         loss_config = self.config.loss
-        # The training draws, explicitly: the KL sample, the relaxed-precision noise and the decoder's noise inputs.
-        relaxed = trainer.unwrap().config.relaxed_precision
-        out = trainer.model(images, sample_posterior=True, relaxed_precision=relaxed, noise_mode="random",
-                            generator=generator)
-        recon = out.sample
+        recon, posterior, vq_loss = self._reconstruct(trainer, images, generator)
         l2 = F.mse_loss(recon.float(), images.float())
         loss = loss_config.l2_weight * l2
         logs = {"l2": l2.item()}
+        if vq_loss is not None:
+            loss = loss + loss_config.codebook_weight * vq_loss
+            logs["vq"] = vq_loss.item()
         if loss_config.perceptual_weight > 0:
             if self.vgg_loss is not None:
                 perceptual, name = self.vgg_loss(recon.float(), images.float()), "vgg"
@@ -354,7 +404,7 @@ class AutoencoderStage(TrainingStage):
             loss = loss + loss_config.perceptual_weight * perceptual
             logs[name] = perceptual.item()
         if loss_config.kl_weight > 0:
-            kl = kl_loss(out.key_code_posterior, loss_config.kl_reduction)
+            kl = kl_loss(posterior, loss_config.kl_reduction)
             loss = loss + loss_config.kl_weight * kl
             logs["kl"] = kl.item()
         if gan:
@@ -366,6 +416,24 @@ class AutoencoderStage(TrainingStage):
         trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
         logs["loss"] = loss.item()
         return logs, recon.detach()
+
+    def _reconstruct(self, trainer, images, generator):
+        """``(reconstruction, posterior or None, VQ loss or None)`` of a training forward through the prepared
+        (possibly DDP-wrapped) model, so that its gradients are synchronised as any model's."""
+        model = trainer.unwrap()
+        if isinstance(model, BRICSAutoencoder):
+            # The training draws, explicitly: the KL sample, the relaxed-precision noise and the decoder's noise inputs.
+            out = trainer.model(images, sample_posterior=True, relaxed_precision=model.config.relaxed_precision,
+                                noise_mode="random", generator=generator)
+            return out.sample, out.key_code_posterior, None
+        if isinstance(model, AutoencoderKL):
+            # AutoencoderKL.forward returns only the reconstruction: its posterior's moments are read off the layer
+            # that makes them, during that same forward.
+            with output_of(model.quant_conv if model.quant_conv is not None else model.encoder) as moments:
+                out = trainer.model(images, sample_posterior=True, generator=generator)
+            return out.sample, DiagonalGaussianDistribution(moments[0]), None
+        out = trainer.model(images)  # VQModel: straight-through quantisation, codebook + commitment loss
+        return out.sample, None, out.commit_loss
 
     def _discriminator_step(self, trainer, images, recon, step: int, generator) -> dict:
         """Logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP. Gradients accumulate over the micro-batches
@@ -389,7 +457,7 @@ class AutoencoderStage(TrainingStage):
         logs["d_loss"] = d_loss.item()
         return logs
 
-    def validate(self, trainer: Trainer, model: BRICSAutoencoder, step: int) -> dict[str, float]:
+    def validate(self, trainer: Trainer, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
         c = self.config
         metrics, grid = evaluate(model, self.val_loader, self.fixed_images, c.max_eval_images,
@@ -405,7 +473,7 @@ class AutoencoderStage(TrainingStage):
         if self.discriminator is not None:
             check_in_sync(trainer.accelerator, self.discriminator)
 
-    def finish(self, trainer: Trainer, model: BRICSAutoencoder, step: int, summary: dict[str, float]) -> None:
+    def finish(self, trainer: Trainer, model: torch.nn.Module, step: int, summary: dict[str, float]) -> None:
         """Save the EMA autoencoder, final metrics and a model card."""
         c = self.config
         output = c.loop.output_dir
@@ -415,24 +483,40 @@ class AutoencoderStage(TrainingStage):
         with open(os.path.join(output, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary, **metrics}, f, indent=2)
         repo = c.loop.hub_model_id or output
+        name = type(model).__name__
+        channels, size, _ = peers.latent_shape(model)
+        brics = isinstance(model, BRICSAutoencoder)
+        package = "diffusers_brics" if brics else "diffusers"
         write_model_card(
             output,
-            title=f"BRICS autoencoder ({c.model_config_name_or_path or c.preset})",
+            title=f"{'BRICS autoencoder' if brics else name} ({c.model_config_name_or_path or c.preset})",
             description=(
-                f"A BRICS autoencoder trained for {step} steps on {c.data.describe()} at {model.config.sample_size}x"
-                f"{model.config.sample_size} with `examples/train_brics_ae.py` from diffusers-brics. Key codes "
-                f"{model.config.latent_size}x{model.config.latent_size}x{model.latent_channels} in [0, 1].\n\n"
-                "```python\nfrom diffusers_brics import BRICSAutoencoder\n"
-                f"vae = BRICSAutoencoder.from_pretrained(\"{repo}\", subfolder=\"autoencoder\")\n```\n\n"
+                f"A {name} trained for {step} steps on {c.data.describe()} at {model.config.sample_size}x"
+                f"{model.config.sample_size} with `examples/train_brics_ae.py` from diffusers-brics. "
+                + (f"Key codes {size}x{size}x{channels} in [0, 1]" if brics else f"Latents {size}x{size}x{channels}")
+                + ".\n\n"
+                f"```python\nfrom {package} import {name}\n"
+                f"vae = {name}.from_pretrained(\"{repo}\", subfolder=\"autoencoder\")\n```\n\n"
                 "Metrics on the held-out split (EMA weights"
                 + ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
-                   if c.eval_with_noise else "") + "); LPIPS uses AlexNet."
+                   if c.eval_with_noise and brics else "") + "); LPIPS uses AlexNet."
             ),
             config=flat_settings(c),
             metrics=metrics,
             image="reconstructions.png",
             dataset=c.data.dataset_name,
         )
+
+
+@contextlib.contextmanager
+def output_of(module: torch.nn.Module):
+    """Yields a list that receives ``module``'s output at each forward within the block."""
+    outputs: list = []
+    handle = module.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def main(argv: list[str] | None = None) -> None:
