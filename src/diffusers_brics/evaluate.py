@@ -1,0 +1,408 @@
+"""Evaluation of autoencoders and generators on a dataset split, as JSON and images.
+
+    python -m diffusers_brics.evaluate reconstruction --model PATH_OR_HUB_ID [--split held-out] --output DIR
+    python -m diffusers_brics.evaluate generation --pipeline PATH_OR_HUB_ID --num_samples 1000 --output DIR
+    python -m diffusers_brics.evaluate neighbours --pipeline PATH_OR_HUB_ID --num_samples 8 --output DIR
+
+*reconstruction*: PSNR, SSIM and LPIPS-alex of any of the three autoencoders (`BRICSAutoencoder`, diffusers'
+`AutoencoderKL`, `VQModel`) on a split, FID and KID of the reconstructions against the originals, grid usage (BRICS)
+or codebook usage (VQModel); ``reconstructions.png`` (originals over reconstructions).
+
+*generation*: FID and KID of a pipeline's samples (a `BRICSPipeline` or any diffusers pipeline that takes
+``batch_size``, such as `DDPMPipeline`) against the reference split, beside the real-vs-real baseline at the same
+number of images (as many training images against the same reference), and the sampling time per image;
+``samples.png``.
+
+*neighbours*: for a few samples, their nearest training images by LPIPS-alex (paper Figure 8), as
+``neighbours.png`` (one row per sample: the sample, then its neighbours, nearest first).
+
+The data flags are those of the training scripts, and the held-out split is the one they hold out with the same
+``--validation_fraction`` and ``--seed``. Images are streamed in batches: Inception features are kept (2,048 floats
+per image), images are not, so 10,000 images fit in memory. FID and KID are torchmetrics' on the standard FID
+Inception-v3 features (`diffusers_brics.metrics.InceptionFeatures`; see there for the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import VQModel
+from diffusers.utils import make_image_grid
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
+from .metrics.inception import InceptionFeatures
+from .models import peers
+from .models.autoencoder_brics import BRICSAutoencoder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_split(split: str, resolution: int, dataset_name: str | None = None, dataset_config_name: str | None = None,
+               train_data_dir: str | None = None, validation_fraction: float = 0.05, seed: int = 0,
+               cache_dir: str | None = None) -> tuple[object, str]:
+    """``(dataset, image column)`` of ``split`` (``"held-out"`` or ``"train"``), split as the training scripts do."""
+    from .training.data import image_column_of, load_image_datasets, undecoded
+
+    if split not in ("held-out", "train"):
+        raise ValueError(f"split must be 'held-out' or 'train', got {split!r}")
+    train, held_out = load_image_datasets(dataset_name, dataset_config_name, train_data_dir, resolution, cache_dir,
+                                          validation_fraction, seed)
+    column = image_column_of(train, None)
+    dataset = held_out if split == "held-out" else train
+    return undecoded(dataset, column), column
+
+
+def image_batches(dataset, column: str, resolution: int, batch_size: int, max_images: int | None = None,
+                  desc: str = "images") -> Iterator[torch.Tensor]:
+    """Centre-cropped images ``(B, 3, R, R)`` in ``[-1, 1]``, ``max_images`` at most, with a progress bar."""
+    from .training.data import ImageDataset, collate_images, image_transform
+
+    images = ImageDataset(dataset, column, image_transform(resolution, True))
+    count = len(images) if max_images is None else min(max_images, len(images))
+    subset = torch.utils.data.Subset(images, range(count))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_images)
+    for batch in tqdm(loader, desc=desc, unit="batch"):
+        yield batch["images"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FID and KID
+
+
+class _Passthrough(torch.nn.Module):
+    """The feature extractor handed to torchmetrics: features are computed once by `InceptionFeatures` and fed to
+    both FID and KID, so the network runs once per image."""
+
+    num_features = 2048
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class InceptionDistances:
+    """FID and KID (torchmetrics) between a "real" and a "fake" image set, fed in batches of images in ``[0, 1]``.
+
+    Args:
+        inception: the feature network (built with the default weights when omitted).
+        kid_subset_size: KID's subset size (capped at the smaller set's size when computed).
+    """
+
+    def __init__(self, inception: InceptionFeatures | None = None, kid_subset_size: int = 1000) -> None:
+        self.inception = inception if inception is not None else InceptionFeatures()
+        self.kid_subset_size = kid_subset_size
+        self.features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        """Add images ``(B, 3, H, W)`` in ``[0, 1]`` to the real or the fake set."""
+        self.features[real].append(self.inception(images).double().cpu())
+
+    def counts(self) -> tuple[int, int]:
+        return tuple(sum(len(f) for f in self.features[side]) for side in (True, False))
+
+    def compute(self) -> dict[str, float]:
+        """``fid``, ``kid_mean``, ``kid_std`` and the two set sizes."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        real_count, fake_count = self.counts()
+        if min(real_count, fake_count) < 2:
+            raise ValueError(f"FID and KID need at least 2 images per set, got {real_count} real and {fake_count} fake")
+        # normalize=False: torchmetrics passes the features through unchanged (with True, older versions turn the
+        # inputs into bytes before a custom feature module)
+        fid = FrechetInceptionDistance(feature=_Passthrough(), normalize=False)
+        kid = KernelInceptionDistance(feature=_Passthrough(), normalize=False,
+                                      subset_size=min(self.kid_subset_size, real_count, fake_count))
+        for real in (True, False):
+            for features in self.features[real]:
+                fid.update(features, real=real)
+                kid.update(features, real=real)
+        kid_mean, kid_std = kid.compute()
+        return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std),
+                "real_images": real_count, "fake_images": fake_count}
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` -> ``[0, 1]``."""
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reconstruction
+
+
+@torch.no_grad()
+def evaluate_reconstruction(vae: torch.nn.Module, batches: Iterable[torch.Tensor], with_fid: bool = True,
+                            inception: InceptionFeatures | None = None, num_grid_images: int = 8,
+                            ) -> tuple[dict[str, float], Image.Image]:
+    """Reconstruction metrics of ``vae`` (any of the three autoencoders) over image batches in ``[-1, 1]``, and a
+    grid of originals over reconstructions. The decode is deterministic (BRICS: no relaxed-precision noise, fixed
+    decoder noise), as a pipeline decodes. ``with_fid``: also FID / KID of the reconstructions against the
+    originals."""
+    peers.model_type_of(vae)  # a ValueError for anything but the three autoencoders
+    vae = vae.eval()
+    usage = GridUsage(vae) if isinstance(vae, BRICSAutoencoder) else CodebookUsage(vae) if isinstance(vae, VQModel) else None
+    distances = InceptionDistances(inception) if with_fid else None
+    totals, count, shown = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, []
+    start = time.perf_counter()
+    for images in batches:
+        images = images.to(vae.device, vae.dtype)
+        latents = peers.encode_latents(vae, images)
+        recon = peers.decode_latents(vae, latents).clamp(-1, 1).float()
+        images = images.float()
+        totals["psnr"] += float(psnr(recon, images).sum())
+        totals["ssim"] += float(ssim(recon, images).sum())
+        totals["lpips"] += float(lpips(recon, images, net="alex").sum())
+        if usage is not None:
+            usage.update(latents)
+        if distances is not None:
+            distances.update(to_unit(images), real=True)
+            distances.update(to_unit(recon), real=False)
+        if len(shown) < num_grid_images:
+            shown += list(zip(images, recon))[: num_grid_images - len(shown)]
+        count += images.shape[0]
+    if count == 0:
+        raise ValueError("no images to evaluate")
+    metrics: dict[str, float] = {name: value / count for name, value in totals.items()}
+    metrics["images"] = count
+    metrics["seconds"] = time.perf_counter() - start
+    if distances is not None:
+        result = distances.compute()
+        metrics.update(fid=result["fid"], kid_mean=result["kid_mean"], kid_std=result["kid_std"])
+    if isinstance(usage, GridUsage):
+        # per level (mean over the groups): the share of reachable entries the split reads, and of entries that
+        # training moved from their initialisation
+        read, trained = usage.hit_fraction().mean(dim=0), GridUsage.trained_entries(vae).hit_fraction().mean(dim=0)
+        metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(read)})
+        metrics.update({f"grid_trained_level_{level}": float(v) for level, v in enumerate(trained)})
+        metrics["grid_usage_mean"], metrics["grid_trained_mean"] = float(read.mean()), float(trained.mean())
+    elif usage is not None:
+        metrics.update({f"codebook_{k}": v for k, v in usage.summary().items()})
+    pictures = [to_pil(x) for x, _ in shown] + [to_pil(y) for _, y in shown]
+    return metrics, make_image_grid(pictures, rows=2, cols=len(shown))
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One image ``(3, H, W)`` in ``[-1, 1]`` as a PIL image."""
+    array = (to_unit(image.float()).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def load_pipeline(name_or_path: str, scheduler: str | None = None, device: str | torch.device = "cpu"):
+    """A `BRICSPipeline` or any diffusers pipeline (read from ``model_index.json``), with ``scheduler`` swapped in:
+    ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPM-Solver++)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+
+    from .pipelines import BRICSPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(name_or_path)
+    except OSError as error:
+        raise FileNotFoundError(f"pipeline {name_or_path!r}: no model_index.json, neither in a local folder nor in a "
+                                f"Hub repo ({error})") from error
+    cls = BRICSPipeline if "BRICSPipeline" in str(index.get("_class_name")) else DiffusionPipeline
+    pipeline = cls.from_pretrained(name_or_path).to(device)
+    schedulers = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+    if scheduler is not None:
+        if scheduler not in schedulers:
+            raise ValueError(f"scheduler must be one of {sorted(schedulers)}, got {scheduler!r}")
+        pipeline.scheduler = schedulers[scheduler].from_config(pipeline.scheduler.config)
+    return pipeline
+
+
+@torch.no_grad()
+def sample_images(pipeline, num_samples: int, batch_size: int, num_inference_steps: int, seed: int = 0,
+                  desc: str = "sampling") -> Iterator[torch.Tensor]:
+    """Samples ``(B, 3, H, W)`` in ``[0, 1]``, image ``i`` drawn from seed ``seed + i`` (so any batch size gives
+    the same images)."""
+    pipeline.set_progress_bar_config(disable=True)
+    for start in tqdm(range(0, num_samples, batch_size), desc=desc, unit="batch"):
+        count = min(batch_size, num_samples - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        images = pipeline(batch_size=count, generator=generators, num_inference_steps=num_inference_steps,
+                          output_type="np").images
+        yield torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float()
+
+
+def evaluate_generation(pipeline, reference: Iterable[torch.Tensor], num_samples: int, batch_size: int,
+                        num_inference_steps: int, seed: int = 0, baseline: Iterable[torch.Tensor] | None = None,
+                        inception: InceptionFeatures | None = None, num_grid_images: int = 16,
+                        ) -> tuple[dict[str, float], Image.Image]:
+    """FID / KID of ``num_samples`` samples against ``reference`` batches (``[-1, 1]``), the sampling time per image,
+    and with ``baseline`` batches (as many real images, not from the reference) the real-vs-real FID / KID."""
+    inception = inception if inception is not None else InceptionFeatures()
+    distances = InceptionDistances(inception)
+    for images in reference:
+        distances.update(to_unit(images), real=True)
+    shown, seconds = [], 0.0
+    start = time.perf_counter()
+    for images in sample_images(pipeline, num_samples, batch_size, num_inference_steps, seed):
+        seconds += time.perf_counter() - start
+        distances.update(images, real=False)
+        shown += list(images[: max(0, num_grid_images - len(shown))])
+        start = time.perf_counter()
+    metrics = distances.compute()
+    metrics.update(num_inference_steps=num_inference_steps, seconds_per_image=seconds / num_samples)
+    if baseline is not None:
+        real = InceptionDistances(inception)
+        real.features[True] = distances.features[True]
+        for images in baseline:
+            real.update(to_unit(images), real=False)
+        result = real.compute()
+        metrics.update(real_fid=result["fid"], real_kid_mean=result["kid_mean"], real_kid_std=result["kid_std"],
+                       baseline_images=result["fake_images"])
+    grid = make_image_grid([to_pil(x * 2 - 1) for x in shown], rows=max(1, len(shown) // 8), cols=min(8, len(shown)))
+    return metrics, grid
+
+
+@torch.no_grad()
+def nearest_neighbours(samples: torch.Tensor, training: Iterable[torch.Tensor], k: int = 5) -> tuple[torch.Tensor, Image.Image]:
+    """The ``k`` training images nearest (LPIPS-alex) to each sample ``(S, 3, H, W)`` in ``[-1, 1]``: their
+    distances ``(S, k)`` and a grid, one row per sample (the sample, then its neighbours, nearest first)."""
+    best_d = torch.full((samples.shape[0], k), float("inf"))
+    best_images = torch.zeros(samples.shape[0], k, *samples.shape[1:])
+    for images in training:
+        images = images.float()
+        for s, sample in enumerate(samples):
+            d = lpips(sample.expand_as(images), images, net="alex").flatten().cpu()
+            merged_d = torch.cat([best_d[s], d])
+            merged_images = torch.cat([best_images[s], images.cpu()])
+            order = merged_d.argsort()[:k]
+            best_d[s], best_images[s] = merged_d[order], merged_images[order]
+    if not torch.isfinite(best_d).all():
+        raise ValueError(f"the training set has fewer than k={k} images")
+    rows = [[to_pil(sample)] + [to_pil(x) for x in neighbours] for sample, neighbours in zip(samples, best_images)]
+    return best_d, make_image_grid([p for row in rows for p in row], rows=len(rows), cols=k + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffusers_brics.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--output", required=True, help="folder for results.json and the images")
+        p.add_argument("--dataset_name", help="a Hub dataset id or a saved/loadable dataset folder (default: the "
+                       "embedded emoji)")
+        p.add_argument("--dataset_config_name", help="the Hub dataset's configuration")
+        p.add_argument("--train_data_dir", help="an image folder")
+        p.add_argument("--cache_dir", help="the datasets cache")
+        p.add_argument("--validation_fraction", type=float, default=0.05,
+                       help="share held out where the data has no validation/test split (as the training scripts)")
+        p.add_argument("--seed", type=int, default=0, help="the split's seed (as the training scripts), and sampling's")
+        p.add_argument("--batch_size", type=int, default=64, help="images per batch")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+        p.add_argument("--inception_weights", help="a prepared FID Inception weight file (see "
+                       "diffusers_brics.metrics.inception)")
+        return p
+
+    rec = common(commands.add_parser("reconstruction", help="PSNR / SSIM / LPIPS / FID / KID of an autoencoder"))
+    rec.add_argument("--model", required=True, help="a BRICSAutoencoder, AutoencoderKL or VQModel folder or Hub id "
+                     "(a stage-1 output folder too)")
+    rec.add_argument("--subfolder", help="the model's subfolder in a pipeline repo, e.g. 'vae'")
+    rec.add_argument("--split", default="held-out", choices=["held-out", "train"], help="the images to reconstruct")
+    rec.add_argument("--max_images", type=int, help="evaluate the first N images only")
+    rec.add_argument("--no_fid", action="store_true", help="skip FID / KID (and the Inception network)")
+
+    gen = common(commands.add_parser("generation", help="FID / KID of a pipeline's samples"))
+    gen.add_argument("--pipeline", required=True, help="a pipeline folder or Hub id")
+    gen.add_argument("--num_samples", type=int, default=1000, help="samples to draw (and real images compared)")
+    gen.add_argument("--num_inference_steps", type=int, default=100, help="sampling steps")
+    gen.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
+    gen.add_argument("--reference", default="held-out", choices=["held-out", "train"], help="the real images")
+    gen.add_argument("--max_reference_images", type=int, help="use the first N reference images only (default: all)")
+    gen.add_argument("--no_baseline", action="store_true", help="skip the real-vs-real baseline")
+
+    nn = common(commands.add_parser("neighbours", help="nearest training images of a few samples by LPIPS"))
+    nn.add_argument("--pipeline", required=True, help="a pipeline folder or Hub id")
+    nn.add_argument("--num_samples", type=int, default=8, help="samples (rows of the grid)")
+    nn.add_argument("--k", type=int, default=5, help="neighbours per sample")
+    nn.add_argument("--num_inference_steps", type=int, default=100, help="sampling steps")
+    nn.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("batch_size", "num_samples", "num_inference_steps", "k", "max_images", "max_reference_images"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{name} must be a positive integer, got {value}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    data = dict(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+                train_data_dir=args.train_data_dir, validation_fraction=args.validation_fraction, seed=args.seed,
+                cache_dir=args.cache_dir)
+    wants_fid = args.command == "generation" or (args.command == "reconstruction" and not args.no_fid)
+    inception = InceptionFeatures(args.inception_weights).to(args.device) if wants_fid else None
+    results: dict = {"command": " ".join(sys.argv) if argv is None else " ".join(["evaluate", *argv])}
+
+    if args.command == "reconstruction":
+        vae = peers.load_autoencoder(args.model, subfolder=args.subfolder).to(args.device)
+        resolution = vae.config.sample_size
+        split, column = load_split(args.split, resolution, **data)
+        metrics, grid = evaluate_reconstruction(vae, image_batches(split, column, resolution, args.batch_size,
+                                                                   args.max_images, "reconstructing"),
+                                                inception is not None, inception)
+        grid.save(output / "reconstructions.png")
+        results.update(model=args.model, model_class=type(vae).__name__, split=args.split, **metrics)
+    else:
+        pipeline = load_pipeline(args.pipeline, args.scheduler, args.device)
+        resolution = sample_size_of(pipeline)
+        if args.command == "generation":
+            reference, column = load_split(args.reference, resolution, **data)
+            baseline = None
+            if not args.no_baseline:
+                other, other_column = load_split("train" if args.reference == "held-out" else "held-out", resolution, **data)
+                count = min(args.num_samples, len(other))
+                other = other.shuffle(seed=args.seed).select(range(count))
+                baseline = image_batches(other, other_column, resolution, args.batch_size, desc="real baseline")
+            metrics, grid = evaluate_generation(
+                pipeline, image_batches(reference, column, resolution, args.batch_size, args.max_reference_images,
+                                        "reference"),
+                args.num_samples, args.batch_size, args.num_inference_steps, args.seed, baseline, inception)
+            grid.save(output / "samples.png")
+            results.update(pipeline=args.pipeline, reference=args.reference, **metrics)
+        else:
+            train, column = load_split("train", resolution, **data)
+            samples = torch.cat(list(sample_images(pipeline, args.num_samples, args.batch_size,
+                                                   args.num_inference_steps, args.seed))) * 2 - 1
+            distances, grid = nearest_neighbours(samples, image_batches(train, column, resolution, args.batch_size,
+                                                                        desc="training images"), args.k)
+            grid.save(output / "neighbours.png")
+            results.update(pipeline=args.pipeline, lpips_distances=distances.tolist())
+    with open(output / "results.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
+    return 0
+
+
+def sample_size_of(pipeline) -> int:
+    """The image size a pipeline generates: its VAE's ``sample_size``, or a pixel-space UNet's."""
+    vae = getattr(pipeline, "vae", None)
+    size = (vae.config.sample_size if vae is not None else pipeline.unet.config.sample_size)
+    return size if isinstance(size, int) else size[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
