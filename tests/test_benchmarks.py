@@ -1,0 +1,117 @@
+"""The benchmarks in their tiny modes: decode cost with peak memory, and relaxed precision end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def run_script(args, timeout=300):
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            check=False, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout
+
+
+def test_allocator_peak_counts_live_tensors_at_their_maximum():
+    import decode_benchmark
+
+    def fn():
+        a = torch.ones(2**21)  # 8 MiB
+        b = torch.ones(2**20)  # 4 MiB: 12 MiB live
+        del a, b
+        c = torch.ones(2**21)  # 8 MiB, after the others are gone
+        del c
+
+    peak = decode_benchmark._allocator_peak_cpu(fn) / 2**20
+    assert 12 <= peak < 12.1
+    measured = decode_benchmark.measure_peak(fn, torch.device("cpu"))
+    assert 12 <= measured["allocated_MiB"] < 12.1
+
+
+def test_decode_benchmark_tiny_with_memory(tmp_path):
+    out = tmp_path / "decode_cost"
+    stdout = run_script([BENCHMARKS / "decode_benchmark.py", "--tiny", "--memory", "--repeats", "1", "--warmup", "0",
+                         "--results_dir", out, "--output", tmp_path / "plain.json"])
+    assert "training step" in stdout and "BRICS feature retrieval" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith("python benchmarks/decode_benchmark.py --tiny --memory")
+    assert json.loads((tmp_path / "plain.json").read_text())["setup"]["resolution"] == 32
+    assert [r["model"] for r in results["models"]] == ["BRICS (tiny)", "AutoencoderKL (tiny)", "VQModel (tiny)"]
+    memory = results["memory"]
+    assert memory["device"] == "cpu" and memory["resolution"] == 32 and memory["batch_size"] == 1
+    for row in memory["models"]:
+        assert row["weights_MiB"] > 0
+        for op in ("encode", "decode", "train_step"):
+            assert row[op]["allocated_MiB"] > 0
+        # a training step keeps activations for backward and allocates the gradients: more than a decode
+        assert row["train_step"]["allocated_MiB"] > row["decode"]["allocated_MiB"]
+        assert row["train_step"]["allocated_MiB"] > row["train_step_gradients_MiB"] > 0
+    retrieval = memory["brics_retrieval"]
+    assert retrieval["grid_tables_MiB"] > 0
+    assert retrieval["training_forward_backward"]["allocated_MiB"] > retrieval["decode_forward"]["allocated_MiB"] > 0
+    added = retrieval["decode_added"]["allocated_MiB"]
+    assert added == pytest.approx(memory["models"][0]["decode"]["allocated_MiB"]
+                                  - retrieval["synthesis_forward"]["allocated_MiB"])
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Decode cost") and "## Peak memory" in report
+    assert "| BRICS (tiny) |" in report and "| BRICS feature retrieval, batch 1 |" in report
+
+
+def test_perturbations_stay_within_their_amplitude_and_share_draws():
+    import relaxed_precision_benchmark as rp
+
+    codes = torch.rand(3, 4, 8, 8)
+    r_max = 32.0
+    first = rp.perturbations(codes, r_max, [0.0, 0.5, 1.0], seed=7)
+    again = rp.perturbations(codes, r_max, [0.0, 0.5, 1.0], seed=7)
+    assert set(first) == {"uniform_0", "uniform_0.5", "uniform_1", "gaussian"}
+    assert torch.equal(first["uniform_0"], codes)
+    for name in first:
+        assert torch.equal(first[name], again[name])
+        assert first[name].min() >= 0 and first[name].max() <= 1
+    for a in (0.5, 1.0):
+        assert (first[f"uniform_{a:g}"] - codes).abs().max() <= a / (2 * r_max) + 1e-7
+    # the same unit draws, scaled: away from the clipped ends the displacement doubles with the amplitude
+    inside = (codes > 0.05) & (codes < 0.95)
+    half, full = first["uniform_0.5"] - codes, first["uniform_1"] - codes
+    torch.testing.assert_close(full[inside], 2 * half[inside], atol=1e-6, rtol=0)
+    assert abs((first["gaussian"] - codes)[inside].std().item() - 1 / (4 * r_max)) < 0.1 / (4 * r_max)
+
+
+def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir):
+    out = tmp_path / "relaxed_precision"
+    run_script([BENCHMARKS / "relaxed_precision_benchmark.py", "--tiny", "--threads", "1", "--output", out])
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["runs"]] == ["relaxed", "no_noise", "kl"]
+    assert [r["config"] for r in results["runs"]] == [
+        {"relaxed_precision": True, "kl_key_codes": False}, {"relaxed_precision": False, "kl_key_codes": False},
+        {"relaxed_precision": False, "kl_key_codes": True}]
+    assert all(r["steps"] == 2 for r in results["runs"])
+    assert "--kl_weight 1e-06" in results["runs"][2]["command"]
+    assert list(results["evaluations"]) == ["relaxed precision", "no relaxed precision", "KL, mean codes",
+                                            "KL, sampled codes"]
+    amplitudes = results["setup"]["amplitudes"]
+    assert amplitudes == [0.0, 0.125, 0.25, 0.5, 1.0, 2.0] and results["setup"]["held_out_images"] == 32
+    for entry in results["evaluations"].values():
+        assert set(entry["deterministic"]) == {"psnr", "ssim", "lpips"}
+        assert set(entry["perturbed"]) == {f"uniform_{a:g}" for a in amplitudes} | {"gaussian"}
+        unperturbed = entry["perturbed"]["uniform_0"]["psnr"]
+        assert unperturbed["mean"] == pytest.approx(entry["deterministic"]["psnr"]["mean"])
+        assert unperturbed["delta"] == 0
+    (train, _train_stats), (held_out, held_out_stats) = results["kl_sigma"].items()
+    assert train.startswith("training") and held_out.startswith("held-out")
+    assert held_out_stats["elements"] == 32 * 2 * 8 * 8 and held_out_stats["sigma_mean"] > 0
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2] == f"`{results['command']}`"
+    assert results["command"].startswith("python benchmarks/relaxed_precision_benchmark.py --tiny")
+    assert "Table 6 analogue" in report and "posterior sigma" in report
+    assert (out / "psnr_vs_perturbation.png").stat().st_size > 0
