@@ -1,6 +1,7 @@
-"""The stage-2 script end to end on the embedded data with a tiny autoencoder and UNet."""
+"""The stage-2 script end to end on the embedded data with a tiny autoencoder and UNet, and in pixel space."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -107,12 +108,13 @@ def test_a_missing_autoencoder_names_the_flag(tmp_path, autoencoder, monkeypatch
     assert isinstance(script.load_autoencoder(str(autoencoder), None), BRICSAutoencoder)
     with pytest.raises(FileNotFoundError, match="--autoencoder .*nowhere.*local folder"):
         script.load_autoencoder(str(tmp_path / "nowhere"), None)
-    # a stage-1 output folder holds the model one level down: the message says which flag finds it
+    # a stage-1 output folder holds the model one level down, where it is found
     stage1 = tmp_path / "stage1"
     shutil.copytree(autoencoder, stage1 / "autoencoder")
-    with pytest.raises(FileNotFoundError, match="needs --autoencoder_subfolder autoencoder"):
-        script.load_autoencoder(str(stage1), None)
+    assert isinstance(script.load_autoencoder(str(stage1), None), BRICSAutoencoder)
     assert isinstance(script.load_autoencoder(str(stage1), "autoencoder"), BRICSAutoencoder)
+    with pytest.raises(FileNotFoundError, match="--autoencoder .*with --autoencoder_subfolder 'vae'"):
+        script.load_autoencoder(str(stage1), "vae")
 
 
 EMOJI_CATEGORIES = ["Activities", "Animals & Nature", "Component", "Flags", "Food & Drink", "Objects", "People & Body",
@@ -175,3 +177,88 @@ def test_min_snr_weighting_follows_the_paper_configurations():
              for flags in [(), ("--schedule", "cosine"), ("--schedule", "cosine", "--snr_gamma", "0"),
                            ("--snr_gamma", "2")]}
     assert list(gamma.values()) == [0.0, 5.0, 0.0, 2.0]  # config b: none; config a: min-SNR-5
+
+
+@pytest.mark.parametrize("model_type", ["autoencoderkl", "vqmodel"])
+def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(tmp_path, model_type):
+    import datasets
+
+    from diffusers_brics.models import peers
+
+    vae_dir, out = tmp_path / "stage1", tmp_path / "ldm"
+    torch.manual_seed(0)
+    peers.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
+    log = run(["--autoencoder", str(vae_dir), "--output_dir", str(out), "--max_train_steps", "2",
+               "--checkpointing_steps", "2"])
+    codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")["key_codes"]
+    fitted = 1 / float(codes[:1024].std())
+    assert f"scaling_factor {fitted:.5f} fitted" in log
+    pipe = BRICSPipeline.from_pretrained(out)
+    assert type(pipe.vae).__name__ == peers.AUTOENCODER_CLASSES[model_type].__name__
+    assert pipe.vae.config.scaling_factor == pytest.approx(fitted)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    # a given scale is used as it is
+    log = run(["--autoencoder", str(vae_dir), "--output_dir", str(out), "--max_train_steps", "3",
+               "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest", "--scaling_factor", "0.5"])
+    assert "fitted" not in log and BRICSPipeline.from_pretrained(out).vae.config.scaling_factor == 0.5
+
+
+def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path):
+    import datasets
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    from diffusers_brics.training.data import image_transform
+
+    out = tmp_path / "pixels"
+    run(["--autoencoder", "none", "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2",
+         "--random_flip"])
+    # the cache holds the centre-cropped images in [-1, 1], then their mirror images
+    cached = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")
+    emoji = load_emoji_dataset(32, "train")
+    assert len(cached) == 2 * len(emoji) and cached[0]["key_codes"].shape == (3, 32, 32)
+    first = image_transform(32, center_crop=True)(emoji[0]["image"])
+    torch.testing.assert_close(cached[0]["key_codes"], first)
+    torch.testing.assert_close(cached[len(emoji)]["key_codes"], first.flip(-1))
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    assert "DDPMPipeline" in (out / "README.md").read_text() and (out / "samples.png").exists()
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2
+
+    pipe = DiffusionPipeline.from_pretrained(out)  # diffusers alone loads it
+    assert type(pipe) is DDPMPipeline and not hasattr(pipe, "vae")
+    assert (pipe.unet.config.in_channels, pipe.unet.config.sample_size) == (3, 32)
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed) for seed in range(2)]
+    images = pipe(batch_size=2, generator=generators, num_inference_steps=3, output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+
+    log = run(["--autoencoder", "pixels", "--output_dir", str(out), "--max_train_steps", "3",
+               "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest", "--random_flip"])
+    assert "reusing 6266 cached images" in log and "at step 2" in log
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3
+    # the cached images are refused for another size
+    log = run(["--autoencoder", "none", "--output_dir", str(out), "--max_train_steps", "4", "--random_flip",
+               "--resolution", "16"], expect_success=False)
+    assert "were encoded with other resolution (32; this run: 16)" in log
+
+
+def test_pixel_space_flags_that_do_not_apply_are_refused(capsys, autoencoder):
+    from diffusers_brics.training.diffusion import LatentSpace, parse_args
+
+    assert parse_args(["--autoencoder", "none"]).resolution == 32
+    assert parse_args(["--autoencoder", "pixels", "--resolution", "16"]).resolution == 16
+    assert parse_args(["--autoencoder", str(autoencoder)]).resolution is None
+    for flags, message in [
+        (["--class_column", "category"], "--class_column: diffusers' DDPMPipeline, which --autoencoder none saves"),
+        (["--scaling_factor", "0.5"], "--scaling_factor scales an autoencoder's latents; --autoencoder none"),
+        (["--autoencoder_subfolder", "vae"], "--autoencoder_subfolder names where an autoencoder is"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_args(["--autoencoder", "none", *flags])
+        assert message in capsys.readouterr().err
+    # an autoencoder decides the image size itself
+    config = parse_args(["--autoencoder", str(autoencoder), "--resolution", "64"])
+    with pytest.raises(ValueError, match="--resolution 64: the autoencoder .* works on 32x32 images"):
+        LatentSpace.load(config, "cpu")
+    assert LatentSpace.load(parse_args(["--autoencoder", "none", "--resolution", "16"]), "cpu").shape == (3, 16, 16)

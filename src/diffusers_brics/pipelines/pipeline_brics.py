@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -80,7 +80,7 @@ class BRICSPipeline(DiffusionPipeline):
 
     # id2label is dict[int, str], annotated as a plain dict: model_index.json gives it back with str keys, which
     # diffusers' type check on loading would warn about.
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder,
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder | AutoencoderKL | VQModel,
                  id2label: dict | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)

@@ -1,5 +1,12 @@
 """Stage 2: train a UNet2DModel to generate BRICS key codes (latent diffusion on key codes).
 
+The latents of diffusers' `AutoencoderKL` and `VQModel` (pre-quantisation) work as well, for comparisons on the same
+budget: they are scaled by a ``scaling_factor`` fitted to the training set (``1 / std``, as Stable Diffusion's
+was; saved in the pipeline's VAE config), or by ``--scaling_factor``. So do the images themselves
+(``--autoencoder none``): pixel-space diffusion on ``--resolution`` images in ``[-1, 1]`` (no scaling), saved as a
+stock diffusers `DDPMPipeline`, so that latent and pixel diffusion are compared with one training infrastructure
+(the same loop, schedule, EMA, checkpoints and cache: the centre-cropped images are cached as the "codes").
+
 The dataset is encoded once by the trained autoencoder (relaxed-precision noise off) and the key codes are cached as
 a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly`` encodes every
 batch instead). Codes are mapped to diffusion space by the autoencoder's ``(z - shift_factor) * scaling_factor``,
@@ -7,7 +14,8 @@ by default ``(z - 0.5) * 2`` onto ``[-1, 1]``. Epsilon prediction with the Chen 
 (default, paper config b) or the cosine schedule with min-SNR-gamma weighting (config a). ``--class_column`` trains a
 class-conditional UNet (class names are saved with the pipeline: ``pipe(class_labels=["name"])``). The full
 `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `main` is the command line
-(``examples/train_brics_diffusion.py``); `DiffusionStage` the training task the `Trainer` runs.
+(``examples/train_brics_diffusion.py``); `DiffusionStage` the training task the `Trainer` runs; `LatentSpace` what
+its UNet models.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
+from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..pipelines.pipeline_brics import BRICSPipeline
 from ..schedules import cosine_variant_betas, min_snr_weights
@@ -62,6 +71,13 @@ UNET_PRESETS = {
     "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(4,)),
 }
 CACHE_RECORD = "brics_key_code_cache.json"
+# --autoencoder values that mean "no autoencoder": diffusion on the images themselves.
+PIXEL_SPACE = ("none", "pixels")
+
+
+def is_pixel_space(autoencoder: str) -> bool:
+    """Whether an ``--autoencoder`` value asks for pixel-space diffusion (``none`` or ``pixels``)."""
+    return autoencoder.strip().lower() in PIXEL_SPACE
 
 
 @dataclass
@@ -72,6 +88,8 @@ class DiffusionTrainingConfig:
     data: DataConfig
     autoencoder: str
     autoencoder_subfolder: str | None = None
+    scaling_factor: float | None = None
+    resolution: int | None = None
     center_crop: bool = False
     random_flip: bool = False
     encode_on_the_fly: bool = False
@@ -93,8 +111,18 @@ class DiffusionTrainingConfig:
 def build_parser() -> argparse.ArgumentParser:
     """The stage-2 command line; every flag is a field of `DiffusionTrainingConfig`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--autoencoder", required=True, help="a trained BRICSAutoencoder: local folder or Hub id")
-    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'autoencoder' for a stage-1 output folder")
+    p.add_argument("--autoencoder", required=True,
+                   help="a trained BRICSAutoencoder (or AutoencoderKL / VQModel): local folder or Hub id; a stage-1 "
+                   "output folder is read from its autoencoder/ subfolder. 'none' (or 'pixels'): no autoencoder, "
+                   "diffusion on the images themselves, saved as a diffusers DDPMPipeline")
+    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'vae' for a pipeline repo")
+    p.add_argument("--scaling_factor", type=positive_float, default=None,
+                   help="latents -> diffusion space scale (default: a BRICS autoencoder's own, onto [-1, 1]; for "
+                   "AutoencoderKL / VQModel latents 1 / std of the training set's latents); not with --autoencoder "
+                   "none")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="with --autoencoder none: the image size (default 32); an autoencoder's images are its own "
+                   "sample_size")
     groups = add_loop_arguments(p, output_dir="brics-diffusion", train_batch_size=64, learning_rate_scheduler="cosine",
                                 lr_warmup_steps=500, max_grad_norm=1.0, validation_steps=1000, ema_max_decay=0.9999,
                                 ema_schedule="warmup")
@@ -132,27 +160,93 @@ def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
     check_loop_arguments(parser, args)
     if args.snr_gamma is None:
         args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
+    if is_pixel_space(args.autoencoder):
+        why = f"--autoencoder {args.autoencoder} trains on the images themselves"
+        if args.scaling_factor is not None:
+            parser.error(f"--scaling_factor scales an autoencoder's latents; {why}, in [-1, 1] (scaling_factor 1)")
+        if args.class_column is not None:
+            parser.error(f"--class_column: diffusers' DDPMPipeline, which --autoencoder {args.autoencoder} saves, "
+                         "takes no class labels; train unconditionally, or on an autoencoder's latents")
+        if args.autoencoder_subfolder is not None:
+            parser.error(f"--autoencoder_subfolder names where an autoencoder is; {why}")
+        args.resolution = args.resolution or 32
     if args.num_inference_steps > args.num_train_timesteps:
         parser.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps "
                      f"{args.num_train_timesteps}")
     return from_namespace(DiffusionTrainingConfig, args)
 
 
-def build_unet(config: DiffusionTrainingConfig, vae: BRICSAutoencoder, num_classes: int | None = None) -> UNet2DModel:
-    """An LDM-like UNet on key codes: attention at the configured resolutions where the code is that large; with
-    ``num_classes``, a class embedding added to the timestep embedding."""
+class LatentSpace:
+    """What the UNet models: the latents of a frozen autoencoder ``vae``, or, with none, the images themselves.
+
+    Pixel space (``vae`` None, ``--autoencoder none``): the latents are the ``resolution`` x ``resolution`` images in
+    ``[-1, 1]`` and diffusion space is the same (no shift, scaling_factor 1), as diffusers' `DDPMPipeline` has it.
+    """
+
+    def __init__(self, vae: torch.nn.Module | None = None, resolution: int = 32):
+        self.vae = vae
+        size = vae.config.sample_size if vae is not None else resolution
+        self.resolution = size if isinstance(size, int) else size[0]
+
+    @classmethod
+    def load(cls, config: DiffusionTrainingConfig, device) -> LatentSpace:
+        """The space ``--autoencoder`` names: a trained autoencoder (frozen, in eval mode, on ``device``) or pixels."""
+        if is_pixel_space(config.autoencoder):
+            return cls(None, config.resolution or 32)
+        vae = load_autoencoder(config.autoencoder, config.autoencoder_subfolder).to(device)
+        space = cls(vae.requires_grad_(False).eval())
+        if config.resolution not in (None, space.resolution):
+            raise ValueError(f"--resolution {config.resolution}: the autoencoder {config.autoencoder!r} works on "
+                             f"{space.resolution}x{space.resolution} images (leave --resolution out)")
+        return space
+
+    @property
+    def pixels(self) -> bool:
+        return self.vae is None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image's latents: the UNet's input and output."""
+        return (3, self.resolution, self.resolution) if self.pixels else tuple(peers.latent_shape(self.vae))
+
+    @property
+    def noun(self) -> str:
+        """What the logs call the cached latents."""
+        return "images" if self.pixels else "key codes"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents of images ``(B, 3, R, R)`` in ``[-1, 1]`` (deterministic; the images themselves in pixel space)."""
+        return images if self.pixels else peers.encode_latents(self.vae, images)
+
+    def to_diffusion_space(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents if self.pixels else peers.to_diffusion_space(self.vae, latents)
+
+    def cache_record(self) -> dict:
+        """What cached latents depend on besides the data: the autoencoder's weights, or the image size."""
+        if self.pixels:
+            return {"autoencoder": "none (pixel space)", "resolution": self.resolution}
+        return {"autoencoder_sha256": weights_digest(self.vae)}
+
+
+def build_unet(config: DiffusionTrainingConfig, latents: LatentSpace | torch.nn.Module,
+               num_classes: int | None = None) -> UNet2DModel:
+    """An LDM-like UNet on a `LatentSpace` (or an autoencoder's latents): key codes, a peer's latents or images.
+    Attention at the configured resolutions where the input is that large; with ``num_classes``, a class embedding
+    added to the timestep embedding."""
     preset = UNET_PRESETS[config.unet_preset]
-    channels, size = preset["block_out_channels"], vae.config.latent_size
+    space = latents if isinstance(latents, LatentSpace) else LatentSpace(latents)
+    latent_channels, size, _ = space.shape
+    channels = preset["block_out_channels"]
     down, up = [], []
     for level in range(len(channels)):
         attention = (size // 2**level) in preset["attention_resolutions"]
         down.append("AttnDownBlock2D" if attention else "DownBlock2D")
         up.insert(0, "AttnUpBlock2D" if attention else "UpBlock2D")
     if size % 2 ** (len(channels) - 1):
-        raise ValueError(f"key codes of size {size} cannot be halved {len(channels) - 1} times by --unet_preset "
+        raise ValueError(f"latents of size {size} cannot be halved {len(channels) - 1} times by --unet_preset "
                          f"{config.unet_preset}")
     return UNet2DModel(
-        sample_size=size, in_channels=vae.latent_channels, out_channels=vae.latent_channels,
+        sample_size=size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
         up_block_types=tuple(up), norm_num_groups=min(32, channels[0]), attention_head_dim=max(8, channels[0] // 8),
         num_class_embeds=num_classes,
@@ -169,15 +263,15 @@ def build_scheduler(config: DiffusionTrainingConfig) -> DDPMScheduler:
 
 
 @torch.no_grad()
-def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch_size: int, flip: bool, device,
+def encode_dataset(space: LatentSpace, dataset, column: str, transform, batch_size: int, flip: bool, device,
                    labels: list[int] | None = None, strict: bool = False):
-    """Key codes of every readable image, then (with ``flip``) of every mirror image, as a ``datasets.Dataset`` of
-    arrays, with the class label of each image when ``labels`` are given. Unreadable images are left out and
-    counted (a warning), or raise with ``strict``."""
+    """Latents (key codes; the images themselves in pixel space) of every readable image, then (with ``flip``) of
+    every mirror image, as a ``datasets.Dataset`` of arrays (column ``key_codes``), with the class label of each image
+    when ``labels`` are given. Unreadable images are left out and counted (a warning), or raise with ``strict``."""
     import datasets
 
     codes, mirrored, kept, skipped = [], [], [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="encoding key codes"):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"encoding {space.noun}"):
         images = []
         for index, image in enumerate(dataset[start : start + batch_size][column], start):
             try:
@@ -189,12 +283,12 @@ def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch
                 skipped.append(error.path or f"row {index}")
         if not images:
             continue
-        images = torch.stack(images).to(device, vae.dtype)
-        codes.append(vae.encode(images, sample_posterior=False).latents.float().cpu())
+        images = torch.stack(images).to(device)
+        codes.append(space.encode(images).float().cpu())
         if flip:
-            mirrored.append(vae.encode(images.flip(-1), sample_posterior=False).latents.float().cpu())
+            mirrored.append(space.encode(images.flip(-1)).float().cpu())
     if skipped:
-        logger.warning(f"{len(skipped)} unreadable image(s) left out of the key codes (e.g. "
+        logger.warning(f"{len(skipped)} unreadable image(s) left out of the {space.noun} (e.g. "
                        f"{', '.join(skipped[:5])}); --strict_data stops at the first one instead")
     if not kept:
         raise ValueError(f"none of the {len(dataset)} images of column {column!r} can be read")
@@ -204,20 +298,21 @@ def encode_dataset(vae: BRICSAutoencoder, dataset, column: str, transform, batch
     return datasets.Dataset.from_dict(columns).with_format("torch")
 
 
-def load_autoencoder(name_or_path: str, subfolder: str | None) -> BRICSAutoencoder:
-    """The trained stage-1 autoencoder from a local folder or a Hub repo, or a FileNotFoundError naming the flag."""
+def load_autoencoder(name_or_path: str, subfolder: str | None):
+    """The trained stage-1 autoencoder (BRICS, AutoencoderKL or VQModel) from a local folder (a stage-1 output
+    folder too) or a Hub repo, or a FileNotFoundError naming the flag."""
     try:
-        return BRICSAutoencoder.from_pretrained(name_or_path, subfolder=subfolder)
+        return peers.load_autoencoder(name_or_path, subfolder=subfolder)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
         where = f"--autoencoder {name_or_path!r}"
         where += f" with --autoencoder_subfolder {subfolder!r}" if subfolder else ""
         raise FileNotFoundError(
-            f"{where}: no BRICSAutoencoder found, neither as a local folder holding config.json and the weights "
-            f"(a stage-1 output folder needs --autoencoder_subfolder autoencoder) nor as a Hub repo ({error})"
+            f"{where}: no autoencoder found, neither as a local folder holding config.json and the weights "
+            f"(or a stage-1 output folder) nor as a Hub repo ({error})"
         ) from error
 
 
-def key_code_cache_record(config: DiffusionTrainingConfig, vae: BRICSAutoencoder, column: str, images: int) -> dict:
+def key_code_cache_record(config: DiffusionTrainingConfig, space: LatentSpace, column: str, images: int) -> dict:
     """What cached key codes depend on; it is stored with them, and a cache made from anything else is refused."""
     source = config.data.dataset_name or config.data.train_data_dir
     return {
@@ -227,7 +322,7 @@ def key_code_cache_record(config: DiffusionTrainingConfig, vae: BRICSAutoencoder
         "images": images,
         "random_flip": config.random_flip,
         "class_column": config.class_column,
-        "autoencoder_sha256": weights_digest(vae),
+        **space.cache_record(),
     }
 
 
@@ -252,7 +347,8 @@ def check_key_code_cache(cache: str, record: dict) -> None:
 
 
 class DiffusionStage(TrainingStage):
-    """Stage 2 for the `Trainer`: a UNet on key codes (cached, or encoded per batch by the frozen autoencoder)."""
+    """Stage 2 for the `Trainer`: a UNet on the latents of a `LatentSpace` (key codes, a peer's latents or images;
+    cached, or encoded per batch)."""
 
     def __init__(self, config: DiffusionTrainingConfig):
         self.config = config
@@ -260,9 +356,8 @@ class DiffusionStage(TrainingStage):
 
     def setup(self, trainer: Trainer) -> StageParts:
         c, accelerator = self.config, trainer.accelerator
-        vae = load_autoencoder(c.autoencoder, c.autoencoder_subfolder).to(accelerator.device)
-        self.vae = vae.requires_grad_(False).eval()
-        resolution = vae.config.sample_size
+        self.space = space = LatentSpace.load(c, accelerator.device)
+        resolution = space.resolution
         with accelerator.main_process_first():
             train_set, _ = load_image_datasets(c.data.dataset_name, c.data.dataset_config_name, c.data.train_data_dir,
                                                resolution, c.data.cache_dir, hold_out=False)
@@ -293,27 +388,46 @@ class DiffusionStage(TrainingStage):
 
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                              collate_fn=collate)
-        unet = build_unet(c, vae, len(self.class_names) if self.class_names else None)
+        self._set_scaling_factor(dataset)
+        unet = build_unet(c, space, len(self.class_names) if self.class_names else None)
         self.noise_scheduler = build_scheduler(c)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                       weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
         return StageParts("unet", unet, optimizer, loader, description=f"{len(train_set)} training images")
 
+    def _set_scaling_factor(self, dataset, sample: int = 1024) -> None:
+        """``--scaling_factor``, or for a peer's latents ``1 / std`` of (up to ``sample``) training latents, into the
+        VAE's config (saved with the pipeline); a BRICS autoencoder keeps its own unless the flag is given, and
+        images (pixel space) are modelled as they are."""
+        vae, factor = self.space.vae, self.config.scaling_factor
+        if vae is None or (factor is None and isinstance(vae, BRICSAutoencoder)):
+            return
+        if factor is None:
+            rows = range(min(sample, len(dataset)))
+            if isinstance(dataset, ImageDataset):
+                latents = torch.cat([peers.encode_latents(vae, torch.stack([dataset[i][0] for i in chunk]))
+                                     for chunk in (rows[i : i + 64] for i in range(0, len(rows), 64))])
+            else:
+                latents = dataset[: len(rows)]["key_codes"]
+            factor = peers.fitted_scaling_factor(latents)
+            logger.info(f"scaling_factor {factor:.5f} fitted to {len(rows)} training latents (1 / std)", main_process_only=True)
+        vae.register_to_config(scaling_factor=float(factor))
+
     def _cached_codes(self, accelerator, train_set, column: str, transform, labels):
-        """The key codes of the training set from ``OUTPUT_DIR/key_codes``, encoded (main process) if missing."""
+        """The latents of the training set from ``OUTPUT_DIR/key_codes``, encoded (main process) if missing."""
         import datasets
 
-        c = self.config
+        c, space = self.config, self.space
         cache = os.path.join(c.loop.output_dir, "key_codes")
         with accelerator.main_process_first():
-            record = key_code_cache_record(c, self.vae, column, len(train_set))
+            record = key_code_cache_record(c, space, column, len(train_set))
             if os.path.isdir(cache):
                 check_key_code_cache(cache, record)
                 codes = datasets.load_from_disk(cache).with_format("torch")
-                logger.info(f"reusing {len(codes)} cached key codes from {cache}")
+                logger.info(f"reusing {len(codes)} cached {space.noun} from {cache}")
             elif accelerator.is_main_process:
-                codes = encode_dataset(self.vae, train_set, column, transform, c.encode_batch_size, c.random_flip,
+                codes = encode_dataset(space, train_set, column, transform, c.encode_batch_size, c.random_flip,
                                        accelerator.device, labels, strict=c.data.strict_data)
                 codes.save_to_disk(cache + ".partial")
                 with open(os.path.join(cache + ".partial", CACHE_RECORD), "w") as f:
@@ -324,7 +438,7 @@ class DiffusionStage(TrainingStage):
         return codes
 
     def training_step(self, trainer: Trainer, batch: dict, generator: torch.Generator, step: int) -> dict:
-        c, vae, device = self.config, self.vae, trainer.device
+        c, device = self.config, trainer.device
         if "codes" in batch:
             codes = batch["codes"]
         else:
@@ -333,10 +447,9 @@ class DiffusionStage(TrainingStage):
             if c.random_flip:
                 flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1).to(device)
                 images = torch.where(flip, images.flip(-1), images)
-            with torch.no_grad():
-                codes = vae.encode(images.to(vae.dtype), sample_posterior=False).latents
-        # key codes [0, 1] -> diffusion space (by default [-1, 1])
-        x0 = ((codes.float() - vae.config.shift_factor) * vae.config.scaling_factor).to(device)
+            codes = self.space.encode(images)
+        # latents -> diffusion space (BRICS key codes: [0, 1] -> by default [-1, 1]; images: as they are)
+        x0 = self.space.to_diffusion_space(codes.float()).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                   generator=generator).to(device)
@@ -353,10 +466,13 @@ class DiffusionStage(TrainingStage):
     def end_of_epoch(self, trainer: Trainer, epoch: int) -> None:
         self.skipped.report(trainer.accelerator, epoch, logger)
 
-    def pipeline(self, unet: UNet2DModel) -> BRICSPipeline:
-        """The pipeline of ``unet`` (the EMA weights) with the autoencoder and the class names, if any."""
+    def pipeline(self, unet: UNet2DModel) -> BRICSPipeline | DDPMPipeline:
+        """The pipeline of ``unet`` (the EMA weights) with the autoencoder and the class names, if any; in pixel
+        space diffusers' own `DDPMPipeline`."""
+        if self.space.pixels:
+            return DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
         names = self.class_names
-        return BRICSPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.vae,
+        return BRICSPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.space.vae,
                              id2label=dict(enumerate(names)) if names else None)
 
     def validate(self, trainer: Trainer, model: UNet2DModel, step: int) -> dict[str, float]:
@@ -366,41 +482,54 @@ class DiffusionStage(TrainingStage):
         pipeline.set_progress_bar_config(disable=True)
         count = self.config.num_validation_images
         generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
-        classes = [i % len(self.class_names) for i in range(count)] if self.class_names else None
+        # class labels only for a conditional UNet (a DDPMPipeline takes none)
+        classes = {"class_labels": [i % len(self.class_names) for i in range(count)]} if self.class_names else {}
         images = pipeline(batch_size=count, generator=generators, num_inference_steps=self.config.num_inference_steps,
-                          class_labels=classes).images
+                          **classes).images
         grid = make_image_grid(images, rows=1, cols=len(images))
         grid.save(os.path.join(self.config.loop.output_dir, "samples.png"))
         log_image(trainer.accelerator, "samples", grid, step)
         return {}
 
     def finish(self, trainer: Trainer, model: UNet2DModel, step: int, summary: dict[str, float]) -> None:
-        """Save the pipeline (EMA UNet, scheduler, autoencoder), a sample grid and a model card."""
-        c, vae = self.config, self.vae
+        """Save the pipeline (EMA UNet, scheduler, autoencoder), a sample grid, ``metrics.json`` (the step and the
+        training time and throughput) and a model card."""
+        c = self.config
         self.pipeline(model).save_pretrained(c.loop.output_dir)
         self.validate(trainer, model, step)
-        names, size, resolution = self.class_names, vae.config.latent_size, vae.config.sample_size
-        write_model_card(
-            c.loop.output_dir,
-            title="BRICS latent diffusion pipeline",
-            description=(
-                f"A `BRICSPipeline`: a UNet trained for {step} steps on the key codes of {c.data.describe()} "
-                f"({size}x{size}x{vae.latent_channels}), decoded by a BRICS autoencoder to {resolution}x{resolution} "
-                f"images ({summary['train_seconds']:.0f} s of training).\n\n"
-                "```python\nfrom diffusers_brics import BRICSPipeline\n"
-                f"pipe = BRICSPipeline.from_pretrained(\"{c.loop.hub_model_id or c.loop.output_dir}\")\n"
-                + ("images = pipe(batch_size=4).images\n```" if not names else
-                   f"images = pipe(batch_size=4, class_labels={names[:1]!r}).images\n```\n\n"
-                   f"Classes (`--class_column {c.class_column}`): " + ", ".join(names))
-            ),
-            config=flat_settings(c),
-            image="samples.png",
-            dataset=c.data.dataset_name,
-            tags=("diffusers", "brics", "image-generation" if names else "unconditional-image-generation"),
-        )
+        with open(os.path.join(c.loop.output_dir, "metrics.json"), "w") as f:
+            json.dump({"step": step, **summary}, f, indent=2)
+        title, description, tags = self._card(step, summary["train_seconds"])
+        write_model_card(c.loop.output_dir, title=title, description=description, config=flat_settings(c),
+                         image="samples.png", dataset=c.data.dataset_name, tags=tags)
+
+    def _card(self, step: int, seconds: float) -> tuple[str, str, tuple[str, ...]]:
+        """The model card's title, description (with how to load the pipeline) and tags."""
+        c, space, names = self.config, self.space, self.class_names
+        repo, resolution = c.loop.hub_model_id or c.loop.output_dir, space.resolution
+        if space.pixels:
+            return "Pixel-space diffusion pipeline", (
+                f"A stock diffusers `DDPMPipeline`: a UNet trained for {step} steps directly on the "
+                f"{resolution}x{resolution} images of {c.data.describe()} in [-1, 1] (pixel-space diffusion, no "
+                f"autoencoder; {seconds:.0f} s of training), with the noise schedule, loop and EMA of this package's "
+                "latent diffusion training.\n\n"
+                "```python\nfrom diffusers import DiffusionPipeline\n"
+                f"pipe = DiffusionPipeline.from_pretrained(\"{repo}\")\nimages = pipe(batch_size=4).images\n```"
+            ), ("diffusers", "ddpm", "pixel-space", "unconditional-image-generation")
+        channels, size, _ = space.shape
+        return "BRICS latent diffusion pipeline", (
+            f"A `BRICSPipeline`: a UNet trained for {step} steps on the key codes of {c.data.describe()} "
+            f"({size}x{size}x{channels}), decoded by a {type(space.vae).__name__} to {resolution}x{resolution} "
+            f"images ({seconds:.0f} s of training).\n\n"
+            "```python\nfrom diffusers_brics import BRICSPipeline\n"
+            f"pipe = BRICSPipeline.from_pretrained(\"{repo}\")\n"
+            + ("images = pipe(batch_size=4).images\n```" if not names else
+               f"images = pipe(batch_size=4, class_labels={names[:1]!r}).images\n```\n\n"
+               f"Classes (`--class_column {c.class_column}`): " + ", ".join(names))
+        ), ("diffusers", "brics", "image-generation" if names else "unconditional-image-generation")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train a UNet on BRICS key codes from command-line arguments."""
+    """Train a UNet on BRICS key codes (or a peer's latents, or images) from command-line arguments."""
     config = parse_args(argv)
     Trainer(config.loop, "train_brics_diffusion", flat_settings(config)).fit(DiffusionStage(config))
