@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 300
 
-.PHONY: install lpips-weights demo test test-minimum benchmark
+.PHONY: install lpips-weights demo test test-benchmarks test-minimum benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ demo: lpips-weights
 	@cat outputs/brics-emoji/metrics.json
 
 test: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not benchmark"
+
+# The benchmark scripts end to end in their tiny modes (a few minutes).
+test-benchmarks: install
+	$(PY) -m pytest -q -m benchmark
 
 # The same suite with every dependency at the floor pyproject.toml admits (ci/minimum-versions.txt), in .venv-min.
 .venv-min/.installed: pyproject.toml Makefile ci/minimum-versions.txt
@@ -41,7 +45,7 @@ test: install
 	touch $@
 
 test-minimum: .venv-min/.installed
-	.venv-min/bin/python -m pytest -q -m "not slow"
+	.venv-min/bin/python -m pytest -q -m "not slow and not benchmark"
 
 benchmark: install
 	$(PY) -m diffusers_brics.summary paper-64x64x4
