@@ -139,7 +139,8 @@ def report(results: dict) -> str:
         "```", results["command"], "```", "",
         f"Embedded 32x32 emoji, {results['held_out_images']} held-out images; {results['steps']} steps at batch "
         f"{results['batch_size']} for each model, seed 0, the same losses ({results['train_args']}) plus each "
-        f"model's own term (BRICS grids: learning rate 1e-2). torch {results['torch']}, {results['threads']} threads; timings are medians taken side "
+        f"model's own term (BRICS grids: learning rate 1e-2). FID and KID compare the reconstructions with the "
+        f"originals (KID on the whole split at once: no spread over subsets). torch {results['torch']}, {results['threads']} threads; timings are medians taken side "
         "by side in one process.", "",
         "| model | code | parameters | decode params | decode GMACs/img | decode ms/img (batch 64) | train step s "
         "(batch) | PSNR | SSIM | LPIPS | FID | KID (x1e3) | usage |",
@@ -147,7 +148,8 @@ def report(results: dict) -> str:
     ]
     for kind, row in models.items():
         fid = f"{row['fid']:.1f}" if "fid" in row else "-"
-        kid = f"{1e3 * row['kid_mean']:.1f} ± {1e3 * row['kid_std']:.1f}" if "kid_mean" in row else "-"
+        kid = f"{1e3 * row['kid_mean']:.1f}" if "kid_mean" in row else "-"
+        kid += f" ± {1e3 * row['kid_std']:.1f}" if round(1e3 * row.get("kid_std", 0), 1) else ""  # 0: one subset
         if kind == "brics":
             usage = f"grid levels {min(row['grid_usage_per_level']):.0%}–{max(row['grid_usage_per_level']):.0%} read"
         elif kind == "vqmodel":

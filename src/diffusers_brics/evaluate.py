@@ -123,15 +123,16 @@ class InceptionDistances:
         # normalize=False: torchmetrics passes the features through unchanged (with True, older versions turn the
         # inputs into bytes before a custom feature module)
         fid = FrechetInceptionDistance(feature=_Passthrough(), normalize=False)
-        kid = KernelInceptionDistance(feature=_Passthrough(), normalize=False,
-                                      subset_size=min(self.kid_subset_size, real_count, fake_count))
+        subset_size = min(self.kid_subset_size, real_count, fake_count)
+        kid = KernelInceptionDistance(feature=_Passthrough(), normalize=False, subset_size=subset_size)
         for real in (True, False):
             for features in self.features[real]:
                 fid.update(features, real=real)
                 kid.update(features, real=real)
         kid_mean, kid_std = kid.compute()
+        # kid_std is the spread over random subsets: 0 when a subset is a whole set (fewer images than subset_size)
         return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std),
-                "real_images": real_count, "fake_images": fake_count}
+                "kid_subset_size": subset_size, "real_images": real_count, "fake_images": fake_count}
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
