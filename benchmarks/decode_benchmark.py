@@ -530,9 +530,37 @@ def write_results(results: dict[str, Any], folder: Path, command: str) -> None:
     (folder / "results.json").write_text(json.dumps({"command": command, **results}, indent=2))
     parts = ["# Decode cost: BRICS against AutoencoderKL and VQModel", "", f"`{command}`", "",
              "## Decode latency and MACs", "", format_report(results, markdown=True)]
+    parts += ["", "![latency and GMACs](cost.png)"]
     if "memory" in results:
         parts += ["", "## Peak memory", "", format_memory(results["memory"], markdown=True)]
     (folder / "report.md").write_text("\n".join(parts) + "\n")
+    plot_cost(results, folder / "cost.png")
+
+
+def plot_cost(results: dict[str, Any], path: Path) -> None:
+    """Bars per model: decode GMACs, decode latency and (with ``--memory``) peak allocated memory of encode, decode
+    and a training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    memory = results.get("memory", {}).get("models", [])
+    panels = [("decode GMACs", [m["decode_GMACs"] for m in models], [m["model"] for m in models]),
+              ("decode latency (s)", [m["median_latency_s"] for m in models], [m["model"] for m in models])]
+    for phase in ("encode", "decode", "train_step"):
+        if memory:
+            panels.append((f"{phase.replace('_', ' ')}: peak MiB", [m[phase]["allocated_MiB"] for m in memory],
+                           [m["model"] for m in memory]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.2))
+    for ax, (title, values, names) in zip(axes, panels):
+        ax.bar([n.split(" (")[0] for n in names], values, color=["tab:blue", "tab:orange", "tab:green"][: len(values)])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
