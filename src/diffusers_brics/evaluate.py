@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -43,7 +42,7 @@ from .metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
 from .metrics.inception import InceptionFeatures
 from .models import peers
 from .models.autoencoder_brics import BRICSAutoencoder
-
+from .training.images import to_pil
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
@@ -195,12 +194,6 @@ def evaluate_reconstruction(vae: torch.nn.Module, batches: Iterable[torch.Tensor
     return metrics, make_image_grid(pictures, rows=2, cols=len(shown))
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """One image ``(3, H, W)`` in ``[-1, 1]`` as a PIL image."""
-    array = (to_unit(image.float()).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Generation
 
@@ -317,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "diffusers_brics.metrics.inception)")
         return p
 
+    def sampling(p):
+        p.add_argument("--pipeline", required=True, help="a pipeline folder or Hub id")
+        p.add_argument("--num_inference_steps", type=int, default=100, help="sampling steps")
+        p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
+        return p
+
     rec = common(commands.add_parser("reconstruction", help="PSNR / SSIM / LPIPS / FID / KID of an autoencoder"))
     rec.add_argument("--model", required=True, help="a BRICSAutoencoder, AutoencoderKL or VQModel folder or Hub id "
                      "(a stage-1 output folder too)")
@@ -325,21 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--max_images", type=int, help="evaluate the first N images only")
     rec.add_argument("--no_fid", action="store_true", help="skip FID / KID (and the Inception network)")
 
-    gen = common(commands.add_parser("generation", help="FID / KID of a pipeline's samples"))
-    gen.add_argument("--pipeline", required=True, help="a pipeline folder or Hub id")
+    gen = sampling(common(commands.add_parser("generation", help="FID / KID of a pipeline's samples")))
     gen.add_argument("--num_samples", type=int, default=1000, help="samples to draw (and real images compared)")
-    gen.add_argument("--num_inference_steps", type=int, default=100, help="sampling steps")
-    gen.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
     gen.add_argument("--reference", default="held-out", choices=["held-out", "train"], help="the real images")
     gen.add_argument("--max_reference_images", type=int, help="use the first N reference images only (default: all)")
     gen.add_argument("--no_baseline", action="store_true", help="skip the real-vs-real baseline")
 
-    nn = common(commands.add_parser("neighbours", help="nearest training images of a few samples by LPIPS"))
-    nn.add_argument("--pipeline", required=True, help="a pipeline folder or Hub id")
+    nn = sampling(common(commands.add_parser("neighbours", help="nearest training images of a few samples by LPIPS")))
     nn.add_argument("--num_samples", type=int, default=8, help="samples (rows of the grid)")
     nn.add_argument("--k", type=int, default=5, help="neighbours per sample")
-    nn.add_argument("--num_inference_steps", type=int, default=100, help="sampling steps")
-    nn.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
     return parser
 
 
