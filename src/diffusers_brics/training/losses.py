@@ -44,7 +44,7 @@ class VGGPerceptualLoss(nn.Module):
     size). Returns a scalar; gradients flow to ``x``.
 
     The VGG16 ImageNet weights are the backbone of the LPIPS-VGG weights file (the same torchvision weights,
-    prepared once for offline machines, see `diffusers_brics.metrics.weights`): torchvision does not install
+    prepared into a cache on first use, see `diffusers_brics.metrics.weights`): torchvision does not install
     beside every PyTorch build, and this loss needs no more of VGG16 than those convolutions.
     """
 
