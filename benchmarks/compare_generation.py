@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 from diffusers.utils import make_image_grid
 
+from diffusers_brics.pipelines.loading import load_pipeline
 from diffusers_brics.evaluate import (
     InceptionDistances,
     image_batches,
-    load_pipeline,
     load_split,
     nearest_neighbours,
     sample_images,

@@ -38,10 +38,12 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .console import HelpFormatter
 from .metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
 from .metrics.inception import InceptionFeatures
 from .models import peers
 from .models.autoencoder_brics import BRICSAutoencoder
+from .pipelines.loading import load_pipeline
 from .training.images import to_pil
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,28 +200,6 @@ def evaluate_reconstruction(vae: torch.nn.Module, batches: Iterable[torch.Tensor
 # Generation
 
 
-def load_pipeline(name_or_path: str, scheduler: str | None = None, device: str | torch.device = "cpu"):
-    """A `BRICSPipeline` or any diffusers pipeline (read from ``model_index.json``), with ``scheduler`` swapped in:
-    ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPM-Solver++)."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
-
-    from .pipelines import BRICSPipeline
-
-    try:
-        index = DiffusionPipeline.load_config(name_or_path)
-    except OSError as error:
-        raise FileNotFoundError(f"pipeline {name_or_path!r}: no model_index.json, neither in a local folder nor in a "
-                                f"Hub repo ({error})") from error
-    cls = BRICSPipeline if "BRICSPipeline" in str(index.get("_class_name")) else DiffusionPipeline
-    pipeline = cls.from_pretrained(name_or_path).to(device)
-    schedulers = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
-    if scheduler is not None:
-        if scheduler not in schedulers:
-            raise ValueError(f"scheduler must be one of {sorted(schedulers)}, got {scheduler!r}")
-        pipeline.scheduler = schedulers[scheduler].from_config(pipeline.scheduler.config)
-    return pipeline
-
-
 @torch.no_grad()
 def sample_images(pipeline, num_samples: int, batch_size: int, num_inference_steps: int, seed: int = 0,
                   desc: str = "sampling") -> Iterator[torch.Tensor]:
@@ -290,8 +270,8 @@ def nearest_neighbours(samples: torch.Tensor, training: Iterable[torch.Tensor], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diffusers_brics.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -316,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the pipeline's scheduler")
         return p
 
-    rec = common(commands.add_parser("reconstruction", help="PSNR / SSIM / LPIPS / FID / KID of an autoencoder"))
+    rec = common(commands.add_parser("reconstruction", formatter_class=HelpFormatter, help="PSNR / SSIM / LPIPS / FID / KID of an autoencoder"))
     rec.add_argument("--model", required=True, help="a BRICSAutoencoder, AutoencoderKL or VQModel folder or Hub id "
                      "(a stage-1 output folder too)")
     rec.add_argument("--subfolder", help="the model's subfolder in a pipeline repo, e.g. 'vae'")
@@ -324,13 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--max_images", type=int, help="evaluate the first N images only")
     rec.add_argument("--no_fid", action="store_true", help="skip FID / KID (and the Inception network)")
 
-    gen = sampling(common(commands.add_parser("generation", help="FID / KID of a pipeline's samples")))
+    gen = sampling(common(commands.add_parser("generation", formatter_class=HelpFormatter, help="FID / KID of a pipeline's samples")))
     gen.add_argument("--num_samples", type=int, default=1000, help="samples to draw (and real images compared)")
     gen.add_argument("--reference", default="held-out", choices=["held-out", "train"], help="the real images")
     gen.add_argument("--max_reference_images", type=int, help="use the first N reference images only (default: all)")
     gen.add_argument("--no_baseline", action="store_true", help="skip the real-vs-real baseline")
 
-    nn = sampling(common(commands.add_parser("neighbours", help="nearest training images of a few samples by LPIPS")))
+    nn = sampling(common(commands.add_parser("neighbours", formatter_class=HelpFormatter, help="nearest training images of a few samples by LPIPS")))
     nn.add_argument("--num_samples", type=int, default=8, help="samples (rows of the grid)")
     nn.add_argument("--k", type=int, default=5, help="neighbours per sample")
     return parser
@@ -399,4 +379,6 @@ def sample_size_of(pipeline) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .console import run_command
+
+    sys.exit(run_command(main, prog="python -m diffusers_brics.evaluate"))
