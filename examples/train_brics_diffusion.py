@@ -9,6 +9,10 @@ lives in `diffusers_brics.training.diffusion` (settings `DiffusionTrainingConfig
 shared `diffusers_brics.training.loop.Trainer`).
 """
 
+import os
+import sys
+
+from diffusers_brics.console import run_command
 from diffusers_brics.training.diffusion import (  # noqa: F401 (the script's names, as in diffusers' examples)
     DiffusionStage,
     build_unet,
@@ -18,4 +22,4 @@ from diffusers_brics.training.diffusion import (  # noqa: F401 (the script's nam
 )
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, prog=os.path.basename(__file__)))

@@ -14,6 +14,7 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .console import HelpFormatter
 from .models.autoencoder_brics import PRESETS, BRICSAutoencoder
 
 # Paper Table 3: grid parameters, decoder parameters, decode "GFlops" (multiply-accumulates, retrieval +
@@ -126,12 +127,17 @@ def summarize(model: BRICSAutoencoder, name: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("preset", nargs="?", default="paper-64x64x4", choices=sorted(PRESETS))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("preset", nargs="?", default="paper-64x64x4", choices=sorted(PRESETS),
+                        help="the configuration to summarise")
     parser.add_argument("--all", action="store_true", help="summarise every preset")
     parser.add_argument("--config", help="a saved BRICSAutoencoder folder (or its config.json) instead of a preset")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.config:
         config = BRICSAutoencoder.load_config(args.config)
         print(summarize(BRICSAutoencoder.from_config(config), args.config))
@@ -143,4 +149,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .console import run_command
+
+    sys.exit(run_command(main, prog="python -m diffusers_brics.summary"))

@@ -1,0 +1,5 @@
+"""``python -m diffusers_brics``: the `brics` command line."""
+
+from .cli import console_main
+
+console_main()

@@ -1,0 +1,235 @@
+"""The main job: stage 1, stage 2 and an evaluation in one command, on the embedded emoji by default.
+
+    brics quickstart [--output_dir outputs/quickstart] [--autoencoder_seconds 360] [--diffusion_seconds 240]
+
+Phases, each skipped when a previous run finished it (an interrupted training resumes from its last checkpoint):
+
+1. *weights*: the LPIPS (AlexNet) and FID Inception-v3 weights the metrics need, prepared once into the cache;
+2. *autoencoder*: `brics train-ae` trains a BRICS autoencoder (``--preset``) into ``runs/autoencoder/``;
+3. *diffusion*: `brics train-diffusion` trains a UNet on its key codes into ``runs/diffusion/``;
+4. *evaluation*: writes into ``--output_dir``
+
+   - ``pipeline/``: the `BRICSPipeline` (``BRICSPipeline.from_pretrained("outputs/quickstart/pipeline")``),
+   - ``reconstructions.png``: held-out originals over their reconstructions,
+   - ``samples.png``: a grid of samples,
+   - ``interpolation.png``: per row, key codes interpolated between two held-out images, decoded,
+   - ``metrics.json``: held-out PSNR / SSIM / LPIPS and grid usage (stage 1's final evaluation), KID and FID of
+     ``--num_samples`` samples against the held-out images, and timings.
+
+The defaults fit about 15 minutes on 2 CPU cores. With a GPU, give the trainings more time (``--autoencoder_seconds``,
+``--diffusion_seconds``), a larger model (``--preset small-64``, ``--unet_preset``) or more samples; anything else
+goes straight to a training script with ``--autoencoder_args`` / ``--diffusion_args`` (one quoted string each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers.utils import make_image_grid
+
+from .console import HelpFormatter
+from .evaluate import InceptionDistances, image_batches, load_split, sample_images, to_unit
+from .metrics import prepare_weights
+from .metrics.inception import InceptionFeatures
+from .models import PRESETS
+from .pipelines import BRICSPipeline
+from .pipelines.key_codes import decode_key_codes, encode_images, interpolate_key_codes, tensor_to_pil
+from .pipelines.loading import SCHEDULERS, swap_scheduler
+from .training.config import non_negative_float, positive_int
+from .training.diffusion import UNET_PRESETS
+
+RESULT_FILES = ("reconstructions.png", "samples.png", "interpolation.png", "metrics.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brics quickstart", description=__doc__,
+                                formatter_class=HelpFormatter)
+    arg = p.add_argument
+    arg("--output_dir", default="outputs/quickstart", help="where the runs and results go")
+    arg("--preset", default="small-32", choices=sorted(PRESETS), help="the autoencoder")
+    arg("--autoencoder_seconds", type=non_negative_float, default=360.0,
+        help="stage-1 training time")
+    arg("--diffusion_seconds", type=non_negative_float, default=240.0,
+        help="stage-2 training time")
+    arg("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet")
+    arg("--num_samples", type=positive_int, default=256,
+        help="samples for KID / FID against the held-out images")
+    arg("--num_inference_steps", type=positive_int, default=50, help="sampling steps")
+    arg("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="the sampler")
+    arg("--seed", type=int, default=0, help="training and sampling seed")
+    arg("--dataset_name", help="train on a Hub dataset or saved dataset folder instead of the embedded emoji")
+    arg("--train_data_dir", help="train on an image folder instead of the embedded emoji")
+    arg("--autoencoder_args", default="", help="more stage-1 flags, one quoted string (see `brics train-ae --help`)")
+    arg("--diffusion_args", default="", help="more stage-2 flags, one quoted string (see `brics train-diffusion "
+        "--help`)")
+    arg("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of the evaluation")
+    return p
+
+
+def data_flags(args: argparse.Namespace) -> list[str]:
+    """The data flags both trainings and the evaluation share."""
+    flags = []
+    if args.dataset_name:
+        flags += ["--dataset_name", args.dataset_name]
+    if args.train_data_dir:
+        flags += ["--train_data_dir", args.train_data_dir]
+    return flags + ["--seed", str(args.seed)]
+
+
+def train(command: str, run_dir: Path, flags: list[str], finished: bool) -> float:
+    """Run ``brics COMMAND`` into ``run_dir`` in a child process (a fresh Accelerator each), resuming an
+    interrupted run; returns the seconds it took (0 when ``finished``)."""
+    if finished:
+        print(f"[quickstart] {command}: reusing {run_dir}", flush=True)
+        return 0.0
+    resume = ["--resume_from_checkpoint", "latest"] if run_dir.is_dir() else []
+    argv = [sys.executable, "-m", "diffusers_brics", command, "--output_dir", str(run_dir), *flags, *resume]
+    print(f"[quickstart] {command}: {shlex.join(['brics', *argv[3:]])}", flush=True)
+    start = time.monotonic()
+    result = subprocess.run(argv)
+    if result.returncode != 0:
+        raise SystemExit(f"brics quickstart: brics {command} failed (exit {result.returncode}); its output is above. "
+                         "Run the quickstart again to resume from the last checkpoint")
+    return time.monotonic() - start
+
+
+def autoencoder_flags(args: argparse.Namespace) -> list[str]:
+    """Stage 1 for a short CPU budget: L2 only (no perceptual or GAN term), the grids' own faster learning rate."""
+    return ["--preset", args.preset, "--max_train_seconds", f"{args.autoencoder_seconds:g}",
+            "--max_train_steps", "100000000", "--train_batch_size", "32", "--perceptual_weight", "0",
+            "--gan_weight", "0", "--grid_learning_rate", "1e-2", "--validation_steps", "500",
+            "--checkpointing_steps", "500", "--checkpoints_total_limit", "2", *data_flags(args),
+            *shlex.split(args.autoencoder_args)]
+
+
+def diffusion_flags(args: argparse.Namespace, autoencoder: Path) -> list[str]:
+    """Stage 2 for a short CPU budget: the paper's schedule, a higher learning rate, cached key codes."""
+    return ["--autoencoder", str(autoencoder), "--unet_preset", args.unet_preset, "--max_train_seconds",
+            f"{args.diffusion_seconds:g}", "--max_train_steps", "100000000", "--train_batch_size", "64",
+            "--learning_rate", "8e-4", "--lr_warmup_steps", "100", "--random_flip", "--validation_steps", "100000000",
+            "--checkpointing_steps", "500", "--checkpoints_total_limit", "2", "--num_inference_steps",
+            str(args.num_inference_steps), *data_flags(args), *shlex.split(args.diffusion_args)]
+
+
+@torch.no_grad()
+def evaluate(args: argparse.Namespace, output: Path, pipeline: BRICSPipeline) -> dict:
+    """Samples (grid, KID / FID), interpolations between held-out images; returns the metrics."""
+    vae, resolution = pipeline.vae, pipeline.vae.config.sample_size
+    swap_scheduler(pipeline, args.scheduler)
+    held_out, column = load_split("held-out", resolution, dataset_name=args.dataset_name,
+                                  train_data_dir=args.train_data_dir, seed=args.seed)
+
+    distances = InceptionDistances(InceptionFeatures().to(args.device))
+    for images in image_batches(held_out, column, resolution, 64, desc="held-out images (Inception)"):
+        distances.update(to_unit(images.to(args.device)), real=True)
+    start, samples = time.monotonic(), []
+    for images in sample_images(pipeline, args.num_samples, 64, args.num_inference_steps, args.seed,
+                                desc=f"sampling ({args.scheduler}, {args.num_inference_steps} steps)"):
+        samples.append(images)  # in [0, 1]
+        distances.update(images.to(args.device), real=False)
+    seconds_per_image = (time.monotonic() - start) / args.num_samples
+    metrics = distances.compute()
+    # The floor to read KID against: as many training images as samples, against the same held-out images.
+    train_split, train_column = load_split("train", resolution, dataset_name=args.dataset_name,
+                                           train_data_dir=args.train_data_dir, seed=args.seed)
+    train_split = train_split.shuffle(seed=args.seed).select(range(min(args.num_samples, len(train_split))))
+    baseline = InceptionDistances(distances.inception)
+    baseline.features[True] = distances.features[True]
+    for images in image_batches(train_split, train_column, resolution, 64, desc="training images (baseline)"):
+        baseline.update(to_unit(images.to(args.device)), real=False)
+    metrics.update({f"real_vs_real_{k}": v for k, v in baseline.compute().items() if k in ("fid", "kid_mean")})
+    samples = torch.cat(samples)[:32] * 2 - 1
+    columns = min(8, len(samples))
+    rows = len(samples) // columns
+    make_image_grid(tensor_to_pil(samples[: rows * columns]), rows=rows, cols=columns).save(output / "samples.png")
+
+    # Interpolation: four pairs of held-out images, 8 steps each (ends included: the reconstructions).
+    originals = next(image_batches(held_out, column, resolution, 8, desc="interpolation"))
+    codes = encode_images(vae, originals.to(pipeline.device))
+    rows = [decode_key_codes(vae, interpolate_key_codes(codes[2 * i], codes[2 * i + 1], 8))
+            for i in range(len(codes) // 2)]
+    pictures = [picture for row in rows for picture in row]
+    make_image_grid(pictures, rows=len(rows), cols=8).save(output / "interpolation.png")
+    return {**metrics, "sampling_seconds_per_image": seconds_per_image, "num_samples": args.num_samples,
+            "num_inference_steps": args.num_inference_steps, "scheduler": args.scheduler}
+
+
+def export_pipeline(run_dir: Path, target: Path) -> BRICSPipeline:
+    """Save the trained pipeline alone (no checkpoints, logs or cached key codes) with its card and samples."""
+    pipeline = BRICSPipeline.from_pretrained(run_dir)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipeline.save_pretrained(partial)
+    for name in ("README.md", "samples.png"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, partial / name)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return pipeline
+
+
+def summary(metrics: dict, output: Path) -> str:
+    """A few lines for the terminal."""
+    lines = [
+        f"[quickstart] done in {metrics['total_seconds']:.0f} s; results in {output}/",
+        f"  autoencoder: {metrics['autoencoder_steps']} steps; held-out PSNR {metrics['psnr']:.2f} dB, "
+        f"SSIM {metrics['ssim']:.3f}, LPIPS {metrics['lpips']:.3f}",
+        f"  diffusion:   {metrics['diffusion_steps']} steps; KID x1e3 {metrics['kid_mean'] * 1e3:.1f} "
+        f"(real vs real {metrics['real_vs_real_kid_mean'] * 1e3:.1f}), FID {metrics['fid']:.1f} "
+        f"(real vs real {metrics['real_vs_real_fid']:.1f}), {metrics['sampling_seconds_per_image']:.3f} s per sample",
+        f"  images:      {', '.join(RESULT_FILES[:3])}",
+        f"  pipeline:    BRICSPipeline.from_pretrained({str(output / 'pipeline')!r})",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    output = Path(args.output_dir)
+    runs = output / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+
+    print("[quickstart] 1/4 weights", flush=True)
+    prepare_weights(("lpips-alex", "inception"))
+
+    ae_dir, diffusion_dir = runs / "autoencoder", runs / "diffusion"
+    print("[quickstart] 2/4 autoencoder", flush=True)
+    ae_seconds = train("train-ae", ae_dir, autoencoder_flags(args), (ae_dir / "metrics.json").is_file())
+    print("[quickstart] 3/4 diffusion", flush=True)
+    diffusion_seconds = train("train-diffusion", diffusion_dir, diffusion_flags(args, ae_dir),
+                              (diffusion_dir / "metrics.json").is_file())
+
+    print("[quickstart] 4/4 evaluation", flush=True)
+    if all((output / name).is_file() for name in RESULT_FILES) and (output / "pipeline" / "model_index.json").is_file():
+        print(f"[quickstart] evaluation: reusing {output / 'metrics.json'}", flush=True)
+        metrics = json.loads((output / "metrics.json").read_text())
+    else:
+        pipeline = export_pipeline(diffusion_dir, output / "pipeline").to(args.device)
+        pipeline.set_progress_bar_config(disable=True)
+        shutil.copy2(ae_dir / "reconstructions.png", output / "reconstructions.png")
+        stage1 = json.loads((ae_dir / "metrics.json").read_text())
+        stage2 = json.loads((diffusion_dir / "metrics.json").read_text())
+        metrics = {
+            **{k: v for k, v in stage1.items() if k in ("psnr", "ssim", "lpips") or k.startswith("grid_usage")},
+            **evaluate(args, output, pipeline),
+            "autoencoder_steps": stage1["step"], "autoencoder_train_seconds": stage1["train_seconds"],
+            "diffusion_steps": stage2["step"], "diffusion_train_seconds": stage2["train_seconds"],
+            "phase_seconds": {"autoencoder": ae_seconds, "diffusion": diffusion_seconds},
+        }
+        metrics["total_seconds"] = time.monotonic() - start
+        partial = output / "metrics.json.partial"
+        partial.write_text(json.dumps(metrics, indent=2))
+        os.replace(partial, output / "metrics.json")
+    print(summary(metrics, output), flush=True)
+    return 0
