@@ -1,4 +1,6 @@
-"""Loading pipelines by Hub repo id, online, from a Hub stand-in served on 127.0.0.1 (see hub_server.py).
+"""Loading pipelines by Hub repo id, online, from a Hub stand-in served on 127.0.0.1 (see hub_server.py): with
+`BRICSPipeline.from_pretrained`, and with stock `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
+through the module files a saved BRICS pipeline carries.
 
 huggingface_hub reads its settings (endpoint, cache, offline mode, ...) from the environment when it is imported,
 so besides the environment variables the module-level copies are patched too, and every change is undone by
@@ -7,16 +9,21 @@ so besides the environment variables the module-level copies are patched too, an
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from hub_server import serve_repos
 from huggingface_hub import constants, hf_api, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-from hub_server import serve_repos
 from naive_pipeline import NaiveBRICSPipeline
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
@@ -24,6 +31,7 @@ from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.pipelines.pipeline_brics import files_to_download
 
 BRICS_REPO = "org/brics-tiny"
+OLD_BRICS_REPO = "org/brics-tiny-old"  # as saved before the module files for trust_remote_code existed
 DDPM_REPO = "org/ddpm-tiny"
 NAIVE_REPO = "org/naive-tiny"
 STEPS = 3
@@ -43,7 +51,8 @@ def generate(pipe) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict:
-    """The three tiny pipelines saved to folders, with the images the in-memory originals give."""
+    """The three tiny pipelines saved to folders (and the BRICS one as older versions saved it), with the images the
+    in-memory originals give."""
     root = tmp_path_factory.mktemp("pipelines")
     torch.manual_seed(0)
     vae = BRICSAutoencoder.from_preset("tiny").eval()
@@ -57,19 +66,24 @@ def saved(tmp_path_factory) -> dict:
     (root / "brics" / "checkpoint-2").mkdir()
     (root / "brics" / "checkpoint-2" / "optimizer.bin").write_bytes(b"\0" * 1024)
     (root / "brics" / "samples.png").write_bytes(b"\0" * 16)
+    old = root / "brics-old"
+    shutil.copytree(root / "brics", old, ignore=shutil.ignore_patterns("*.py"))
+    index = json.loads((old / "model_index.json").read_text())
+    index.update(_class_name="BRICSPipeline", vae=["diffusers_brics.models.autoencoder_brics", "BRICSAutoencoder"])
+    (old / "model_index.json").write_text(json.dumps(index))
     return {
-        "folders": {BRICS_REPO: root / "brics", DDPM_REPO: root / "ddpm", NAIVE_REPO: root / "naive"},
+        "folders": {BRICS_REPO: root / "brics", DDPM_REPO: root / "ddpm", NAIVE_REPO: root / "naive",
+                    OLD_BRICS_REPO: old},
         "brics_images": generate(brics),
         "ddpm_images": generate(ddpm),
     }
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh, empty huggingface_hub home and cache, online mode, no token."""
+def isolate_hub(monkeypatch, home: Path) -> Path:
+    """Give huggingface_hub (and diffusers) a fresh, empty home and cache under ``home``, online mode, no token;
+    returns the cache folder."""
     from huggingface_hub import _tree_cache
 
-    home = tmp_path / "hf_home"
     cache = home / "hub"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -94,6 +108,28 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
     return cache
+
+
+def isolate_modules(monkeypatch, folder: Path) -> Path:
+    """Send diffusers' copies of remote-code modules (``trust_remote_code=True``) to ``folder``; diffusers adds it
+    to ``sys.path``, which is restored afterwards."""
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return folder
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty huggingface_hub home and cache, online mode, no token."""
+    return isolate_hub(monkeypatch, tmp_path / "hf_home")
+
+
+@pytest.fixture
+def modules_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh folder for diffusers' copies of remote-code modules (see `isolate_modules`)."""
+    return isolate_modules(monkeypatch, tmp_path / "hf_modules")
 
 
 def use_endpoint(monkeypatch, url: str) -> None:
@@ -132,6 +168,10 @@ def test_stock_ddpm_pipeline_loads_from_the_stand_in(saved, hub, hf_cache):
 
     assert (hf_cache / "models--org--ddpm-tiny" / "snapshots").is_dir()
     assert_same_images(generate(pipe), saved["ddpm_images"])
+    # diffusers' own pipelines are saved as diffusers saves them: no module files, the class by name
+    folder = saved["folders"][DDPM_REPO]
+    assert not list(folder.rglob("*.py"))
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
     patterns = hub.patterns()
     assert "GET /api/models/{repo_id}/revision/{revision}" in patterns
     assert "GET /{repo_id}/resolve/{revision}/{path}" in patterns
@@ -216,3 +256,78 @@ def test_brics_pipeline_downloads_only_the_weights_it_loads(saved, hub, hf_cache
     weights = sorted(p.split("/", 1)[1] for p in fetched if p.endswith(".safetensors"))
     suffix = ".fp16.safetensors" if variant else ".safetensors"
     assert weights == [f"unet/diffusion_pytorch_model{suffix}", f"vae/diffusion_pytorch_model{suffix}"], fetched
+
+
+def fetched_files(hub) -> list[str]:
+    return [r.path.split("/resolve/", 1)[1].split("/", 1)[1] for r in hub.requests
+            if r.method == "GET" and "/resolve/" in r.path]
+
+
+def test_a_saved_brics_pipeline_names_module_files_that_only_import_the_package(saved):
+    folder = saved["folders"][BRICS_REPO]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_brics", "BRICSPipeline"]
+    assert index["vae"] == ["autoencoder_brics", "BRICSAutoencoder"]
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    for path, name in (("pipeline_brics.py", "BRICSPipeline"), ("vae/autoencoder_brics.py", "BRICSAutoencoder")):
+        statements = [line for line in (folder / path).read_text().splitlines() if not line.startswith("#")]
+        assert statements == [f"from diffusers_brics import {name}  # noqa: F401"]
+
+
+def test_stock_diffusion_pipeline_loads_a_brics_repo_with_trust_remote_code(saved, hub, modules_cache):
+    pipe = DiffusionPipeline.from_pretrained(BRICS_REPO, trust_remote_code=True)
+
+    assert type(pipe) is BRICSPipeline and type(pipe.vae) is BRICSAutoencoder
+    assert pipe.name_or_path == BRICS_REPO
+    assert_same_images(generate(pipe), saved["brics_images"])
+    fetched = fetched_files(hub)
+    assert {"model_index.json", "pipeline_brics.py", "vae/autoencoder_brics.py"} <= set(fetched)
+    assert not any("checkpoint-2" in p or "samples.png" in p for p in fetched), fetched
+    assert (modules_cache / "diffusers_modules").is_dir()  # diffusers ran the module files from its own cache
+
+
+def test_stock_diffusion_pipeline_without_trust_remote_code_is_refused(hub, modules_cache):
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(BRICS_REPO)
+
+
+def test_brics_pipeline_loads_its_saves_without_running_their_module_files(saved, modules_cache):
+    folder = saved["folders"][BRICS_REPO]
+    pipe = BRICSPipeline.from_pretrained(folder)
+
+    assert type(pipe.vae) is BRICSAutoencoder and not modules_cache.exists()
+    assert_same_images(generate(pipe), saved["brics_images"])
+    # stock diffusers loads the folder too, given trust_remote_code
+    generic = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(generic) is BRICSPipeline
+    assert_same_images(generate(generic), saved["brics_images"])
+    # a reloaded pipeline saves the same layout again
+    pipe.save_pretrained(modules_cache.parent / "again")
+    again = json.loads((modules_cache.parent / "again" / "model_index.json").read_text())
+    assert again["_class_name"] == ["pipeline_brics", "BRICSPipeline"] and again["vae"][0] == "autoencoder_brics"
+
+
+@pytest.mark.parametrize("by_repo_id", [False, True])
+def test_pipelines_saved_before_the_module_files_still_load(saved, hub, by_repo_id):
+    source = OLD_BRICS_REPO if by_repo_id else saved["folders"][OLD_BRICS_REPO]
+    pipe = BRICSPipeline.from_pretrained(source)
+
+    assert type(pipe.vae) is BRICSAutoencoder
+    assert_same_images(generate(pipe), saved["brics_images"])
+
+
+def test_stock_diffusers_loads_a_brics_repo_in_a_process_that_never_imported_the_package(saved, hub, tmp_path):
+    code = "\n".join([
+        "import sys",
+        "from diffusers import DiffusionPipeline",
+        "assert 'diffusers_brics' not in sys.modules",
+        f"pipe = DiffusionPipeline.from_pretrained({BRICS_REPO!r}, trust_remote_code=True)",
+        "print(type(pipe).__module__, type(pipe).__name__, type(pipe.vae).__name__)",
+    ])
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_MODULES_CACHE=str(home / "modules"),
+               HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["diffusers_brics.pipelines.pipeline_brics", "BRICSPipeline", "BRICSAutoencoder"]

@@ -1,7 +1,8 @@
 """The Space (space/app.py) end to end in a headless Chromium: each tab with a tiny pipeline, through the browser.
 
 Needs gradio, playwright (pip) and Chromium (/usr/bin/chromium, Debian's `chromium`); run with ``pytest -m browser``.
-``BRICS_SPACE_SCREENSHOT=1`` also saves a screenshot after the Reconstruct tab ran to docs/images/space.png.
+``BRICS_SPACE_SCREENSHOT=1`` also saves a screenshot after the Reconstruct tab ran to docs/images/space.png; with
+``BRICS_MODEL`` set too, the app serves that model (e.g. the quickstart pipeline) and gets held-out emoji.
 """
 
 import dataclasses
@@ -27,6 +28,20 @@ TIMEOUT_MS = 30_000  # any one browser action or wait
 SCREENSHOT = ROOT / "docs" / "images" / "space.png"
 
 pytestmark = pytest.mark.browser
+
+
+def screenshot_model() -> str | None:
+    """The model to take the README's screenshot with (``BRICS_MODEL`` in screenshot mode), or None."""
+    return os.environ.get("BRICS_MODEL") if os.environ.get("BRICS_SPACE_SCREENSHOT") == "1" else None
+
+
+def emoji(path: Path, index: int) -> Path:
+    """A held-out image of the embedded emoji set, as a PNG."""
+    from diffusers_brics.evaluate import load_split
+
+    split, column = load_split("held-out", 32)
+    split[index][column].convert("RGB").save(path)
+    return path
 
 
 def requirements() -> str | None:
@@ -74,17 +89,23 @@ def space(tmp_path_factory):
     from diffusers_brics.pipelines import BRICSPipeline, default_scheduler
     from diffusers_brics.pipelines.loading import load_model
 
-    folder = tmp_path_factory.mktemp("space") / "pipeline"
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    channels, size, _ = vae.latent_shape
-    unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
-    BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae).save_pretrained(folder)
+    if screenshot_model():
+        model = load_model(screenshot_model(), "cpu")
+        vae = model.vae
+        channels, size, _ = vae.latent_shape
+    else:
+        folder = tmp_path_factory.mktemp("space") / "pipeline"
+        torch.manual_seed(0)
+        vae = BRICSAutoencoder.from_preset("tiny").eval()
+        channels, size, _ = vae.latent_shape
+        unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
+        BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae).save_pretrained(folder)
+        model = dataclasses.replace(load_model(folder, "cpu"), source="tiny-untrained-pipeline")
 
     app = load_app()
-    demo = app.build_demo(dataclasses.replace(load_model(folder, "cpu"), source="tiny-untrained-pipeline"))
+    demo = app.build_demo(model)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, css=app.CSS, ssr_mode=False,
                 quiet=True)
@@ -144,6 +165,8 @@ def set_number(page, elem_id: str, value: int):
 def test_space_tabs(space, page, tmp_path):
     size, channels, latent_size = space["size"], space["channels"], space["latent_size"]
     first, second = picture(tmp_path / "first.png", 30), picture(tmp_path / "second.png", 220)
+    if screenshot_model():
+        first, second = emoji(tmp_path / "first.png", 3), emoji(tmp_path / "second.png", 11)
 
     upload(page, "reconstruct-input", first)
     check(run(page, "reconstruct-button", "reconstruct-output"), (size, size))

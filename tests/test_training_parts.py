@@ -5,7 +5,6 @@ import torch
 
 from diffusers_brics.training.checkpointing import list_checkpoints, resolve_checkpoint, save_checkpoint
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
-from diffusers_brics.training.hub import IGNORE_PATTERNS, push_to_hub, write_model_card
 from diffusers_brics.training.ema import HalfLifeEMA
 from diffusers_brics.training.losses import (
     VGGPerceptualLoss,
@@ -92,22 +91,6 @@ def test_checkpoints_are_atomic_pruned_and_resolved(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint-<step>"):
         resolve_checkpoint(str(tmp_path), "checkpoint-99")
     assert resolve_checkpoint(str(tmp_path / "empty"), "latest") is None
-
-
-def test_model_card_and_injected_upload(tmp_path):
-    (tmp_path / "autoencoder").mkdir()
-    path = write_model_card(
-        str(tmp_path), title="BRICS test", description="A test.", config={"preset": "tiny"},
-        metrics={"psnr": 21.5}, image="reconstructions.png", dataset="user/data",
-    )
-    text = open(path).read()
-    assert "library_name: diffusers" in text and "user/data" in text and "| psnr | 21.5000 |" in text
-    assert "![samples](reconstructions.png)" in text
-    calls = {}
-    push_to_hub(str(tmp_path), "org/brics", token="t", private=True,
-                upload=lambda **kw: calls.setdefault("upload", kw), create=lambda *a, **kw: calls.setdefault("create", (a, kw)))
-    assert calls["create"] == (("org/brics",), {"exist_ok": True, "token": "t", "private": True})
-    assert calls["upload"]["folder_path"] == str(tmp_path) and calls["upload"]["ignore_patterns"] == IGNORE_PATTERNS
 
 
 def test_class_labels_of_a_column():

@@ -16,6 +16,9 @@ DEBUG_FLAG = "--debug"
 ENV_DEBUG = "BRICS_DEBUG"
 # Exit status of a command stopped by a user error (argparse uses 2 for its own usage errors).
 USER_ERROR = 1
+# The usage line of commands with many flags: argparse prints the usage above each of its errors, and a list of
+# sixty flags would bury the one line that matters.
+SHORT_USAGE = "%(prog)s [FLAG VALUE ...]  (--help describes every flag)"
 
 
 def run_command(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None, prog: str | None = None

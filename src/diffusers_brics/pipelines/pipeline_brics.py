@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel, VQModel
+from diffusers import pipelines as diffusers_pipelines
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -62,6 +64,45 @@ def files_to_download(files: list[str], components: list[str], variant: str | No
     return chosen
 
 
+def is_external(module: str) -> bool:
+    """Whether a ``model_index.json`` entry's module is outside the libraries stock diffusers loads classes from."""
+    return module not in LOADABLE_CLASSES and not hasattr(diffusers_pipelines, module)
+
+
+def module_file(module: str, class_name: str) -> tuple[str, str]:
+    """``(name, source)`` of the module file that stands for ``module.class_name`` in a saved folder: named after
+    the module's last part, its only statement imports the class from the installed package (from
+    ``diffusers_brics`` itself where the package exports it, as ``BRICSPipeline`` and ``BRICSAutoencoder``)."""
+    import diffusers_brics
+
+    exported = getattr(diffusers_brics, class_name, None)
+    package = "diffusers_brics" if getattr(exported, "__module__", None) == module else module
+    source = (f"# `{class_name}` of the installed diffusers-brics package (pip install diffusers-brics), for\n"
+              "# diffusers' `from_pretrained(..., trust_remote_code=True)`: this file only imports it.\n"
+              f"from {package} import {class_name}  # noqa: F401\n")
+    return module.rsplit(".", 1)[-1], source
+
+
+def resolve_module_files(index: dict) -> dict:
+    """``model_index.json`` as `BRICSPipeline` loads it, without running any file of the folder: the pipeline entry
+    ``[module file, class]`` becomes the class name, and a component ``[module file, class]`` whose class the
+    installed ``diffusers_brics`` exports becomes ``[the class's module, class]``. Entries of older saves (the
+    pipeline by name, components by module path) and of diffusers' own classes come back unchanged."""
+    import diffusers_brics
+
+    resolved = dict(index)
+    if isinstance(index.get("_class_name"), (list, tuple)):
+        resolved["_class_name"] = index["_class_name"][1]
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            continue
+        module, class_name = entry
+        cls = getattr(diffusers_brics, class_name, None) if isinstance(class_name, str) else None
+        if isinstance(module, str) and is_external(module) and isinstance(cls, type):
+            resolved[name] = [cls.__module__, class_name]
+    return resolved
+
+
 class BRICSPipeline(DiffusionPipeline):
     r"""Generates images by denoising key codes with a `UNet2DModel` and decoding them with a `BRICSAutoencoder`.
 
@@ -74,6 +115,11 @@ class BRICSPipeline(DiffusionPipeline):
             denoises their latents, scaled by their ``scaling_factor`` (and shifted by ``shift_factor``, if set).
         id2label (`dict[int, str]`, optional): class names of a class-conditional UNet, saved in
             ``model_index.json``; ``pipe.labels`` maps them back to ids, and ``class_labels`` accepts them.
+
+    A saved folder (or Hub repo) loads with ``BRICSPipeline.from_pretrained`` and with stock diffusers'
+    ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``: `save_pretrained` writes module files that
+    only import the classes from the installed package (`remote_code_files`) and names them in
+    ``model_index.json``; ``BRICSPipeline.from_pretrained`` resolves them without running them.
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -137,6 +183,50 @@ class BRICSPipeline(DiffusionPipeline):
         if from_hub:  # record the repo id, as diffusers does
             pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' `load_config`, with the module files that `save_pretrained` writes resolved to the classes they
+        import (`resolve_module_files`): `from_pretrained` then runs no file of the folder and needs no
+        ``trust_remote_code``."""
+        loaded = super().load_config(*args, **kwargs)
+        if isinstance(loaded, tuple):
+            return (resolve_module_files(loaded[0]), *loaded[1:])
+        return resolve_module_files(loaded)
+
+    def remote_code_files(self) -> dict[str, str]:
+        """``{path in a saved folder: source}`` of the module files that let stock diffusers load the pipeline with
+        ``trust_remote_code=True``: ``pipeline_brics.py`` for the pipeline class and, per component whose class
+        comes from outside diffusers (a `BRICSAutoencoder` vae), ``<component>/<module>.py``; each only imports
+        its class from the installed package."""
+        files = {}
+        for name, (module, class_name) in self._remote_code_entries().items():
+            stem, source = module_file(module, class_name)
+            files[f"{stem}.py" if name == "_class_name" else f"{name}/{stem}.py"] = source
+        return files
+
+    def _remote_code_entries(self) -> dict[str, tuple[str, str]]:
+        """``model_index.json`` key -> ``(module, class)`` of the classes that need a module file."""
+        entries = {"_class_name": (type(self).__module__, type(self).__name__)}
+        for name in self.components:
+            module, class_name = self.config[name]
+            if module is not None and is_external(module):
+                entries[name] = (module, class_name)
+        return entries
+
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        """Write ``model_index.json`` (`save_pretrained` and `save_config` call this) in the form stock diffusers
+        loads with ``trust_remote_code=True``: ``"_class_name": ["pipeline_brics", "BRICSPipeline"]`` and
+        ``"vae": ["autoencoder_brics", "BRICSAutoencoder"]`` for a BRICS vae, naming the module files of
+        `remote_code_files`, which are written beside it."""
+        folder = Path(json_file_path).parent
+        for path, source in self.remote_code_files().items():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_text(source, encoding="utf-8")
+        index = json.loads(self.to_json_string())
+        for name, (module, class_name) in self._remote_code_entries().items():
+            index[name] = [module_file(module, class_name)[0], class_name]
+        Path(json_file_path).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     # ------------------------------------------------------------------ generation
     def check_components(self) -> None:

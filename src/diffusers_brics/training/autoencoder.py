@@ -26,7 +26,9 @@ from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, VQModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import make_image_grid
+from huggingface_hub import EvalResult, ModelCardData
 
+from ..console import SHORT_USAGE, HelpFormatter
 from ..metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
@@ -53,7 +55,7 @@ from .data import (
     undecoded,
 )
 from .discriminator import StyleGAN2Discriminator
-from .hub import write_model_card
+from .hub import dataset_of, default_repo_id, hub_id, local_name, public_settings, write_model_card
 from .images import to_pil
 from .loop import StageParts, Trainer, TrainingStage, broadcast_parameters, check_in_sync, log_image
 from .losses import (
@@ -122,7 +124,7 @@ class AutoencoderTrainingConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     """The stage-1 command line; every flag is a field of `AutoencoderTrainingConfig`."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, usage=SHORT_USAGE)
     groups = add_loop_arguments(p, output_dir="brics-autoencoder", train_batch_size=16,
                                 learning_rate_scheduler="constant", lr_warmup_steps=0, max_grad_norm=None,
                                 validation_steps=500, ema_max_decay=0.999, ema_schedule="stylegan")
@@ -482,29 +484,57 @@ class AutoencoderStage(TrainingStage):
         trainer.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
         with open(os.path.join(output, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary, **metrics}, f, indent=2)
-        repo = c.loop.hub_model_id or output
-        name = type(model).__name__
+        self._write_card(model, step, summary["train_seconds"], metrics)
+
+    def hub_files(self) -> list[str]:
+        return ["README.md", "metrics.json", "reconstructions.png", "autoencoder/*"]
+
+    def _write_card(self, model: torch.nn.Module, step: int, seconds: float, metrics: dict[str, float]) -> None:
+        """``README.md``: how to load and use the autoencoder, its held-out metrics (PSNR, SSIM and LPIPS also as
+        the card's model-index) and the run's settings, without local paths."""
+        c = self.config
+        repo = default_repo_id(c.loop.output_dir, c.loop.hub_model_id)
+        name, brics = type(model).__name__, isinstance(model, BRICSAutoencoder)
         channels, size, _ = peers.latent_shape(model)
-        brics = isinstance(model, BRICSAutoencoder)
-        package = "diffusers_brics" if brics else "diffusers"
+        resolution = model.config.sample_size
+        dataset_type, dataset = dataset_of(c.data)
+        data = ModelCardData(
+            library_name="diffusers", license="apache-2.0",
+            tags=["diffusers", "brics" if brics else name.lower(), "autoencoder"],
+            datasets=[c.data.dataset_name] if hub_id(c.data.dataset_name) else None, model_name=repo.split("/")[-1],
+            eval_results=[EvalResult(task_type="image-to-image", task_name="Image reconstruction",
+                                     dataset_type=dataset_type, dataset_name=dataset, dataset_split="held-out",
+                                     metric_type=key, metric_name=label, metric_value=round(metrics[key], 4))
+                          for key, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS (AlexNet)"))],
+        )
+        if brics:
+            package, encode, text = "diffusers_brics", "latents", "With diffusers-brics (`pip install diffusers-brics`):"
+        else:
+            package, text = "diffusers", "diffusers alone loads it:"
+            encode = "latent_dist.mode()" if isinstance(model, AutoencoderKL) else "latents"
+        code = (f"import torch\nfrom {package} import {name}\n\n"
+                f'vae = {name}.from_pretrained("{repo}", subfolder="autoencoder")\n'
+                f"images = torch.rand(1, 3, {resolution}, {resolution}) * 2 - 1  # images in [-1, 1]\n"
+                f"latents = vae.encode(images).{encode}  # (1, {channels}, {size}, {size})"
+                + (", key codes in [0, 1]" if brics else "") + "\nreconstructions = vae.decode(latents).sample")
+        weights = "EMA weights" if c.loop.ema.use_ema else "the trained weights (no EMA)"
+        noise = ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
+                 if c.eval_with_noise and brics else "")
         write_model_card(
-            output,
-            title=f"{'BRICS autoencoder' if brics else name} ({c.model_config_name_or_path or c.preset})",
-            description=(
-                f"A {name} trained for {step} steps on {c.data.describe()} at {model.config.sample_size}x"
-                f"{model.config.sample_size} with `examples/train_brics_ae.py` from diffusers-brics. "
-                + (f"Key codes {size}x{size}x{channels} in [0, 1]" if brics else f"Latents {size}x{size}x{channels}")
-                + ".\n\n"
-                f"```python\nfrom {package} import {name}\n"
-                f"vae = {name}.from_pretrained(\"{repo}\", subfolder=\"autoencoder\")\n```\n\n"
-                "Metrics on the held-out split (EMA weights"
-                + ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
-                   if c.eval_with_noise and brics else "") + "); LPIPS uses AlexNet."
-            ),
-            config=flat_settings(c),
-            metrics=metrics,
-            image="reconstructions.png",
-            dataset=c.data.dataset_name,
+            c.loop.output_dir, data,
+            title=f"{'BRICS autoencoder' if brics else name} ({local_name(c.model_config_name_or_path) or c.preset})",
+            summary=(f"A {name} for {resolution}x{resolution} images, trained with diffusers-brics on {dataset}: "
+                     + (f"key codes {size}x{size}x{channels} in [0, 1] that retrieve features from multi-resolution "
+                        "feature grids" if brics else f"latents {size}x{size}x{channels}")
+                     + ". A latent diffusion model trains on its latents with `examples/train_brics_diffusion.py "
+                     f"--autoencoder {repo} --autoencoder_subfolder autoencoder`. Below: held-out images over their "
+                     "reconstructions."),
+            image="reconstructions.png", usage=[{"text": text, "code": code}],
+            results=[(key, f"{value:.4f}") for key, value in metrics.items()],
+            results_note=f"On the held-out split, {weights}{noise}; LPIPS uses AlexNet.",
+            training=(f"{step} steps of `examples/train_brics_ae.py` ({seconds:.0f} s); the run's settings (local "
+                      "paths reduced to their names):"),
+            settings=public_settings(c),
         )
 
 
@@ -523,3 +553,11 @@ def main(argv: list[str] | None = None) -> None:
     """Train a BRICS autoencoder from command-line arguments."""
     config = parse_args(argv)
     Trainer(config.loop, "train_brics_ae", flat_settings(config)).fit(AutoencoderStage(config))
+
+
+if __name__ == "__main__":  # also `accelerate launch -m diffusers_brics.training.autoencoder ...`
+    import sys
+
+    from ..console import run_command
+
+    sys.exit(run_command(main, prog="python -m diffusers_brics.training.autoencoder"))

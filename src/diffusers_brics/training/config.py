@@ -207,8 +207,11 @@ def add_loop_arguments(
                      help="keep this many newest checkpoints")
     log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
     hub = parser.add_argument_group("hub")
-    hub.add_argument("--push_to_hub", action="store_true", help="upload the result (without checkpoints and logs)")
-    hub.add_argument("--hub_model_id", help="the Hub repository, 'user/name'")
+    hub.add_argument("--push_to_hub", action="store_true",
+                     help="create the Hub repository before training and upload the model, its card, metrics and "
+                          "samples at the end (never checkpoints, logs or caches)")
+    hub.add_argument("--hub_model_id", help="the Hub repository, 'name' or 'user/name' (default: the --output_dir "
+                     "folder's name)")
     hub.add_argument("--hub_token", help="default: the token huggingface_hub finds")
     hub.add_argument("--hub_private_repo", action="store_true", help="create the repository private")
     return {"data": data, "training": train, "run": run, "validation": val, "logging and checkpoints": log,
@@ -217,8 +220,6 @@ def add_loop_arguments(
 
 def check_loop_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse flag combinations that cannot work, through ``parser.error``."""
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
     for tracker in ("wandb", "tensorboard"):

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.utils import make_image_grid
+from huggingface_hub import ModelCardData
 from tqdm.auto import tqdm
 
+from ..console import SHORT_USAGE, HelpFormatter
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..pipelines.pipeline_brics import BRICSPipeline
@@ -59,7 +61,15 @@ from .data import (
     load_image_datasets,
     undecoded,
 )
-from .hub import write_model_card
+from .hub import (
+    dataset_of,
+    default_repo_id,
+    hub_id,
+    local_name,
+    pipeline_patterns,
+    public_settings,
+    write_model_card,
+)
 from .loop import StageParts, Trainer, TrainingStage, log_image, weights_digest
 
 logger = get_logger(__name__)
@@ -110,7 +120,7 @@ class DiffusionTrainingConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     """The stage-2 command line; every flag is a field of `DiffusionTrainingConfig`."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, usage=SHORT_USAGE)
     p.add_argument("--autoencoder", required=True,
                    help="a trained BRICSAutoencoder (or AutoencoderKL / VQModel): local folder or Hub id; a stage-1 "
                    "output folder is read from its autoencoder/ subfolder. 'none' (or 'pixels'): no autoencoder, "
@@ -495,41 +505,75 @@ class DiffusionStage(TrainingStage):
         """Save the pipeline (EMA UNet, scheduler, autoencoder), a sample grid, ``metrics.json`` (the step and the
         training time and throughput) and a model card."""
         c = self.config
+        if self.space.vae is not None:  # loaded from --autoencoder: its config would keep that (local) path
+            self.space.vae.register_to_config(_name_or_path=local_name(c.autoencoder))
         self.pipeline(model).save_pretrained(c.loop.output_dir)
         self.validate(trainer, model, step)
         with open(os.path.join(c.loop.output_dir, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary}, f, indent=2)
-        title, description, tags = self._card(step, summary["train_seconds"])
-        write_model_card(c.loop.output_dir, title=title, description=description, config=flat_settings(c),
-                         image="samples.png", dataset=c.data.dataset_name, tags=tags)
+        self._write_card(step, summary["train_seconds"])
 
-    def _card(self, step: int, seconds: float) -> tuple[str, str, tuple[str, ...]]:
-        """The model card's title, description (with how to load the pipeline) and tags."""
+    def hub_files(self) -> list[str]:
+        return ["README.md", "metrics.json", "samples.png", *pipeline_patterns(self.config.loop.output_dir)]
+
+    def _write_card(self, step: int, seconds: float) -> None:
+        """``README.md``: both ways to load the pipeline (this package's class, stock diffusers), the classes of a
+        conditional UNet and the run's settings, without local paths."""
         c, space, names = self.config, self.space, self.class_names
-        repo, resolution = c.loop.hub_model_id or c.loop.output_dir, space.resolution
+        repo, resolution = default_repo_id(c.loop.output_dir, c.loop.hub_model_id), space.resolution
+        dataset = dataset_of(c.data)[1]
+        call = (f"images = pipe(batch_size=4, num_inference_steps={c.num_inference_steps}"
+                + (f", class_labels={names[:1]!r}" if names else "") + ").images")
         if space.pixels:
-            return "Pixel-space diffusion pipeline", (
-                f"A stock diffusers `DDPMPipeline`: a UNet trained for {step} steps directly on the "
-                f"{resolution}x{resolution} images of {c.data.describe()} in [-1, 1] (pixel-space diffusion, no "
-                f"autoencoder; {seconds:.0f} s of training), with the noise schedule, loop and EMA of this package's "
-                "latent diffusion training.\n\n"
-                "```python\nfrom diffusers import DiffusionPipeline\n"
-                f"pipe = DiffusionPipeline.from_pretrained(\"{repo}\")\nimages = pipe(batch_size=4).images\n```"
-            ), ("diffusers", "ddpm", "pixel-space", "unconditional-image-generation")
-        channels, size, _ = space.shape
-        return "BRICS latent diffusion pipeline", (
-            f"A `BRICSPipeline`: a UNet trained for {step} steps on the key codes of {c.data.describe()} "
-            f"({size}x{size}x{channels}), decoded by a {type(space.vae).__name__} to {resolution}x{resolution} "
-            f"images ({seconds:.0f} s of training).\n\n"
-            "```python\nfrom diffusers_brics import BRICSPipeline\n"
-            f"pipe = BRICSPipeline.from_pretrained(\"{repo}\")\n"
-            + ("images = pipe(batch_size=4).images\n```" if not names else
-               f"images = pipe(batch_size=4, class_labels={names[:1]!r}).images\n```\n\n"
-               f"Classes (`--class_column {c.class_column}`): " + ", ".join(names))
-        ), ("diffusers", "brics", "image-generation" if names else "unconditional-image-generation")
+            title, tags = "Pixel-space diffusion pipeline", ["diffusers", "ddpm", "pixel-space"]
+            summary = (f"A stock diffusers `DDPMPipeline`: a UNet trained directly on the {resolution}x{resolution} "
+                       f"images of {dataset} in [-1, 1] (pixel-space diffusion, no autoencoder), with the noise "
+                       "schedule, loop and EMA of the latent diffusion training of diffusers-brics.")
+            usage = [{"text": "diffusers alone loads it:", "code": "from diffusers import DiffusionPipeline\n\n"
+                      f'pipe = DiffusionPipeline.from_pretrained("{repo}")\n{call}'}]
+        else:
+            channels, size, _ = space.shape
+            vae = type(space.vae).__name__
+            title, tags = f"{'BRICS' if vae == 'BRICSAutoencoder' else vae} latent diffusion pipeline", [
+                "diffusers", "brics", "latent-diffusion"]
+            codes = "key codes" if vae == "BRICSAutoencoder" else "latents"
+            summary = (f"A `BRICSPipeline`: a UNet trained on the {codes} ({size}x{size}x{channels}) of {dataset}, "
+                       f"decoded by a {vae} to {resolution}x{resolution} images.")
+            usage = [
+                {"text": "With diffusers-brics (`pip install diffusers-brics`):",
+                 "code": "from diffusers_brics import BRICSPipeline\n\n"
+                         f'pipe = BRICSPipeline.from_pretrained("{repo}")\n{call}'},
+                {"text": "With stock diffusers, which runs the repository's module files: they only import the classes "
+                         "of the installed diffusers-brics package.",
+                 "code": "from diffusers import DiffusionPipeline\n\n"
+                         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n{call}'},
+            ]
+        if names:
+            summary += f"\n\nClasses (`--class_column {c.class_column}`): " + ", ".join(names)
+        data = ModelCardData(
+            library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
+            tags=tags + (["class-conditional"] if names else []),
+            datasets=[c.data.dataset_name] if hub_id(c.data.dataset_name) else None,
+            base_model=None if space.pixels else hub_id(c.autoencoder),
+        )
+        write_model_card(
+            c.loop.output_dir, data, title=title, summary=summary, image="samples.png", usage=usage,
+            training=(f"{step} steps of `examples/train_brics_diffusion.py` ({seconds:.0f} s), "
+                      + ("EMA weights" if c.loop.ema.use_ema else "the trained weights (no EMA)")
+                      + "; the run's settings (local paths reduced to their names):"),
+            settings=public_settings(c),
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train a UNet on BRICS key codes (or a peer's latents, or images) from command-line arguments."""
     config = parse_args(argv)
     Trainer(config.loop, "train_brics_diffusion", flat_settings(config)).fit(DiffusionStage(config))
+
+
+if __name__ == "__main__":  # also `accelerate launch -m diffusers_brics.training.diffusion ...`
+    import sys
+
+    from ..console import run_command
+
+    sys.exit(run_command(main, prog="python -m diffusers_brics.training.diffusion"))

@@ -5,9 +5,11 @@ and data, the learning-rate schedule, the EMA, checkpoints in diffusers' format 
 the batches a resumed epoch has already consumed), gradient accumulation, per-micro-batch seeds, the mean of the
 logged losses over micro-batches and processes, the time budget, SIGTERM / SIGINT (a checkpoint, then exit), steps
 with a non-finite loss or gradient (skipped, counted, and fatal after ``max_nonfinite_steps`` in a row), the
-validation cadence, the final save and the Hub upload. A stage supplies its model, optimizer and data
-(`TrainingStage.setup`), one micro-batch (`TrainingStage.training_step`, which applies its updates through
-`Trainer.apply_gradients`), validation and the final artefacts.
+validation cadence, the final save and the Hub: with ``push_to_hub`` the repository is created before anything
+else (so a bad token fails the run at once) and the stage's `TrainingStage.hub_files` are uploaded at the end. A
+stage supplies its model, optimizer and data (`TrainingStage.setup`), one micro-batch
+(`TrainingStage.training_step`, which applies its updates through `Trainer.apply_gradients`), validation and the
+final artefacts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 from .checkpointing import first_unreadable_file, resolve_checkpoint, save_checkpoint
 from .config import LoopConfig, flat_settings
 from .ema import HalfLifeEMA
-from .hub import push_to_hub
+from .hub import create_repository, default_repo_id, push_to_hub
 
 logger = get_logger(__name__)
 
@@ -75,6 +77,11 @@ class TrainingStage:
 
     def finish(self, trainer: Trainer, model: torch.nn.Module, step: int, summary: dict[str, float]) -> None:
         """Save the final artefacts (model, metrics, card) into the output folder."""
+
+    def hub_files(self) -> list[str]:
+        """What ``--push_to_hub`` uploads after `finish`: paths relative to the output folder (``folder/*`` for a
+        folder's content). Nothing else of the folder (checkpoints, logs, caches) leaves the machine."""
+        return ["README.md", "metrics.json"]
 
     def check_in_sync(self, trainer: Trainer) -> None:
         """Verify that objects trained outside DDP are the same on every process (the trainer checks its model)."""
@@ -184,6 +191,8 @@ class Trainer:
 
     def _fit(self, stage: TrainingStage) -> None:
         c, accelerator = self.config, self.accelerator
+        if c.push_to_hub and accelerator.is_main_process:
+            self._create_hub_repository()
         parts = stage.setup(self)
         self.model, self.optimizer, loader, self.lr_scheduler, steps_per_epoch, max_steps = self._prepare(parts)
         for obj in parts.extra_state:
@@ -240,7 +249,17 @@ class Trainer:
         if accelerator.is_main_process:
             stage.finish(self, self.ema_model(), self.global_step, summary)
             if c.push_to_hub:
-                push_to_hub(c.output_dir, c.hub_model_id, token=c.hub_token, private=c.hub_private_repo)
+                patterns = stage.hub_files()
+                push_to_hub(c.output_dir, c.hub_model_id, patterns, token=c.hub_token)
+                logger.info(f"uploaded {', '.join(patterns)} to the Hub repository {c.hub_model_id}")
+
+    def _create_hub_repository(self) -> None:
+        """Create the ``push_to_hub`` repository (``hub_model_id``, by default the output folder's name) before
+        training, and record its full id in ``config.hub_model_id`` for the model card and the upload."""
+        c = self.config
+        c.hub_model_id = create_repository(default_repo_id(c.output_dir, c.hub_model_id), token=c.hub_token,
+                                           private=c.hub_private_repo)
+        logger.info(f"--push_to_hub: the model will be uploaded to the Hub repository {c.hub_model_id}")
 
     def _prepare(self, parts: StageParts):
         """``accelerator.prepare`` the model, optimizer and loader, then the learning-rate schedule.
