@@ -38,9 +38,10 @@ def screenshot_model() -> str | None:
 def emoji(path: Path, index: int) -> Path:
     """A held-out image of the embedded emoji set, as a PNG."""
     from diffusers_brics.evaluate import load_split
+    from diffusers_brics.training.data import read_image
 
     split, column = load_split("held-out", 32)
-    split[index][column].convert("RGB").save(path)
+    read_image(split[index][column]).convert("RGB").save(path)
     return path
 
 

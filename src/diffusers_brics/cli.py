@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .console import HelpFormatter, run_command
+from .training.config import positive_int
 
 # Commands whose module has its own command line: name -> (module, one-line description).
 DELEGATED = {
@@ -167,13 +168,6 @@ def interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def at_least_two(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -211,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", sample, "generate images with a pipeline")
     model_arguments(p)
-    p.add_argument("--num-images", type=positive, default=8, help="images to generate")
+    p.add_argument("--num-images", type=positive_int, default=8, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
-    p.add_argument("--steps", type=positive, default=50, help="denoising steps")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddim",
                    help="the sampler (ddpm: the training schedule; ddim; dpm: DPM-Solver++)")
     p.add_argument("--class-label", default=None, help="for a class-conditional pipeline: a class name or id")

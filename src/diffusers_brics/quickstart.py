@@ -138,6 +138,7 @@ def evaluate(args: argparse.Namespace, output: Path, pipeline: BRICSPipeline) ->
         samples.append(images)  # in [0, 1]
         distances.update(images.to(args.device), real=False)
     seconds_per_image = (time.monotonic() - start) / args.num_samples
+    torch.manual_seed(args.seed)  # KID's random subsets
     metrics = distances.compute()
     # The floor to read KID against: as many training images as samples, against the same held-out images.
     train_split, train_column = load_split("train", resolution, dataset_name=args.dataset_name,
@@ -154,7 +155,8 @@ def evaluate(args: argparse.Namespace, output: Path, pipeline: BRICSPipeline) ->
     make_image_grid(tensor_to_pil(samples[: rows * columns]), rows=rows, cols=columns).save(output / "samples.png")
 
     # Interpolation: four pairs of held-out images, 8 steps each (ends included: the reconstructions).
-    originals = next(image_batches(held_out, column, resolution, 8, desc="interpolation"))
+    spread = held_out.select(sorted({round(i * (len(held_out) - 1) / 7) for i in range(8)}))  # across the set
+    originals = next(image_batches(spread, column, resolution, 8, desc="interpolation"))
     codes = encode_images(vae, originals.to(pipeline.device))
     rows = [decode_key_codes(vae, interpolate_key_codes(codes[2 * i], codes[2 * i + 1], 8))
             for i in range(len(codes) // 2)]
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("[quickstart] 1/4 weights", flush=True)
     prepare_weights(("lpips-alex", "inception"))
+    weights_seconds = time.monotonic() - start
 
     ae_dir, diffusion_dir = runs / "autoencoder", runs / "diffusion"
     print("[quickstart] 2/4 autoencoder", flush=True)
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[quickstart] evaluation: reusing {output / 'metrics.json'}", flush=True)
         metrics = json.loads((output / "metrics.json").read_text())
     else:
+        evaluation_start = time.monotonic()
         pipeline = export_pipeline(diffusion_dir, output / "pipeline").to(args.device)
         pipeline.set_progress_bar_config(disable=True)
         shutil.copy2(ae_dir / "reconstructions.png", output / "reconstructions.png")
@@ -225,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             **evaluate(args, output, pipeline),
             "autoencoder_steps": stage1["step"], "autoencoder_train_seconds": stage1["train_seconds"],
             "diffusion_steps": stage2["step"], "diffusion_train_seconds": stage2["train_seconds"],
-            "phase_seconds": {"autoencoder": ae_seconds, "diffusion": diffusion_seconds},
         }
+        metrics["phase_seconds"] = {"weights": weights_seconds, "autoencoder": ae_seconds,
+                                    "diffusion": diffusion_seconds, "evaluation": time.monotonic() - evaluation_start}
         metrics["total_seconds"] = time.monotonic() - start
         partial = output / "metrics.json.partial"
         partial.write_text(json.dumps(metrics, indent=2))
