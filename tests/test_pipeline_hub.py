@@ -331,3 +331,25 @@ def test_stock_diffusers_loads_a_brics_repo_in_a_process_that_never_imported_the
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["diffusers_brics.pipelines.pipeline_brics", "BRICSPipeline", "BRICSAutoencoder"]
+
+
+def test_load_model_and_the_command_line_take_a_repo_id(saved, hub, tmp_path):
+    from diffusers_brics import cli
+    from diffusers_brics.pipelines.loading import load_model
+
+    model = load_model(BRICS_REPO)
+    assert isinstance(model.pipeline, BRICSPipeline) and model.vae is model.pipeline.vae
+    assert load_model(DDPM_REPO).vae is None  # pixel space: a pipeline without autoencoder
+    assert cli.main(["sample", "--model", BRICS_REPO, "--num-images", "2", "--steps", "2", "--output-dir",
+                     str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("sample_*.png"))) == 2
+    with pytest.raises(FileNotFoundError, match="no Hub repo of that name"):
+        load_model("org/missing")
+
+
+def test_load_model_offline_without_a_cached_copy_says_so(hub, monkeypatch):
+    from diffusers_brics.pipelines.loading import load_model
+
+    go_offline(monkeypatch)
+    with pytest.raises(FileNotFoundError, match="cannot be reached"):
+        load_model(BRICS_REPO)
