@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, evaluate, quickstart, summary
+from diffusers_brics.console import run_command
 from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.training import autoencoder, diffusion
 
@@ -125,13 +126,15 @@ def test_every_flag_of_every_command_is_described():
 
 
 @pytest.mark.parametrize("command", ["sample", "train-ae", "evaluate generation", "quickstart"])
-def test_help_shows_defaults(command):
-    done = brics(*command.split(), "--help")
-    assert done.returncode == 0, done.stderr
-    assert "(default: " in done.stdout and done.stdout.startswith(f"usage: brics {command}")
+def test_help_shows_defaults(command, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["brics"])
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command.split(), "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "(default: " in out and out.startswith(f"usage: brics {command}")
 
 
-def test_errors_are_one_line_without_traceback(models, tmp_path):
+def test_errors_are_one_line_without_traceback(models, tmp_path, capsys):
     bad = tmp_path / "codes.safetensors"
     save_file({"key_codes": torch.rand(1, 3, 8, 8)}, str(bad))
     corrupt = tmp_path / "corrupt.png"
@@ -146,11 +149,17 @@ def test_errors_are_one_line_without_traceback(models, tmp_path):
         ("encode", models["a"], "--model", tmp_path / "nowhere"): "no such folder",
     }
     for args, message in cases.items():
-        done = brics(*args)
-        lines = [line for line in done.stderr.strip().splitlines() if "Loading pipeline components" not in line]
-        assert done.returncode == 1, (args, done.stderr)
-        assert "Traceback" not in done.stderr and message in lines[0], (args, done.stderr)
-        assert len(lines) == 2 and lines[0].startswith("brics: error: ") and "--debug" in lines[1]
+        assert run_command(cli.main, list(map(str, args)), prog="brics") == 1, args
+        lines = [line for line in capsys.readouterr().err.strip().splitlines()
+                 if "Loading pipeline components" not in line]
+        assert len(lines) == 2 and lines[0].startswith("brics: error: ") and message in lines[0], (args, lines)
+        assert "--debug" in lines[1]
+
+
+def test_a_child_process_prints_one_line_or_with_debug_the_traceback(models, tmp_path):
+    done = brics("reconstruct", tmp_path / "missing.png", "--model", models["vae"])
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0].startswith("brics: error: images[0]: no such file")
     debug = brics("reconstruct", tmp_path / "missing.png", "--model", models["vae"], "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
     usage = brics("interpolate", models["a"], models["b"], "--model", models["vae"], "--steps", "1")
