@@ -27,7 +27,7 @@ demo: install
 		--autoencoder_seconds $(AE_SECONDS) --diffusion_seconds $(DIFFUSION_SECONDS)
 
 test: install
-	$(PY) -m pytest -q -m "not slow and not benchmark and not browser"
+	$(PY) -m pytest -q -m "not slow and not benchmark and not browser" --durations=20
 
 # The benchmark scripts end to end in their tiny modes (a few minutes).
 test-benchmarks: install
