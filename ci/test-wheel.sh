@@ -21,7 +21,7 @@ cd "$WORK"  # nothing of the source tree is importable from here
 
 python -c "import diffusers_brics, sys; assert '$ROOT' not in diffusers_brics.__file__, diffusers_brics.__file__"
 brics --version
-brics info tiny | head -n 3
+brics info tiny > info.txt && head -n 3 info.txt
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no -m diffusers_brics \
     train-ae --preset tiny --output_dir ae --max_train_steps 3 --train_batch_size 4 --perceptual_weight 0 \
     --gan_weight 0 --max_eval_images 16 --num_validation_images 2 --report_to none

@@ -207,3 +207,9 @@ class FakeInception(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pooled = torch.nn.functional.adaptive_avg_pool2d(images.float(), 8).flatten(1)  # (B, 192)
         return pooled.repeat(1, 11)[:, :2048] + torch.randn(len(images), 2048) * 1e-3
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly():
+    done = subprocess.run(f"{sys.executable} -m diffusers_brics info --all | head -n 1", shell=True,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.startswith("BRICSAutoencoder") and done.stderr == "", done.stderr

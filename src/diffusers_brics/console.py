@@ -36,6 +36,9 @@ def run_command(main: Callable[[list[str]], int | None], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`brics info | head`): stop without a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return USER_ERROR
     except Exception as error:  # noqa: BLE001 - every failure is reported the same way; --debug shows where
         print(f"{name}: error: {describe(error)}", file=sys.stderr)
         print(f"{name}: (run again with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
