@@ -107,7 +107,9 @@ class InceptionDistances:
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, real: bool) -> None:
-        """Add images ``(B, 3, H, W)`` in ``[0, 1]`` to the real or the fake set."""
+        """Add images ``(B, 3, H, W)`` in ``[0, 1]`` (on any device) to the real or the fake set."""
+        parameter = next(self.inception.parameters(), None)  # the network's device
+        images = images if parameter is None else images.to(parameter.device)
         self.features[real].append(self.inception(images).double().cpu())
 
     def counts(self) -> tuple[int, int]:

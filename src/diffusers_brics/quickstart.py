@@ -37,12 +37,12 @@ import torch
 from diffusers.utils import make_image_grid
 
 from .console import HelpFormatter
-from .evaluate import InceptionDistances, image_batches, load_split, sample_images, to_unit
+from .evaluate import evaluate_generation, image_batches, load_split
 from .metrics import prepare_weights
 from .metrics.inception import InceptionFeatures
 from .models import PRESETS
 from .pipelines import BRICSPipeline
-from .pipelines.key_codes import decode_key_codes, encode_images, interpolate_key_codes, tensor_to_pil
+from .pipelines.key_codes import decode_key_codes, encode_images, interpolate_key_codes
 from .pipelines.loading import SCHEDULERS, swap_scheduler
 from .training.config import non_negative_float, positive_int
 from .training.diffusion import UNET_PRESETS
@@ -129,30 +129,17 @@ def evaluate(args: argparse.Namespace, output: Path, pipeline: BRICSPipeline) ->
     held_out, column = load_split("held-out", resolution, dataset_name=args.dataset_name,
                                   train_data_dir=args.train_data_dir, seed=args.seed)
 
-    distances = InceptionDistances(InceptionFeatures().to(args.device))
-    for images in image_batches(held_out, column, resolution, 64, desc="held-out images (Inception)"):
-        distances.update(to_unit(images.to(args.device)), real=True)
-    start, samples = time.monotonic(), []
-    for images in sample_images(pipeline, args.num_samples, 64, args.num_inference_steps, args.seed,
-                                desc=f"sampling ({args.scheduler}, {args.num_inference_steps} steps)"):
-        samples.append(images)  # in [0, 1]
-        distances.update(images.to(args.device), real=False)
-    seconds_per_image = (time.monotonic() - start) / args.num_samples
-    torch.manual_seed(args.seed)  # KID's random subsets
-    metrics = distances.compute()
     # The floor to read KID against: as many training images as samples, against the same held-out images.
     train_split, train_column = load_split("train", resolution, dataset_name=args.dataset_name,
                                            train_data_dir=args.train_data_dir, seed=args.seed)
     train_split = train_split.shuffle(seed=args.seed).select(range(min(args.num_samples, len(train_split))))
-    baseline = InceptionDistances(distances.inception)
-    baseline.features[True] = distances.features[True]
-    for images in image_batches(train_split, train_column, resolution, 64, desc="training images (baseline)"):
-        baseline.update(to_unit(images.to(args.device)), real=False)
-    metrics.update({f"real_vs_real_{k}": v for k, v in baseline.compute().items() if k in ("fid", "kid_mean")})
-    samples = torch.cat(samples)[:32] * 2 - 1
-    columns = min(8, len(samples))
-    rows = len(samples) // columns
-    make_image_grid(tensor_to_pil(samples[: rows * columns]), rows=rows, cols=columns).save(output / "samples.png")
+    torch.manual_seed(args.seed)  # KID's random subsets
+    metrics, grid = evaluate_generation(
+        pipeline, image_batches(held_out, column, resolution, 64, desc="held-out images (Inception)"),
+        args.num_samples, 64, args.num_inference_steps, args.seed,
+        baseline=image_batches(train_split, train_column, resolution, 64, desc="training images (baseline)"),
+        inception=InceptionFeatures().to(args.device), num_grid_images=32)
+    grid.save(output / "samples.png")
 
     # Interpolation: four pairs of held-out images, 8 steps each (ends included: the reconstructions).
     spread = held_out.select(sorted({round(i * (len(held_out) - 1) / 7) for i in range(8)}))  # across the set
@@ -162,8 +149,10 @@ def evaluate(args: argparse.Namespace, output: Path, pipeline: BRICSPipeline) ->
             for i in range(len(codes) // 2)]
     pictures = [picture for row in rows for picture in row]
     make_image_grid(pictures, rows=len(rows), cols=8).save(output / "interpolation.png")
-    return {**metrics, "sampling_seconds_per_image": seconds_per_image, "num_samples": args.num_samples,
-            "num_inference_steps": args.num_inference_steps, "scheduler": args.scheduler}
+    names = {"seconds_per_image": "sampling_seconds_per_image", "real_fid": "real_vs_real_fid",
+             "real_kid_mean": "real_vs_real_kid_mean", "real_kid_std": "real_vs_real_kid_std"}
+    return {**{names.get(k, k): v for k, v in metrics.items()}, "num_samples": args.num_samples,
+            "scheduler": args.scheduler}
 
 
 def export_pipeline(run_dir: Path, target: Path) -> BRICSPipeline:
