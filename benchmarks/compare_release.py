@@ -139,8 +139,8 @@ def compare(preset_name: str, HashAutoGenerator, release_grid, stylegan2) -> dic
     copied = copy_weights(release, ours)
 
     def grid_encode(inputs, embeddings, offsets, per_level_scale, base_resolution, calc_grad, gridtype, align):
-        index, weights = ours.retrieval.grids[0].corner_indices(inputs)
-        return _InterpolateTable.apply(weights, index, embeddings).transpose(0, 1).reshape(inputs.shape[0], -1)
+        frac, index = ours.retrieval.grids[0].lattice(inputs)
+        return _InterpolateTable.apply(frac, index, embeddings).reshape(inputs.shape[0], -1)
 
     release_grid.grid_encode = grid_encode
     defaults = list(stylegan2.SynthesisLayer.forward.__defaults__)

@@ -1,9 +1,15 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Without CUDA, the Triton grid backend's kernels run under Triton's interpreter (tests/test_grid_triton.py). Triton
+# reads this when it is first imported (diffusers imports it), so it is set before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

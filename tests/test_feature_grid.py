@@ -132,9 +132,11 @@ def test_gradcheck_wrt_queries_and_table():
     assert x.shape[0] >= 2
     assert torch.autograd.gradcheck(grid, (x,), eps=1e-6, atol=1e-5)
 
-    index, weights = grid.corner_indices(x.detach())
+    frac, index = grid.lattice(x.detach())
     table = grid.embeddings.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: _InterpolateTable.apply(weights, index, t), (table,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda t: _InterpolateTable.apply(frac, index, t), (table,), eps=1e-6, atol=1e-5)
+    frac = frac.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: _InterpolateTable.apply(f, index, table), (frac,), eps=1e-6, atol=1e-5)
 
 
 def test_gradient_reaches_queries():
