@@ -30,10 +30,10 @@ LAUNCHERS = {
 }
 
 
-def run(args, launcher="python", timeout=300):
+def run(args, launcher="python", timeout=300, env=None):
     command = LAUNCHERS[launcher] + [str(SCRIPT)]
     result = subprocess.run(command + FAST + args, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
 
@@ -96,6 +96,39 @@ def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpip
     final_a, final_b = weights(straight), weights(resumed)
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_torch_compile_resumes_an_eager_checkpoint_and_saves_plain_weights(tmp_path, lpips_weights_dir, capsys):
+    """--torch_compile with the eager backend (dynamo's full-graph trace without code generation: seconds on a CPU)
+    resumes an uncompiled run; only the autoencoder's forward is compiled, as one graph traced once (the
+    discriminator and the VGG loss stay eager); checkpoints and the model hold the plain module's keys."""
+    from diffusers_brics.training.autoencoder import parse_args
+
+    for args, message in [
+        (["--torch_compile_backend", "bogus"], "is not a torch.compile backend"),
+        (["--torch_compile_backend", "eager", "--torch_compile_mode", "max-autotune"], "applies to the inductor"),
+        (["--gradient_checkpointing"], "--no-torch_compile_fullgraph"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_args(["--torch_compile", *args])
+        assert message in capsys.readouterr().err
+
+    out = tmp_path / "compiled"
+    common = ["--output_dir", str(out), "--checkpointing_steps", "2", "--validation_steps", "100", "--max_eval_images",
+              "4", "--eval_batch_size", "4", "--num_validation_images", "2"]
+    run([*common, "--max_train_steps", "2"])
+    log = run([*common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--torch_compile",
+               "--torch_compile_backend", "eager"], env={"TORCH_LOGS": "dynamo"})
+    assert "at step 2" in log and "--torch_compile: BRICSAutoencoder, backend eager, fullgraph True" in log
+    traced = [line for line in log.splitlines() if "torchdynamo start tracing" in line]
+    assert len(traced) == 1 and "autoencoder_brics.py" in traced[0], traced
+    before, after = weights(out / "checkpoint-2"), weights(out / "checkpoint-4")
+    assert set(before) == set(after) and not any("_orig_mod" in key for key in after)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # the compiled steps trained
+    assert set(weights(out / "checkpoint-4", "autoencoder_ema")) == set(after)
+    model = BRICSAutoencoder.from_pretrained(out / "autoencoder")
+    assert set(model.state_dict()) == set(after)
+    assert "| `torch_compile` | `True` |" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])

@@ -21,9 +21,9 @@ FAST = ["--unet_preset", "tiny", "--train_batch_size", "16", "--lr_warmup_steps"
         "--num_validation_images", "2", "--report_to", "none", "--validation_steps", "100"]
 
 
-def run(args, timeout=300, expect_success=True):
+def run(args, timeout=300, expect_success=True, env=None):
     result = subprocess.run([sys.executable, str(SCRIPT), *FAST, *args], capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     assert (result.returncode == 0) == expect_success, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
 
@@ -71,6 +71,33 @@ def test_resume_continues_with_the_same_weights_and_checkpoints_load_with_from_p
     ema = UNet2DModel.from_pretrained(straight / "checkpoint-4", subfolder="unet_ema")
     final = BRICSPipeline.from_pretrained(straight).unet  # the pipeline carries the last EMA weights
     assert all(torch.equal(v, final.state_dict()[k]) for k, v in ema.state_dict().items())
+
+
+def test_torch_compile_resumes_an_eager_checkpoint_and_saves_a_loadable_pipeline(tmp_path, autoencoder):
+    """--torch_compile (eager backend: dynamo's full-graph trace, seconds on a CPU) resumes an uncompiled run: the
+    UNet's forward is traced once as one graph (the frozen autoencoder encoding on the fly is not compiled); the
+    checkpoints and the pipeline hold the plain UNet's keys."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "compiled"
+    common = ["--autoencoder", str(autoencoder), "--output_dir", str(out), "--checkpointing_steps", "2",
+              "--encode_on_the_fly"]
+    run([*common, "--max_train_steps", "2"])
+    log = run([*common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", "--torch_compile",
+               "--torch_compile_backend", "eager"], env={"TORCH_LOGS": "dynamo"})
+    assert "at step 2" in log and "--torch_compile: UNet2DModel, backend eager, fullgraph True" in log
+    traced = [line for line in log.splitlines() if "torchdynamo start tracing" in line]
+    assert len(traced) == 1 and "unet_2d.py" in traced[0], traced
+    before, after = (load_file(out / f"checkpoint-{step}" / "unet" / "diffusion_pytorch_model.safetensors")
+                     for step in (2, 4))
+    assert set(before) == set(after) and not any("_orig_mod" in key for key in after)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # the compiled steps trained
+    pipe = BRICSPipeline.from_pretrained(out)
+    assert set(pipe.unet.state_dict()) == set(after)
+    images = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                  output_type="np").images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    assert "| `torch_compile` | `True` |" in (out / "README.md").read_text()
 
 
 def test_encoding_on_the_fly_under_a_time_budget(tmp_path, autoencoder):

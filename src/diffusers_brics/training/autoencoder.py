@@ -213,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
         args.kl_reduction = "sum" if kl_model else "mean"
     if args.kl_weight > 0 and args.model_type == "vqmodel":
         parser.error("--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type vqmodel")
+    if args.torch_compile and args.gradient_checkpointing and args.torch_compile_fullgraph:
+        parser.error("--torch_compile with --gradient_checkpointing: dynamo cannot trace the checkpointed blocks into "
+                     "one graph; add --no-torch_compile_fullgraph (the blocks then run between compiled graphs)")
     return from_namespace(AutoencoderTrainingConfig, args)
 
 
@@ -421,18 +424,19 @@ class AutoencoderStage(TrainingStage):
 
     def _reconstruct(self, trainer, images, generator):
         """``(reconstruction, posterior or None, VQ loss or None)`` of a training forward through the prepared
-        (possibly DDP-wrapped) model, so that its gradients are synchronised as any model's."""
+        (possibly DDP-wrapped or compiled) model, so that its gradients are synchronised as any model's."""
         model = trainer.unwrap()
         if isinstance(model, BRICSAutoencoder):
-            # The training draws, explicitly: the KL sample, the relaxed-precision noise and the decoder's noise inputs.
+            # The training draws, explicitly: the KL sample, the relaxed-precision noise and the decoder's noise inputs
+            # (a compiled model draws them from the global RNG, seeded from the generator).
             out = trainer.model(images, sample_posterior=True, relaxed_precision=model.config.relaxed_precision,
-                                noise_mode="random", generator=generator)
+                                noise_mode="random", generator=trainer.forward_generator(generator))
             return out.sample, out.key_code_posterior, None
         if isinstance(model, AutoencoderKL):
             # AutoencoderKL.forward returns only the reconstruction: its posterior's moments are read off the layer
             # that makes them, during that same forward.
             with output_of(model.quant_conv if model.quant_conv is not None else model.encoder) as moments:
-                out = trainer.model(images, sample_posterior=True, generator=generator)
+                out = trainer.model(images, sample_posterior=True, generator=trainer.forward_generator(generator))
             return out.sample, DiagonalGaussianDistribution(moments[0]), None
         out = trainer.model(images)  # VQModel: straight-through quantisation, codebook + commitment loss
         return out.sample, None, out.commit_loss

@@ -101,6 +101,10 @@ class LoopConfig:
     max_train_seconds: float | None = None
     mixed_precision: str | None = None
     cpu: bool = False
+    torch_compile: bool = False
+    torch_compile_mode: str = "default"
+    torch_compile_backend: str = "inductor"
+    torch_compile_fullgraph: bool = True
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     max_grad_norm: float | None = None
@@ -196,6 +200,21 @@ def add_loop_arguments(
     run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                      help="autocast precision (fp16 needs a GPU; default: accelerate's configuration)")
     run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
+    run.add_argument("--torch_compile", action="store_true",
+                     help="compile the trained network with torch.compile (the first steps are slower while it "
+                          "compiles); only its training forward: validation, sampling, the discriminator and the "
+                          "perceptual loss run eagerly, and checkpoints hold the plain module's weights. Its random "
+                          "draws then come from the global RNG, seeded per step (deterministic, but not the eager "
+                          "run's draws)")
+    run.add_argument("--torch_compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+                     default="default", help="torch.compile mode (inductor backend only)")
+    run.add_argument("--torch_compile_backend", default="inductor",
+                     help="torch.compile backend: inductor generates kernels; eager and aot_eager only trace (checks "
+                          "that the model compiles, in seconds)")
+    run.add_argument("--torch_compile_fullgraph", action=argparse.BooleanOptionalAction, default=True,
+                     help="trace the whole training forward as one graph, failing at a graph break (the BRICS "
+                          "autoencoder, diffusers' AutoencoderKL, VQModel and UNet2DModel all trace as one graph); "
+                          "--no-torch_compile_fullgraph lets dynamo run the breaks in Python")
     val = parser.add_argument_group("validation")
     val.add_argument("--validation_steps", type=positive_int, default=validation_steps, help="validate every N steps")
     log = parser.add_argument_group("logging and checkpoints")
@@ -226,3 +245,12 @@ def check_loop_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
         if args.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
             parser.error(f"--report_to {args.report_to} needs the {tracker} package (pip install {tracker}), or use "
                          "--report_to none")
+    if args.torch_compile:
+        from torch._dynamo import list_backends
+
+        if args.torch_compile_backend not in list_backends(exclude_tags=()):
+            parser.error(f"--torch_compile_backend {args.torch_compile_backend!r} is not a torch.compile backend; "
+                         f"choose one of {', '.join(['eager', 'aot_eager', *list_backends()])}")
+        if args.torch_compile_mode != "default" and args.torch_compile_backend != "inductor":
+            parser.error(f"--torch_compile_mode {args.torch_compile_mode} applies to the inductor backend, not to "
+                         f"--torch_compile_backend {args.torch_compile_backend}")

@@ -5,9 +5,10 @@ and data, the learning-rate schedule, the EMA, checkpoints in diffusers' format 
 the batches a resumed epoch has already consumed), gradient accumulation, per-micro-batch seeds, the mean of the
 logged losses over micro-batches and processes, the time budget, SIGTERM / SIGINT (a checkpoint, then exit), steps
 with a non-finite loss or gradient (skipped, counted, and fatal after ``max_nonfinite_steps`` in a row), the
-validation cadence, the final save and the Hub: with ``push_to_hub`` the repository is created before anything
-else (so a bad token fails the run at once) and the stage's `TrainingStage.hub_files` are uploaded at the end. A
-stage supplies its model, optimizer and data (`TrainingStage.setup`), one micro-batch
+validation cadence, ``torch_compile`` (the trained module's calls compiled in place; checkpoints, the EMA and
+validation see its plain weights), the final save and the Hub: with ``push_to_hub`` the repository is created
+before anything else (so a bad token fails the run at once) and the stage's `TrainingStage.hub_files` are uploaded
+at the end. A stage supplies its model, optimizer and data (`TrainingStage.setup`), one micro-batch
 (`TrainingStage.training_step`, which applies its updates through `Trainer.apply_gradients`), validation and the
 final artefacts.
 """
@@ -28,7 +29,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    ProjectConfiguration,
+    broadcast,
+    gather_object,
+    is_compiled_module,
+    set_seed,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -103,12 +111,19 @@ class Trainer:
         self.optimizer = None
         self.lr_scheduler = None
         self.ema: EMAModel | None = None
+        # Whether `model` is compiled (``torch_compile``): its forward then takes no torch.Generator.
+        self.compiled = False
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0
         self._step_is_bad = False
         self._signal: int | None = None
 
     # ------------------------------------------------------------------ for stages
+    @property
+    def _mark_cudagraph_steps(self) -> bool:
+        """Whether each micro-batch starts a new step of CUDA graph trees (``torch_compile_mode`` reduce-overhead)."""
+        return self.compiled and self.config.torch_compile and self.config.torch_compile_mode == "reduce-overhead"
+
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
@@ -169,7 +184,18 @@ class Trainer:
         return bool(flag.item() == 1.0)
 
     def unwrap(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(model if model is not None else self.model)
+        """The trained module itself, without its DDP and torch.compile wrappers."""
+        return plain_module(self.accelerator, model if model is not None else self.model)
+
+    def forward_generator(self, generator: torch.Generator) -> torch.Generator | None:
+        """The generator to pass to the trained model's forward: ``generator`` itself, or, for a compiled model
+        (dynamo cannot trace a torch.Generator argument), None after seeding the global RNG, which the compiled
+        random ops draw from, with a draw of ``generator``. The draws of a step stay a function of the run's seed
+        and the step (a resumed compiled run draws what the uninterrupted one would), though not the eager run's."""
+        if not self.compiled:
+            return generator
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return None
 
     def ema_model(self) -> torch.nn.Module:
         """A copy of the trained model holding the EMA weights (the live weights without EMA), in eval mode."""
@@ -217,6 +243,8 @@ class Trainer:
                     # Per-step, per-process randomness that does not depend on where a run was interrupted.
                     generator.manual_seed(micro_batch_seed(c.seed, c.gradient_accumulation_steps, self.global_step,
                                                            micro_step, accelerator.process_index))
+                    if self._mark_cudagraph_steps:
+                        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's outputs
                     with accelerator.accumulate(self.model):
                         step_logs.add(stage.training_step(self, batch, generator, self.global_step))
                     if not accelerator.sync_gradients:
@@ -262,13 +290,18 @@ class Trainer:
         logger.info(f"--push_to_hub: the model will be uploaded to the Hub repository {c.hub_model_id}")
 
     def _prepare(self, parts: StageParts):
-        """``accelerator.prepare`` the model, optimizer and loader, then the learning-rate schedule.
+        """``accelerator.prepare`` the model, optimizer and loader (then, with ``torch_compile``, compile the trained
+        module in place), then the learning-rate schedule.
 
         The schedule spans the run's optimisation steps, counted from the *prepared* loader (its length is the
         number of batches one process sees in an epoch).
         """
         c, accelerator = self.config, self.accelerator
         model, optimizer, loader = accelerator.prepare(parts.model, parts.optimizer, parts.loader)
+        if c.torch_compile:
+            compile_in_place(plain_module(accelerator, model), c)
+        # (also compiled when accelerate's own dynamo configuration compiled it, without --torch_compile)
+        self.compiled = c.torch_compile or is_compiled_module(model)
         if len(loader) < c.gradient_accumulation_steps:
             raise ValueError(f"--gradient_accumulation_steps {c.gradient_accumulation_steps} exceeds the "
                              f"{len(loader)} batches of an epoch per process")
@@ -371,6 +404,8 @@ def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict
     """An `Accelerator` from the loop settings, with logging, seeding and trackers set up."""
     # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # With torch_compile the trainer compiles the model itself: accelerate's dynamo configuration stays out of it.
+    dynamo = {"dynamo_backend": "no"} if config.torch_compile else {}
     accelerator = Accelerator(
         cpu=config.cpu or (multi_process and not torch.cuda.is_available()),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -380,6 +415,7 @@ def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict
             project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        **dynamo,
     )
     if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("--mixed_precision fp16 needs a GPU (on the CPU accelerate would silently train in fp32); "
@@ -392,6 +428,29 @@ def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict
             accelerator.init_trackers(project_name, config={k: v for k, v in tracker_config.items()
                                                             if not isinstance(v, (list, dict))})
     return accelerator
+
+
+def compile_in_place(module: torch.nn.Module, config: LoopConfig) -> None:
+    """Compile the calls of the trained module with the ``torch_compile_*`` settings, in place
+    (``nn.Module.compile``): no wrapper, so its state dict keys (no ``_orig_mod.``), parameters and DDP wrapper
+    stay as they are. Inside DDP, whose forward dynamo cannot trace as one graph, the module's own call is the
+    graph; DDP then all-reduces the gradients after the compiled backward (no overlap with it)."""
+    if not hasattr(module, "compile"):
+        raise ValueError(f"--torch_compile needs PyTorch 2.2 or later (nn.Module.compile), not {torch.__version__}")
+    kwargs = dict(backend=config.torch_compile_backend, fullgraph=config.torch_compile_fullgraph)
+    if config.torch_compile_backend == "inductor":
+        kwargs["mode"] = config.torch_compile_mode
+    logger.info(f"--torch_compile: {type(module).__name__}, " + ", ".join(f"{k} {v}" for k, v in kwargs.items())
+                + "; the first steps compile its training forward")
+    module.compile(**kwargs)
+
+
+def plain_module(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module a prepared model wraps: without torch.compile's wrapper (whose state dict keys carry
+    ``_orig_mod.``) and without DDP's."""
+    if is_compiled_module(model):
+        model = model._orig_mod
+    return accelerator.unwrap_model(model)
 
 
 def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, lr_scheduler) -> tuple[int, int, int]:
@@ -449,7 +508,7 @@ def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: in
     settings = config.ema
     if not settings.use_ema:
         return None
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = plain_module(accelerator, model)
     kwargs = dict(model_cls=type(unwrapped), model_config=unwrapped.config)
     if settings.ema_schedule == "stylegan":
         halflife_kimg = settings.ema_halflife_kimg or 10 * batch_size / 32
@@ -476,7 +535,7 @@ def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel
     def only_model(models) -> torch.nn.Module:
         if len(models) != 1:  # the trainer prepares one model; a second would overwrite the first's folder
             raise RuntimeError(f"checkpoint hooks for {name!r} expect one prepared model, got {len(models)}")
-        return accelerator.unwrap_model(models[0])
+        return plain_module(accelerator, models[0])
 
     def save_models(models, weights, output_dir: str) -> None:
         model = only_model(models)
@@ -508,7 +567,7 @@ def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel
 
 def ema_copy(accelerator: Accelerator, model, ema: EMAModel | None):
     """A copy of the model holding the EMA weights (the live weights without EMA), in eval mode."""
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = plain_module(accelerator, model)
     copy = type(unwrapped).from_config(unwrapped.config).to(accelerator.device)
     copy.load_state_dict(unwrapped.state_dict())
     if ema is not None:
@@ -592,7 +651,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def check_in_sync(accelerator, model) -> None:
     """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
-    digests = gather_object([weights_digest(accelerator.unwrap_model(model))])
+    digests = gather_object([weights_digest(plain_module(accelerator, model))])
     if len(set(digests)) != 1:
         raise RuntimeError(f"weights differ across processes: {digests}")
     logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
