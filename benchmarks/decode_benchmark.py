@@ -14,8 +14,12 @@ are counted, so grid look-ups, normalisations and the VQ nearest-neighbour searc
 median decode latency under ``torch.inference_mode()`` with its ratio to AutoencoderKL. Latencies are taken
 after warm-up runs, with the timed runs interleaved round-robin across all models so that drift of the
 machine affects them equally. BRICS retrieval and synthesis are also timed separately (interleaved in the
-same loop) to give the share of BRICS decode time spent in feature retrieval. Finally the goals
-"BRICS decode <= 0.30x AutoencoderKL latency" and "retrieval < 10% of BRICS decode" are checked.
+same loop) to give the share of BRICS decode time spent in feature retrieval. With ``--compile`` every one of these
+calls is also timed under ``torch.compile`` (BRICS with ``fullgraph=True``), in the same interleaved loop, with its
+compile time; the ratio "at their best" divides the faster of BRICS eager and compiled by the faster of AutoencoderKL
+eager and compiled. Finally the goals
+"BRICS decode latency / AutoencoderKL's <= their GMAC ratio" (each at its best) and "retrieval < 5% of BRICS decode"
+are checked.
 
 With ``--memory`` it also measures peak memory at batch 1 (paper supplementary C): for each model, ``encode``
 (images -> latents), ``decode`` and one training step (forward + backward of an L1 reconstruction loss, in training
@@ -48,6 +52,7 @@ Run from the repository root::
     python benchmarks/decode_benchmark.py --repeats 11 --warmup 3 --output decode.json
     python benchmarks/decode_benchmark.py --memory --results_dir benchmarks/results/decode_cost
     python benchmarks/decode_benchmark.py --memory --device cuda   # GPU figures (latency synchronised)
+    python benchmarks/decode_benchmark.py --compile --markdown   # eager and torch.compile, side by side
     python benchmarks/decode_benchmark.py --tiny --memory --repeats 1 --warmup 0   # 32x32 models, seconds
 """
 
@@ -82,8 +87,7 @@ try:
 except ImportError:  # pragma: no cover - tqdm ships with huggingface_hub
     tqdm = None
 
-LATENCY_GOAL = 0.30  # BRICS decode latency / AutoencoderKL decode latency
-RETRIEVAL_GOAL = 0.10  # retrieval time / BRICS decode time
+RETRIEVAL_GOAL = 0.05  # retrieval time / BRICS decode time
 REFERENCE = "AutoencoderKL"
 MODEL_NAMES = ("BRICS (paper-64x64x4)", REFERENCE, "VQModel (VQGAN-f16)")
 TINY_NAMES = ("BRICS (tiny)", "AutoencoderKL (tiny)", "VQModel (tiny)")
@@ -180,11 +184,35 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
     return times
 
 
-def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu") -> dict[str, Any]:
+COMPILED = ", compiled"
+
+
+def compile_models(models: dict[str, tuple[list[nn.Module], Callable[[], Any]]], sync: Callable[[], None]
+                   ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """``torch.compile`` of every decode call (BRICS's with ``fullgraph=True``: it must compile without a graph
+    break), and the seconds each took to compile (its first call)."""
+    compiled, compile_s = {}, {}
+    for name, (_, fn) in models.items():
+        call = torch.compile(fn, fullgraph=name.startswith("BRICS"))
+        sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            call()
+        sync()
+        compiled[name + COMPILED], compile_s[name + COMPILED] = call, time.perf_counter() - start
+    return compiled, compile_s
+
+
+def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu", compile_: bool = False) -> dict[str, Any]:
     models = build_models(tiny, device)
     reference = list(models)[1]
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    times = time_interleaved({name: fn for name, (_, fn) in models.items()}, warmup, repeats, sync)
+    calls = {name: fn for name, (_, fn) in models.items()}
+    compile_s: dict[str, float] = {}
+    if compile_:
+        compiled, compile_s = compile_models(models, sync)
+        calls.update(compiled)
+    times = time_interleaved(calls, warmup, repeats, sync)
     medians = {name: statistics.median(t) for name, t in times.items()}
     rows = [
         dict(
@@ -197,9 +225,22 @@ def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu") -> d
         )
         for name, (modules, fn) in list(models.items())[:3]
     ]
-    retrieval, synthesis = medians["BRICS retrieval"], medians["BRICS synthesis"]
+    rows += [
+        dict(row, model=row["model"] + COMPILED, median_latency_s=medians[row["model"] + COMPILED],
+             ratio_vs_AutoencoderKL=medians[row["model"] + COMPILED] / medians[reference],
+             latencies_s=times[row["model"] + COMPILED], compile_s=compile_s[row["model"] + COMPILED])
+        for row in list(rows) if row["model"] + COMPILED in medians
+    ]
+
+    def best(name: str) -> str:
+        return min((n for n in (name, name + COMPILED) if n in medians), key=medians.get)
+
+    brics_name = list(models)[0]
+    best_brics, best_kl = best(brics_name), best(reference)
+    ratio = medians[best_brics] / medians[best_kl]
+    gmac_ratio = rows[0]["decode_GMACs"] / rows[1]["decode_GMACs"]
+    retrieval, synthesis = (medians[best(name)] for name in ("BRICS retrieval", "BRICS synthesis"))
     share = retrieval / (retrieval + synthesis)
-    ratio = rows[0]["ratio_vs_AutoencoderKL"]
     return dict(
         setup=dict(
             resolution=32 if tiny else 256, batch_size=1, device=device, tiny=tiny,
@@ -212,8 +253,9 @@ def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu") -> d
             retrieval_median_s=retrieval, synthesis_median_s=synthesis, retrieval_share=share,
             retrieval_latencies_s=times["BRICS retrieval"], synthesis_latencies_s=times["BRICS synthesis"],
         ),
+        best=dict(brics=best_brics, autoencoder_kl=best_kl, latency_ratio=ratio, gmac_ratio=gmac_ratio),
         goals=dict(
-            latency_ratio=dict(goal=LATENCY_GOAL, value=ratio, passed=ratio <= LATENCY_GOAL),
+            latency_ratio=dict(goal=gmac_ratio, value=ratio, passed=ratio <= gmac_ratio),
             retrieval_share=dict(goal=RETRIEVAL_GOAL, value=share, passed=share < RETRIEVAL_GOAL),
         ),
     )
@@ -489,20 +531,25 @@ def format_memory(memory: dict[str, Any], markdown: bool) -> str:
 
 def format_report(results: dict[str, Any], markdown: bool) -> str:
     header = ["model", "decode params (M)", "decode GMACs", "median latency (s)", "ratio vs AutoencoderKL"]
+    compiled = any("compile_s" in r for r in results["models"])
     rows = [
         [r["model"], f"{r['decode_params_M']:.2f}", f"{r['decode_GMACs']:.2f}", f"{r['median_latency_s']:.3f}",
-         f"{r['ratio_vs_AutoencoderKL']:.2f}x"]
+         f"{r['ratio_vs_AutoencoderKL']:.2f}x"] + ([f"{r['compile_s']:.1f}" if "compile_s" in r else "-"]
+                                                   if compiled else [])
         for r in results["models"]
     ]
+    header += ["compile (s)"] if compiled else []
     split, goals, setup = results["brics_split"], results["goals"], results["setup"]
     verdict = {name: "PASS" if g["passed"] else "FAIL" for name, g in goals.items()}
     share_line = (
         f"BRICS retrieval share: {split['retrieval_share']:.1%} (retrieval {split['retrieval_median_s']:.3f} s, "
         f"synthesis {split['synthesis_median_s']:.3f} s, medians)"
     )
+    best = results["best"]
     goal_line = (
-        f"Goals: BRICS decode <= {LATENCY_GOAL:.2f}x AutoencoderKL latency: {verdict['latency_ratio']} "
-        f"({goals['latency_ratio']['value']:.2f}x); retrieval < {RETRIEVAL_GOAL:.0%} of BRICS decode: "
+        f"Goals, each model at its best ({best['brics']}; {best['autoencoder_kl']}): BRICS decode latency <= "
+        f"{goals['latency_ratio']['goal']:.3f}x AutoencoderKL's (their GMAC ratio): {verdict['latency_ratio']} "
+        f"({goals['latency_ratio']['value']:.3f}x); retrieval < {RETRIEVAL_GOAL:.0%} of BRICS decode: "
         f"{verdict['retrieval_share']} ({goals['retrieval_share']['value']:.1%})"
     )
     where = "CPU" if setup.get("device", "cpu") == "cpu" else setup["device"]
@@ -512,7 +559,7 @@ def format_report(results: dict[str, Any], markdown: bool) -> str:
         f"{setup['warmup']} warm-up; torch {setup['torch']}, diffusers {setup['diffusers']}"
     )
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * 4) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines + ["", setup_line + ".", "", share_line + ".", "", goal_line + "."])
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
@@ -574,6 +621,8 @@ def main() -> None:
                              "(minutes at 256x256 on a CPU)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--tiny", action="store_true", help="32x32 stand-ins of the three models, for tests")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every decode under torch.compile (minutes of compilation on a CPU)")
     parser.add_argument("--results_dir", help="write results.json and report.md (Markdown tables) into this folder")
     parser.add_argument("--memory_worker", metavar="PATH", help=argparse.SUPPRESS)  # internal: see run_memory
     args = parser.parse_args()
@@ -582,7 +631,7 @@ def main() -> None:
     if args.memory_worker:
         Path(args.memory_worker).write_text(json.dumps(memory_worker(args.tiny, args.device)))
         return
-    results = run(args.warmup, args.repeats, args.tiny, args.device)
+    results = run(args.warmup, args.repeats, args.tiny, args.device, args.compile)
     if args.memory:
         results["memory"] = run_memory(args.tiny, args.device)
     print(format_report(results, args.markdown))

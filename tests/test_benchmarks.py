@@ -41,13 +41,19 @@ def test_allocator_peak_counts_live_tensors_at_their_maximum():
 
 def test_decode_benchmark_tiny_with_memory(tmp_path):
     out = tmp_path / "decode_cost"
-    stdout = run_script([BENCHMARKS / "decode_benchmark.py", "--tiny", "--memory", "--repeats", "1", "--warmup", "0",
-                         "--results_dir", out, "--output", tmp_path / "plain.json"])
+    stdout = run_script([BENCHMARKS / "decode_benchmark.py", "--tiny", "--memory", "--compile", "--repeats", "1",
+                         "--warmup", "0", "--results_dir", out, "--output", tmp_path / "plain.json"], timeout=600)
     assert "training step" in stdout and "BRICS feature retrieval" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["command"].startswith("python benchmarks/decode_benchmark.py --tiny --memory")
     assert json.loads((tmp_path / "plain.json").read_text())["setup"]["resolution"] == 32
-    assert [r["model"] for r in results["models"]] == ["BRICS (tiny)", "AutoencoderKL (tiny)", "VQModel (tiny)"]
+    names = ["BRICS (tiny)", "AutoencoderKL (tiny)", "VQModel (tiny)"]
+    assert [r["model"] for r in results["models"]] == names + [name + ", compiled" for name in names]
+    assert all(r["compile_s"] > 0 for r in results["models"][3:])
+    best = results["best"]
+    assert best["brics"] in names[0:1] + [names[0] + ", compiled"]
+    assert best["gmac_ratio"] == pytest.approx(results["models"][0]["decode_GMACs"] / results["models"][1]["decode_GMACs"])
+    assert results["goals"]["latency_ratio"]["goal"] == best["gmac_ratio"]
     memory = results["memory"]
     assert memory["device"] == "cpu" and memory["resolution"] == 32 and memory["batch_size"] == 1
     for row in memory["models"]:
@@ -66,6 +72,22 @@ def test_decode_benchmark_tiny_with_memory(tmp_path):
     report = (out / "report.md").read_text()
     assert report.startswith("# Decode cost") and "## Peak memory" in report
     assert "| BRICS (tiny) |" in report and "| BRICS feature retrieval, batch 1 |" in report
+    assert "| BRICS (tiny), compiled |" in report and "compile (s)" in report
+
+
+@pytest.mark.parametrize("workload", ["decode", "train-step"])
+def test_profile_brics_tiny(tmp_path, workload):
+    import profile_brics
+
+    results = profile_brics.main(["--workload", workload, "--tiny", "--repeats", "1", "--warmup", "0",
+                                  "--profile_runs", "1", "--output", str(tmp_path)])
+    parts = {"decode": {"grid look-up", "feature retrieval", "synthesis"},
+             "train-step": {"encoder", "grid look-up", "feature retrieval", "synthesis"}}[workload]
+    assert set(results["share_of_total"]) == parts
+    assert all(0 < share for share in results["share_of_total"].values())
+    assert results["operators"] and all(op["ms_per_run"] > 0 for op in results["operators"])
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# Profile: `tiny`") and "| grid look-up |" in report and "| operator |" in report
 
 
 def test_perturbations_stay_within_their_amplitude_and_share_draws():
@@ -117,3 +139,46 @@ def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir
     assert results["command"].startswith("python benchmarks/relaxed_precision_benchmark.py --tiny")
     assert "Table 6 analogue" in report and "posterior sigma" in report
     assert (out / "psnr_vs_perturbation.png").stat().st_size > 0
+
+
+def test_grid_backend_benchmark_tiny_on_cpu(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CPU runs the Triton kernels under the interpreter
+    out = tmp_path / "grid_backends"
+    stdout = run_script([BENCHMARKS / "grid_backend_benchmark.py", "--device", "cpu", "--tiny", "--repeats", "1",
+                         "--warmup", "1", "--results_dir", out])
+    assert "256 queries" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith("python benchmarks/grid_backend_benchmark.py --device cpu --tiny")
+    setup = results["setup"]
+    assert setup["triton_interpreter"] and setup["grid"]["num_levels"] == 16 and setup["grid"]["indexing"] == "tiled"
+    (row,) = results["results"]
+    assert row["queries"] == 256
+    assert all(row["ms"][backend][mode] > 0 for backend in ("torch", "triton") for mode in ("forward",
+                                                                                           "forward_backward"))
+    assert set(row["agreement"]) == {"forward", "grad_queries", "grad_table"}
+    for agreement in row["agreement"].values():
+        assert agreement["max_abs"] > 0 and agreement["max_abs_diff"] <= 1e-5 * agreement["max_abs"] + 1e-6
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Feature-grid backends") and "| 256 |" in report
+
+
+def test_gpu_train_steps_tiny_on_cpu(tmp_path):
+    out = tmp_path / "train_steps.json"
+    stdout = run_script([BENCHMARKS / "gpu_train_steps.py", "--device", "cpu", "--tiny", "--output", out])
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python benchmarks/gpu_train_steps.py --device cpu --tiny")
+    assert results["setup"]["precision"] == "bf16"
+    assert results["setup"]["compile"] == {"backend": "eager", "mode": "default", "fullgraph": True}
+    rows = results["results"]
+    assert [(row["model"], row["mode"]) for row in rows] == [  # both eager first
+        ("BRICS tiny", "eager"), ("AutoencoderKL tiny", "eager"), ("BRICS tiny", "compiled"),
+        ("AutoencoderKL tiny", "compiled")]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["batch_size"] == 2 and row["resolution"] == 32 and row["images_per_s"] > 0
+        assert row["peak_memory_MiB"] is None  # CUDA only
+        assert (row["compile_s"] is not None) == (row["mode"] == "compiled")
+    for mode in ("eager", "compiled"):
+        assert results["brics_over_autoencoderkl"][mode]["images_per_s"] > 0
+    assert "| BRICS tiny | compiled |" in stdout
