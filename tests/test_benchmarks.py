@@ -182,3 +182,14 @@ def test_gpu_train_steps_tiny_on_cpu(tmp_path):
     for mode in ("eager", "compiled"):
         assert results["brics_over_autoencoderkl"][mode]["images_per_s"] > 0
     assert "| BRICS tiny | compiled |" in stdout
+
+
+def test_compare_training_throughput_tiny(tmp_path):
+    stdout = run_script([BENCHMARKS / "compare_training_throughput.py", "--tiny", "--output", tmp_path], timeout=600)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["median_images_per_second"]) == {"brics, eager", "autoencoderkl, eager"}
+    assert all(v > 0 for v in results["median_images_per_second"].values())
+    assert results["ratio_at_best"] == pytest.approx(
+        results["best_images_per_second"]["brics"] / results["best_images_per_second"]["autoencoderkl"])
+    assert "--model_type autoencoderkl" in results["commands"]["autoencoderkl, eager"]
+    assert "BRICS / AutoencoderKL" in stdout and (tmp_path / "report.md").exists()

@@ -97,8 +97,8 @@ class _InterpolateTable(torch.autograd.Function):
 
     * the forward is one `torch.nn.functional.embedding_bag` (a bag per query and level, its corners weighted by
       ``per_sample_weights``), which reads the rows without keeping them;
-    * it saves the fractions, the rows and the weights: 12 bytes per corner, level and query, where autograd would
-      also keep the gathered rows (``4 F`` bytes);
+    * it saves the fractions and the rows (as int32): 4 bytes per corner, level and query, where autograd would keep
+      the weights, the rows (int64) and the gathered rows (``12 + 4 F`` bytes); the backward recomputes the weights;
     * the backward gives the table gradient by ``index_add_`` and the fractions' gradient from the weights'
       closed-form derivatives (``_corner_weights(frac, derivative=d)``), instead of autograd's chain of broadcast
       products.
@@ -111,13 +111,17 @@ class _InterpolateTable(torch.autograd.Function):
         bag_index = index.permute(2, 1, 0).contiguous().view(-1, corners)
         bag_weights = _corner_weights(frac).permute(2, 1, 0).contiguous().view(-1, corners)
         out = F.embedding_bag(bag_index, table, per_sample_weights=bag_weights, mode="sum")
-        ctx.save_for_backward(frac, bag_index, bag_weights, table)
+        # Saved as int32 (tables hold < 2**31 entries), widened again in the backward: CPU gathers and scatters
+        # with int32 indices are several times slower.
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            ctx.save_for_backward(frac, bag_index.to(torch.int32), table)
         return out.view(queries, levels, table.shape[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        frac, bag_index, bag_weights, table = ctx.saved_tensors
+        frac, bag_index, table = ctx.saved_tensors
+        bag_index = bag_index.long()
         queries, levels, features = grad_out.shape
         grad_out = grad_out.contiguous().view(-1, features)  # (N * L, F)
         grad_frac = grad_table = None
@@ -129,6 +133,7 @@ class _InterpolateTable(torch.autograd.Function):
                 [(grad_weights * _corner_weights(frac, derivative=d)).sum(0) for d in range(frac.shape[0])]
             )
         if ctx.needs_input_grad[2]:
+            bag_weights = _corner_weights(frac).permute(2, 1, 0).contiguous().view(bag_index.shape)
             # One 1-D scatter per feature: about twice as fast on a CPU as one scatter of F-wide rows.
             grad_table = table.new_zeros(features, table.shape[0])
             for f in range(features):
