@@ -193,3 +193,13 @@ def test_compare_training_throughput_tiny(tmp_path):
         results["best_images_per_second"]["brics"] / results["best_images_per_second"]["autoencoderkl"])
     assert "--model_type autoencoderkl" in results["commands"]["autoencoderkl, eager"]
     assert "BRICS / AutoencoderKL" in stdout and (tmp_path / "report.md").exists()
+
+
+def test_compare_grid_lookup_against_an_earlier_commit(tmp_path):
+    import compare_grid_lookup
+
+    results = compare_grid_lookup.main(["--against", "32269c7", "--cases", "small-32 training step, batch 32",
+                                        "--rounds", "1", "--warmup", "0", "--output", str(tmp_path)])
+    timing = results["median_ms"]["small-32 training step, batch 32"]
+    assert timing["earlier"] > 0 and timing["this checkout"] > 0
+    assert "| small-32 training step, batch 32 |" in (tmp_path / "report.md").read_text()
