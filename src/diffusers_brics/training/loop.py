@@ -29,14 +29,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    ProjectConfiguration,
-    broadcast,
-    gather_object,
-    is_compiled_module,
-    set_seed,
-)
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
+from accelerate.utils.other import is_compiled_module  # not re-exported by accelerate.utils before 1.1
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
