@@ -24,12 +24,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from diffusers_brics import BRICSAutoencoder
+
+from decode_benchmark import time_interleaved  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID_MODULE = "src/diffusers_brics/models/feature_grid.py"
@@ -72,15 +73,10 @@ def time_case(earlier, preset: str, batch: int, backward: bool, rounds: int, war
         if backward:
             sum(out.square().sum() for out in outs).backward()
 
-    times: dict[str, list[float]] = {"earlier": [], "this checkout": []}
-    with torch.inference_mode(not backward):
-        for round_ in range(warmup + rounds):
-            for name, grids in (("earlier", old), ("this checkout", list(retrieval.grids))):
-                start = time.perf_counter()
-                call(grids)
-                if round_ >= warmup:
-                    times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    current = list(retrieval.grids)
+    times = time_interleaved({"earlier": lambda: call(old), "this checkout": lambda: call(current)}, warmup, rounds,
+                             inference=not backward, desc=preset)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

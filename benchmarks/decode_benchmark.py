@@ -157,14 +157,16 @@ def count_gmacs(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int,
-                     sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Seconds per call: ``warmup`` untimed then ``repeats`` timed rounds, each round calling every model once
-    (``sync`` waits for the device before each clock reading)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def time_interleaved(fns: dict[Any, Callable[[], Any]], warmup: int, repeats: int,
+                     sync: Callable[[], None] = lambda: None, inference: bool = True,
+                     desc: str = "decoding") -> dict[Any, list[float]]:
+    """Seconds per call: ``warmup`` untimed then ``repeats`` timed rounds, each round calling every function once, so
+    that drift of the machine affects them alike (``sync`` waits for the device before each clock reading; with
+    ``inference`` the calls run in inference mode)."""
+    times: dict[Any, list[float]] = {name: [] for name in fns}
     rounds = warmup + repeats
-    bar = tqdm(total=rounds * len(fns), desc="decoding", unit="run") if tqdm else None
-    with torch.inference_mode():
+    bar = tqdm(total=rounds * len(fns), desc=desc, unit="run") if tqdm else None
+    with torch.inference_mode(inference):
         for r in range(rounds):
             if bar is None:
                 print(f"{'warm-up' if r < warmup else 'timed'} round {r + 1}/{rounds}", flush=True)

@@ -23,7 +23,6 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -35,6 +34,8 @@ if not torch.cuda.is_available():  # the kernels run under Triton's interpreter;
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from diffusers_brics.models import MultiResolutionFeatureGrid  # noqa: E402
+
+from decode_benchmark import time_interleaved  # noqa: E402  (beside this script)
 
 PAPER_GRID = dict(input_dim=3, num_levels=16, features_per_level=4, log2_hashmap_size=18, min_resolution=16,
                   max_resolution=64, convention="torch-ngp", indexing="tiled")
@@ -75,15 +76,7 @@ def time_backends(grid: MultiResolutionFeatureGrid, x: torch.Tensor, upstream: t
     """Median milliseconds of every (backend, mode), from ``repeats`` rounds that call each once, after ``warmup``."""
     calls = {(backend, mode): (lambda b=backend, m=mode: lookup(grid, b, x, upstream if m != "forward" else None))
              for backend in BACKENDS for mode in MODES}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    for round_index in range(warmup + repeats):
-        for key, call in calls.items():
-            sync()
-            start = time.perf_counter()
-            call()
-            sync()
-            if round_index >= warmup:
-                times[key].append(time.perf_counter() - start)
+    times = time_interleaved(calls, warmup, repeats, sync, inference=False, desc="look-ups")
     return {backend: {mode: 1e3 * statistics.median(times[backend, mode]) for mode in MODES} for backend in BACKENDS}
 
 

@@ -31,8 +31,8 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from diffusers_brics import BRICSAutoencoder
+
+from decode_benchmark import time_interleaved  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ", compiled"
@@ -101,22 +103,6 @@ def build(workload: str, tiny: bool, device: str, compile_: bool = False
     }
 
 
-def time_parts(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, sync: Callable[[], None],
-               inference: bool) -> dict[str, list[float]]:
-    """Seconds per call of every part, the parts called round-robin so that drift affects them equally."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    with torch.inference_mode(inference):
-        for round_ in range(warmup + repeats):
-            for name, fn in calls.items():
-                sync()
-                start = time.perf_counter()
-                fn()
-                sync()
-                if round_ >= warmup:
-                    times[name].append(time.perf_counter() - start)
-    return times
-
-
 def top_operators(fn: Callable[[], Any], runs: int, device: str, inference: bool, limit: int = 15) -> list[dict]:
     """The operators with the most self time over ``runs`` calls of ``fn`` (ms per call and share)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -147,7 +133,7 @@ def run(workload: str, tiny: bool, device: str, warmup: int, repeats: int, profi
             sync()
             compile_s[name] = time.perf_counter() - start
         calls.update({name + COMPILED: fn for name, fn in compiled.items()})
-    times = time_parts(calls, warmup, repeats, sync, inference)
+    times = time_interleaved(calls, warmup, repeats, sync, inference, desc=workload)
     medians = {name: statistics.median(t) for name, t in times.items()}
     variants = [""] + ([COMPILED] if compile_ else [])
     return dict(
