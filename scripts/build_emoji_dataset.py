@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from diffusers_brics.data.emoji import (
     BACKGROUND,
-    COLUMNS,
     RESOLUTIONS,
     SOURCE_PACKAGE,
     SPLITS,
+    STORED_COLUMNS,
     TEST_PERCENT,
     emoji_split,
 )
@@ -190,8 +190,8 @@ def write_parquet(rows: list[dict], images: list[bytes], path: Path) -> None:
             "category": datasets.Value("string"),
         }
     )
-    assert tuple(features) == COLUMNS
-    columns = {name: [row[name] for row in rows] for name in COLUMNS if name != "image"}
+    assert tuple(features) == STORED_COLUMNS
+    columns = {name: [row[name] for row in rows] for name in STORED_COLUMNS if name != "image"}
     columns["image"] = [{"bytes": data, "path": None} for data in images]
     # The schema carries the ``datasets`` feature metadata, so ``image`` loads as an Image feature. Written with
     # pyarrow directly (plain zstd parquet, 100-row groups) to stay readable by old ``datasets``/pyarrow releases.
