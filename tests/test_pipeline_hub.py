@@ -28,7 +28,7 @@ from naive_pipeline import NaiveBRICSPipeline
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
-from diffusers_brics.pipelines.pipeline_brics import files_to_download
+from diffusers_brics.pipelines.pipeline_utils import files_to_download
 
 BRICS_REPO = "org/brics-tiny"
 OLD_BRICS_REPO = "org/brics-tiny-old"  # as saved before the module files for trust_remote_code existed

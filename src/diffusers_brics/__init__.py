@@ -1,7 +1,7 @@
 """diffusers-brics: BRICS bi-level image representations for the Hugging Face diffusers ecosystem."""
 
 from .models import PRESETS, BRICSAutoencoder, BRICSAutoencoderOutput, BRICSEncoderOutput, MultiResolutionFeatureGrid
-from .pipelines import BRICSPipeline
+from .pipelines import BRICSPipeline, BRICSTextToImagePipeline
 
 __version__ = "0.1.0"
 
@@ -10,6 +10,7 @@ __all__ = [
     "BRICSAutoencoderOutput",
     "BRICSEncoderOutput",
     "BRICSPipeline",
+    "BRICSTextToImagePipeline",
     "MultiResolutionFeatureGrid",
     "PRESETS",
     "__version__",

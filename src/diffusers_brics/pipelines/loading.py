@@ -2,8 +2,8 @@
 
 `load_model` accepts, each as a local folder or a Hub repo id:
 
-* a pipeline (``model_index.json``): a `BRICSPipeline` or any diffusers pipeline (e.g. a pixel-space
-  `DDPMPipeline`), its VAE (if any) as the autoencoder;
+* a pipeline (``model_index.json``): a `BRICSPipeline`, a `BRICSTextToImagePipeline` or any diffusers pipeline
+  (e.g. a pixel-space `DDPMPipeline`), its VAE (if any) as the autoencoder;
 * an autoencoder (``config.json`` of a `BRICSAutoencoder`, `AutoencoderKL` or `VQModel`);
 * a stage-1 output folder (the autoencoder in ``autoencoder/``) or a quickstart output folder (the pipeline in
   ``pipeline/``).
@@ -21,8 +21,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolver
 
 from ..models.peers import load_autoencoder
 from .pipeline_brics import BRICSPipeline
+from .pipeline_brics_text2img import BRICSTextToImagePipeline
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+
+# The pipelines of this package, by the class name in model_index.json: they load with their own from_pretrained
+# (which resolves the module files save_pretrained writes, with no trust_remote_code).
+BRICS_PIPELINES = {cls.__name__: cls for cls in (BRICSPipeline, BRICSTextToImagePipeline)}
 
 # (file that marks it, subfolder it lives in): a pipeline first, then an autoencoder, then training outputs.
 _LAYOUTS = (("model_index.json", None), ("config.json", None), ("model_index.json", "pipeline"),
@@ -101,8 +106,8 @@ def swap_scheduler(pipeline: DiffusionPipeline, scheduler: str) -> DiffusionPipe
 
 def load_pipeline(name_or_path: str, scheduler: str | None = None, device: str | torch.device = "cpu"
                   ) -> DiffusionPipeline:
-    """A `BRICSPipeline` or any diffusers pipeline (read from ``model_index.json``) on ``device``, with
-    ``scheduler`` swapped in (see `swap_scheduler`)."""
+    """A `BRICSPipeline`, a `BRICSTextToImagePipeline` or any diffusers pipeline (read from ``model_index.json``) on
+    ``device``, with ``scheduler`` swapped in (see `swap_scheduler`)."""
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}")
     try:
@@ -110,7 +115,10 @@ def load_pipeline(name_or_path: str, scheduler: str | None = None, device: str |
     except OSError as error:
         raise FileNotFoundError(f"pipeline {name_or_path!r}: no model_index.json, neither in a local folder nor in a "
                                 f"Hub repo ({error})") from error
-    cls = BRICSPipeline if "BRICSPipeline" in str(index.get("_class_name")) else DiffusionPipeline
+    class_name = index.get("_class_name")
+    if isinstance(class_name, (list, tuple)):  # ["pipeline_brics", "BRICSPipeline"]: a module file and the class
+        class_name = class_name[-1]
+    cls = BRICS_PIPELINES.get(class_name, DiffusionPipeline)
     pipeline = cls.from_pretrained(name_or_path).to(device)
     return swap_scheduler(pipeline, scheduler) if scheduler is not None else pipeline
 

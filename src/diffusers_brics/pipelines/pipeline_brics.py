@@ -1,109 +1,29 @@
-"""`BRICSPipeline`: unconditional (or class-conditional) image generation by diffusion on BRICS key codes."""
+"""`BRICSPipeline`: unconditional or class-conditional image generation by diffusion on BRICS key codes, with
+classifier-free guidance for class-conditional UNets, image-to-image and inpainting."""
 
 from __future__ import annotations
 
-import inspect
-import json
-import math
 import numbers
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel, VQModel
-from diffusers import pipelines as diffusers_pipelines
-from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.autoencoder_brics import BRICSAutoencoder
-from ..models.peers import decode_latents, from_diffusion_space
-from ..models.peers import latent_shape as latent_shape_of
-from ..schedules import cosine_variant_betas
 from ..utils import is_integer
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """The paper's default schedule (Chen 2023 cosine variant, start 0.2, end 1, tau 1.5), epsilon prediction."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        trained_betas=cosine_variant_betas(num_train_timesteps).tolist(),
-        prediction_type="epsilon",
-        clip_sample=False,
-    )
+from .pipeline_utils import (  # noqa: F401  (files_to_download and default_scheduler: their former home)
+    BRICSDiffusionPipeline,
+    ImageInput,
+    MaskInput,
+    count_images,
+    default_scheduler,
+    files_to_download,
+)
 
 
-def weight_variant(filename: str) -> str | None:
-    """``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors`` (or its shards ``...fp16-00001-of-00002...``)."""
-    parts = filename.rsplit("/", 1)[-1].split(".")
-    return parts[1].split("-")[0] if len(parts) >= 3 else None
-
-
-def files_to_download(files: list[str], components: list[str], variant: str | None = None,
-                      use_safetensors: bool | None = None) -> list[str]:
-    """The files of a repo that loading ``components`` needs: everything in their folders but unused weights.
-
-    Per component, the weights of the requested ``variant`` (the plain ones when it has none, as diffusers falls
-    back), in safetensors unless ``use_safetensors=False`` asks for ``.bin`` (either, when only one exists).
-    """
-    chosen = []
-    for name in components:
-        inside = [f for f in files if f.startswith(name + "/")]
-        weights = [f for f in inside if f.endswith(WEIGHT_SUFFIXES)]
-        chosen += [f for f in inside if f not in weights]
-        wanted = [f for f in weights if weight_variant(f) == variant]
-        if not wanted and variant is not None:
-            wanted = [f for f in weights if weight_variant(f) is None]
-        safetensors = [f for f in wanted if f.endswith(".safetensors")]
-        pickled = [f for f in wanted if not f.endswith(".safetensors")]
-        chosen += (pickled or safetensors) if use_safetensors is False else (safetensors or pickled)
-    return chosen
-
-
-def is_external(module: str) -> bool:
-    """Whether a ``model_index.json`` entry's module is outside the libraries stock diffusers loads classes from."""
-    return module not in LOADABLE_CLASSES and not hasattr(diffusers_pipelines, module)
-
-
-def module_file(module: str, class_name: str) -> tuple[str, str]:
-    """``(name, source)`` of the module file that stands for ``module.class_name`` in a saved folder: named after
-    the module's last part, its only statement imports the class from the installed package (from
-    ``diffusers_brics`` itself where the package exports it, as ``BRICSPipeline`` and ``BRICSAutoencoder``)."""
-    import diffusers_brics
-
-    exported = getattr(diffusers_brics, class_name, None)
-    package = "diffusers_brics" if getattr(exported, "__module__", None) == module else module
-    source = (f"# `{class_name}` of the installed diffusers-brics package (pip install diffusers-brics), for\n"
-              "# diffusers' `from_pretrained(..., trust_remote_code=True)`: this file only imports it.\n"
-              f"from {package} import {class_name}  # noqa: F401\n")
-    return module.rsplit(".", 1)[-1], source
-
-
-def resolve_module_files(index: dict) -> dict:
-    """``model_index.json`` as `BRICSPipeline` loads it, without running any file of the folder: the pipeline entry
-    ``[module file, class]`` becomes the class name, and a component ``[module file, class]`` whose class the
-    installed ``diffusers_brics`` exports becomes ``[the class's module, class]``. Entries of older saves (the
-    pipeline by name, components by module path) and of diffusers' own classes come back unchanged."""
-    import diffusers_brics
-
-    resolved = dict(index)
-    if isinstance(index.get("_class_name"), (list, tuple)):
-        resolved["_class_name"] = index["_class_name"][1]
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2:
-            continue
-        module, class_name = entry
-        cls = getattr(diffusers_brics, class_name, None) if isinstance(class_name, str) else None
-        if isinstance(module, str) and is_external(module) and isinstance(cls, type):
-            resolved[name] = [cls.__module__, class_name]
-    return resolved
-
-
-class BRICSPipeline(DiffusionPipeline):
+class BRICSPipeline(BRICSDiffusionPipeline):
     r"""Generates images by denoising key codes with a `UNet2DModel` and decoding them with a `BRICSAutoencoder`.
 
     Components:
@@ -115,11 +35,11 @@ class BRICSPipeline(DiffusionPipeline):
             denoises their latents, scaled by their ``scaling_factor`` (and shifted by ``shift_factor``, if set).
         id2label (`dict[int, str]`, optional): class names of a class-conditional UNet, saved in
             ``model_index.json``; ``pipe.labels`` maps them back to ids, and ``class_labels`` accepts them.
+        null_class_id (`int`, optional): the class id a class-conditional UNet was trained with in place of the
+            class (conditioning dropout), which classifier-free guidance (``guidance_scale``) needs.
 
-    A saved folder (or Hub repo) loads with ``BRICSPipeline.from_pretrained`` and with stock diffusers'
-    ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``: `save_pretrained` writes module files that
-    only import the classes from the installed package (`remote_code_files`) and names them in
-    ``model_index.json``; ``BRICSPipeline.from_pretrained`` resolves them without running them.
+    Saving and loading: see `BRICSDiffusionPipeline` (a local folder, a Hub repo id, or stock diffusers with
+    ``trust_remote_code=True``).
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -127,122 +47,16 @@ class BRICSPipeline(DiffusionPipeline):
     # id2label is dict[int, str], annotated as a plain dict: model_index.json gives it back with str keys, which
     # diffusers' type check on loading would warn about.
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder | AutoencoderKL | VQModel,
-                 id2label: dict | None = None):
+                 id2label: dict | None = None, null_class_id: int | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         id2label = {int(i): str(name) for i, name in id2label.items()} if id2label else None  # JSON keys are str
-        self.register_to_config(id2label=id2label)
+        self.register_to_config(id2label=id2label, null_class_id=null_class_id)
 
     @property
     def labels(self) -> dict[str, int]:
         """Class name -> class id, from ``id2label`` (empty without class names)."""
         return {name: i for i, name in (self.config.id2label or {}).items()}
-
-    # ------------------------------------------------------------------ loading and saving
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "BRICSPipeline":
-        """Load from a local folder or a Hub repo id.
-
-        diffusers' own download step refuses components from pip packages (it only knows diffusers,
-        transformers and the like), so for a repo id the files are fetched with ``huggingface_hub`` first and
-        the folder is loaded from the local cache. Only ``model_index.json`` and the folders of the components it
-        lists are downloaded (not training checkpoints or sample images kept in the same repo), and of their weights
-        only those that ``variant`` and ``use_safetensors`` select. ``cache_dir``, ``revision``, ``token``,
-        ``force_download`` and ``local_files_only`` are honoured, and so are ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and
-        the usual proxy environment variables.
-
-        Raises:
-            FileNotFoundError: the argument is not a folder and cannot be a repo id (``"name"`` or ``"org/name"``),
-                so it names a local folder that does not exist.
-        """
-        path = os.path.expanduser(str(pretrained_model_name_or_path))
-        from_hub = not os.path.isdir(path)
-        if from_hub:
-            from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
-            from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-            try:
-                validate_repo_id(path)
-            except HFValidationError:
-                raise FileNotFoundError(
-                    f"pretrained_model_name_or_path {path!r} is not a folder (and not a Hub repo id, which has the "
-                    f"form 'name' or 'org/name'); expected a folder holding model_index.json"
-                ) from None
-            download = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download",
-                                                   "local_files_only") if k in kwargs}
-            index_file = Path(hf_hub_download(path, "model_index.json", **download))
-            index = json.loads(index_file.read_text())
-            components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
-            if download.get("local_files_only") or constants.HF_HUB_OFFLINE:  # what the cached snapshot holds
-                files = [f.relative_to(index_file.parent).as_posix() for f in index_file.parent.rglob("*") if f.is_file()]
-            else:
-                files = HfApi().list_repo_files(path, revision=download.get("revision"), token=download.get("token"))
-            patterns = files_to_download(files, components, kwargs.get("variant"), kwargs.get("use_safetensors"))
-            path = snapshot_download(path, allow_patterns=["model_index.json", *patterns], **download)
-        pipeline = super().from_pretrained(path, **kwargs)
-        if from_hub:  # record the repo id, as diffusers does
-            pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipeline
-
-    @classmethod
-    def load_config(cls, *args, **kwargs):
-        """diffusers' `load_config`, with the module files that `save_pretrained` writes resolved to the classes they
-        import (`resolve_module_files`): `from_pretrained` then runs no file of the folder and needs no
-        ``trust_remote_code``."""
-        loaded = super().load_config(*args, **kwargs)
-        if isinstance(loaded, tuple):
-            return (resolve_module_files(loaded[0]), *loaded[1:])
-        return resolve_module_files(loaded)
-
-    def remote_code_files(self) -> dict[str, str]:
-        """``{path in a saved folder: source}`` of the module files that let stock diffusers load the pipeline with
-        ``trust_remote_code=True``: ``pipeline_brics.py`` for the pipeline class and, per component whose class
-        comes from outside diffusers (a `BRICSAutoencoder` vae), ``<component>/<module>.py``; each only imports
-        its class from the installed package."""
-        files = {}
-        for name, (module, class_name) in self._remote_code_entries().items():
-            stem, source = module_file(module, class_name)
-            files[f"{stem}.py" if name == "_class_name" else f"{name}/{stem}.py"] = source
-        return files
-
-    def _remote_code_entries(self) -> dict[str, tuple[str, str]]:
-        """``model_index.json`` key -> ``(module, class)`` of the classes that need a module file."""
-        entries = {"_class_name": (type(self).__module__, type(self).__name__)}
-        for name in self.components:
-            module, class_name = self.config[name]
-            if module is not None and is_external(module):
-                entries[name] = (module, class_name)
-        return entries
-
-    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
-        """Write ``model_index.json`` (`save_pretrained` and `save_config` call this) in the form stock diffusers
-        loads with ``trust_remote_code=True``: ``"_class_name": ["pipeline_brics", "BRICSPipeline"]`` and
-        ``"vae": ["autoencoder_brics", "BRICSAutoencoder"]`` for a BRICS vae, naming the module files of
-        `remote_code_files`, which are written beside it."""
-        folder = Path(json_file_path).parent
-        for path, source in self.remote_code_files().items():
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            (folder / path).write_text(source, encoding="utf-8")
-        index = json.loads(self.to_json_string())
-        for name, (module, class_name) in self._remote_code_entries().items():
-            index[name] = [module_file(module, class_name)[0], class_name]
-        Path(json_file_path).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    # ------------------------------------------------------------------ generation
-    def check_components(self) -> None:
-        """Raise a ValueError unless the UNet's samples have the shape of the VAE's key codes."""
-        config = self.unet.config
-        size = config.sample_size
-        size = (size, size) if is_integer(size) else None if size is None else tuple(size)
-        latent_shape = latent_shape_of(self.vae)
-        if config.in_channels != latent_shape[0] or config.out_channels != latent_shape[0] or (
-            size is not None and size != latent_shape[1:]
-        ):
-            raise ValueError(
-                f"the unet does not fit the vae: unet (in_channels, out_channels, sample_size) = "
-                f"({config.in_channels}, {config.out_channels}, {size}), but the vae's key codes have "
-                f"(C_z, H_z, W_z) = {latent_shape}; both channel counts must be C_z and sample_size (H_z, W_z)"
-            )
 
     def check_inputs(
         self,
@@ -254,41 +68,23 @@ class BRICSPipeline(DiffusionPipeline):
         output_type: str = "pil",
         eta: float = 0.0,
         callback_on_step_end: Callable | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
         """Raise a ValueError naming the first argument of ``__call__`` (or component) that cannot work."""
-        self.check_components()
-        if not is_integer(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        steps_limit = self.scheduler.config.num_train_timesteps
-        if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= steps_limit:
-            raise ValueError(
-                f"num_inference_steps must be an integer in [1, {steps_limit}] (the scheduler's num_train_timesteps),"
-                f" got {num_inference_steps!r}"
-            )
-        if latents is not None:
-            shape = (batch_size, *latent_shape_of(self.vae))
-            if not isinstance(latents, torch.Tensor):
-                raise ValueError(f"latents must be a torch.Tensor (or numpy array) of shape {shape}, got "
-                                 f"{type(latents).__name__}")
-            if tuple(latents.shape) != shape:
-                raise ValueError(
-                    f"latents must have shape {shape} (batch_size, C_z, H_z, W_z), got {tuple(latents.shape)}"
-                )
-            if not bool(torch.isfinite(latents).all()):
-                raise ValueError("latents must be finite, got NaN or infinite values")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"a list of generators must have batch_size ({batch_size}) entries, got {len(generator)}")
+        self.check_sampling_inputs(batch_size, num_inference_steps, latents, generator, output_type, eta,
+                                   callback_on_step_end, guidance_scale)
         conditional = self.unet.config.num_class_embeds is not None
         if conditional and class_labels is None:
-            raise ValueError(f"this UNet is class-conditional ({self.unet.config.num_class_embeds} classes): pass class_labels")
+            raise ValueError(f"this UNet is class-conditional ({self.unet.config.num_class_embeds} classes): pass "
+                             "class_labels")
         if not conditional and class_labels is not None:
             raise ValueError("class_labels were given but the UNet has no class embedding")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta < math.inf:
-            raise ValueError(f"eta must be a non-negative number (0 for deterministic DDIM), got {eta!r}")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
+        if guidance_scale != 1 and self.config.null_class_id is None:
+            raise ValueError(
+                f"guidance_scale {guidance_scale} needs a class-conditional UNet trained with a null class "
+                "(stage 2 with --class_column and --conditioning_dropout_prob > 0, which saves null_class_id); this "
+                "pipeline has none: use guidance_scale=1"
+            )
 
     def class_label_ids(self, class_labels: int | str | list | torch.Tensor, batch_size: int) -> torch.Tensor:
         """``(batch_size,)`` class ids from one label or one per image, given as ids or as names of ``pipe.labels``."""
@@ -316,18 +112,6 @@ class BRICSPipeline(DiffusionPipeline):
             raise ValueError(f"class_labels must lie in [0, {classes}) for this UNet, got {ids.tolist()}")
         return ids.expand(batch_size)
 
-    def prepare_extra_step_kwargs(
-        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
-    ) -> dict[str, object]:
-        """The ``generator`` and ``eta`` keywords of ``scheduler.step``, for the schedulers that take them."""
-        accepted = inspect.signature(self.scheduler.step).parameters
-        return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}
-
-    def decode_key_codes(self, key_codes: torch.Tensor) -> torch.Tensor:
-        """Images (about ``[-1, 1]``) from key codes in ``[0, 1]`` (or another VAE's latents): no relaxed-precision
-        noise, and the decoder's fixed noise inputs (where it has any), whatever the VAE's train/eval mode."""
-        return decode_latents(self.vae, key_codes)
-
     @torch.no_grad()
     def __call__(
         self,
@@ -340,16 +124,20 @@ class BRICSPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict | None] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        image: ImageInput | None = None,
+        strength: float | None = None,
+        mask_image: MaskInput | None = None,
     ) -> ImagePipelineOutput | tuple:
-        r"""Generate images.
+        r"""Generate images, or edit ``image`` (image-to-image with ``strength``, inpainting with ``mask_image``).
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images (with several images to edit and ``batch_size`` 1: one per image).
             generator: a `torch.Generator` (or one per image) for reproducible sampling.
             num_inference_steps: denoising steps, from 1 to the scheduler's ``num_train_timesteps`` (fewer with DDIM
-                or DPM-Solver schedulers).
+                or DPM-Solver schedulers); image-to-image runs the last ``strength`` of them.
             latents: initial noise ``(batch_size, C_z, H_z, W_z)`` (a tensor or numpy array); drawn from
-                ``generator`` when omitted.
+                ``generator`` when omitted. With ``image``, the noise added to its key codes.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, 3)`` in ``[0, 1]``), ``"pt"`` (``(B, 3, H, W)`` in
                 ``[0, 1]``) or ``"latent"`` (the key codes in ``[0, 1]``).
             return_dict: return an `ImagePipelineOutput` instead of a tuple.
@@ -359,39 +147,28 @@ class BRICSPipeline(DiffusionPipeline):
             class_labels: classes for a class-conditional UNet (one, or one per image), as ids or as names of
                 ``pipe.labels``.
             eta: the DDIM ``eta`` (0: deterministic, 1: DDPM-like noise); ignored by schedulers without it.
+            guidance_scale: classifier-free guidance towards ``class_labels`` (1: none; needs ``null_class_id``).
+            image: the image(s) to edit: pictures, image files, or a ``(N, 3, S, S)`` tensor in ``[-1, 1]``; one
+                for the whole batch, or one per generated image.
+            strength: how much of ``image`` is noised away, in ``[0, 1]`` (0: its reconstruction; 1: ignored where
+                generated); default 0.8, or 1 with ``mask_image``.
+            mask_image: where to generate (white, or >= 0.5) and where to keep ``image`` (black), in pixels of the
+                image's own size: a picture, an array or a tensor; the kept key codes come back exactly.
         """
         if isinstance(latents, np.ndarray):
             latents = torch.from_numpy(latents)
+        strength = self.check_editing_inputs(image, strength, mask_image)
+        if image is not None and batch_size == 1:
+            batch_size = count_images(image)  # several images to edit: one sample each
         self.check_inputs(batch_size, num_inference_steps, latents, generator, class_labels, output_type, eta,
-                          callback_on_step_end)
-        device, dtype = self._execution_device, self.unet.dtype
+                          callback_on_step_end, guidance_scale)
+        device = self._execution_device
+        condition, null_condition = {}, None
         if class_labels is not None:
-            class_labels = self.class_label_ids(class_labels, batch_size).to(device)
-        if latents is None:
-            shape = (batch_size, *latent_shape_of(self.vae))
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            noise_pred = self.unet(model_input, t, class_labels=class_labels).sample
-            latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                changes = callback_on_step_end(self, i, t, {"latents": latents})
-                if changes is not None and not isinstance(changes, dict):
-                    raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(changes).__name__}")
-                latents = (changes or {}).get("latents", latents)
-
-        key_codes = from_diffusion_space(self.vae, latents)  # BRICS: key codes in [0, 1]
-        if output_type == "latent":
-            images = key_codes
-        else:
-            images = (self.decode_key_codes(key_codes) / 2 + 0.5).clamp(0, 1).float()
-            if output_type != "pt":
-                images = images.cpu().permute(0, 2, 3, 1).numpy()
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+            condition = {"class_labels": self.class_label_ids(class_labels, batch_size).to(device)}
+            if self.config.null_class_id is not None:
+                null_condition = {"class_labels": torch.full_like(condition["class_labels"], self.config.null_class_id)}
+        image_codes, mask = self.prepare_edit(image, mask_image, batch_size) if image is not None else (None, None)
+        key_codes = self.denoise(batch_size, num_inference_steps, generator, latents, condition, null_condition,
+                                 guidance_scale, image_codes, strength, mask, eta, callback_on_step_end)
+        return self.postprocess(key_codes, output_type, return_dict)
