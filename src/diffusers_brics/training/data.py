@@ -231,6 +231,21 @@ def image_column_of(dataset, image_column: str | None) -> str:
     raise ValueError(f"no image column found; pass --image_column (columns: {', '.join(dataset.column_names)})")
 
 
+def captions_of(dataset, caption_column: str) -> tuple[list[int], list[str]]:
+    """``(caption id per example, distinct captions)`` of a column of one caption (string) per image; the ids index
+    the distinct captions, kept in order of first appearance."""
+    if caption_column not in dataset.column_names:
+        raise ValueError(f"caption_column {caption_column!r} is not in the dataset; columns: "
+                         f"{', '.join(dataset.column_names)}")
+    values = list(dataset[caption_column])
+    bad = next((value for value in values if not isinstance(value, str)), None)
+    if bad is not None or any(value is None for value in values):
+        raise ValueError(f"caption_column {caption_column!r} must hold one caption (a string) per image, found "
+                         f"{bad!r}")
+    ids: dict[str, int] = {}
+    return [ids.setdefault(value, len(ids)) for value in values], list(ids)
+
+
 def class_labels_of(dataset, class_column: str) -> tuple[list[int], list[str]]:
     """``(label per example, class names)`` of a dataset column: a ``ClassLabel`` (an imagefolder's ``label``)
     keeps its own names and ids; any other column's values become classes in sorted order."""

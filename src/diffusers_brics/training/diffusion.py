@@ -12,8 +12,12 @@ a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``
 batch instead). Codes are mapped to diffusion space by the autoencoder's ``(z - shift_factor) * scaling_factor``,
 by default ``(z - 0.5) * 2`` onto ``[-1, 1]``. Epsilon prediction with the Chen 2023 cosine-variant schedule
 (default, paper config b) or the cosine schedule with min-SNR-gamma weighting (config a). ``--class_column`` trains a
-class-conditional UNet (class names are saved with the pipeline: ``pipe(class_labels=["name"])``). The full
-`BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `main` is the command line
+class-conditional UNet (class names are saved with the pipeline: ``pipe(class_labels=["name"])``);
+``--caption_column`` a text-conditional `UNet2DConditionModel` on the hidden states of a `transformers` text encoder
+(``--text_encoder_name_or_path``, frozen, or trained with ``--train_text_encoder``; without one, a small
+`CLIPTextModel` built from a config with a tokenizer trained on the captions), saved as a
+`BRICSTextToImagePipeline`. ``--conditioning_dropout_prob`` trains either for classifier-free guidance
+(`training.conditioning`). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `main` is the command line
 (``examples/train_brics_diffusion.py``); `DiffusionStage` the training task the `Trainer` runs; `LatentSpace` what
 its UNet models.
 """
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.utils import make_image_grid
 from huggingface_hub import ModelCardData
 from tqdm.auto import tqdm
@@ -36,8 +40,11 @@ from tqdm.auto import tqdm
 from ..console import SHORT_USAGE, HelpFormatter
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..models.text_encoder import text_embedding_dim
 from ..pipelines.pipeline_brics import BRICSPipeline
+from ..pipelines.pipeline_brics_text2img import BRICSTextToImagePipeline
 from ..schedules import cosine_variant_betas, min_snr_weights
+from .conditioning import PromptTable, TextConditionedUNet, drop_conditions
 from .config import (
     DataConfig,
     LoopConfig,
@@ -54,6 +61,7 @@ from .data import (
     ImageDataset,
     SkippedImages,
     UnreadableImage,
+    captions_of,
     class_labels_of,
     collate_images,
     image_column_of,
@@ -105,6 +113,12 @@ class DiffusionTrainingConfig:
     encode_on_the_fly: bool = False
     encode_batch_size: int = 64
     class_column: str | None = None
+    caption_column: str | None = None
+    text_encoder_name_or_path: str | None = None
+    text_encoder_preset: str = "small"
+    train_text_encoder: bool = False
+    conditioning_dropout_prob: float | None = None
+    validation_guidance_scale: float | None = None
     unet_preset: str = "small"
     schedule: str = "cosine-variant"
     snr_gamma: float = 0.0
@@ -144,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--class_column", default=None,
                       help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
                       "embedded emoji)")
+    cond = p.add_argument_group("conditioning")
+    cond.add_argument("--caption_column", default=None,
+                      help="train a text-to-image UNet on this column's captions (one string per image; the embedded "
+                      "emoji's 'caption' is 'short name, [skin tone,] category'), saved as a BRICSTextToImagePipeline")
+    cond.add_argument("--text_encoder_name_or_path", default=None,
+                      help="the transformers text encoder and tokenizer (folder or Hub id; a pipeline's text_encoder/ "
+                      "and tokenizer/ or a model repo: CLIP, T5, ...). Default: a CLIPTextModel of "
+                      "--text_encoder_preset built from a config, with a BPE tokenizer trained on the captions")
+    cond.add_argument("--text_encoder_preset", default="small", choices=["tiny", "small"],
+                      help="the size of the text encoder built when no --text_encoder_name_or_path is given")
+    cond.add_argument("--train_text_encoder", action="store_true",
+                      help="train the text encoder with the UNet (default: frozen, its hidden states computed once)")
+    cond.add_argument("--conditioning_dropout_prob", type=unit_interval, default=None,
+                      help="probability of replacing an example's condition by the null one (the empty caption; a "
+                      "learned null class) for classifier-free guidance (default: 0.1 with --caption_column, else 0)")
+    cond.add_argument("--validation_guidance_scale", type=non_negative_float, default=None,
+                      help="guidance of the validation samples (default: 3 when trained with conditioning dropout, "
+                      "else 1)")
     model = p.add_argument_group("model")
     model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet's size")
     model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant",
@@ -174,12 +206,28 @@ def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
         why = f"--autoencoder {args.autoencoder} trains on the images themselves"
         if args.scaling_factor is not None:
             parser.error(f"--scaling_factor scales an autoencoder's latents; {why}, in [-1, 1] (scaling_factor 1)")
-        if args.class_column is not None:
-            parser.error(f"--class_column: diffusers' DDPMPipeline, which --autoencoder {args.autoencoder} saves, "
-                         "takes no class labels; train unconditionally, or on an autoencoder's latents")
+        for flag in ("class_column", "caption_column"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag}: diffusers' DDPMPipeline, which --autoencoder {args.autoencoder} saves, "
+                             "takes no condition; train unconditionally, or on an autoencoder's latents")
         if args.autoencoder_subfolder is not None:
             parser.error(f"--autoencoder_subfolder names where an autoencoder is; {why}")
         args.resolution = args.resolution or 32
+    if args.class_column is not None and args.caption_column is not None:
+        parser.error("--class_column and --caption_column: condition on one of them")
+    if args.caption_column is None:
+        for flag in ("text_encoder_name_or_path", "train_text_encoder"):
+            if getattr(args, flag):
+                parser.error(f"--{flag} applies to text-to-image training: pass --caption_column")
+    if args.conditioning_dropout_prob is None:
+        args.conditioning_dropout_prob = 0.1 if args.caption_column else 0.0
+    if args.conditioning_dropout_prob and args.class_column is None and args.caption_column is None:
+        parser.error("--conditioning_dropout_prob drops a condition: pass --class_column or --caption_column")
+    if args.validation_guidance_scale is not None and not args.conditioning_dropout_prob:
+        parser.error("--validation_guidance_scale needs a model trained for guidance: pass "
+                     "--conditioning_dropout_prob > 0")
+    if args.conditioning_dropout_prob == 1:
+        parser.error("--conditioning_dropout_prob 1 would never show the UNet a condition; use a value below 1")
     if args.num_inference_steps > args.num_train_timesteps:
         parser.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps "
                      f"{args.num_train_timesteps}")
@@ -239,22 +287,33 @@ class LatentSpace:
 
 
 def build_unet(config: DiffusionTrainingConfig, latents: LatentSpace | torch.nn.Module,
-               num_classes: int | None = None) -> UNet2DModel:
+               num_classes: int | None = None, cross_attention_dim: int | None = None
+               ) -> UNet2DModel | UNet2DConditionModel:
     """An LDM-like UNet on a `LatentSpace` (or an autoencoder's latents): key codes, a peer's latents or images.
     Attention at the configured resolutions where the input is that large; with ``num_classes``, a class embedding
-    added to the timestep embedding."""
+    added to the timestep embedding; with ``cross_attention_dim``, a `UNet2DConditionModel` whose attention blocks
+    (and middle block) cross-attend to text-encoder hidden states of that width."""
     preset = UNET_PRESETS[config.unet_preset]
     space = latents if isinstance(latents, LatentSpace) else LatentSpace(latents)
     latent_channels, size, _ = space.shape
     channels = preset["block_out_channels"]
+    attention_block = "CrossAttn" if cross_attention_dim else "Attn"
     down, up = [], []
     for level in range(len(channels)):
         attention = (size // 2**level) in preset["attention_resolutions"]
-        down.append("AttnDownBlock2D" if attention else "DownBlock2D")
-        up.insert(0, "AttnUpBlock2D" if attention else "UpBlock2D")
+        down.append(f"{attention_block}DownBlock2D" if attention else "DownBlock2D")
+        up.insert(0, f"{attention_block}UpBlock2D" if attention else "UpBlock2D")
     if size % 2 ** (len(channels) - 1):
         raise ValueError(f"latents of size {size} cannot be halved {len(channels) - 1} times by --unet_preset "
                          f"{config.unet_preset}")
+    if cross_attention_dim:
+        return UNet2DConditionModel(
+            sample_size=size, in_channels=latent_channels, out_channels=latent_channels,
+            block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
+            up_block_types=tuple(up), norm_num_groups=min(32, channels[0]),
+            # UNet2DConditionModel reads attention_head_dim as the number of heads (Stable Diffusion's 8)
+            attention_head_dim=8, cross_attention_dim=cross_attention_dim,
+        )
     return UNet2DModel(
         sample_size=size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
@@ -274,10 +333,11 @@ def build_scheduler(config: DiffusionTrainingConfig) -> DDPMScheduler:
 
 @torch.no_grad()
 def encode_dataset(space: LatentSpace, dataset, column: str, transform, batch_size: int, flip: bool, device,
-                   labels: list[int] | None = None, strict: bool = False):
+                   conditions: dict[str, list[int]] | None = None, strict: bool = False):
     """Latents (key codes; the images themselves in pixel space) of every readable image, then (with ``flip``) of
-    every mirror image, as a ``datasets.Dataset`` of arrays (column ``key_codes``), with the class label of each image
-    when ``labels`` are given. Unreadable images are left out and counted (a warning), or raise with ``strict``."""
+    every mirror image, as a ``datasets.Dataset`` of arrays (column ``key_codes``), with each image's value of every
+    column of ``conditions`` (``class_labels``, ``caption_ids``: one per row of ``dataset``). Unreadable images are
+    left out and counted (a warning), or raise with ``strict``."""
     import datasets
 
     codes, mirrored, kept, skipped = [], [], [], []
@@ -303,8 +363,8 @@ def encode_dataset(space: LatentSpace, dataset, column: str, transform, batch_si
     if not kept:
         raise ValueError(f"none of the {len(dataset)} images of column {column!r} can be read")
     columns = {"key_codes": torch.cat(codes + mirrored).numpy()}
-    if labels is not None:
-        columns["class_labels"] = [labels[i] for i in kept] * (2 if flip else 1)
+    for name, values in (conditions or {}).items():
+        columns[name] = [values[i] for i in kept] * (2 if flip else 1)
     return datasets.Dataset.from_dict(columns).with_format("torch")
 
 
@@ -332,6 +392,7 @@ def key_code_cache_record(config: DiffusionTrainingConfig, space: LatentSpace, c
         "images": images,
         "random_flip": config.random_flip,
         "class_column": config.class_column,
+        **({"caption_column": config.caption_column} if config.caption_column else {}),
         **space.cache_record(),
     }
 
@@ -373,7 +434,19 @@ class DiffusionStage(TrainingStage):
                                                resolution, c.data.cache_dir, hold_out=False)
         column = image_column_of(train_set, c.data.image_column)
         train_set = undecoded(train_set, column)
-        labels, self.class_names = class_labels_of(train_set, c.class_column) if c.class_column else (None, None)
+        conditions, self.class_names, self.prompts = {}, None, None
+        if c.class_column:
+            conditions["class_labels"], self.class_names = class_labels_of(train_set, c.class_column)
+        if c.caption_column:
+            conditions["caption_ids"], captions = captions_of(train_set, c.caption_column)
+            self.text_encoder, self.tokenizer = self._text_encoder(captions, accelerator.device)
+            with accelerator.main_process_first():
+                self.prompts = PromptTable(captions, self.tokenizer,
+                                           None if c.train_text_encoder else self.text_encoder,
+                                           cache=os.path.join(c.loop.output_dir, "prompt_embeds.safetensors"))
+            # validation prompts: distinct captions spread over the training set's
+            self.validation_prompts = [captions[i * len(captions) // c.num_validation_images]
+                                       for i in range(c.num_validation_images)]
         # Cached codes come from centre crops; random crops only when encoding on the fly.
         transform = image_transform(resolution, center_crop=c.center_crop or not c.encode_on_the_fly)
         examples = len(train_set) * (2 if c.random_flip and not c.encode_on_the_fly else 1)
@@ -382,29 +455,58 @@ class DiffusionStage(TrainingStage):
             raise ValueError(f"{examples} training examples, fewer than one batch of --train_batch_size "
                              f"{batch} per process on {accelerator.num_processes} process(es)")
         if c.encode_on_the_fly:
-            if labels is not None:
-                train_set = train_set.add_column("class_labels", labels)
-            extra = ("class_labels",) if labels is not None else ()
-            dataset = ImageDataset(train_set, column, transform, extra, strict=c.data.strict_data)
+            for name, values in conditions.items():
+                train_set = train_set.add_column(name, values)
+            dataset = ImageDataset(train_set, column, transform, tuple(conditions), strict=c.data.strict_data)
             collate = collate_images
         else:
-            dataset = self._cached_codes(accelerator, train_set, column, transform, labels)
+            dataset = self._cached_codes(accelerator, train_set, column, transform, conditions)
 
             def collate(rows):
                 out = {"codes": torch.stack([row["key_codes"] for row in rows])}
-                if labels is not None:
-                    out["class_labels"] = torch.stack([row["class_labels"] for row in rows])
+                for name in conditions:
+                    out[name] = torch.stack([row[name] for row in rows])
                 return out
 
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                              collate_fn=collate)
         self._set_scaling_factor(dataset)
-        unet = build_unet(c, space, len(self.class_names) if self.class_names else None)
+        # the null class of conditioning dropout: one class id after the real ones
+        self.null_class_id = len(self.class_names) if self.class_names and c.conditioning_dropout_prob else None
+        classes = None if self.class_names is None else len(self.class_names) + (self.null_class_id is not None)
+        width = text_embedding_dim(self.text_encoder) if self.prompts is not None else None
+        unet = build_unet(c, space, classes, width)
+        if c.train_text_encoder:
+            unet = TextConditionedUNet.wrap(unet, self.text_encoder)
         self.noise_scheduler = build_scheduler(c)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                       weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
         return StageParts("unet", unet, optimizer, loader, description=f"{len(train_set)} training images")
+
+    def _text_encoder(self, captions: list[str], device) -> tuple[torch.nn.Module, object]:
+        """``(text_encoder, tokenizer)``: ``--text_encoder_name_or_path``, or a `CLIPTextModel` of
+        ``--text_encoder_preset`` (initialised from ``--seed``) with a tokenizer trained on ``captions``; frozen
+        in eval mode unless ``--train_text_encoder``."""
+        from ..models.text_encoder import build_text_encoder, load_text_encoder, train_caption_tokenizer
+
+        c = self.config
+        if c.text_encoder_name_or_path:
+            text_encoder, tokenizer = load_text_encoder(c.text_encoder_name_or_path)
+        else:
+            tokenizer = train_caption_tokenizer(captions)
+            with torch.random.fork_rng():
+                torch.manual_seed(c.loop.seed)
+                text_encoder = build_text_encoder(tokenizer, c.text_encoder_preset)
+            logger.info(f"text encoder: a {c.text_encoder_preset} CLIPTextModel "
+                        f"({sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M parameters) with a "
+                        f"{len(tokenizer)}-token BPE tokenizer trained on the {len(captions)} distinct captions",
+                        main_process_only=True)
+            if not c.train_text_encoder:
+                logger.warning("the text encoder built from a config is random and frozen: it tells prompts apart but "
+                               "knows no language; --train_text_encoder trains it with the UNet")
+        text_encoder = text_encoder.to(device).requires_grad_(False).eval()
+        return text_encoder, tokenizer
 
     def _set_scaling_factor(self, dataset, sample: int = 1024) -> None:
         """``--scaling_factor``, or for a peer's latents ``1 / std`` of (up to ``sample``) training latents, into the
@@ -424,7 +526,7 @@ class DiffusionStage(TrainingStage):
             logger.info(f"scaling_factor {factor:.5f} fitted to {len(rows)} training latents (1 / std)", main_process_only=True)
         vae.register_to_config(scaling_factor=float(factor))
 
-    def _cached_codes(self, accelerator, train_set, column: str, transform, labels):
+    def _cached_codes(self, accelerator, train_set, column: str, transform, conditions: dict[str, list[int]]):
         """The latents of the training set from ``OUTPUT_DIR/key_codes``, encoded (main process) if missing."""
         import datasets
 
@@ -438,7 +540,7 @@ class DiffusionStage(TrainingStage):
                 logger.info(f"reusing {len(codes)} cached {space.noun} from {cache}")
             elif accelerator.is_main_process:
                 codes = encode_dataset(space, train_set, column, transform, c.encode_batch_size, c.random_flip,
-                                       accelerator.device, labels, strict=c.data.strict_data)
+                                       accelerator.device, conditions, strict=c.data.strict_data)
                 codes.save_to_disk(cache + ".partial")
                 with open(os.path.join(cache + ".partial", CACHE_RECORD), "w") as f:
                     json.dump(record, f, indent=2)
@@ -464,8 +566,16 @@ class DiffusionStage(TrainingStage):
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
                                   generator=generator).to(device)
         noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
-        class_ids = batch["class_labels"].to(device) if "class_labels" in batch else None
-        prediction = trainer.model(noisy, timesteps, class_labels=class_ids).sample
+        condition = {}
+        if "class_labels" in batch:
+            condition["class_labels"] = batch["class_labels"].to(device)
+            drop = drop_conditions(len(x0), c.conditioning_dropout_prob, generator)
+            if drop is not None:
+                condition["class_labels"] = condition["class_labels"].masked_fill(drop.to(device), self.null_class_id)
+        if "caption_ids" in batch:
+            drop = drop_conditions(len(x0), c.conditioning_dropout_prob, generator)
+            condition.update(self.prompts.condition(batch["caption_ids"], drop, device))
+        prediction = trainer.model(noisy, timesteps, **condition).sample
         loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         if c.snr_gamma:
             loss = loss * min_snr_weights(self.alphas_cumprod, timesteps, c.snr_gamma)
@@ -476,26 +586,46 @@ class DiffusionStage(TrainingStage):
     def end_of_epoch(self, trainer: Trainer, epoch: int) -> None:
         self.skipped.report(trainer.accelerator, epoch, logger)
 
-    def pipeline(self, unet: UNet2DModel) -> BRICSPipeline | DDPMPipeline:
-        """The pipeline of ``unet`` (the EMA weights) with the autoencoder and the class names, if any; in pixel
-        space diffusers' own `DDPMPipeline`."""
+    def pipeline(self, model: torch.nn.Module) -> BRICSPipeline | BRICSTextToImagePipeline | DDPMPipeline:
+        """The pipeline of the trained ``model`` (the EMA weights) with the autoencoder and the class names (and
+        null class), if any; a `BRICSTextToImagePipeline` with the text encoder and tokenizer for captions; in
+        pixel space diffusers' own `DDPMPipeline`."""
         if self.space.pixels:
-            return DDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
+            return DDPMPipeline(unet=model, scheduler=self.noise_scheduler)
+        if self.prompts is not None:
+            unet, text_encoder = ((model.unet, model.text_encoder) if isinstance(model, TextConditionedUNet)
+                                  else (model, self.text_encoder))
+            return BRICSTextToImagePipeline(vae=self.space.vae, text_encoder=text_encoder, tokenizer=self.tokenizer,
+                                            unet=unet, scheduler=self.noise_scheduler)
         names = self.class_names
-        return BRICSPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.space.vae,
-                             id2label=dict(enumerate(names)) if names else None)
+        return BRICSPipeline(unet=model, scheduler=self.noise_scheduler, vae=self.space.vae,
+                             id2label=dict(enumerate(names)) if names else None, null_class_id=self.null_class_id)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The validation samples' guidance: ``--validation_guidance_scale``, else 3 with conditioning dropout."""
+        c = self.config
+        if not c.conditioning_dropout_prob:
+            return 1.0
+        return 3.0 if c.validation_guidance_scale is None else c.validation_guidance_scale
 
     def validate(self, trainer: Trainer, model: UNet2DModel, step: int) -> dict[str, float]:
-        """Samples from fixed seeds (cycling through the classes of a conditional UNet), logged and saved as
-        ``samples.png``."""
+        """Samples from fixed seeds (cycling through the classes of a conditional UNet; one caption each for a text
+        UNet), logged and saved as ``samples.png``."""
         pipeline = self.pipeline(model)
         pipeline.set_progress_bar_config(disable=True)
         count = self.config.num_validation_images
         generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
-        # class labels only for a conditional UNet (a DDPMPipeline takes none)
-        classes = {"class_labels": [i % len(self.class_names) for i in range(count)]} if self.class_names else {}
-        images = pipeline(batch_size=count, generator=generators, num_inference_steps=self.config.num_inference_steps,
-                          **classes).images
+        steps = self.config.num_inference_steps
+        if self.prompts is not None:
+            images = pipeline(self.validation_prompts, generator=generators, num_inference_steps=steps,
+                              guidance_scale=self.guidance_scale).images
+        else:
+            # class labels only for a conditional UNet (a DDPMPipeline takes none)
+            classes = {"class_labels": [i % len(self.class_names) for i in range(count)]} if self.class_names else {}
+            if self.null_class_id is not None:
+                classes["guidance_scale"] = self.guidance_scale
+            images = pipeline(batch_size=count, generator=generators, num_inference_steps=steps, **classes).images
         grid = make_image_grid(images, rows=1, cols=len(images))
         grid.save(os.path.join(self.config.loop.output_dir, "samples.png"))
         log_image(trainer.accelerator, "samples", grid, step)
@@ -522,8 +652,13 @@ class DiffusionStage(TrainingStage):
         c, space, names = self.config, self.space, self.class_names
         repo, resolution = default_repo_id(c.loop.output_dir, c.loop.hub_model_id), space.resolution
         dataset = dataset_of(c.data)[1]
-        call = (f"images = pipe(batch_size=4, num_inference_steps={c.num_inference_steps}"
-                + (f", class_labels={names[:1]!r}" if names else "") + ").images")
+        guidance = f", guidance_scale={self.guidance_scale:g}" if c.conditioning_dropout_prob else ""
+        if self.prompts is not None:
+            call = (f"images = pipe({self.validation_prompts[0]!r}, num_images_per_prompt=4, "
+                    f"num_inference_steps={c.num_inference_steps}{guidance}).images")
+        else:
+            call = (f"images = pipe(batch_size=4, num_inference_steps={c.num_inference_steps}"
+                    + (f", class_labels={names[:1]!r}{guidance}" if names else "") + ").images")
         if space.pixels:
             title, tags = "Pixel-space diffusion pipeline", ["diffusers", "ddpm", "pixel-space"]
             summary = (f"A stock diffusers `DDPMPipeline`: a UNet trained directly on the {resolution}x{resolution} "
@@ -534,15 +669,26 @@ class DiffusionStage(TrainingStage):
         else:
             channels, size, _ = space.shape
             vae = type(space.vae).__name__
-            title, tags = f"{'BRICS' if vae == 'BRICSAutoencoder' else vae} latent diffusion pipeline", [
+            pipeline_class = "BRICSTextToImagePipeline" if self.prompts is not None else "BRICSPipeline"
+            kind = "text-to-image" if self.prompts is not None else "latent diffusion"
+            title, tags = f"{'BRICS' if vae == 'BRICSAutoencoder' else vae} {kind} pipeline", [
                 "diffusers", "brics", "latent-diffusion"]
             codes = "key codes" if vae == "BRICSAutoencoder" else "latents"
-            summary = (f"A `BRICSPipeline`: a UNet trained on the {codes} ({size}x{size}x{channels}) of {dataset}, "
+            summary = (f"A `{pipeline_class}`: a UNet trained on the {codes} ({size}x{size}x{channels}) of {dataset}, "
                        f"decoded by a {vae} to {resolution}x{resolution} images.")
+            if self.prompts is not None:
+                encoder = type(self.text_encoder).__name__
+                summary += (f" It is conditioned on the `{c.caption_column}` captions through a {encoder} "
+                            + ("trained with the UNet" if c.train_text_encoder else "(frozen)")
+                            + (f" ({hub_id(c.text_encoder_name_or_path)})" if hub_id(c.text_encoder_name_or_path)
+                               else "" if c.text_encoder_name_or_path else ", built from a config with a tokenizer "
+                               "trained on the captions")
+                            + f", with {c.conditioning_dropout_prob:g} conditioning dropout for classifier-free "
+                            "guidance.")
             usage = [
                 {"text": "With diffusers-brics (`pip install diffusers-brics`):",
-                 "code": "from diffusers_brics import BRICSPipeline\n\n"
-                         f'pipe = BRICSPipeline.from_pretrained("{repo}")\n{call}'},
+                 "code": f"from diffusers_brics import {pipeline_class}\n\n"
+                         f'pipe = {pipeline_class}.from_pretrained("{repo}")\n{call}'},
                 {"text": "With stock diffusers, which runs the repository's module files: they only import the classes "
                          "of the installed diffusers-brics package.",
                  "code": "from diffusers import DiffusionPipeline\n\n"
@@ -551,8 +697,9 @@ class DiffusionStage(TrainingStage):
         if names:
             summary += f"\n\nClasses (`--class_column {c.class_column}`): " + ", ".join(names)
         data = ModelCardData(
-            library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
-            tags=tags + (["class-conditional"] if names else []),
+            library_name="diffusers", license="apache-2.0",
+            pipeline_tag="text-to-image" if self.prompts is not None else "unconditional-image-generation",
+            tags=tags + (["class-conditional"] if names else []) + (["text-to-image"] if self.prompts else []),
             datasets=[c.data.dataset_name] if hub_id(c.data.dataset_name) else None,
             base_model=None if space.pixels else hub_id(c.autoencoder),
         )
