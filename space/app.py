@@ -1,9 +1,12 @@
-"""BRICS key codes in the browser: reconstruct an image, sample a pipeline, interpolate between two images.
+"""BRICS key codes in the browser: reconstruct an image, sample a pipeline, edit an image with it (image-to-image,
+inpainting), interpolate between two images.
 
     BRICS_MODEL=outputs/quickstart/pipeline python space/app.py
 
-``BRICS_MODEL`` is a local folder or a Hub repo id (a `BRICSPipeline`, an autoencoder, or a training output);
-without it the app serves the quickstart pipeline (``outputs/quickstart/pipeline``, written by ``make demo``).
+``BRICS_MODEL`` is a local folder or a Hub repo id (a `BRICSPipeline`, a `BRICSTextToImagePipeline`, an
+autoencoder, or a training output); without it the app serves the quickstart pipeline
+(``outputs/quickstart/pipeline``, written by ``make demo``). A text-to-image pipeline gets prompt boxes and a guidance
+slider; a class-conditional one a class selector (and a guidance slider where it has a null class).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from diffusers_brics.metrics import psnr
+from diffusers_brics.pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
 from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct, tensor_to_pil
 from diffusers_brics.pipelines.loading import SCHEDULERS, LoadedModel, load_model
 
@@ -60,8 +64,70 @@ def row(images: list[Image.Image]) -> Image.Image:
     return make_image_grid(images, rows=1, cols=len(images))
 
 
-def input_image(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(label=label, type="pil", image_mode="RGB", height=HEIGHT, elem_id=elem_id, elem_classes="picture")
+def is_text(pipe) -> bool:
+    """Whether ``pipe`` draws from a prompt (a text-to-image pipeline)."""
+    return isinstance(pipe, BRICSTextToImagePipeline)
+
+
+def class_choices(pipe) -> list[tuple[str, int]] | None:
+    """``(name, id)`` of each class of a class-conditional pipeline (its null class left out), or None."""
+    if not isinstance(pipe, BRICSDiffusionPipeline) or is_text(pipe):
+        return None
+    classes = getattr(pipe.unet.config, "num_class_embeds", None)
+    if classes is None:
+        return None
+    names = pipe.config.id2label or {}
+    return [(names.get(i, str(i)), i) for i in range(classes) if i != pipe.config.null_class_id]
+
+
+def guidance_default(pipe) -> float | None:
+    """The guidance slider's start (the pipeline's own default), or None where the pipeline cannot guide."""
+    if is_text(pipe):
+        return 3.0
+    if class_choices(pipe) and pipe.config.null_class_id is not None:
+        return 1.0
+    return None
+
+
+def generate(pipe, schedule, seed, steps, scheduler, count, prompt=None, negative_prompt=None, guidance_scale=None,
+             class_label=None, image=None, strength=None, mask=None) -> Image.Image:
+    """A row of ``count`` images from ``pipe`` with ``scheduler`` (built from ``schedule``), image ``i`` from seed
+    ``seed + i``; with ``image``, edits of it (image-to-image to ``strength``; inpainting where ``mask`` is white).
+    ``prompt`` / ``negative_prompt`` / ``guidance_scale`` / ``class_label``: None where the pipeline has no use for
+    them. A missing input or anything the pipeline refuses is a one-line `gr.Error`."""
+    if seed is None or seed < 0:
+        raise gr.Error("The seed must be a whole number >= 0.")
+    count = int(count)
+    if is_text(pipe):
+        if not (prompt or "").strip():
+            raise gr.Error("Write a prompt first.")
+        kwargs = {"prompt": prompt, "num_images_per_prompt": count}
+        if (negative_prompt or "").strip():
+            kwargs["negative_prompt"] = negative_prompt
+    else:
+        kwargs = {"batch_size": count}
+        if class_label is not None:
+            kwargs["class_labels"] = int(class_label)
+    if guidance_scale is not None:
+        kwargs["guidance_scale"] = float(guidance_scale)
+    if image is not None:
+        kwargs["image"] = image
+        if strength is not None:
+            kwargs["strength"] = float(strength)
+        if mask is not None:
+            kwargs["mask_image"] = mask
+    pipe.scheduler = SCHEDULERS[scheduler].from_config(schedule)
+    generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(count)]
+    try:
+        images = pipe(generator=generators, num_inference_steps=int(steps), **kwargs).images
+    except ValueError as error:
+        raise gr.Error(" ".join(str(error).split())) from None
+    return row(images)
+
+
+def input_image(label: str, elem_id: str, image_mode: str = "RGB") -> gr.Image:
+    return gr.Image(label=label, type="pil", image_mode=image_mode, height=HEIGHT, elem_id=elem_id,
+                    elem_classes="picture")
 
 
 def output_image(label: str, elem_id: str) -> gr.Image:
@@ -69,8 +135,18 @@ def output_image(label: str, elem_id: str) -> gr.Image:
                     elem_classes="picture")
 
 
+def cannot_edit(model: LoadedModel) -> str | None:
+    """Why the model cannot edit images (no pipeline, or one that is not a BRICS pipeline), or None."""
+    if reason := missing(model.require_pipeline):
+        return reason
+    if not isinstance(model.pipeline, BRICSDiffusionPipeline):
+        return (f"This model cannot edit images: it is a {type(model.pipeline).__name__}, which only samples; editing "
+                "needs a BRICS pipeline.")
+    return None
+
+
 def build_demo(model: LoadedModel) -> gr.Blocks:
-    """The three tabs for ``model`` (tabs its parts cannot serve explain why instead)."""
+    """The four tabs for ``model`` (tabs its parts cannot serve explain why instead)."""
     vae, pipe = model.vae, model.pipeline
     schedule = pipe.scheduler.config if pipe is not None else None
 
@@ -80,21 +156,47 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         original, codes, recon = reconstruct(vae, [image])
         return tensor_to_pil(recon)[0], key_codes_to_image(codes[0]), round(float(psnr(recon, original)), 2)
 
-    def sample(seed, steps, scheduler, count, progress=gr.Progress(track_tqdm=True)):
-        if seed is None or seed < 0:
-            raise gr.Error("The seed must be a whole number >= 0.")
-        pipe.scheduler = SCHEDULERS[scheduler].from_config(schedule)
-        generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(int(count))]
-        try:
-            images = pipe(batch_size=int(count), generator=generators, num_inference_steps=int(steps)).images
-        except ValueError as error:
-            raise gr.Error(str(error).splitlines()[0]) from None
-        return row(images)
+    def sample(seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale, class_label,
+               progress=gr.Progress(track_tqdm=True)):
+        return generate(pipe, schedule, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
+                        class_label)
+
+    def edit(image, mask, strength, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
+             class_label, progress=gr.Progress(track_tqdm=True)):
+        if image is None:
+            raise gr.Error("Upload an image to edit first.")
+        return generate(pipe, schedule, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
+                        class_label, image=image, strength=strength, mask=mask)
 
     def interpolate(first, second, steps):
         if first is None or second is None:
             raise gr.Error("Upload two images first.")
         return row(interpolate_images(vae, first, second, int(steps)))
+
+    def sampling_settings(prefix: str, count: int) -> list:
+        """Seed, steps, scheduler and image count (elem_ids ``{prefix}-seed`` ...)."""
+        return [gr.Number(value=0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
+                          elem_id=f"{prefix}-seed"),
+                gr.Slider(1, schedule.num_train_timesteps, value=50, step=1, label="Steps", elem_id=f"{prefix}-steps"),
+                gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id=f"{prefix}-scheduler"),
+                gr.Slider(1, MAX_IMAGES, value=count, step=1, label="Images", elem_id=f"{prefix}-count")]
+
+    def conditioning(prefix: str) -> list:
+        """Prompt, negative prompt, guidance scale and class, as far as the pipeline takes them (a `gr.State` of None
+        for the others): ``{prefix}-prompt``, ``{prefix}-negative-prompt``, ``{prefix}-guidance``,
+        ``{prefix}-class``."""
+        text, choices, guidance = is_text(pipe), class_choices(pipe), guidance_default(pipe)
+        if not (text or choices):  # an unconditional pipeline: nothing to show
+            return [gr.State(None) for _ in range(4)]
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", lines=1, elem_id=f"{prefix}-prompt") if text else gr.State(None)
+            negative = (gr.Textbox(label="Negative prompt (optional: what guidance steers away from)", lines=1,
+                                   elem_id=f"{prefix}-negative-prompt") if text else gr.State(None))
+            label = (gr.Dropdown(choices, value=choices[0][1], label="Class", elem_id=f"{prefix}-class")
+                     if choices else gr.State(None))
+            scale = (gr.Slider(0, 10, value=guidance, step=0.5, label="Guidance scale (1: none)",
+                               elem_id=f"{prefix}-guidance") if guidance is not None else gr.State(None))
+        return [prompt, negative, scale, label]
 
     with gr.Blocks(title="BRICS key codes") as demo:
         gr.Markdown(f"# BRICS key codes\nModel: `{model.source}`. An image is encoded into key codes (a small grid "
@@ -115,17 +217,33 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             if reason := missing(model.require_pipeline):
                 gr.Markdown(reason)
             else:
+                condition = conditioning("sample")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
-                                     elem_id="sample-seed")
-                    steps = gr.Slider(1, schedule.num_train_timesteps, value=50, step=1, label="Steps",
-                                      elem_id="sample-steps")
-                    scheduler = gr.Radio(list(SCHEDULERS), value="ddim", label="Scheduler", elem_id="sample-scheduler")
-                    count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images", elem_id="sample-count")
+                    settings = sampling_settings("sample", 4)
                 button = gr.Button("Sample", variant="primary", elem_id="sample-button")
                 grid = output_image("Samples", "sample-output")
-                # one sampling at a time: each swaps the pipeline's scheduler
-                button.click(sample, [seed, steps, scheduler, count], grid, api_name="sample", concurrency_limit=1)
+                # one sampling (or editing) at a time: each swaps the pipeline's scheduler
+                button.click(sample, settings + condition, grid, api_name="sample", concurrency_limit=1,
+                             concurrency_id="pipeline")
+        with gr.Tab("Edit"):
+            if reason := cannot_edit(model):
+                gr.Markdown(reason)
+            else:
+                gr.Markdown("Image-to-image: the image's key codes are noised to the strength (0: its reconstruction; "
+                            "1: the image ignored) and denoised. With a mask of the image's size, inpainting: white "
+                            "is generated, black kept (strength 1 draws the white part afresh; lower keeps some of "
+                            "it).")
+                with gr.Row():
+                    source = input_image("Image", "edit-input")
+                    mask = input_image("Mask (optional): white = generate, black = keep", "edit-mask", "L")
+                strength = gr.Slider(0, 1, value=0.8, step=0.05, label="Strength", elem_id="edit-strength")
+                condition = conditioning("edit")
+                with gr.Row():
+                    settings = sampling_settings("edit", 2)
+                button = gr.Button("Edit", variant="primary", elem_id="edit-button")
+                edits = output_image("Edits", "edit-output")
+                button.click(edit, [source, mask, strength, *settings, *condition], edits, api_name="edit",
+                             concurrency_limit=1, concurrency_id="pipeline")
         with gr.Tab("Interpolate"):
             if reason := missing(model.require_vae):
                 gr.Markdown(reason)

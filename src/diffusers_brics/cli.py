@@ -6,6 +6,8 @@
     brics encode IMAGE... --model M --output Z.safetensors
     brics decode Z.safetensors --model M               key codes back to images
     brics sample --model M --num-images 8 --seed 0 --steps 50 --scheduler ddim
+    brics sample --model M --prompt TEXT               a text-to-image pipeline (--guidance-scale, default 3)
+    brics sample --model M --image IN.png --strength 0.6 [--mask MASK.png]     image-to-image, inpainting
     brics interpolate A B --model M --steps 8          decoded key codes between two images
     brics evaluate reconstruction|generation|neighbours ...
     brics train-ae ...                                 stage 1 (`accelerate launch -m diffusers_brics train-ae ...`)
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from .console import HelpFormatter, run_command
-from .training.config import positive_int
+from .training.config import non_negative_float, positive_int, unit_interval
 
 # Commands whose module has its own command line: name -> (module, one-line description).
 DELEGATED = {
@@ -129,7 +132,12 @@ def decode(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    """``sample_000.png``, ... and ``grid.png``; image ``i`` comes from seed ``seed + i``."""
+    """``sample_000.png``, ... and ``grid.png``; image ``i`` comes from seed ``seed + i``.
+
+    A text-to-image pipeline needs ``--prompt``; a class-conditional one ``--class-label``. ``--image`` edits an
+    image instead of starting from noise: image-to-image to ``--strength`` (0: its reconstruction, 1: the image
+    ignored), or with ``--mask`` inpainting (white: generated, black: kept; the mask has the image's size), each of
+    the ``--num-images`` samples from its own seed. Images are resized and centre-cropped to the model's size."""
     import torch
     from diffusers.utils import make_image_grid
     from PIL import Image
@@ -137,11 +145,10 @@ def sample(args: argparse.Namespace) -> int:
     from .pipelines.loading import swap_scheduler
 
     pipeline = swap_scheduler(load(args).require_pipeline(), args.scheduler)
+    kwargs = sampling_arguments(args, pipeline)
     folder = output_folder(args.output_dir)
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
-    kwargs = {"class_labels": args.class_label} if args.class_label is not None else {}
-    images = pipeline(batch_size=args.num_images, generator=generators, num_inference_steps=args.steps,
-                      **kwargs).images
+    images = pipeline(generator=generators, num_inference_steps=args.steps, **kwargs).images
     for index, image in enumerate(images):
         image.save(folder / f"sample_{index:03d}.png")
     columns = min(8, len(images))
@@ -150,6 +157,58 @@ def sample(args: argparse.Namespace) -> int:
     make_image_grid(images + padding, rows=rows, cols=columns).save(folder / "grid.png")
     print(f"{len(images)} sample(s) -> {folder}/")
     return 0
+
+
+def sampling_arguments(args: argparse.Namespace, pipeline) -> dict:
+    """The pipeline's keyword arguments for the flags of `brics sample` (all but the seed and steps); a flag the
+    pipeline cannot take raises a ValueError that names it."""
+    from .pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
+    from .pipelines.key_codes import open_image
+
+    kind = type(pipeline).__name__
+    text = isinstance(pipeline, BRICSTextToImagePipeline)
+    editing = {"--image": args.image, "--strength": args.strength, "--mask": args.mask}
+    if not isinstance(pipeline, BRICSDiffusionPipeline):
+        given = [flag for flag, value in {"--prompt": args.prompt, "--negative-prompt": args.negative_prompt,
+                                          "--guidance-scale": args.guidance_scale, "--class-label": args.class_label,
+                                          **editing}.items() if value is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs a BRICS pipeline; {args.model!r} is a {kind}, which only samples")
+    if text:
+        if args.prompt is None:
+            raise ValueError(f"{args.model!r} is a text-to-image pipeline ({kind}): pass --prompt")
+        if args.class_label is not None:
+            raise ValueError(f"--class-label is for class-conditional pipelines; {args.model!r} is a text-to-image "
+                             "pipeline: describe the image with --prompt")
+        kwargs = {"prompt": args.prompt, "num_images_per_prompt": args.num_images}
+        if args.negative_prompt is not None:
+            kwargs["negative_prompt"] = args.negative_prompt
+    else:
+        for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
+            if value is not None:
+                raise ValueError(f"{flag} needs a text-to-image pipeline; {args.model!r} is a {kind} without a text "
+                                 "encoder (a class-conditional one takes --class-label)")
+        kwargs = {"batch_size": args.num_images}
+        if args.class_label is not None:
+            kwargs["class_labels"] = args.class_label
+    if args.guidance_scale is not None:
+        kwargs["guidance_scale"] = args.guidance_scale
+    if args.image is None:
+        for flag in ("--strength", "--mask"):
+            if editing[flag] is not None:
+                raise ValueError(f"{flag} needs --image (the image to edit)")
+        return kwargs
+    image = open_image(args.image, "--image")
+    kwargs["image"] = image
+    if args.strength is not None:
+        kwargs["strength"] = args.strength
+    if args.mask is not None:
+        mask = open_image(args.mask, "--mask")
+        if mask.size != image.size:
+            raise ValueError(f"--mask is {mask.size[0]}x{mask.size[1]} but --image is {image.size[0]}x"
+                             f"{image.size[1]} (width x height): the mask must have the image's size")
+        kwargs["mask_image"] = mask
+    return kwargs
 
 
 def interpolate(args: argparse.Namespace) -> int:
@@ -182,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, description) in DELEGATED.items():
         commands.add_parser(name, help=description + f" (`brics {name} --help`)", add_help=False)
 
-    def command(name: str, fn: Callable, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=description, description=f"{description}.\n\n{fn.__doc__}",
-                                  formatter_class=HelpFormatter)
+    def command(name: str, fn: Callable, description: str, usage: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=description, formatter_class=HelpFormatter, usage=usage,
+                                  description=f"{description}.\n\n{inspect.cleandoc(fn.__doc__)}")
         sub.set_defaults(run=fn)
         return sub
 
@@ -203,14 +262,29 @@ def build_parser() -> argparse.ArgumentParser:
     model_arguments(p)
     p.add_argument("--output-dir", default="decoded", help="where the images go")
 
-    p = command("sample", sample, "generate images with a pipeline")
+    p = command("sample", sample, "generate images with a pipeline, or edit an image with it (image-to-image, "
+                "inpainting)", usage="%(prog)s --model M [FLAG VALUE ...]  (--help describes every flag)")
     model_arguments(p)
     p.add_argument("--num-images", type=positive_int, default=8, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
-    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (with --image: the last "
+                   "--strength of them run)")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddim",
                    help="the sampler (ddpm: the training schedule; ddim; dpm: DPM-Solver++)")
+    p.add_argument("--prompt", default=None, help="for a text-to-image pipeline (required there): the text to draw")
+    p.add_argument("--negative-prompt", default=None, help="for a text-to-image pipeline: the text guidance steers "
+                   "away from (default: the empty prompt)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=None,
+                   help="classifier-free guidance, 1 for none (default: the pipeline's own: 3 for a text-to-image "
+                   "pipeline, 1 otherwise; a class-conditional pipeline needs a null class for other values)")
     p.add_argument("--class-label", default=None, help="for a class-conditional pipeline: a class name or id")
+    p.add_argument("--image", default=None, metavar="PATH", help="edit this image instead of starting from noise "
+                   "(image-to-image, or inpainting with --mask)")
+    p.add_argument("--strength", type=unit_interval, default=None,
+                   help="with --image: how much of it is noised away, in [0, 1] (0: its reconstruction; 1: ignored "
+                   "where generated; default: 0.8, or 1 with --mask)")
+    p.add_argument("--mask", default=None, metavar="PATH", help="with --image: inpaint where this picture of the "
+                   "image's size is white, keep the image where it is black")
     p.add_argument("--output-dir", default="samples", help="where the images go")
 
     p = command("interpolate", interpolate, "a row of images decoded from key codes between two images")

@@ -1,0 +1,216 @@
+"""`brics sample` with a text-to-image pipeline (--prompt), with guidance, and editing an image (--image,
+--strength, --mask): seeded outputs, the reconstruction at strength 0, and each misuse as one line."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from PIL import Image
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli
+from diffusers_brics.console import run_command
+from diffusers_brics.pipelines import BRICSTextToImagePipeline, default_scheduler
+from test_cli import brics, tiny_unet
+
+CAPTIONS = ["a red circle", "a blue square on white", "a green triangle", "a smiling yellow face"]
+
+
+def tiny_text_pipeline(vae: BRICSAutoencoder) -> BRICSTextToImagePipeline:
+    """An untrained text-to-image pipeline on ``vae``: a BPE tokenizer of `CAPTIONS`, a tiny CLIP text encoder
+    (width 32) and a tiny cross-attention UNet (needs transformers and tokenizers)."""
+    from diffusers_brics.models.text_encoder import build_text_encoder, train_caption_tokenizer
+
+    channels, size, _ = vae.latent_shape
+    tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=64)
+    unet = UNet2DConditionModel(
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4)
+    return BRICSTextToImagePipeline(vae=vae, text_encoder=build_text_encoder(tokenizer, "tiny"), tokenizer=tokenizer,
+                                    unet=unet, scheduler=default_scheduler())
+
+
+def tiny_class_pipeline(vae: BRICSAutoencoder) -> BRICSPipeline:
+    """An untrained class-conditional pipeline on ``vae``: classes "cat" (0) and "dog" (1), and the null class 2."""
+    unet = UNet2DModel.from_config(tiny_unet(vae.latent_shape[0]).config, num_class_embeds=3)
+    return BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae, id2label={0: "cat", 1: "dog"},
+                         null_class_id=2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    """Tiny pipelines (text-to-image; unconditional; class-conditional with a null class; pixel-space DDPM), an
+    image of 48x40 pixels (not square: the crop is exercised) and masks of its size."""
+    pytest.importorskip("diffusers_brics.models.text_encoder",
+                        reason="needs transformers and tokenizers (pip install -e '.[text]')")
+    root = tmp_path_factory.mktemp("cli-editing")
+    torch.manual_seed(0)
+    vae = BRICSAutoencoder.from_preset("tiny").eval()
+    tiny_text_pipeline(vae).save_pretrained(root / "text")
+    BRICSPipeline(unet=tiny_unet(vae.latent_shape[0]), scheduler=default_scheduler(), vae=vae).save_pretrained(
+        root / "plain")
+    tiny_class_pipeline(vae).save_pretrained(root / "classes")
+    pixels = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                         norm_num_groups=4)
+    DDPMPipeline(unet=pixels, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(root / "ddpm")
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "image.png")
+    half = np.zeros((40, 48), dtype=np.uint8)
+    half[:, 24:] = 255  # regenerate the right half
+    Image.fromarray(half).save(root / "half.png")
+    Image.new("L", (48, 40), 0).save(root / "black.png")
+    Image.new("RGB", (48, 40), "white").save(root / "white.png")
+    Image.new("L", (32, 32), 255).save(root / "small.png")
+    return {name: root / name for name in ("text", "plain", "classes", "ddpm")} | {
+        "image": root / "image.png", "half": root / "half.png", "black": root / "black.png",
+        "white": root / "white.png", "small": root / "small.png"}
+
+
+def sample(models, folder, model="text", *extra) -> list[bytes]:
+    """``brics sample`` (3 steps) into ``folder``; the bytes of each ``sample_*.png``."""
+    if model == "text" and "--prompt" not in extra:
+        extra = ("--prompt", "a red circle", *extra)
+    assert cli.main(["sample", "--model", str(models[model]), "--steps", "3", "--output-dir", str(folder),
+                     *map(str, extra)]) == 0
+    return [path.read_bytes() for path in sorted(folder.glob("sample_*.png"))]
+
+
+def pixels(data: bytes) -> np.ndarray:
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_text_sampling_is_seeded(models, tmp_path):
+    two = sample(models, tmp_path / "two", "text", "--num-images", "2", "--seed", "4")
+    again = sample(models, tmp_path / "again", "text", "--num-images", "2", "--seed", "4")
+    assert len(two) == 2 and two == again  # the same files, byte for byte
+    assert two[0] != two[1]
+    one = sample(models, tmp_path / "one", "text", "--num-images", "1", "--seed", "5")
+    assert one == two[1:]  # image i is drawn from seed + i
+    assert Image.open(tmp_path / "two" / "grid.png").size == (2 * 32, 32)
+    assert Image.open(tmp_path / "two" / "sample_000.png").size == (32, 32)
+
+
+def test_text_guidance_defaults_to_the_pipelines_own(models, tmp_path):
+    default = sample(models, tmp_path / "default", "text", "--num-images", "1")
+    assert sample(models, tmp_path / "three", "text", "--num-images", "1", "--guidance-scale", "3") == default
+    assert sample(models, tmp_path / "one", "text", "--num-images", "1", "--guidance-scale", "1") != default
+    assert sample(models, tmp_path / "prompt", "text", "--num-images", "1", "--prompt", "a green triangle") != default
+    negative = sample(models, tmp_path / "negative", "text", "--num-images", "1", "--negative-prompt", "blue square")
+    assert negative != default
+
+
+def test_class_labels_with_guidance(models, tmp_path):
+    cat = sample(models, tmp_path / "cat", "classes", "--num-images", "1", "--class-label", "cat")
+    assert sample(models, tmp_path / "zero", "classes", "--num-images", "1", "--class-label", "0") == cat
+    guided = sample(models, tmp_path / "guided", "classes", "--num-images", "1", "--class-label", "cat",
+                    "--guidance-scale", "2.5")
+    assert len(guided) == 1 and guided != cat
+
+
+@pytest.mark.parametrize("model", ["plain", "text"])
+def test_strength_zero_gives_the_reconstruction(models, tmp_path, model):
+    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
+                     str(tmp_path / "rec")]) == 0
+    reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
+    edits = sample(models, tmp_path / "edit", model, "--image", models["image"], "--strength", "0", "--num-images", 2)
+    assert len(edits) == 2
+    for edit in edits:
+        assert np.abs(pixels(edit) - reconstruction).max() <= 1
+
+
+@pytest.mark.parametrize("model", ["plain", "text"])
+def test_image_to_image_is_seeded_and_strength_moves_away_from_the_image(models, tmp_path, model):
+    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
+                     str(tmp_path / "rec")]) == 0
+    reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
+    # 4 steps: strength 0.5 runs the last 2 of them
+    low = sample(models, tmp_path / "low", model, "--image", models["image"], "--strength", "0.5", "--steps", 4)
+    assert sample(models, tmp_path / "again", model, "--image", models["image"], "--strength", "0.5",
+                  "--steps", 4) == low
+    high = sample(models, tmp_path / "high", model, "--image", models["image"], "--strength", "1", "--steps", 4)
+    plain = sample(models, tmp_path / "plain", model, "--steps", 4)
+    assert high == plain  # strength 1: the image is ignored
+    assert 0 < np.abs(pixels(low[0]) - reconstruction).mean() < np.abs(pixels(high[0]) - reconstruction).mean()
+    # the default strength (0.8) and another scheduler work too
+    assert len(sample(models, tmp_path / "dpm", model, "--image", models["image"], "--scheduler", "dpm",
+                      "--num-images", 2)) == 2
+
+
+@pytest.mark.parametrize("model", ["plain", "text"])
+def test_inpainting_with_a_mask_file(models, tmp_path, model):
+    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
+                     str(tmp_path / "rec")]) == 0
+    reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
+    image = ("--image", models["image"], "--num-images", 2)
+    black = sample(models, tmp_path / "black", model, *image, "--mask", models["black"])
+    for edit in black:  # nothing to regenerate: the image's own key codes
+        assert np.abs(pixels(edit) - reconstruction).max() <= 1
+    white = sample(models, tmp_path / "white", model, *image, "--mask", models["white"])
+    assert white == sample(models, tmp_path / "noise", model, "--num-images", 2)  # all regenerated, from the seeds
+    half = sample(models, tmp_path / "half", model, *image, "--mask", models["half"])
+    assert half == sample(models, tmp_path / "half-again", model, *image, "--mask", models["half"])
+    assert half[0] != half[1]  # each sample from its own seed
+    for edit, kept, fresh in zip(half, black, white):  # neither all kept nor all regenerated
+        assert edit != kept and edit != fresh
+    # a lower strength keeps more of the image where the mask is white
+    assert sample(models, tmp_path / "weak", model, *image, "--mask", models["half"], "--strength", "0.5") != half
+
+
+def one_line_error(args, capsys) -> str:
+    assert run_command(cli.main, list(map(str, args)), prog="brics") == 1, args
+    lines = [line for line in capsys.readouterr().err.strip().splitlines()  # less the loading progress bars
+             if line.strip() and "Loading pipeline components" not in line and "Loading weights" not in line]
+    assert len(lines) == 2 and lines[0].startswith("brics: error: ") and "--debug" in lines[1], (args, lines)
+    return lines[0]
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("plain", ("--prompt", "a cat"), "--prompt needs a text-to-image pipeline"),
+    ("classes", ("--negative-prompt", "a cat", "--class-label", "cat"), "--negative-prompt needs a text-to-image"),
+    ("text", (), "is a text-to-image pipeline (BRICSTextToImagePipeline): pass --prompt"),
+    ("text", ("--prompt", "x", "--class-label", "1"), "--class-label is for class-conditional pipelines"),
+    ("plain", ("--guidance-scale", "2"), "guidance_scale 2.0 needs a class-conditional UNet"),
+    ("classes", ("--class-label", "bird"), "not class names of this pipeline"),
+    ("ddpm", ("--prompt", "a cat"), "--prompt needs a BRICS pipeline"),
+    ("ddpm", ("--image", "IMAGE"), "--image needs a BRICS pipeline"),
+    ("ddpm", ("--class-label", "1"), "--class-label needs a BRICS pipeline"),
+    ("plain", ("--strength", "0.5"), "--strength needs --image"),
+    ("text", ("--prompt", "x", "--mask", "HALF"), "--mask needs --image"),
+    ("plain", ("--image", "IMAGE", "--mask", "SMALL"), "--mask is 32x32 but --image is 48x40"),
+    ("text", ("--prompt", "x", "--image", "MISSING"), "--image: no such file"),
+    ("plain", ("--image", "IMAGE", "--mask", "MISSING"), "--mask: no such file"),
+])
+def test_misuse_is_one_line(models, tmp_path, capsys, model, extra, message):
+    files = {"IMAGE": models["image"], "HALF": models["half"], "SMALL": models["small"],
+             "MISSING": tmp_path / "missing.png"}
+    extra = [files.get(value, value) for value in extra]
+    line = one_line_error(["sample", "--model", models[model], "--steps", "2", "--output-dir", tmp_path / "out",
+                           *extra], capsys)
+    assert message in line, line
+    assert not (tmp_path / "out" / "grid.png").exists()
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_a_bad_strength_is_a_usage_error(models, value, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["sample", "--model", str(models["plain"]), "--image", str(models["image"]), "--strength", value])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("usage: brics sample --model M") and "argument --strength" in lines[1]
+    with pytest.raises(SystemExit) as done:
+        cli.main(["sample", "--model", str(models["text"]), "--prompt", "x", "--guidance-scale", "-1"])
+    assert done.value.code == 2 and "argument --guidance-scale: must be a number >= 0" in capsys.readouterr().err
+
+
+def test_a_child_process_exits_1_for_a_refused_flag_and_2_for_a_malformed_one(models):
+    done = brics("sample", "--model", models["plain"], "--prompt", "a cat", "--steps", 2)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("brics")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith("brics: error: --prompt needs a text-to-image pipeline"), done.stderr
+    done = brics("sample", "--model", models["plain"], "--image", models["image"], "--strength", "2")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "brics sample: error: argument --strength: must be a number in [0, 1], got 2")
