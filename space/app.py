@@ -22,7 +22,7 @@ from PIL import Image
 from diffusers_brics.metrics import psnr
 from diffusers_brics.pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
 from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct, tensor_to_pil
-from diffusers_brics.pipelines.loading import SCHEDULERS, LoadedModel, load_model
+from diffusers_brics.pipelines.loading import SCHEDULERS, LoadedModel, load_model, swap_scheduler
 
 DEFAULT_MODEL = "outputs/quickstart/pipeline"
 MAX_IMAGES = 8
@@ -116,7 +116,7 @@ def generate(pipe, schedule, seed, steps, scheduler, count, prompt=None, negativ
             kwargs["strength"] = float(strength)
         if mask is not None:
             kwargs["mask_image"] = mask
-    pipe.scheduler = SCHEDULERS[scheduler].from_config(schedule)
+    swap_scheduler(pipe, scheduler, schedule)
     generators = [torch.Generator().manual_seed(int(seed) + i) for i in range(count)]
     try:
         images = pipe(generator=generators, num_inference_steps=int(steps), **kwargs).images

@@ -127,12 +127,12 @@ def test_image_to_image_is_seeded_and_strength_moves_away_from_the_image(models,
     assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
                      str(tmp_path / "rec")]) == 0
     reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
-    # 4 steps: strength 0.5 runs the last 2 of them
-    low = sample(models, tmp_path / "low", model, "--image", models["image"], "--strength", "0.5", "--steps", 4)
-    assert sample(models, tmp_path / "again", model, "--image", models["image"], "--strength", "0.5",
-                  "--steps", 4) == low
-    high = sample(models, tmp_path / "high", model, "--image", models["image"], "--strength", "1", "--steps", 4)
-    plain = sample(models, tmp_path / "plain", model, "--steps", 4)
+    # 8 steps: strength 0.25 runs the last 2 of them, at little noise
+    low = sample(models, tmp_path / "low", model, "--image", models["image"], "--strength", "0.25", "--steps", 8)
+    assert sample(models, tmp_path / "again", model, "--image", models["image"], "--strength", "0.25",
+                  "--steps", 8) == low
+    high = sample(models, tmp_path / "high", model, "--image", models["image"], "--strength", "1", "--steps", 8)
+    plain = sample(models, tmp_path / "plain", model, "--steps", 8)
     assert high == plain  # strength 1: the image is ignored
     assert 0 < np.abs(pixels(low[0]) - reconstruction).mean() < np.abs(pixels(high[0]) - reconstruction).mean()
     # the default strength (0.8) and another scheduler work too

@@ -291,3 +291,25 @@ def test_missing_local_folder_raises_file_not_found(tmp_path, monkeypatch):
         with pytest.raises(ConnectionError):
             BRICSPipeline.from_pretrained(repo_id)
     assert asked == ["org/name", "name"]
+
+
+def test_swapped_schedulers_keep_brics_key_codes_in_range(pipe):
+    """`swap_scheduler` clips the clean-sample estimate to the key codes' range in diffusion space ([-1, 1]); other
+    autoencoders' latents stay unbounded."""
+    from diffusers import AutoencoderKL
+
+    from diffusers_brics.pipelines.loading import key_code_bound, swap_scheduler
+
+    assert key_code_bound(pipe.vae) == 1.0 and key_code_bound(None) is None
+    for name, expected in (("ddim", {"clip_sample": True, "clip_sample_range": 1.0}),
+                           ("ddpm", {"clip_sample": True, "clip_sample_range": 1.0}),
+                           ("dpm", {"thresholding": True, "sample_max_value": 1.0})):
+        config = swap_scheduler(pipe, name).scheduler.config
+        assert {key: config[key] for key in expected} == expected, name
+    # the noise schedule itself is kept
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    pipe.scheduler = default_scheduler()
+    kl = BRICSPipeline(unet=pipe.unet, scheduler=default_scheduler(),
+                       vae=AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2))
+    assert key_code_bound(kl.vae) is None
+    assert swap_scheduler(kl, "ddim").scheduler.config.clip_sample is False

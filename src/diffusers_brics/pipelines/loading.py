@@ -13,12 +13,14 @@ Anything else is refused with one line naming what was looked for.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
+from ..models.autoencoder_brics import BRICSAutoencoder
 from ..models.peers import load_autoencoder
 from .pipeline_brics import BRICSPipeline
 from .pipeline_brics_text2img import BRICSTextToImagePipeline
@@ -95,12 +97,35 @@ def _check_reference(name_or_path: str) -> str:
     return path
 
 
-def swap_scheduler(pipeline: DiffusionPipeline, scheduler: str) -> DiffusionPipeline:
-    """Give ``pipeline`` a ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPM-Solver++) scheduler built from its current
-    scheduler's configuration (same noise schedule and prediction type); returns the pipeline."""
+def key_code_bound(vae: torch.nn.Module | None) -> float | None:
+    """The largest magnitude of a BRICS autoencoder's key codes in diffusion space (key codes lie in ``[0, 1]``, so
+    ``max(shift, 1 - shift) * scaling_factor``: 1 by default); None for other autoencoders, whose latents have no
+    bound."""
+    if not isinstance(vae, BRICSAutoencoder):
+        return None
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return max(abs(shift), abs(1 - shift)) * vae.config.scaling_factor
+
+
+def swap_scheduler(pipeline: DiffusionPipeline, scheduler: str, config: dict | None = None) -> DiffusionPipeline:
+    """Give ``pipeline`` a ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPM-Solver++) scheduler built from ``config`` (by
+    default its current scheduler's: same noise schedule and prediction type); returns the pipeline.
+
+    For BRICS key codes the scheduler's estimate of the clean sample is kept within their range in diffusion space
+    (`key_code_bound`): ``clip_sample`` for DDPM and DDIM, static thresholding for DPM-Solver++ at the default
+    bound 1. The paper's cosine-variant schedule ends at a cumulative alpha of about 0, so DDIM's first steps divide
+    by its square root (about 250 at step 980 of 1000) and, unclipped, diverge to saturated key codes on many seeds.
+    """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}")
-    pipeline.scheduler = SCHEDULERS[scheduler].from_config(pipeline.scheduler.config)
+    cls = SCHEDULERS[scheduler]
+    options = inspect.signature(cls.__init__).parameters
+    bound, overrides = key_code_bound(getattr(pipeline, "vae", None)), {}
+    if bound is not None and "clip_sample" in options:
+        overrides = {"clip_sample": True, "clip_sample_range": bound}
+    elif bound == 1 and "thresholding" in options:  # clamps to [-s, s] and divides by s, with s = 1 here
+        overrides = {"thresholding": True, "sample_max_value": 1.0}
+    pipeline.scheduler = cls.from_config(config if config is not None else pipeline.scheduler.config, **overrides)
     return pipeline
 
 
