@@ -101,19 +101,19 @@ def train(name: str, autoencoder: str, run_dir: Path, args, extra: list[str], re
 
 
 def distances(reference: list[torch.Tensor], features: list[torch.Tensor], inception, with_fid: bool,
-              seed: int) -> dict[str, float]:
+              seed: int, kid_subset_size: int = 1000) -> dict[str, float]:
     """FID (unless ``with_fid`` is False) and KID between reference and other Inception features; KID's random
-    subsets are drawn from ``seed``."""
+    subsets (of ``kid_subset_size``, capped at the smaller set) are drawn from ``seed``."""
     torch.manual_seed(seed)
     if with_fid:
-        pair = InceptionDistances(inception)
+        pair = InceptionDistances(inception, kid_subset_size)
         pair.features[True], pair.features[False] = reference, features
         return pair.compute()
     from torchmetrics.image.kid import KernelInceptionDistance
 
     real, fake = torch.cat(reference), torch.cat(features)
     kid = KernelInceptionDistance(feature=torch.nn.Identity(), normalize=False,
-                                  subset_size=min(1000, len(real), len(fake)))  # as InceptionDistances
+                                  subset_size=min(kid_subset_size, len(real), len(fake)))  # as InceptionDistances
     kid.update(real, real=True)
     kid.update(fake, real=False)
     kid_mean, kid_std = kid.compute()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The package as a user gets it: build the wheel, install it into a new virtual environment (no source tree on the
-# path), and run the `brics` command: info, a few steps of both trainings (stage 1 through `accelerate launch -m`),
-# and sampling from the trained pipeline.
+# path), and run the `brics` command: info, a few steps of both trainings (stage 1 through `accelerate launch -m`; stage 2
+# unconditional and text-to-image), and sampling and editing with the trained pipelines.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -29,6 +29,15 @@ brics train-diffusion --autoencoder ae --output_dir ldm --unet_preset tiny --max
     --num_validation_images 2 --num_inference_steps 2 --report_to none
 brics sample --model ldm --num-images 2 --steps 2 --output-dir samples
 test -f ae/autoencoder/config.json -a -f ldm/model_index.json -a -f samples/sample_001.png -a -f samples/grid.png
+brics train-diffusion --autoencoder ae --output_dir t2i --caption_column caption --text_encoder_preset tiny \
+    --train_text_encoder --unet_preset tiny --max_train_steps 2 --train_batch_size 8 --num_validation_images 2 \
+    --num_inference_steps 2 --report_to none
+brics sample --model t2i --prompt "grinning, smileys and emotion" --num-images 2 --steps 2 --output-dir t2i-samples
+brics sample --model t2i --prompt "red apple, food and drink" --image samples/sample_000.png --strength 0.5 \
+    --num-images 1 --steps 2 --output-dir t2i-edited
+test -f t2i/text_encoder/config.json -a -f t2i/tokenizer/tokenizer.json -a -f t2i-samples/sample_001.png
+test -f t2i-edited/sample_000.png
 if brics sample --model ae --num-images 1 2> error.txt; then echo "sampling an autoencoder should fail"; exit 1; fi
 grep -q "brics: error: " error.txt && ! grep -q Traceback error.txt
-echo "wheel check passed: brics info, train-ae (accelerate launch -m), train-diffusion, sample, one-line errors"
+echo "wheel check passed: brics info, train-ae (accelerate launch -m), train-diffusion (unconditional, text), sample" \
+    "(noise, prompt, image-to-image), one-line errors"

@@ -203,3 +203,16 @@ def test_compare_grid_lookup_against_an_earlier_commit(tmp_path):
     timing = results["median_ms"]["small-32 training step, batch 32"]
     assert timing["earlier"] > 0 and timing["this checkout"] > 0
     assert "| small-32 training step, batch 32 |" in (tmp_path / "report.md").read_text()
+
+
+def test_text_to_image_benchmark_tiny(tmp_path, inception_weights_dir):
+    out = tmp_path / "t2i"
+    stdout = run_script([BENCHMARKS / "text_to_image_benchmark.py", "--tiny", "--ae_minutes", "0.2", "--minutes",
+                         "0.2", "--max_eval_images", "12", "--grid_prompts", "2", "--grid_seeds", "2",
+                         "--num_inference_steps", "2", "--output", out], timeout=600)
+    assert "guidance 3: KID x1e3" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["guidance"]) == {"1", "3"} and results["held_out_captions"] == 12
+    assert all(r["fake_images"] == 12 and r["seconds_per_image"] > 0 for r in results["guidance"].values())
+    assert results["steps"] == 3 and (out / "prompt_grid.png").stat().st_size > 0
+    assert "--caption_column caption" in results["training_command"]
