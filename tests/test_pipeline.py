@@ -30,13 +30,18 @@ def tiny_unet(num_class_embeds=None, sample_size=8, in_channels=2, out_channels=
     )
 
 
-@pytest.fixture
-def pipe():
+def tiny_pipeline() -> BRICSPipeline:
+    """An untrained pipeline of the tiny autoencoder (8x8x2 key codes) and `tiny_unet`, progress bar off."""
     torch.manual_seed(0)
     vae = BRICSAutoencoder.from_preset("tiny").eval()
     pipeline = BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@pytest.fixture
+def pipe():
+    return tiny_pipeline()
 
 
 def sample(pipe, seed=0, **kwargs):

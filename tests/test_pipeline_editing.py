@@ -5,20 +5,16 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
-from test_pipeline import tiny_unet
+from test_pipeline import tiny_pipeline, tiny_unet
 
-from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics import BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.pipelines.key_codes import encode_images
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    pipeline = BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return tiny_pipeline()
 
 
 @pytest.fixture(scope="module")
