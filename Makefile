@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
-# The main job's training times (seconds of stage 1 and stage 2); raise them on a GPU machine.
-AE_SECONDS ?= 360
-DIFFUSION_SECONDS ?= 240
+# The main job's training steps (stage 1 and stage 2; empty: the quickstart's defaults); raise them on a GPU machine.
+AE_STEPS ?=
+DIFFUSION_STEPS ?=
 
 .PHONY: install demo test test-benchmarks test-minimum test-wheel test-browser benchmark
 
@@ -19,12 +19,19 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The main job needs only the training extra (no test or benchmark tools: a shorter first install).
+$(VENV)/.installed-train: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[train]"
+	touch $@
+
 # The main job (`brics quickstart`): a BRICS autoencoder, then a diffusion UNet on its key codes, trained on the
 # embedded emoji, then evaluated: outputs/quickstart/{pipeline/, reconstructions.png, samples.png, interpolation.png,
 # metrics.json}. Run again, it reuses the finished phases.
-demo: install
+demo: $(VENV)/.installed-train
 	$(PY) -m diffusers_brics quickstart --output_dir outputs/quickstart \
-		--autoencoder_seconds $(AE_SECONDS) --diffusion_seconds $(DIFFUSION_SECONDS)
+		$(if $(AE_STEPS),--autoencoder_steps $(AE_STEPS)) $(if $(DIFFUSION_STEPS),--diffusion_steps $(DIFFUSION_STEPS))
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not benchmark and not browser" --durations=20

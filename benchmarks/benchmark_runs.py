@@ -29,9 +29,10 @@ def fresh_run_dir(output: Path) -> Path:
     return run_dir
 
 
-def run_shown(command: list[str]) -> str:
-    """Prints ``command`` with paths relative to the repository, runs it (raising on failure), returns it as shown."""
+def run_shown(command: list[str], env: dict[str, str] | None = None) -> str:
+    """Prints ``command`` with paths relative to the repository, runs it (raising on failure, in ``env`` if given),
+    returns it as shown."""
     shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
     print("$", shown, flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=env)
     return shown

@@ -3,14 +3,20 @@
 Two workloads, each on an untrained model with fixed random inputs (seed 0):
 
 * ``decode``: preset ``paper-64x64x4``, key codes ``(1, 4, 64, 64)`` -> a 256x256 image, eval mode, inference mode;
-* ``train-step``: preset ``small-32``, batch 32 at 32x32, training mode: forward, L2 loss, backward, Adam.
+* ``train-step``: preset ``small-32``, batch 32 at 32x32, training mode: forward, L2 loss, backward, Adam (Adam at
+  the ``small`` stage-1 recipe's betas).
+
+``--model`` profiles another preset or a folder with a ``config.json`` (for example
+``benchmarks/configs/small-32-release-layout``, the release's layout at the small widths).
 
 For each it reports
 
 1. the median seconds of the whole workload and of its parts, timed interleaved in one loop: the *grid look-up*
    (the ``N_h`` `MultiResolutionFeatureGrid` look-ups alone), the whole *feature retrieval* (look-ups, ``F_mlp``
    and the group style networks: `KeyCodeRetrieval`), the *synthesis* (`BRICSDecoder`) and, for the training step,
-   the *encoder*; in the training step every part is its forward + backward;
+   the *encoder*; in the training step every part is its forward + backward, and the parts the training loop adds
+   around it are timed too: the *EMA* update of the weights (`HalfLifeEMA`) and *data loading* (a batch of the
+   embedded emoji read, decoded, cropped and collated by the training script's `DataLoader`);
 2. the operators that take the most time, from ``torch.profiler`` over ``--profile_runs`` runs of the whole
    workload (self time: the time of the operator itself, not of what it calls).
 
@@ -52,13 +58,43 @@ WORKLOADS = {
 }
 
 
-def build(workload: str, tiny: bool, device: str, compile_: bool = False
+def load_model(name: str) -> BRICSAutoencoder:
+    """An untrained model of a preset, or of the ``config.json`` in a folder."""
+    if Path(name, "config.json").is_file():
+        return BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(name))
+    return BRICSAutoencoder.from_preset(name)
+
+
+def training_extras(model: BRICSAutoencoder, batch: int) -> dict[str, Callable[[], Any]]:
+    """The parts of a training step outside the model: the EMA update and loading one batch of the emoji."""
+    from diffusers_brics.training.data import ImageDataset, collate_images, image_transform, load_image_datasets
+    from diffusers_brics.training.ema import HalfLifeEMA
+
+    ema = HalfLifeEMA(model.parameters(), halflife_images=10_000, batch_size=batch, rampup=0.05)
+    train_set, _ = load_image_datasets(None, None, None, model.config.sample_size, None, 0.05, 0)
+    images = ImageDataset(train_set, "image", image_transform(model.config.sample_size, False))
+    loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=True, drop_last=True,
+                                         collate_fn=collate_images)
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            return next(batches)
+
+    return {"EMA": lambda: ema.step(model.parameters()), "data loading": next_batch}
+
+
+def build(workload: str, tiny: bool, device: str, compile_: bool = False, model_name: str | None = None
           ) -> tuple[BRICSAutoencoder, dict[str, Callable[[], Any]]]:
     """The model and zero-argument calls of the whole workload (``"total"``) and of its parts; with ``compile_``
     every network they run is under ``torch.compile(fullgraph=True)`` (backward and optimiser steps stay eager)."""
     preset, batch, tiny_batch = WORKLOADS[workload]
     torch.manual_seed(0)
-    model = BRICSAutoencoder.from_preset("tiny" if tiny else preset).to(device)
+    model = load_model("tiny" if tiny else model_name or preset).to(device)
     batch = tiny_batch if tiny else batch
     size = model.config.sample_size
     images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -84,10 +120,11 @@ def build(workload: str, tiny: bool, device: str, compile_: bool = False
         }
 
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.0, 0.99), eps=1e-15)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99), eps=1e-15)
     z = model.encode(images).latents.detach().requires_grad_(True)
     queries = retrieval.queries(z).detach().requires_grad_(True)
-    f, style = (t.detach().requires_grad_(True) for t in retrieval(z))
+    # the style is None where the decoder makes its own from the feature block (decoder_style="feature_block")
+    f, style = (t if t is None else t.detach().requires_grad_(True) for t in retrieval(z))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -98,8 +135,9 @@ def build(workload: str, tiny: bool, device: str, compile_: bool = False
         "total": step,
         "encoder": lambda: encode(images).latents.sum().backward(),
         "grid look-up": lambda: sum(h.square().mean() for h in run_lookups(queries)).backward(),
-        "feature retrieval": lambda: sum(t.square().mean() for t in run_retrieval(z)).backward(),
+        "feature retrieval": lambda: sum(t.square().mean() for t in run_retrieval(z) if t is not None).backward(),
         "synthesis": lambda: run_decoder(f, style, "random").square().mean().backward(),
+        **({} if compile_ else training_extras(model, batch)),
     }
 
 
@@ -118,13 +156,13 @@ def top_operators(fn: Callable[[], Any], runs: int, device: str, inference: bool
 
 
 def run(workload: str, tiny: bool, device: str, warmup: int, repeats: int, profile_runs: int,
-        compile_: bool) -> dict[str, Any]:
+        compile_: bool, model_name: str | None = None) -> dict[str, Any]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     inference = workload == "decode"
-    _, calls = build(workload, tiny, device)
+    model, calls = build(workload, tiny, device, model_name=model_name)
     compile_s = {}
     if compile_:
-        _, compiled = build(workload, tiny, device, compile_=True)
+        _, compiled = build(workload, tiny, device, compile_=True, model_name=model_name)
         for name, fn in compiled.items():  # the first call compiles
             sync()
             start = time.perf_counter()
@@ -137,13 +175,15 @@ def run(workload: str, tiny: bool, device: str, warmup: int, repeats: int, profi
     medians = {name: statistics.median(t) for name, t in times.items()}
     variants = [""] + ([COMPILED] if compile_ else [])
     return dict(
-        setup=dict(workload=workload, preset="tiny" if tiny else WORKLOADS[workload][0],
+        setup=dict(workload=workload, preset="tiny" if tiny else model_name or WORKLOADS[workload][0],
+                   parameters=sum(p.numel() for p in model.parameters()),
                    batch_size=WORKLOADS[workload][2 if tiny else 1], device=device, threads=torch.get_num_threads(),
                    warmup=warmup, repeats=repeats, profile_runs=profile_runs, torch=torch.__version__,
                    python=platform.python_version(), machine=platform.processor() or platform.machine()),
         median_s=medians,
         share_of_total={name + v: medians[name + v] / medians["total" + v]
-                        for v in variants for name in calls if name != "total" and not name.endswith(COMPILED)},
+                        for v in variants for name in calls
+                        if name != "total" and not name.endswith(COMPILED) and name + v in medians},
         compile_s=compile_s,
         operators=top_operators(calls["total"], profile_runs, device, inference),
     )
@@ -154,7 +194,8 @@ def format_report(results: dict[str, Any], command: str) -> str:
     what = "decode" if s["workload"] == "decode" else "training step (forward + backward + Adam)"
     compiled = bool(results["compile_s"])
     lines = [
-        f"# Profile: `{s['preset']}` {what}, batch {s['batch_size']}", "",
+        f"# Profile: `{s['preset']}` {what}, batch {s['batch_size']}"
+        + (f", {s['parameters'] / 1e6:.2f}M parameters" if "parameters" in s else ""), "",
         f"`{command}`", "",
         f"{s['device']} ({s['threads']} threads), torch {s['torch']}; medians of {s['repeats']} interleaved rounds "
         f"after {s['warmup']} warm-up rounds" + ("; parts: forward + backward" if s["workload"] != "decode" else ""),
@@ -165,14 +206,17 @@ def format_report(results: dict[str, Any], command: str) -> str:
     for name in (n for n in medians if not n.endswith(COMPILED)):
         label = f"**whole {s['workload']}**" if name == "total" else name
         cells = [f"{medians[name] * 1e3:.1f}", "100%" if name == "total" else f"{results['share_of_total'][name]:.1%}"]
-        if compiled:
+        if compiled and name + COMPILED not in medians:
+            cells += ["", "", ""]
+        elif compiled:
             c = name + COMPILED
             cells += [f"{medians[c] * 1e3:.1f}",
                       "100%" if name == "total" else f"{results['share_of_total'][c]:.1%}",
                       f"{results['compile_s'][name]:.1f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "The grid look-up is part of the feature retrieval; the parts are timed on their own, so they need not "
-              "add up to the whole." + (" Compiled: every network under `torch.compile(fullgraph=True)`; backward "
+              "add up to the whole" + ("; EMA and data loading come on top of it in a training run." if "EMA" in medians
+                                       else ".") + (" Compiled: every network under `torch.compile(fullgraph=True)`; backward "
                                         "and optimiser steps eager." if compiled else ""), ""]
     lines += [f"Operators by self time, eager ({s['profile_runs']} runs of the whole workload under `torch.profiler`):",
               "", "| operator | calls / run | ms / run | share |", "|---|---:|---:|---:|"]
@@ -186,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workload", choices=tuple(WORKLOADS), default="decode")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="the tiny preset (a test of the script)")
+    parser.add_argument("--model", default=None,
+                        help="a preset or a folder with a config.json (default: the workload's preset)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile_runs", type=int, default=3)
@@ -195,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.profile_runs < 1:
         parser.error("--repeats and --profile_runs must be >= 1, --warmup >= 0")
-    results = run(args.workload, args.tiny, args.device, args.warmup, args.repeats, args.profile_runs, args.compile)
+    results = run(args.workload, args.tiny, args.device, args.warmup, args.repeats, args.profile_runs, args.compile,
+                  args.model)
     output = Path(args.output or ROOT / "benchmarks" / "results" / "profile" / args.workload.replace("-", "_"))
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/profile_brics.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

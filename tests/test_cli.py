@@ -188,7 +188,8 @@ def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch):
     monkeypatch.setattr(quickstart.subprocess, "run", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(quickstart, "prepare_weights", lambda kinds: None)
     monkeypatch.setattr(quickstart, "InceptionFeatures", lambda: FakeInception())
-    argv = ["--output_dir", str(output), "--num_samples", "4", "--num_inference_steps", "2"]
+    argv = ["--output_dir", str(output), "--num_samples", "4", "--num_inference_steps", "2", "--autoencoder_steps", "3",
+            "--diffusion_steps", "2"]
     assert quickstart.main(argv) == 0
     assert not calls
     metrics = json.loads((output / "metrics.json").read_text())
@@ -199,6 +200,56 @@ def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch):
     assert BRICSPipeline.from_pretrained(output / "pipeline").unet is not None
     before = (output / "metrics.json").stat().st_mtime_ns
     assert quickstart.main(argv) == 0 and (output / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_quickstart_trains_a_fixed_number_of_steps_and_extends_a_shorter_run(models, tmp_path, monkeypatch):
+    """The trainings get a step count (a time limit only when asked); a finished run with fewer steps than asked for is
+    resumed to the new count, and a new autoencoder starts the UNet over and redoes the evaluation."""
+    output = tmp_path / "quick"
+    runs = output / "runs"
+    calls = []
+
+    def fake_training(argv, **kwargs):
+        calls.append(argv)
+        run_dir = Path(argv[argv.index("--output_dir") + 1])
+        steps = int(argv[argv.index("--max_train_steps") + 1])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if argv[3] == "train-ae":
+            BRICSAutoencoder.from_pretrained(models["vae"]).save_pretrained(run_dir / "autoencoder")
+            Image.new("RGB", (64, 32)).save(run_dir / "reconstructions.png")
+            metrics = {"psnr": 10.0 + steps, "ssim": 0.1, "lpips": 0.5}
+        else:
+            BRICSPipeline.from_pretrained(models["pipeline"]).save_pretrained(run_dir)
+            metrics = {}
+        (run_dir / "metrics.json").write_text(json.dumps({"step": steps, "train_seconds": 1.0, **metrics}))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(quickstart.subprocess, "run", fake_training)
+    monkeypatch.setattr(quickstart, "prepare_weights", lambda kinds: None)
+    monkeypatch.setattr(quickstart, "InceptionFeatures", lambda: FakeInception())
+    base = ["--output_dir", str(output), "--num_samples", "4", "--num_inference_steps", "2"]
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    assert quickstart.main([*base, "--autoencoder_steps", "3", "--diffusion_steps", "2"]) == 0
+    assert [(c[3], flag(c, "--max_train_steps"), flag(c, "--max_train_seconds")) for c in calls] == [
+        ("train-ae", "3", None), ("train-diffusion", "2", None)]
+    assert not any("--resume_from_checkpoint" in c for c in calls)
+    assert json.loads((output / "metrics.json").read_text())["psnr"] == 13.0
+    assert quickstart.main(argv := [*base, "--autoencoder_steps", "3", "--diffusion_steps", "2"]) == 0
+    assert len(calls) == 2  # both phases and the evaluation reused
+
+    (runs / "diffusion" / "marker").write_text("from the earlier UNet")
+    assert quickstart.main([*base, "--autoencoder_steps", "5", "--diffusion_steps", "2",
+                            "--autoencoder_seconds", "60"]) == 0
+    extended = calls[2]
+    assert extended[3] == "train-ae" and flag(extended, "--max_train_steps") == "5"
+    assert flag(extended, "--max_train_seconds") == "60" and flag(extended, "--resume_from_checkpoint") == "latest"
+    # the UNet is trained again from scratch on the new key codes, and the figures are the new models'
+    assert calls[3][3] == "train-diffusion" and "--resume_from_checkpoint" not in calls[3]
+    assert not (runs / "diffusion" / "marker").exists()
+    assert json.loads((output / "metrics.json").read_text())["psnr"] == 15.0
 
 
 class FakeInception(torch.nn.Module):

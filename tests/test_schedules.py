@@ -38,6 +38,20 @@ def test_min_snr_weights():
     assert float(weights[3]) == 1.0 and float(weights[0]) < 0.06
 
 
+def test_min_snr_weights_weigh_the_same_clean_sample_error_whatever_is_predicted():
+    # x0 - x0_hat = sqrt(1 - a) / sqrt(a) * (eps - eps_hat) = sqrt(1 - a) * (v - v_hat): the squared errors of epsilon,
+    # v and x0 relate by SNR and SNR + 1, so each weight is min(SNR, gamma) times the x0 error it stands for
+    alphas_cumprod = torch.tensor([0.99, 0.8, 0.5, 0.01])
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    t = torch.arange(4)
+    clean = torch.minimum(snr, torch.tensor(5.0))
+    torch.testing.assert_close(min_snr_weights(alphas_cumprod, t, 5.0, "epsilon") * snr, clean)
+    torch.testing.assert_close(min_snr_weights(alphas_cumprod, t, 5.0, "v_prediction") * (snr + 1), clean)
+    torch.testing.assert_close(min_snr_weights(alphas_cumprod, t, 5.0, "sample"), clean)
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        min_snr_weights(alphas_cumprod, t, 5.0, "noise")
+
+
 def test_bad_schedule_arguments():
     with pytest.raises(ValueError, match="num_train_timesteps"):
         cosine_variant_betas(0)

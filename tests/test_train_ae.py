@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_brics_ae.py"
 # The VGG loss at the images' own 32x32 (the default, 224x224, costs seconds per step on a CPU; its module is
 # tested at 224 in test_training_parts.py).
-FAST = ["--preset", "tiny", "--train_batch_size", "4", "--eval_batch_size", "32", "--max_eval_images", "32",
+# The release's recipe (the tiny preset's 32x32 images would otherwise get the small-image recipe, which has no GAN).
+FAST = ["--preset", "tiny", "--training_recipe", "release", "--train_batch_size", "4", "--eval_batch_size", "32", "--max_eval_images", "32",
         "--num_validation_images", "4", "--report_to", "none", "--r1_interval", "2", "--perceptual_resolution", "0"]
 
 
@@ -65,13 +66,55 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     assert ema_state["halflife_images"] == pytest.approx(10_000 * 4 / 32) and ema_state["rampup"] == 0.05
 
 
+def test_small_images_get_the_small_recipe_and_flags_win(tmp_path, lpips_weights_dir):
+    from diffusers_brics.training.autoencoder import TRAINING_RECIPES, parse_args
+
+    def settings(*flags):
+        c = parse_args(["--output_dir", str(tmp_path / "x"), *flags])
+        return dict(recipe=c.training_recipe, train_batch_size=c.loop.train_batch_size, adam_beta1=c.adam_beta1,
+                    grid_learning_rate=c.grid_learning_rate, perceptual_weight=c.loss.perceptual_weight,
+                    gan_weight=c.loss.gan_weight, lr_scheduler=c.loop.lr_scheduler)
+
+    small = settings()  # small-32
+    assert small == {"recipe": "small", **TRAINING_RECIPES["small"]}
+    assert settings("--model_type", "autoencoderkl", "--preset", "small-32") == small
+    assert settings("--preset", "small-64")["recipe"] == "small"
+    assert settings("--preset", "paper-64x64x4") == dict(recipe="release", train_batch_size=16, adam_beta1=0.0,
+                                                           grid_learning_rate=None, perceptual_weight=5.0,
+                                                           gan_weight=1.0, lr_scheduler="constant")
+    assert settings("--training_recipe", "release")["gan_weight"] == 1.0
+    assert settings("--gan_weight", "0.5")["gan_weight"] == 0.5 and settings("--gan_weight", "0.5")["recipe"] == "small"
+    config_dir = tmp_path / "config"
+    BRICSAutoencoder.from_preset("paper-32x32x4").save_config(config_dir)
+    assert settings("--model_config_name_or_path", str(config_dir))["recipe"] == "release"
+    assert settings("--model_config_name_or_path", str(config_dir), "--resolution", "32")["recipe"] == "small"
+
+    # a run: no discriminator (so no second optimizer in the checkpoint), Adam with momentum, the grids at 1e-2
+    out = tmp_path / "small"
+    command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--output_dir", str(out), "--max_train_steps", "2",
+               "--checkpointing_steps", "2", "--validation_steps", "2", "--max_eval_images", "8", "--report_to",
+               "none"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    states = [torch.load(path, weights_only=False) for path in (out / "checkpoint-2").glob("*.bin")
+              if "optimizer" in path.name]
+    assert len(states) == 1
+    groups = states[0]["param_groups"]
+    assert [g["betas"] for g in groups] == [(0.9, 0.99)] * 2 and [g["initial_lr"] for g in groups] == [2e-3, 1e-2]
+    assert [g["lr"] for g in groups] == [0.0, 0.0]  # the cosine decay has reached its end
+    assert not list((out / "checkpoint-2").glob("custom_checkpoint_*"))  # no discriminator or its optimizer
+    card = (out / "README.md").read_text()
+    assert "| `training_recipe` | `small` |" in card and "| `gan_weight` | `0.0` |" in card
+
+
 def test_time_budget_stops_with_a_checkpoint_and_the_final_save(tmp_path, lpips_weights_dir):
     out = tmp_path / "budget"
     log = run(["--output_dir", str(out), "--max_train_steps", "100000", "--max_train_seconds", "2",
                "--checkpointing_steps", "100000", "--validation_steps", "100000"])
     steps = int(log.split("--max_train_seconds reached after ")[1].split()[0])
     assert 1 <= steps < 100000 and (out / f"checkpoint-{steps}").is_dir()
-    assert json.loads((out / "metrics.json").read_text())["step"] == steps
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == steps and metrics["time_limit_reached"] is True
     assert (out / "autoencoder").is_dir()
 
 

@@ -200,10 +200,39 @@ def test_min_snr_weighting_follows_the_paper_configurations():
     spec = importlib.util.spec_from_file_location("train_brics_diffusion", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    gamma = {flags: script.parse_args(["--autoencoder", "x", *flags]).snr_gamma
+    release = ("--training_recipe", "release")
+    gamma = {flags: script.parse_args(["--autoencoder", "x", *release, *flags]).snr_gamma
              for flags in [(), ("--schedule", "cosine"), ("--schedule", "cosine", "--snr_gamma", "0"),
                            ("--snr_gamma", "2")]}
     assert list(gamma.values()) == [0.0, 5.0, 0.0, 2.0]  # config b: none; config a: min-SNR-5
+    # the short-run recipe weighs with min-SNR-5 on either schedule unless told otherwise
+    assert script.parse_args(["--autoencoder", "x"]).snr_gamma == 5.0
+    assert script.parse_args(["--autoencoder", "x", "--snr_gamma", "0"]).snr_gamma == 0.0
+
+
+def test_training_recipes_set_the_defaults_and_flags_win():
+    from diffusers_brics.training.diffusion import TRAINING_RECIPES, parse_args
+
+    def settings(*flags):
+        c = parse_args(["--autoencoder", "x", *flags])
+        return dict(recipe=c.training_recipe, learning_rate=c.learning_rate, lr_warmup_steps=c.loop.lr_warmup_steps,
+                    lr_scheduler=c.loop.lr_scheduler, prediction_type=c.prediction_type, snr_gamma=c.snr_gamma,
+                    max_grad_norm=c.loop.max_grad_norm, adam_beta2=c.adam_beta2, ema_power=c.loop.ema.ema_power,
+                    ema_max_decay=c.loop.ema.ema_max_decay)
+
+    short, release = settings(), settings("--unet_preset", "paper")
+    assert short["recipe"] == "short" and release["recipe"] == "release"
+    for recipe, values in (("short", short), ("release", release)):
+        for name, value in TRAINING_RECIPES[recipe].items():
+            assert values[name] == value, (recipe, name)
+    # the release's optimiser: Adam (0.9, 0.99) at 8e-5, constant, no warm-up, no clipping, EMA power 2/3
+    assert release == dict(recipe="release", learning_rate=8e-5, lr_warmup_steps=0, lr_scheduler="constant",
+                           prediction_type="epsilon", snr_gamma=0.0, max_grad_norm=None, adam_beta2=0.99,
+                           ema_power=2 / 3, ema_max_decay=0.9999)
+    assert settings("--unet_preset", "paper", "--learning_rate", "1e-4", "--max_grad_norm", "2")[
+        "learning_rate"] == 1e-4
+    assert settings("--training_recipe", "release")["recipe"] == "release"
+    assert settings("--unet_preset", "paper", "--training_recipe", "short")["learning_rate"] == short["learning_rate"]
 
 
 @pytest.mark.parametrize("model_type", ["autoencoderkl", "vqmodel"])

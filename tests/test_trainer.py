@@ -82,3 +82,33 @@ def test_gradient_accumulation_drops_the_whole_step(tmp_path):
     # step 1 has two micro-batches, both poisoned (steps are numbered per optimisation step): nothing moves
     assert torch.equal(stage.weights_before[1], stage.weights_after[1])
     assert not torch.equal(stage.weights_before[2], stage.weights_after[2]) and trainer.nonfinite_steps == 1
+
+
+class ValidatedStage(PoisonedStage):
+    """A clean regression whose validation reports the step it saw and takes a measurable time."""
+
+    def __init__(self):
+        super().__init__(set())
+
+    def validate(self, trainer, model, step):
+        import time
+
+        time.sleep(0.3)  # left out of the training seconds
+        return {"seen_step": float(step)}
+
+    def finish(self, trainer, model, step, summary):
+        self.summary = summary
+
+
+def test_validations_are_recorded_with_their_step_and_training_seconds(tmp_path):
+    import json
+
+    trainer = Trainer(loop_config(tmp_path, validation_steps=3, max_train_steps=7), "test")
+    stage = ValidatedStage()
+    trainer.fit(stage)
+    lines = (tmp_path / "validation_history.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [3, 6] and [r["seen_step"] for r in records] == [3.0, 6.0]
+    seconds = [r["train_seconds"] for r in records]
+    assert 0 < seconds[0] <= seconds[1] < 0.3  # the first validation's 0.3 s sleep is not counted in the second
+    assert stage.summary["train_seconds"] < 0.3  # the run's own training time leaves the validations out too

@@ -1,6 +1,6 @@
 """The main job: stage 1, stage 2 and an evaluation in one command, on the embedded emoji by default.
 
-    brics quickstart [--output_dir outputs/quickstart] [--autoencoder_seconds 360] [--diffusion_seconds 240]
+    brics quickstart [--output_dir outputs/quickstart] [--autoencoder_steps 1000] [--diffusion_steps 1000]
 
 Phases, each skipped when a previous run finished it (an interrupted training resumes from its last checkpoint):
 
@@ -16,9 +16,13 @@ Phases, each skipped when a previous run finished it (an interrupted training re
    - ``metrics.json``: held-out PSNR / SSIM / LPIPS and grid usage (stage 1's final evaluation), KID and FID of
      ``--num_samples`` samples against the held-out images, and timings.
 
-The defaults fit about 15 minutes on 2 CPU cores. With a GPU, give the trainings more time (``--autoencoder_seconds``,
-``--diffusion_seconds``), a larger model (``--preset small-64``, ``--unet_preset``) or more samples; anything else
-goes straight to a training script with ``--autoencoder_args`` / ``--diffusion_args`` (one quoted string each).
+Both trainings run a fixed number of steps with this package's short-run recipes (``--training_recipe auto``: the
+``small`` stage-1 recipe for the small presets, the ``short`` stage-2 recipe), so that every machine trains the same
+models from the same seed and reports the same figures, up to floating-point noise; the defaults take about 11 minutes
+on 2 CPU cores (README "Quickstart"). ``--autoencoder_seconds`` / ``--diffusion_seconds`` stop a training earlier
+when its time is spent (the learning-rate schedule still spans the steps). With a GPU, train longer, a larger model
+(``--preset small-64``, ``--unet_preset``) or sample more; anything else goes straight to a training script with
+``--autoencoder_args`` / ``--diffusion_args`` (one quoted string each).
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ from .models import PRESETS
 from .pipelines import BRICSPipeline
 from .pipelines.key_codes import decode_key_codes, encode_images, interpolate_key_codes
 from .pipelines.loading import SCHEDULERS, swap_scheduler
-from .training.config import non_negative_float, positive_int
+from .training.config import positive_float, positive_int
 from .training.diffusion import UNET_PRESETS
 
 RESULT_FILES = ("reconstructions.png", "samples.png", "interpolation.png", "metrics.json")
+# The main job's training steps (batches of 16 and 64): the README's figures are what they give.
+AUTOENCODER_STEPS = 1500
+DIFFUSION_STEPS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     arg = p.add_argument
     arg("--output_dir", default="outputs/quickstart", help="where the runs and results go")
     arg("--preset", default="small-32", choices=sorted(PRESETS), help="the autoencoder")
-    arg("--autoencoder_seconds", type=non_negative_float, default=360.0,
-        help="stage-1 training time")
-    arg("--diffusion_seconds", type=non_negative_float, default=240.0,
-        help="stage-2 training time")
+    arg("--autoencoder_steps", type=positive_int, default=AUTOENCODER_STEPS, help="stage-1 training steps")
+    arg("--diffusion_steps", type=positive_int, default=DIFFUSION_STEPS, help="stage-2 training steps")
+    arg("--autoencoder_seconds", type=positive_float, default=None,
+        help="stop stage 1 after this much training time, even before --autoencoder_steps (default: no limit)")
+    arg("--diffusion_seconds", type=positive_float, default=None,
+        help="stop stage 2 after this much training time, even before --diffusion_steps (default: no limit)")
     arg("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet")
     arg("--num_samples", type=positive_int, default=256,
         help="samples for KID / FID against the held-out images")
@@ -86,9 +95,20 @@ def data_flags(args: argparse.Namespace) -> list[str]:
     return flags + ["--seed", str(args.seed)]
 
 
+def finished(run_dir: Path, steps: int, seconds: float | None) -> bool:
+    """Whether a training in ``run_dir`` ended (its ``metrics.json``) with at least ``steps`` steps, or at its time
+    limit while one is still asked for (``seconds``); a run that ended with fewer steps is resumed to train the rest."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    ended = json.loads(path.read_text())
+    return ended.get("step", 0) >= steps or (seconds is not None and bool(ended.get("time_limit_reached")))
+
+
 def train(command: str, run_dir: Path, flags: list[str], finished: bool) -> float:
-    """Run ``brics COMMAND`` into ``run_dir`` in a child process (a fresh Accelerator each), resuming an
-    interrupted run; returns the seconds it took (0 when ``finished``)."""
+    """Run ``brics COMMAND`` into ``run_dir`` in a child process (a fresh Accelerator, and the trainings' own
+    command line, as a user would run it), resuming an interrupted or shorter run; returns the seconds it took
+    (0 when ``finished``)."""
     if finished:
         print(f"[quickstart] {command}: reusing {run_dir}", flush=True)
         return 0.0
@@ -103,22 +123,27 @@ def train(command: str, run_dir: Path, flags: list[str], finished: bool) -> floa
     return time.monotonic() - start
 
 
+def budget_flags(steps: int, seconds: float | None) -> list[str]:
+    """The length of a training: a step count, and a time limit where one is given."""
+    return ["--max_train_steps", str(steps), *(["--max_train_seconds", f"{seconds:g}"] if seconds else [])]
+
+
 def autoencoder_flags(args: argparse.Namespace) -> list[str]:
-    """Stage 1 for a short CPU budget: L2 only (no perceptual or GAN term), the grids' own faster learning rate."""
-    return ["--preset", args.preset, "--max_train_seconds", f"{args.autoencoder_seconds:g}",
-            "--max_train_steps", "100000000", "--train_batch_size", "32", "--perceptual_weight", "0",
-            "--gan_weight", "0", "--grid_learning_rate", "1e-2", "--validation_steps", "500",
-            "--checkpointing_steps", "500", "--checkpoints_total_limit", "2", *data_flags(args),
-            *shlex.split(args.autoencoder_args)]
+    """Stage 1: the preset with the recipe `brics train-ae` gives it (for the small presets: L2 alone, Adam with
+    momentum, the grids' own faster rate; README "Recipes"), validated once at the end."""
+    return ["--preset", args.preset, *budget_flags(args.autoencoder_steps, args.autoencoder_seconds),
+            "--validation_steps", str(args.autoencoder_steps), "--checkpointing_steps", "500",
+            "--checkpoints_total_limit", "2", *data_flags(args), *shlex.split(args.autoencoder_args)]
 
 
 def diffusion_flags(args: argparse.Namespace, autoencoder: Path) -> list[str]:
-    """Stage 2 for a short CPU budget: the paper's schedule, a higher learning rate, cached key codes."""
-    return ["--autoencoder", str(autoencoder), "--unet_preset", args.unet_preset, "--max_train_seconds",
-            f"{args.diffusion_seconds:g}", "--max_train_steps", "100000000", "--train_batch_size", "64",
-            "--learning_rate", "8e-4", "--lr_warmup_steps", "100", "--random_flip", "--validation_steps", "100000000",
-            "--checkpointing_steps", "500", "--checkpoints_total_limit", "2", "--num_inference_steps",
-            str(args.num_inference_steps), *data_flags(args), *shlex.split(args.diffusion_args)]
+    """Stage 2: the UNet preset with `brics train-diffusion`'s recipe for it (the short-run recipe for the small
+    UNets), batch 64 of cached key codes and their mirror images, the sampler the evaluation uses."""
+    return ["--autoencoder", str(autoencoder), "--unet_preset", args.unet_preset,
+            *budget_flags(args.diffusion_steps, args.diffusion_seconds), "--train_batch_size", "64", "--random_flip",
+            "--validation_steps", str(args.diffusion_steps), "--checkpointing_steps", "500",
+            "--checkpoints_total_limit", "2", "--num_inference_steps", str(args.num_inference_steps),
+            *data_flags(args), *shlex.split(args.diffusion_args)]
 
 
 @torch.no_grad()
@@ -197,12 +222,17 @@ def main(argv: list[str] | None = None) -> int:
 
     ae_dir, diffusion_dir = runs / "autoencoder", runs / "diffusion"
     print("[quickstart] 2/4 autoencoder", flush=True)
-    ae_seconds = train("train-ae", ae_dir, autoencoder_flags(args), (ae_dir / "metrics.json").is_file())
+    ae_seconds = train("train-ae", ae_dir, autoencoder_flags(args),
+                       finished(ae_dir, args.autoencoder_steps, args.autoencoder_seconds))
+    if ae_seconds and diffusion_dir.is_dir():  # a new autoencoder: its key codes are new, the UNet starts over
+        shutil.rmtree(diffusion_dir)
     print("[quickstart] 3/4 diffusion", flush=True)
     diffusion_seconds = train("train-diffusion", diffusion_dir, diffusion_flags(args, ae_dir),
-                              (diffusion_dir / "metrics.json").is_file())
+                              finished(diffusion_dir, args.diffusion_steps, args.diffusion_seconds))
 
     print("[quickstart] 4/4 evaluation", flush=True)
+    if ae_seconds or diffusion_seconds:  # new models: the earlier results are not theirs
+        (output / "metrics.json").unlink(missing_ok=True)
     if all((output / name).is_file() for name in RESULT_FILES) and (output / "pipeline" / "model_index.json").is_file():
         print(f"[quickstart] evaluation: reusing {output / 'metrics.json'}", flush=True)
         metrics = json.loads((output / "metrics.json").read_text())

@@ -4,7 +4,7 @@
   Algorithm 1) cosine schedule with ``start``, ``end`` and temperature ``tau``; the paper's default is
   ``start=0.2, end=1, tau=1.5``. diffusers has no such schedule, so the betas are built here and passed to a
   scheduler as ``trained_betas``.
-* `min_snr_weights`: min-SNR-gamma loss weights (Hang et al. 2023) for epsilon prediction.
+* `min_snr_weights`: min-SNR-gamma loss weights (Hang et al. 2023) for epsilon, v or sample prediction.
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ def cosine_variant_betas(
     return betas.clamp(max=max_beta).float()
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Per-sample weights ``min(SNR, gamma) / SNR`` for epsilon prediction, ``SNR = alpha_bar / (1 - alpha_bar)``."""
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float = 5.0,
+                    prediction_type: str = "epsilon") -> torch.Tensor:
+    """Per-sample min-SNR-gamma weights, ``SNR = alpha_bar / (1 - alpha_bar)``: the weight ``min(SNR, gamma)`` of
+    the clean-sample error expressed for what the model predicts: ``/ SNR`` for epsilon, ``/ (SNR + 1)`` for v,
+    unchanged for the sample itself."""
     alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = alpha_bar / (1 - alpha_bar)
-    return torch.clamp(snr, max=gamma) / snr
+    divisor = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}
+    if prediction_type not in divisor:
+        raise ValueError(f"prediction_type must be one of {', '.join(divisor)}, got {prediction_type!r}")
+    return torch.clamp(snr, max=gamma) / divisor[prediction_type]

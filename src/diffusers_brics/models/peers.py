@@ -57,6 +57,13 @@ def presets_of(model_type: str) -> list[str]:
     return sorted(PRESETS) if model_type == "brics" else sorted(PEER_PRESETS[model_type])
 
 
+def preset_config(model_type: str, preset: str) -> dict:
+    """The constructor arguments of a preset (those it sets; the class's defaults fill the rest)."""
+    if preset not in presets_of(model_type):
+        raise ValueError(f"preset {preset!r} is not a {model_type} preset; choose one of {presets_of(model_type)}")
+    return dict(PRESETS[preset] if model_type == "brics" else PEER_PRESETS[model_type][preset])
+
+
 def check_model_type(model_type: str) -> str:
     if model_type not in AUTOENCODER_CLASSES:
         raise ValueError(f"model_type must be one of {sorted(AUTOENCODER_CLASSES)}, got {model_type!r}")

@@ -36,7 +36,9 @@ from .config import (
     DataConfig,
     LoopConfig,
     add_loop_arguments,
+    apply_recipe,
     check_loop_arguments,
+    defer_to_recipe,
     flat_settings,
     from_namespace,
     non_negative_float,
@@ -93,6 +95,23 @@ class AutoencoderLossConfig:
     codebook_weight: float = 1.0
 
 
+#: Stage-1 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``small`` for images of 64x64 and
+#: less, else ``release``); a flag given on the command line overrides its recipe's value.
+#: ``release``: the authors' release (the flags' own defaults): batch 16, Adam (0, 0.99) at 2e-3, the VGG perceptual
+#: loss at 224x224 and the GAN with lazy R1 from the first step, StyleGAN2's EMA.
+#: ``small``: ours for small images on few cores, chosen by measured quality per second
+#: (``benchmarks/time_to_quality.py``, README "Recipes"): L2 alone (the VGG loss resizes every image to 224x224 and the
+#: GAN doubles a step), Adam with momentum (beta1 0.9 reached a given PSNR in a third of the steps of beta1 0), batches
+#: of 16 (as good per image as 32 early on, so nearly twice as fast), the grids at 1e-2, and a cosine decay of the rate
+#: over the run.
+TRAINING_RECIPES: dict[str, dict] = {
+    "release": {},
+    "small": dict(train_batch_size=16, adam_beta1=0.9, grid_learning_rate=1e-2, lr_scheduler="cosine",
+                  perceptual_weight=0.0, gan_weight=0.0),
+}
+SMALL_IMAGES = 64  # the largest image size (pixels) for which --training_recipe auto picks "small"
+
+
 @dataclass
 class AutoencoderTrainingConfig:
     """Everything a stage-1 run needs; `parse_args` builds it from the command line."""
@@ -101,6 +120,7 @@ class AutoencoderTrainingConfig:
     data: DataConfig
     loss: AutoencoderLossConfig
     model_type: str = "brics"
+    training_recipe: str = "auto"
     preset: str = "small-32"
     model_config_name_or_path: str | None = None
     gradient_checkpointing: bool = False
@@ -140,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel")
     presets = "; ".join(f"{kind}: {', '.join(peers.presets_of(kind))}" for kind in sorted(peers.AUTOENCODER_CLASSES))
     model.add_argument("--preset", default="small-32", help=f"a preset of the model type ({presets})")
+    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
+                       help=f"the defaults of the flags marked 'per --training_recipe': release (the authors'), small "
+                       f"(ours for short runs on small images), auto (small up to {SMALL_IMAGES}x{SMALL_IMAGES} "
+                       "images, else release)")
     model.add_argument("--model_config_name_or_path",
                        help="a config.json folder (or Hub id) of the model type, overriding --preset")
     model.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
@@ -195,17 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="held-out metrics with the relaxed-precision noise and random decoder noise, as the "
                           "release's measure_recon_error.py (drawn from a fixed seed); --no-eval_with_noise: the "
                           "deterministic decode a pipeline uses")
+    defer_to_recipe(p, TRAINING_RECIPES)
     return p
+
+
+def image_size_of(args: argparse.Namespace) -> int | None:
+    """The image size a stage-1 run trains on: ``--resolution``, else its model's ``sample_size`` (None where the
+    model's config cannot be read; building the model reports why)."""
+    if args.resolution:
+        return args.resolution
+    if args.model_config_name_or_path:
+        try:
+            size = BRICSAutoencoder.load_config(args.model_config_name_or_path).get("sample_size")
+        except (OSError, ValueError):
+            return None
+    else:
+        size = peers.preset_config(args.model_type, args.preset).get("sample_size")
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     """`AutoencoderTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_loop_arguments(parser, args)
     if args.preset not in peers.presets_of(args.model_type):
         parser.error(f"--preset {args.preset!r} is not a {args.model_type} preset; choose one of "
                      f"{', '.join(peers.presets_of(args.model_type))}")
+    if args.training_recipe == "auto":
+        size = image_size_of(args)
+        args.training_recipe = "small" if size is not None and size <= SMALL_IMAGES else "release"
+    apply_recipe(args, TRAINING_RECIPES[args.training_recipe])
+    check_loop_arguments(parser, args)
     kl_model = args.model_type == "autoencoderkl"
     if args.kl_weight is None:
         args.kl_weight = 1e-6 if kl_model else 0.0

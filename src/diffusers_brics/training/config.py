@@ -237,6 +237,33 @@ def add_loop_arguments(
             "hub": hub}
 
 
+# ---------------------------------------------------------------------------------------------- recipes
+def defer_to_recipe(parser: argparse.ArgumentParser, recipes: dict[str, dict[str, Any]]) -> None:
+    """Let ``--training_recipe`` choose the defaults of the flags its recipes set: each such flag then defaults to
+    the chosen recipe's value, or to its own default where the recipe leaves it alone (`apply_recipe`). A flag
+    given on the command line always wins. The recipes' values are added to the flags' help."""
+    names = {name for values in recipes.values() for name in values}
+    fallback = {}
+    for action in parser._actions:
+        if action.dest not in names:
+            continue
+        fallback[action.dest] = action.default
+        per_recipe = "; ".join(f"{recipe} {values.get(action.dest, action.default)}"
+                               for recipe, values in recipes.items())
+        action.help = f"{action.help or ''} (default per --training_recipe: {per_recipe})".replace("%", "%%")
+        action.default = argparse.SUPPRESS  # absent from the namespace unless given
+    parser.set_defaults(_recipe_fallback=fallback)
+
+
+def apply_recipe(args: argparse.Namespace, values: dict[str, Any]) -> None:
+    """Fill the flags `defer_to_recipe` deferred and the command line left out: the recipe's ``values``, else the
+    flag's own default."""
+    for name, default in args._recipe_fallback.items():
+        if not hasattr(args, name):
+            setattr(args, name, values.get(name, default))
+    del args._recipe_fallback
+
+
 def check_loop_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse flag combinations that cannot work, through ``parser.error``."""
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):

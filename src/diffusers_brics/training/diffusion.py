@@ -41,6 +41,7 @@ from ..console import SHORT_USAGE, HelpFormatter
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..models.text_encoder import text_embedding_dim
+from ..pipelines.loading import key_code_bound
 from ..pipelines.pipeline_brics import BRICSPipeline
 from ..pipelines.pipeline_brics_text2img import BRICSTextToImagePipeline
 from ..schedules import cosine_variant_betas, min_snr_weights
@@ -49,7 +50,9 @@ from .config import (
     DataConfig,
     LoopConfig,
     add_loop_arguments,
+    apply_recipe,
     check_loop_arguments,
+    defer_to_recipe,
     flat_settings,
     from_namespace,
     non_negative_float,
@@ -98,6 +101,22 @@ def is_pixel_space(autoencoder: str) -> bool:
     return autoencoder.strip().lower() in PIXEL_SPACE
 
 
+#: Stage-2 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``release`` for the ``paper`` UNet,
+#: ``short`` for the smaller ones); a flag given on the command line overrides its recipe's value.
+#: ``release``: the authors' release as far as these flags go (imagen-pytorch's trainer: Adam betas (0.9, 0.99) at
+#: 8e-5, no warm-up, a constant rate, no gradient clipping, an EMA of 0.9999 with power 2/3), epsilon prediction.
+#: ``short``: ours for runs of a few thousand steps, chosen by measured KID per second
+#: (``benchmarks/time_to_quality.py``, README "Recipes"): a ten times higher rate with a short warm-up and a cosine
+#: decay over the run, the UNet predicting the clean key codes with min-SNR-5 weighting (it reached a given KID in
+#: fewer steps than epsilon or v prediction), diffusers' EMA warm-up.
+TRAINING_RECIPES: dict[str, dict] = {
+    "release": dict(learning_rate=8e-5, adam_beta2=0.99, lr_warmup_steps=0, lr_scheduler="constant",
+                    max_grad_norm=None, ema_max_decay=0.9999, ema_power=2 / 3),
+    "short": dict(learning_rate=8e-4, lr_warmup_steps=100, lr_scheduler="cosine", prediction_type="sample",
+                  snr_gamma=5.0),
+}
+
+
 @dataclass
 class DiffusionTrainingConfig:
     """Everything a stage-2 run needs; `parse_args` builds it from the command line."""
@@ -120,7 +139,9 @@ class DiffusionTrainingConfig:
     conditioning_dropout_prob: float | None = None
     validation_guidance_scale: float | None = None
     unet_preset: str = "small"
+    training_recipe: str = "auto"
     schedule: str = "cosine-variant"
+    prediction_type: str = "epsilon"
     snr_gamma: float = 0.0
     num_train_timesteps: int = 1000
     learning_rate: float = 8e-5
@@ -178,8 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "else 1)")
     model = p.add_argument_group("model")
     model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet's size")
+    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
+                       help="the defaults of the flags marked 'per --training_recipe': release (the authors'), short "
+                       "(ours for runs of a few thousand steps), auto (release for --unet_preset paper, else short)")
     model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant",
                        help="noise schedule: Chen 2023's cosine variant (paper config b) or cosine (config a)")
+    model.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"], default="epsilon",
+                       help="what the UNet predicts: the noise (the paper), v (Salimans and Ho 2022) or the clean "
+                       "key codes; saved in the scheduler's config, which every diffusers sampler reads")
     model.add_argument("--snr_gamma", type=non_negative_float, default=None,
                        help="min-SNR loss weighting, 0 for none (default: 5 with --schedule cosine, paper config a; "
                        "none with cosine-variant, config b)")
@@ -192,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW eps")
     val.add_argument("--num_validation_images", type=positive_int, default=8, help="samples in the grid")
     val.add_argument("--num_inference_steps", type=positive_int, default=100, help="sampling steps for the grid")
+    defer_to_recipe(p, TRAINING_RECIPES)
     return p
 
 
@@ -199,6 +227,9 @@ def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
     """`DiffusionTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.training_recipe == "auto":
+        args.training_recipe = "release" if args.unet_preset == "paper" else "short"
+    apply_recipe(args, TRAINING_RECIPES[args.training_recipe])
     check_loop_arguments(parser, args)
     if args.snr_gamma is None:
         args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
@@ -322,13 +353,15 @@ def build_unet(config: DiffusionTrainingConfig, latents: LatentSpace | torch.nn.
     )
 
 
-def build_scheduler(config: DiffusionTrainingConfig) -> DDPMScheduler:
-    """The training noise schedule (saved with the pipeline)."""
+def build_scheduler(config: DiffusionTrainingConfig, clip_range: float | None = None) -> DDPMScheduler:
+    """The training noise schedule, saved with the pipeline. With ``clip_range`` (BRICS key codes: their bound in
+    diffusion space, see `key_code_bound`) the sampler clamps its estimate of the clean sample to it at every step,
+    as the BRICS release samples; training never reads it."""
+    clip = dict(clip_sample=True, clip_sample_range=clip_range) if clip_range is not None else dict(clip_sample=False)
+    common = dict(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type, **clip)
     if config.schedule == "cosine-variant":
-        return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type="epsilon",
-                             clip_sample=False, trained_betas=cosine_variant_betas(config.num_train_timesteps).tolist())
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type="epsilon", clip_sample=False,
-                         beta_schedule="squaredcos_cap_v2")
+        return DDPMScheduler(trained_betas=cosine_variant_betas(config.num_train_timesteps).tolist(), **common)
+    return DDPMScheduler(beta_schedule="squaredcos_cap_v2", **common)
 
 
 @torch.no_grad()
@@ -478,7 +511,7 @@ class DiffusionStage(TrainingStage):
         unet = build_unet(c, space, classes, width)
         if c.train_text_encoder:
             unet = TextConditionedUNet.wrap(unet, self.text_encoder)
-        self.noise_scheduler = build_scheduler(c)
+        self.noise_scheduler = build_scheduler(c, key_code_bound(space.vae))
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                       weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
@@ -576,9 +609,12 @@ class DiffusionStage(TrainingStage):
             drop = drop_conditions(len(x0), c.conditioning_dropout_prob, generator)
             condition.update(self.prompts.condition(batch["caption_ids"], drop, device))
         prediction = trainer.model(noisy, timesteps, **condition).sample
-        loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)
+        if target is None:
+            target = self.noise_scheduler.get_velocity(x0, noise, timesteps)
+        loss = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
         if c.snr_gamma:
-            loss = loss * min_snr_weights(self.alphas_cumprod, timesteps, c.snr_gamma)
+            loss = loss * min_snr_weights(self.alphas_cumprod, timesteps, c.snr_gamma, c.prediction_type)
         loss = loss.mean()
         trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
         return {"loss": loss.item()}

@@ -43,6 +43,10 @@ from .hub import create_repository, default_repo_id, push_to_hub
 logger = get_logger(__name__)
 
 
+# One JSON line per validation in the output folder: step, training seconds and the held-out metrics.
+VALIDATION_HISTORY = "validation_history.jsonl"
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot go on (repeated non-finite steps); the message says why and which checkpoint is intact."""
 
@@ -227,6 +231,8 @@ class Trainer:
         progress = step_progress(accelerator, c, max_steps, self.global_step)
         generator, micro_step, step_logs = torch.Generator(), 0, StepLogs()
         start = time.monotonic()
+        self._paused = 0.0  # seconds of checkpoints and validation, left out of the training time
+        time_limit_reached = False
         with stop_signals(self):
             while self.global_step < max_steps:
                 if hasattr(loader, "set_epoch"):
@@ -251,21 +257,24 @@ class Trainer:
                     stop = self._should_stop(start)
                     if stop:
                         max_steps = self.global_step
+                        time_limit_reached = self._signal is None
+                    paused = time.monotonic()
                     if self.global_step % c.checkpointing_steps == 0 or self.global_step >= max_steps:
                         save_checkpoint(accelerator, c.output_dir, self.global_step, c.checkpoints_total_limit)
                     if self._signal is not None:
                         self._exit_on_signal(progress)
                     if self.global_step % c.validation_steps == 0 and accelerator.is_main_process:
-                        self._validate(stage)
+                        self._validate(stage, time.monotonic() - start - self._paused)
+                    self._paused += time.monotonic() - paused
                     if self.global_step >= max_steps:
                         break
                 stage.end_of_epoch(self, epoch)
                 epoch += 1
         progress.close()
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - start - self._paused
         summary = {"train_seconds": elapsed, "train_images_per_second":
                    (self.global_step - first_step) * self.total_batch_size / max(elapsed, 1e-9),
-                   "nonfinite_steps": self.nonfinite_steps}
+                   "nonfinite_steps": self.nonfinite_steps, "time_limit_reached": time_limit_reached}
         check_in_sync(accelerator, self.model)
         stage.check_in_sync(self)
         if accelerator.is_main_process:
@@ -358,11 +367,17 @@ class Trainer:
                     "resume with --resume_from_checkpoint latest")
         raise SystemExit(128 + int(self._signal))
 
-    def _validate(self, stage: TrainingStage) -> None:
+    def _validate(self, stage: TrainingStage, train_seconds: float) -> None:
+        """Validate the EMA model; its metrics go to the trackers, the log and one line of
+        ``OUTPUT_DIR/validation_history.jsonl`` with the step and the training seconds so far (this process's, since
+        the run or its resume started; checkpoints and validation left out)."""
         metrics = stage.validate(self, self.ema_model(), self.global_step)
         if metrics:
             self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=self.global_step)
             logger.info(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        record = {"step": self.global_step, "train_seconds": round(train_seconds, 3), **metrics}
+        with open(os.path.join(self.config.output_dir, VALIDATION_HISTORY), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 class stop_signals:
