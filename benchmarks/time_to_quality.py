@@ -50,22 +50,30 @@ from compare_generation import distances, grid  # beside this script
 AUTOENCODER_RECIPES = {
     # this package's small-image recipe: the small-32 preset with the defaults train-ae gives it
     "small-32": "--preset small-32",
-    # the same preset with the release's stage-1 recipe (VGG at 224, the GAN from the start, batch 16)
+    # the earlier main job: the release's layout at the small widths (the small-32 preset before 0.2), the release's
+    # recipe less the perceptual and GAN terms, batch 32, the grids at 1e-2
+    "earlier-quickstart": "--model_config_name_or_path benchmarks/configs/small-32-release-layout --training_recipe "
+                          "release --train_batch_size 32 --perceptual_weight 0 --gan_weight 0 --grid_learning_rate 1e-2",
+    # the small-32 preset with the release's stage-1 recipe (VGG at 224, the GAN from the start, batch 16)
     "small-32-release-recipe": "--preset small-32 --training_recipe release",
-    # the release's architecture scaled down (the small-32 preset before this recipe) with the earlier quickstart's
-    # flags
-    "release-layout-32": "--model_config_name_or_path benchmarks/configs/small-32-release-layout --training_recipe "
-                         "release --train_batch_size 32 --perceptual_weight 0 --gan_weight 0 --grid_learning_rate 1e-2",
-    # diffusers' AutoencoderKL with the same 8x8x4 code, the same script and the small recipe's settings
+    # diffusers' AutoencoderKL with the same 8x8x4 code, trained by the same script with the same recipe
     "autoencoderkl-32": "--model_type autoencoderkl --preset small-32",
 }
 # Stage-2 recipes: flags of `brics train-diffusion`.
 DIFFUSION_RECIPES = {
-    "small": "--unet_preset small",
-    "release-recipe": "--unet_preset small --training_recipe release",
+    # this package's short-run recipe with the small UNet: what brics train-diffusion gives it (batch 64)
+    "short": "--unet_preset small --random_flip",
+    # the same at batch 32
+    "short-batch-32": "--unet_preset small --random_flip --train_batch_size 32",
+    # the earlier quickstart's flags: epsilon prediction at 8e-4 with 100 warm-up steps and a cosine decay
+    "earlier-quickstart": "--unet_preset small --random_flip --training_recipe release --learning_rate 8e-4 "
+                          "--lr_warmup_steps 100 --lr_scheduler cosine --max_grad_norm 1 --adam_beta2 0.999 "
+                          "--ema_power 0.75",
+    # the release's optimiser settings (lr 8e-5, made for runs of hundreds of thousands of steps)
+    "release-recipe": "--unet_preset small --random_flip --training_recipe release",
 }
-DEFAULT_RECIPES = {"autoencoder": ["small-32", "release-layout-32", "autoencoderkl-32"],
-                   "diffusion": ["small", "release-recipe"]}
+DEFAULT_RECIPES = {"autoencoder": ["small-32", "earlier-quickstart", "autoencoderkl-32"],
+                   "diffusion": ["short", "short-batch-32", "earlier-quickstart"]}
 TINY = {"autoencoder": {"tiny": "--preset tiny", "tiny-kl": "--model_type autoencoderkl --preset tiny"},
         "diffusion": {"tiny": "--unet_preset tiny", "tiny-v": "--unet_preset tiny --prediction_type v_prediction"}}
 

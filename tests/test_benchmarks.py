@@ -216,3 +216,38 @@ def test_text_to_image_benchmark_tiny(tmp_path, inception_weights_dir):
     assert all(r["fake_images"] == 12 and r["seconds_per_image"] > 0 for r in results["guidance"].values())
     assert results["steps"] == 3 and (out / "prompt_grid.png").stat().st_size > 0
     assert "--caption_column caption" in results["training_command"]
+
+
+def test_time_to_quality_tiny_both_stages_and_reuse(tmp_path, lpips_weights_dir, inception_weights_dir):
+    out = tmp_path / "ttq"
+    stdout = run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "autoencoder", "--threads", "1",
+                         "--levels", "5,60", "--reference", "tiny-kl", "--output", out], timeout=600)
+    results = json.loads((out / "results_autoencoder.json").read_text())
+    assert set(results["runs"]) == {"tiny", "tiny-kl"}
+    for name, run in results["runs"].items():
+        assert [p["step"] for p in run["curve"]] == [2, 4], name
+        seconds = [p["seconds"] for p in run["curve"]]
+        assert 0 < seconds[0] < seconds[1] and all(0 < p["psnr"] < 60 for p in run["curve"])
+        assert run["reach"]["60"] is None and run["reach"]["5"]["step"] == 2  # every model is above 5 dB at once
+    assert results["runs"]["tiny-kl"]["ratio"]["5"] == pytest.approx(1.0)
+    report = (out / "report_autoencoder.md").read_text()
+    assert report.startswith("# Time to quality: autoencoder") and "| tiny |" in report and "not reached" in report
+    assert (out / "autoencoder.png").stat().st_size > 0 and "| tiny-kl |" in stdout
+
+    autoencoder = out / "runs" / "autoencoder" / "tiny"
+    run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "diffusion", "--threads", "1",
+                "--autoencoder", autoencoder, "--output", out], timeout=600)
+    results = json.loads((out / "results_diffusion.json").read_text())
+    assert set(results["runs"]) == {"tiny", "tiny-v"} and results["floor_kid"] < 1e3
+    for name, run in results["runs"].items():
+        assert [p["step"] for p in run["curve"]] == [2, 4] and all(p["kid"] > 0 for p in run["curve"]), name
+        assert (out / "runs" / "diffusion" / name / "samples_4.png").is_file()
+    scheduler = json.loads((out / "runs" / "diffusion" / "tiny-v" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["clip_sample"] is True
+    # a second call trains nothing and samples nothing: every run and its KID are reused
+    kid_files = {name: (out / "runs" / "diffusion" / name / "kid.json") for name in results["runs"]}
+    before = {name: path.stat().st_mtime_ns for name, path in kid_files.items()}
+    stdout = run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "diffusion", "--threads", "1",
+                         "--autoencoder", autoencoder, "--output", out], timeout=600)
+    assert stdout.count(": reusing ") == 2 and "\n$ " not in "\n" + stdout
+    assert {name: path.stat().st_mtime_ns for name, path in kid_files.items()} == before

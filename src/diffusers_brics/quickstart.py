@@ -1,6 +1,6 @@
 """The main job: stage 1, stage 2 and an evaluation in one command, on the embedded emoji by default.
 
-    brics quickstart [--output_dir outputs/quickstart] [--autoencoder_steps 1000] [--diffusion_steps 1000]
+    brics quickstart [--output_dir outputs/quickstart] [--autoencoder_steps 1500] [--diffusion_steps 1000]
 
 Phases, each skipped when a previous run finished it (an interrupted training resumes from its last checkpoint):
 
@@ -18,7 +18,7 @@ Phases, each skipped when a previous run finished it (an interrupted training re
 
 Both trainings run a fixed number of steps with this package's short-run recipes (``--training_recipe auto``: the
 ``small`` stage-1 recipe for the small presets, the ``short`` stage-2 recipe), so that every machine trains the same
-models from the same seed and reports the same figures, up to floating-point noise; the defaults take about 11 minutes
+models from the same seed and reports the same figures, up to floating-point noise; the defaults take about 14 minutes
 on 2 CPU cores (README "Quickstart"). ``--autoencoder_seconds`` / ``--diffusion_seconds`` stop a training earlier
 when its time is spent (the learning-rate schedule still spans the steps). With a GPU, train longer, a larger model
 (``--preset small-64``, ``--unet_preset``) or sample more; anything else goes straight to a training script with
@@ -52,7 +52,7 @@ from .training.config import positive_float, positive_int
 from .training.diffusion import UNET_PRESETS
 
 RESULT_FILES = ("reconstructions.png", "samples.png", "interpolation.png", "metrics.json")
-# The main job's training steps (batches of 16 and 64): the README's figures are what they give.
+# The main job's training steps (batches of 16 and 32): the README's figures are what they give.
 AUTOENCODER_STEPS = 1500
 DIFFUSION_STEPS = 1000
 
@@ -138,9 +138,9 @@ def autoencoder_flags(args: argparse.Namespace) -> list[str]:
 
 def diffusion_flags(args: argparse.Namespace, autoencoder: Path) -> list[str]:
     """Stage 2: the UNet preset with `brics train-diffusion`'s recipe for it (the short-run recipe for the small
-    UNets), batch 64 of cached key codes and their mirror images, the sampler the evaluation uses."""
+    UNets), on cached key codes and those of the mirror images, validated with the sampler's step count."""
     return ["--autoencoder", str(autoencoder), "--unet_preset", args.unet_preset,
-            *budget_flags(args.diffusion_steps, args.diffusion_seconds), "--train_batch_size", "64", "--random_flip",
+            *budget_flags(args.diffusion_steps, args.diffusion_seconds), "--random_flip",
             "--validation_steps", str(args.diffusion_steps), "--checkpointing_steps", "500",
             "--checkpoints_total_limit", "2", "--num_inference_steps", str(args.num_inference_steps),
             *data_flags(args), *shlex.split(args.diffusion_args)]
