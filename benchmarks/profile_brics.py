@@ -88,14 +88,14 @@ def training_extras(model: BRICSAutoencoder, batch: int) -> dict[str, Callable[[
     return {"EMA": lambda: ema.step(model.parameters()), "data loading": next_batch}
 
 
-def build(workload: str, tiny: bool, device: str, compile_: bool = False, model_name: str | None = None
-          ) -> tuple[BRICSAutoencoder, dict[str, Callable[[], Any]]]:
+def build(workload: str, tiny: bool, device: str, compile_: bool = False, model_name: str | None = None,
+          batch_size: int | None = None) -> tuple[BRICSAutoencoder, dict[str, Callable[[], Any]]]:
     """The model and zero-argument calls of the whole workload (``"total"``) and of its parts; with ``compile_``
     every network they run is under ``torch.compile(fullgraph=True)`` (backward and optimiser steps stay eager)."""
     preset, batch, tiny_batch = WORKLOADS[workload]
     torch.manual_seed(0)
     model = load_model("tiny" if tiny else model_name or preset).to(device)
-    batch = tiny_batch if tiny else batch
+    batch = tiny_batch if tiny else batch_size or batch
     size = model.config.sample_size
     images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     retrieval = model.retrieval
@@ -156,13 +156,13 @@ def top_operators(fn: Callable[[], Any], runs: int, device: str, inference: bool
 
 
 def run(workload: str, tiny: bool, device: str, warmup: int, repeats: int, profile_runs: int,
-        compile_: bool, model_name: str | None = None) -> dict[str, Any]:
+        compile_: bool, model_name: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     inference = workload == "decode"
-    model, calls = build(workload, tiny, device, model_name=model_name)
+    model, calls = build(workload, tiny, device, model_name=model_name, batch_size=batch_size)
     compile_s = {}
     if compile_:
-        _, compiled = build(workload, tiny, device, compile_=True, model_name=model_name)
+        _, compiled = build(workload, tiny, device, compile_=True, model_name=model_name, batch_size=batch_size)
         for name, fn in compiled.items():  # the first call compiles
             sync()
             start = time.perf_counter()
@@ -177,7 +177,8 @@ def run(workload: str, tiny: bool, device: str, warmup: int, repeats: int, profi
     return dict(
         setup=dict(workload=workload, preset="tiny" if tiny else model_name or WORKLOADS[workload][0],
                    parameters=sum(p.numel() for p in model.parameters()),
-                   batch_size=WORKLOADS[workload][2 if tiny else 1], device=device, threads=torch.get_num_threads(),
+                   batch_size=WORKLOADS[workload][2] if tiny else batch_size or WORKLOADS[workload][1],
+                   device=device, threads=torch.get_num_threads(),
                    warmup=warmup, repeats=repeats, profile_runs=profile_runs, torch=torch.__version__,
                    python=platform.python_version(), machine=platform.processor() or platform.machine()),
         median_s=medians,
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tiny", action="store_true", help="the tiny preset (a test of the script)")
     parser.add_argument("--model", default=None,
                         help="a preset or a folder with a config.json (default: the workload's preset)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the workload's (1 / 32)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile_runs", type=int, default=3)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.repeats < 1 or args.warmup < 0 or args.profile_runs < 1:
         parser.error("--repeats and --profile_runs must be >= 1, --warmup >= 0")
     results = run(args.workload, args.tiny, args.device, args.warmup, args.repeats, args.profile_runs, args.compile,
-                  args.model)
+                  args.model, args.batch_size)
     output = Path(args.output or ROOT / "benchmarks" / "results" / "profile" / args.workload.replace("-", "_"))
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/profile_brics.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

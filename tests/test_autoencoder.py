@@ -128,6 +128,33 @@ def test_all_presets_build():
         BRICSAutoencoder.from_preset("paper-8x8x4")
 
 
+@pytest.mark.parametrize("name, image, code, parameters", [("small-32", 32, (4, 8, 8), 1_926_570),
+                                                            ("small-64", 64, (4, 16, 16), 2_031_146)])
+def test_small_presets_have_the_measured_layout(name, image, code, parameters):
+    from pathlib import Path
+
+    model = BRICSAutoencoder.from_preset(name, grid_backend="torch")
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    x = torch.rand(2, 3, image, image) * 2 - 1
+    z = model.encode(x).latents
+    assert tuple(z.shape) == (2, *code) and tuple(model.decode(z).sample.shape) == (2, 3, image, image)
+    c = model.config
+    assert (c.encoder_layout, c.retrieval_mlp, c.decoder_style, c.grid_indexing, c.decoder_noise) == (
+        "diffusers", "plain", "feature_block", "hash", False)
+    if name == "small-32":
+        # the layout benchmarked as the first layout (a config saved by 0.1.0), and the release's at these widths
+        root = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+        first = BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(root / "small-32-v0.1"))
+
+        def fields(config):
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if not k.startswith("_")}
+
+        assert fields(first.config) == {**fields(c), "grid_backend": "auto"}  # (this test builds with "torch")
+        release = BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(root / "small-32-release-layout"))
+        assert release.config.retrieval_mlp == "modulated" and release.config.encoder_layout == "taming"
+        assert sum(p.numel() for p in release.parameters()) == 2_446_959
+
+
 def test_paper_configuration_matches_table_3_and_the_release():
     model = BRICSAutoencoder.from_preset("paper-64x64x4", grid_backend="torch")
     counts = parameter_counts(model)
@@ -215,8 +242,10 @@ def test_each_alternative_to_the_release_builds_trains_and_round_trips(option, v
 
 
 def test_release_and_first_layouts_have_their_parameter_counts():
-    release = parameter_counts(BRICSAutoencoder.from_preset("small-32"))
-    saved = Path(__file__).parents[1] / "benchmarks" / "configs" / "small-32-v0.1"  # small-32 of version 0.1.0
+    configs = Path(__file__).parents[1] / "benchmarks" / "configs"
+    # the release's layout at the small widths (the small-32 preset before 0.2)
+    release = parameter_counts(BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(configs / "small-32-release-layout")))
+    saved = configs / "small-32-v0.1"  # small-32 of version 0.1.0, the layout of today's small-32
     first = parameter_counts(BRICSAutoencoder.from_config(BRICSAutoencoder.load_config(saved)))
     # small-32: group MLPs 4 x (2 x 32 x 33 + 33 x 32) plain; modulated adds per layer a style affine (64 -> 32)
     assert first["retrieval_mlps"] == 4 * (32 * 32 + 32 + 32 * 32 + 32 + 32 * 32 + 32)

@@ -39,6 +39,10 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     # default schedule: the cosine variant
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    # the short recipe's prediction type, and the clean-sample clipping to the key codes' range, saved and loaded
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (saved["prediction_type"], saved["clip_sample"], saved["clip_sample_range"]) == ("sample", True, 1.0)
+    assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.prediction_type == "sample"
     # 3,133 training images, flipped twins included
     import datasets
 
@@ -218,7 +222,7 @@ def test_training_recipes_set_the_defaults_and_flags_win():
         return dict(recipe=c.training_recipe, learning_rate=c.learning_rate, lr_warmup_steps=c.loop.lr_warmup_steps,
                     lr_scheduler=c.loop.lr_scheduler, prediction_type=c.prediction_type, snr_gamma=c.snr_gamma,
                     max_grad_norm=c.loop.max_grad_norm, adam_beta2=c.adam_beta2, ema_power=c.loop.ema.ema_power,
-                    ema_max_decay=c.loop.ema.ema_max_decay)
+                    ema_max_decay=c.loop.ema.ema_max_decay, train_batch_size=c.loop.train_batch_size)
 
     short, release = settings(), settings("--unet_preset", "paper")
     assert short["recipe"] == "short" and release["recipe"] == "release"
@@ -228,7 +232,7 @@ def test_training_recipes_set_the_defaults_and_flags_win():
     # the release's optimiser: Adam (0.9, 0.99) at 8e-5, constant, no warm-up, no clipping, EMA power 2/3
     assert release == dict(recipe="release", learning_rate=8e-5, lr_warmup_steps=0, lr_scheduler="constant",
                            prediction_type="epsilon", snr_gamma=0.0, max_grad_norm=None, adam_beta2=0.99,
-                           ema_power=2 / 3, ema_max_decay=0.9999)
+                           ema_power=2 / 3, ema_max_decay=0.9999, train_batch_size=64)
     assert settings("--unet_preset", "paper", "--learning_rate", "1e-4", "--max_grad_norm", "2")[
         "learning_rate"] == 1e-4
     assert settings("--training_recipe", "release")["recipe"] == "release"
