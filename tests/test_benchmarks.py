@@ -82,12 +82,14 @@ def test_profile_brics_tiny(tmp_path, workload):
     results = profile_brics.main(["--workload", workload, "--tiny", "--repeats", "1", "--warmup", "0",
                                   "--profile_runs", "1", "--output", str(tmp_path)])
     parts = {"decode": {"grid look-up", "feature retrieval", "synthesis"},
-             "train-step": {"encoder", "grid look-up", "feature retrieval", "synthesis"}}[workload]
+             "train-step": {"encoder", "grid look-up", "feature retrieval", "synthesis", "EMA", "data loading"}}[workload]
     assert set(results["share_of_total"]) == parts
     assert all(0 < share for share in results["share_of_total"].values())
     assert results["operators"] and all(op["ms_per_run"] > 0 for op in results["operators"])
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Profile: `tiny`") and "| grid look-up |" in report and "| operator |" in report
+    if workload == "train-step":  # the parts a training run adds around the model
+        assert "| EMA |" in report and "| data loading |" in report
 
 
 def test_perturbations_stay_within_their_amplitude_and_share_draws():
