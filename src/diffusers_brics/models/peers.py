@@ -87,11 +87,7 @@ def build_autoencoder(model_type: str, preset: str | None = None, config: dict |
             raise ValueError(f"the config is a {written} config, not one of --model_type {model_type} "
                              f"({cls.__name__}); pass --model_type {class_to_type(written)}")
         return cls.from_config(config)
-    if preset not in presets_of(model_type):
-        raise ValueError(f"preset {preset!r} is not a {model_type} preset; choose one of {presets_of(model_type)}")
-    if model_type == "brics":
-        return BRICSAutoencoder.from_preset(preset)
-    return cls(**PEER_PRESETS[model_type][preset])
+    return cls(**preset_config(model_type, preset))
 
 
 def class_to_type(class_name: str) -> str:
