@@ -1,4 +1,6 @@
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,39 @@ def test_save_load_round_trip_is_bit_exact(model, tmp_path):
         assert torch.equal(a, b), name
     x = images()
     assert torch.equal(model(x).sample, loaded(x).sample)
+
+
+@pytest.mark.parametrize("saved_backend", ["triton", "auto", "torch"])
+def test_config_saved_with_any_grid_backend_loads_where_triton_is_missing(model, tmp_path, monkeypatch,
+                                                                          saved_backend):
+    """grid_backend is a runtime choice: a model saved with "triton" (on a GPU machine) loads on one without
+    Triton, with a warning, and gives the outputs of the torch path; from_pretrained(grid_backend=) overrides it."""
+    for grid in model.retrieval.grids:
+        grid.embeddings.data.normal_(0, 0.5)  # so that the look-up matters
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "grid_backend": saved_backend}))
+    monkeypatch.setitem(sys.modules, "triton", None)  # Triton missing on this machine
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = BRICSAutoencoder.from_pretrained(tmp_path).eval()
+    ours = [str(w.message) for w in caught if "grid backend" in str(w.message)]
+    if saved_backend == "triton":
+        assert ours and all("'triton' cannot run on this machine: the triton package is not installed" in message
+                            and "Using 'auto' instead" in message for message in ours)
+    else:
+        assert not ours
+    assert loaded.config.grid_backend == saved_backend  # the choice is kept for machines that have Triton
+    assert [grid.backend for grid in loaded.retrieval.grids] == ["torch"] * model.config.num_groups
+    z, x = torch.rand(2, *model.latent_shape), images()
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z).sample, model.decode(z).sample)
+        assert torch.equal(loaded(x).sample, model(x).sample)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="grid backend")
+        chosen = BRICSAutoencoder.from_pretrained(tmp_path, grid_backend="torch")
+    assert chosen.config.grid_backend == "torch"
+    assert all(grid.requested_backend == grid.backend == "torch" for grid in chosen.retrieval.grids)
 
 
 def test_slicing_gives_the_same_result(model):

@@ -202,13 +202,51 @@ def test_auto_backend_is_torch_where_tcnn_cannot_run():
     assert tiled.backend == "torch" and "tiles" in tiled.tcnn_unavailable_reason()
 
 
-def test_tcnn_backend_refused_with_clear_reason_when_unavailable():
+def test_unavailable_tcnn_backend_warns_and_uses_auto():
     grid = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="torch", convention="tcnn", indexing="hash")
     reason = grid.tcnn_unavailable_reason()
     if reason is None:
         pytest.skip("tinycudann and CUDA are available; covered by test_tcnn_backend_matches_torch")
-    with pytest.raises(ValueError, match="tcnn"):
-        MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn", indexing="hash")
+    with pytest.warns(UserWarning, match=r"grid backend 'tcnn' cannot run on this machine: .*Using 'auto' instead"):
+        fallback = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="tcnn", convention="tcnn", indexing="hash")
+    auto = MultiResolutionFeatureGrid(3, 4, 2, 10, 4, 16, backend="auto", convention="tcnn", indexing="hash")
+    assert fallback.backend == auto.backend and fallback.requested_backend == "tcnn"
+
+
+def test_tcnn_backend_for_a_grid_it_cannot_serve_is_refused():
+    with pytest.raises(ValueError, match=r"backend='tcnn' cannot serve this grid on any machine: .*'torch-ngp'"):
+        MultiResolutionFeatureGrid(3, backend="tcnn")
+
+
+def test_backend_is_resolved_once_at_construction(monkeypatch):
+    probes = []
+    for name in ("triton_unavailable_reason", "tcnn_unavailable_reason"):
+
+        def counted(self, device=None, name=name, probe=getattr(MultiResolutionFeatureGrid, name)):
+            probes.append(name)
+            return probe(self, device)
+
+        monkeypatch.setattr(MultiResolutionFeatureGrid, name, counted)
+    grid = MultiResolutionFeatureGrid(3, 4, 2, 8, 2, 12, backend="auto")
+    assert probes.count("triton_unavailable_reason") == 1
+    resolved, probed = grid.backend, list(probes)
+    x = torch.rand(64, 3, requires_grad=True)
+    for _ in range(3):
+        grid(x).sum().backward()
+    assert probes == probed and grid.backend == resolved and grid.requested_backend == "auto"
+
+
+def test_layout_is_frozen_and_matches_the_tables():
+    grid = small_grid(3, indexing="hash")
+    layout = grid.layout
+    with pytest.raises(AttributeError):
+        layout.levels = ()
+    assert layout.total_entries == grid.embeddings.shape[0] and layout.num_dense_levels == grid.num_dense_levels
+    assert list(layout.offsets) == grid.level_starts.tolist() and list(layout.entries) == grid.num_entries
+    assert [list(level.strides) for level in layout.levels] == grid.strides.tolist()
+    assert [level.hashed for level in layout.levels] == [not plan["dense"] for plan in grid.levels]
+    assert layout.hash_from == layout.wrap_from == grid.num_dense_levels
+    assert all(level.resolution == math.ceil(level.scale) + 1 for level in layout.levels)
 
 
 def test_tcnn_backend_matches_torch():

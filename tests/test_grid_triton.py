@@ -4,9 +4,12 @@ Without CUDA the kernels run under Triton's interpreter: conftest.py sets ``TRIT
 first imported.
 """
 
+import ast
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ pytest.importorskip("triton")
 
 from diffusers_brics import BRICSAutoencoder  # noqa: E402
 from diffusers_brics.models import MultiResolutionFeatureGrid, grid_triton  # noqa: E402
+from diffusers_brics.models.grid_layout import GridLayout  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -95,9 +99,25 @@ def test_empty_batch():
 def test_custom_op_registration():
     grid = make_grid(3, indexing="hash")
     x = queries(50, 3).requires_grad_(True)
-    args = (x, grid.embeddings, list(grid.scales), grid.strides, grid.level_starts, grid.level_entries, grid.primes,
-            grid.num_dense_levels, grid.num_dense_levels)
+    layout = grid.layout
+    args = (x, grid.embeddings, list(layout.scales), list(layout.strides), list(layout.offsets), list(layout.entries),
+            list(layout.primes), grid.num_dense_levels, grid.num_dense_levels)
+    assert (layout.hash_from, layout.wrap_from) == (grid.num_dense_levels, grid.num_dense_levels)
     torch.library.opcheck(torch.ops.diffusers_brics.grid_interpolate.default, args)
+
+
+def test_lookup_takes_a_table_and_a_layout():
+    """The kernels need no grid module: a plain table and a `GridLayout` built on its own give the grid's look-up."""
+    grid = make_grid(4, convention="tcnn", indexing="hash")
+    layout = GridLayout.build(4, 4, 2, 12, 8, "tcnn", "hash")
+    assert layout == grid.layout and layout.wrap_from == 0
+    table = grid.embeddings.detach().clone()
+    x = queries(100, 4)
+    torch.testing.assert_close(grid_triton.lookup(x, table, layout), grid.interpolate(x), rtol=0, atol=0)
+    imports = [node for node in ast.walk(ast.parse(Path(grid_triton.__file__).read_text()))
+               if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not any("feature_grid" in (getattr(node, "module", None) or "") or
+                   any("feature_grid" in alias.name for alias in node.names) for node in imports)
 
 
 class Lookup(torch.nn.Module):
@@ -129,22 +149,43 @@ def test_torch_compile_keeps_the_op_whole():
     torch.testing.assert_close(model.grid.embeddings.grad, grad_table, rtol=1e-6, atol=1e-6)
 
 
-def test_cpu_queries_take_the_torch_path_without_interpreter(monkeypatch):
-    grid = make_grid(3).cpu()
+def test_cpu_queries_take_the_torch_path_without_interpreter_with_one_warning(monkeypatch):
+    grid = make_grid(3).cpu()  # e.g. a model built on a CUDA machine, then moved to the CPU
     monkeypatch.setattr(grid_triton, "INTERPRETED", False)
-    monkeypatch.setattr(grid_triton, "lookup", lambda grid, x: pytest.fail("the kernels ran on CPU tensors"))
+    monkeypatch.setattr(grid_triton, "lookup", lambda *args: pytest.fail("the kernels ran on CPU tensors"))
     x = torch.rand(100, 3)
-    out = grid.interpolate(x)
+    with pytest.warns(UserWarning, match=r"grid backend 'triton' cannot take this call: .*got cpu tensors.*torch path"):
+        out = grid.interpolate(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per grid
+        assert torch.equal(out, grid.interpolate(x))
     grid.backend = "torch"
     assert torch.equal(out, grid.interpolate(x))
 
 
 def test_float64_takes_the_torch_path(monkeypatch):
     grid = make_grid(3).double()
-    monkeypatch.setattr(grid_triton, "lookup", lambda grid, x: pytest.fail("the kernels compute in float32"))
+    monkeypatch.setattr(grid_triton, "lookup", lambda *args: pytest.fail("the kernels compute in float32"))
     x = queries(20, 3, torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(grid.interpolate, (x,), eps=1e-6, atol=1e-5)
+    with pytest.warns(UserWarning, match=r"'triton' cannot take this call: .*float64"):
+        assert torch.autograd.gradcheck(grid.interpolate, (x,), eps=1e-6, atol=1e-5)
     assert grid.interpolate(x).dtype == torch.float64
+
+
+def test_backend_is_resolved_once(monkeypatch):
+    """The look-up dispatches on the backend chosen at construction; it does not probe the machine again."""
+    probes = []
+    probe = MultiResolutionFeatureGrid.triton_unavailable_reason
+    monkeypatch.setattr(MultiResolutionFeatureGrid, "triton_unavailable_reason",
+                        lambda self, device=None: probes.append(device) or probe(self, device))
+    grid = make_grid(3)
+    assert grid.backend == "triton" and probes == [None]
+    x = queries(50, 3).requires_grad_(True)
+    for _ in range(3):
+        grid(x).sum().backward()
+        with torch.no_grad():
+            grid.interpolate(x)
+    assert probes == [None]
 
 
 def test_saved_autoencoder_with_triton_grids_matches_torch(tmp_path):
@@ -169,7 +210,8 @@ def test_auto_picks_triton_on_cuda_machines(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     grid = MultiResolutionFeatureGrid(**config)
     assert grid.backend == "torch" and "CUDA" in grid.triton_unavailable_reason(device="cuda")
-    assert grid.triton_unavailable_reason() is None  # may still be chosen: CPU queries take the torch path
+    if grid_triton.INTERPRETED:  # named, the backend still runs on the CPU, under Triton's interpreter
+        assert grid.triton_unavailable_reason() is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
     assert "7.0" in MultiResolutionFeatureGrid(**config).triton_unavailable_reason(device="cuda")
@@ -179,10 +221,21 @@ def test_auto_picks_triton_on_cuda_machines(monkeypatch):
     assert MultiResolutionFeatureGrid(**config).backend == "torch"
 
 
-def test_missing_triton_is_a_clear_error(monkeypatch):
+def test_missing_triton_warns_and_uses_auto(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
-    with pytest.raises(ValueError, match=r"backend='triton' cannot be used: the triton package is not installed"):
-        MultiResolutionFeatureGrid(3, 4, 2, 8, 2, 12, backend="triton")
+    message = r"grid backend 'triton' cannot run on this machine: the triton package is not installed.*'auto'"
+    with pytest.warns(UserWarning, match=message):
+        grid = MultiResolutionFeatureGrid(3, 4, 2, 8, 2, 12, backend="triton")
+    assert grid.backend == "torch" and grid.requested_backend == "triton"
+    assert "requested 'triton'" in repr(grid)
+
+
+def test_triton_without_cuda_or_interpreter_warns_and_uses_auto(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(grid_triton, "INTERPRETED", False)
+    with pytest.warns(UserWarning, match=r"'triton' cannot run on this machine: .*CUDA device.*TRITON_INTERPRET"):
+        grid = MultiResolutionFeatureGrid(3, 4, 2, 8, 2, 12, backend="triton")
+    assert grid.backend == "torch"
 
 
 LOWER_FOR_SM90 = """

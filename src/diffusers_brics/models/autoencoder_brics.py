@@ -156,7 +156,10 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         grid_init_scale (`float`): uniform initialisation range of the tables.
         grid_backend (`str`): ``"auto"`` (``"triton"`` on a CUDA machine with Triton, else ``"tcnn"`` where it
             can run, else ``"torch"``), ``"torch"``, ``"triton"`` or ``"tcnn"``; see `MultiResolutionFeatureGrid`.
-            grid_convention (`str`): ``"torch-ngp"`` (the paper's counts) or ``"tcnn"``.
+            A runtime choice that does not change the model: the grids resolve it once, when built, and a named
+            backend missing on this machine gives a warning and ``"auto"``, so a model saved with ``"triton"``
+            loads anywhere (``from_pretrained(..., grid_backend=...)`` chooses another).
+        grid_convention (`str`): ``"torch-ngp"`` (the paper's counts) or ``"tcnn"``.
         grid_indexing (`str`): levels with more nodes than ``T``: ``"tiled"`` (paper eq. 6, release) or
             ``"hash"`` (instant-NGP).
         grid_query_order (`str`): ``"col-row-key"`` (release) or ``"key-row-col"`` (paper eq. 1).
@@ -475,6 +478,7 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
 
 _CHOICES = {
     "encoder_layout": ("taming", "diffusers"),
+    "grid_backend": ("auto", "torch", "triton", "tcnn"),
     "grid_indexing": ("tiled", "hash"),
     "grid_query_order": ("col-row-key", "key-row-col"),
     "retrieval_mlp": ("modulated", "plain"),

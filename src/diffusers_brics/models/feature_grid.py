@@ -23,48 +23,27 @@ Two indexing conventions are supported:
   run on the optional ``tinycudann`` backend, which then uses this module's own parameter tensor.
 
 The optional ``"triton"`` backend (`grid_triton`) runs the same look-up, for either convention and indexing, as
-Triton kernels on CUDA tensors (on CPU tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``).
+Triton kernels on CUDA tensors (on CPU tensors only under Triton's interpreter, ``TRITON_INTERPRET=1``). It is
+given the queries, the table and the grid's `GridLayout` (`grid_layout`), computed once by the constructor.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import warnings
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Coherent primes of instant-NGP's spatial hash (the first is 1 so that dimension 0 stays coherent).
-HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037)
+from .grid_layout import HASH_PRIMES, GridLayout
+
 _UINT32_MASK = 0xFFFFFFFF
 
 GridBackend = Literal["auto", "torch", "triton", "tcnn"]
 GridConvention = Literal["torch-ngp", "tcnn"]
 GridIndexing = Literal["tiled", "hash"]
-
-
-def _level_plan(
-    input_dim: int,
-    num_levels: int,
-    min_resolution: float,
-    max_resolution: float,
-    log2_hashmap_size: int,
-    convention: str,
-) -> list[dict]:
-    """Scale, nodes per axis, table size and whether the table is dense (one entry per node), for every level."""
-    growth = (max_resolution / min_resolution) ** (1.0 / (num_levels - 1)) if num_levels > 1 else 1.0
-    max_entries = 2**log2_hashmap_size
-    plan = []
-    for level in range(num_levels):
-        scale = min_resolution * growth**level - 1.0
-        resolution = math.ceil(scale) + 1
-        nodes_per_axis = resolution + 1 if convention == "torch-ngp" else resolution
-        dense_nodes = nodes_per_axis**input_dim
-        entries = min(max_entries, dense_nodes)
-        entries = (entries + 7) // 8 * 8  # tables are padded to a multiple of 8 entries, as in the official code
-        plan.append(dict(scale=scale, nodes_per_axis=nodes_per_axis, entries=entries, dense=dense_nodes <= entries))
-    return plan
 
 
 def _corner_bits(input_dim: int) -> torch.Tensor:
@@ -153,16 +132,30 @@ class MultiResolutionFeatureGrid(nn.Module):
         min_resolution (`float`): ``r_min``, resolution of the coarsest level (official code: 16).
         max_resolution (`float`): ``r_max``, resolution of the finest level (paper: 64, or 32 for small codes).
         init_scale (`float`): entries are initialised uniformly in ``[-init_scale, init_scale]`` (1e-4).
-        backend (`str`): ``"torch"`` (any device), ``"triton"`` (the Triton kernels of `grid_triton` for CUDA
-            queries, and CPU ones under ``TRITON_INTERPRET=1``; other CPU queries and float64 take the torch
-            path), ``"tcnn"`` (tiny-cuda-nn, CUDA, ``D <= 4``, convention ``"tcnn"``), or ``"auto"``: ``triton``
-            on a machine with CUDA and Triton, else ``tcnn`` where it can run, else ``torch``.
+        backend (`str`): ``"torch"`` (any device), ``"triton"`` (the Triton kernels of `grid_triton`: CUDA
+            tensors, and CPU ones under ``TRITON_INTERPRET=1``), ``"tcnn"`` (tiny-cuda-nn, CUDA, ``D <= 4``,
+            convention ``"tcnn"``), or ``"auto"``: ``triton`` on a machine with CUDA and Triton, else ``tcnn``
+            where it can run, else ``torch``. A runtime choice, resolved once here: ``backend`` holds the result
+            (``requested_backend`` what was asked). A named backend that cannot run on this machine (its package
+            or a CUDA device missing) is not refused: the grid warns and resolves ``"auto"`` instead, so that a
+            model saved with ``"triton"`` loads anywhere. Only ``"tcnn"`` for a grid it can serve nowhere
+            (convention, indexing or ``D``) is a ValueError.
         convention (`str`): ``"torch-ngp"`` (the paper's counts) or ``"tcnn"``; see the module docstring.
         indexing (`str`): how levels with more nodes than ``T`` share entries: ``"tiled"`` (paper eq. 6, the
             authors' command) or ``"hash"`` (instant-NGP, and what tiny-cuda-nn implements).
 
     Shapes: ``grid(x)`` takes ``x`` of shape ``(N, D)`` in ``[0, 1]`` and returns
     ``(N, num_levels * features_per_level)``, level-major.
+
+    The look-up dispatches on ``backend`` alone, without probing the machine again. A call that the ``triton`` or
+    ``tcnn`` backend cannot take (tensors on a device its kernels do not run on, e.g. after ``model.cpu()``; float64
+    on ``triton``, whose kernels compute in float32) runs on the torch path, with a warning the first time for this
+    grid that names the backend and the fix (move the model to CUDA, or ``grid_backend="torch"``). The torch path
+    gives the same results up to float rounding; it is taken rather than raising an error so that a model built on
+    a GPU machine can still be evaluated on a CPU.
+
+    ``layout`` (a frozen `GridLayout`, computed once here) places every level in ``embeddings``; the backends are
+    given it with the queries and the table.
     """
 
     def __init__(
@@ -207,36 +200,31 @@ class MultiResolutionFeatureGrid(nn.Module):
         self.max_resolution = max_resolution
         self.convention = convention
         self.indexing = indexing
-        self.levels = _level_plan(
-            input_dim, num_levels, min_resolution, max_resolution, log2_hashmap_size, convention
+        self.layout = GridLayout.build(
+            input_dim, num_levels, min_resolution, max_resolution, log2_hashmap_size, convention, indexing
         )
-        entries = [level["entries"] for level in self.levels]
-        self.embeddings = nn.Parameter(torch.empty(sum(entries), features_per_level))
+        self.embeddings = nn.Parameter(torch.empty(self.layout.total_entries, features_per_level))
         nn.init.uniform_(self.embeddings, -init_scale, init_scale)
 
         # Dense levels come first (resolutions grow with the level), shared (tiled or hashed) ones last.
-        self.num_dense_levels = sum(level["dense"] for level in self.levels)
+        self.num_dense_levels = self.layout.num_dense_levels
         bits = _corner_bits(input_dim)
-        strides = torch.tensor(
-            [[level["nodes_per_axis"] ** d for d in range(input_dim)] for level in self.levels], dtype=torch.long
-        )
-        # The authors' kernel adds an axis to a tiled index only while its stride fits in the table.
-        strides = torch.where(strides <= torch.tensor(entries).view(-1, 1), strides, 0)
+        # The authors' kernel adds an axis to a tiled index only while its stride fits in the table (stride 0).
+        strides = torch.tensor([level.strides for level in self.layout.levels], dtype=torch.long)
         # Kept as Python floats, not a buffer: `module.half()` would round a float buffer to 11 bits.
-        self.scales = tuple(level["scale"] for level in self.levels)
+        self.scales = self.layout.scales
         # Row strides of the dense levels, and of every level under tiling: (L, D).
         self.register_buffer("strides", strides, persistent=False)
         # Offset of every corner from the cell's first corner in a dense (or tiled) table: (L, 2**D).
         self.register_buffer("corner_offsets", strides @ bits.T, persistent=False)
-        starts = [0]
-        for count in entries[:-1]:
-            starts.append(starts[-1] + count)
-        self.register_buffer("level_starts", torch.tensor(starts, dtype=torch.long), persistent=False)
-        self.register_buffer("primes", torch.tensor(HASH_PRIMES[:input_dim], dtype=torch.long), persistent=False)
+        self.register_buffer("level_starts", torch.tensor(self.layout.offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("primes", torch.tensor(self.layout.primes, dtype=torch.long), persistent=False)
         self.register_buffer(
-            "level_entries", torch.tensor(entries, dtype=torch.long), persistent=False
+            "level_entries", torch.tensor(self.layout.entries, dtype=torch.long), persistent=False
         )
         self._tcnn = None
+        self._warned_torch_path = False
+        self.requested_backend = backend
         self.backend = self._resolve_backend(backend)
 
     # ------------------------------------------------------------------ backends
@@ -254,43 +242,76 @@ class MultiResolutionFeatureGrid(nn.Module):
         }
 
     def _resolve_backend(self, backend: str) -> str:
+        """The backend this grid runs on, chosen once (by the constructor); see the class docstring."""
         if backend == "torch":
             return "torch"
         if backend == "auto":
-            if self.triton_unavailable_reason(device="cuda") is None:
-                return "triton"
-            return "torch" if self.tcnn_unavailable_reason(device="cuda") else "tcnn"
+            return self._best_backend()
+        if backend == "tcnn" and self._tcnn_grid_reason() is not None:  # the configuration, not the machine
+            raise ValueError(f"backend='tcnn' cannot serve this grid on any machine: {self._tcnn_grid_reason()}")
         reason = self.triton_unavailable_reason() if backend == "triton" else self.tcnn_unavailable_reason()
-        if reason:
-            raise ValueError(f"backend={backend!r} cannot be used: {reason}")
-        return backend
+        if reason is None:
+            return backend
+        resolved = self._best_backend()
+        warnings.warn(
+            f"grid backend {backend!r} cannot run on this machine: {reason}. Using 'auto' instead, which picks "
+            f"{resolved!r} here (the same results up to float rounding). The backend is a runtime choice, not part "
+            "of the model: pass grid_backend='auto' (BRICSAutoencoder, also to from_pretrained) or backend='auto' "
+            "(MultiResolutionFeatureGrid) to choose without this warning",
+            UserWarning,
+            stacklevel=3,
+        )
+        return resolved
+
+    def _best_backend(self) -> str:
+        """What ``"auto"`` picks: ``triton`` on a CUDA machine with Triton, else ``tcnn`` where it can run, else
+        ``torch``."""
+        if self.triton_unavailable_reason(device="cuda") is None:
+            return "triton"
+        return "tcnn" if self.tcnn_unavailable_reason(device="cuda") is None else "torch"
 
     def triton_unavailable_reason(self, device: str | None = None) -> str | None:
-        """Why the Triton backend cannot serve this grid, or None when it can.
+        """Why the Triton backend cannot run on this machine, or None when it can.
 
-        With ``device="cuda"``: also None only where a CUDA device can run the kernels. Without, the backend may
-        be chosen on any machine: CPU queries take the torch path unless Triton's interpreter is on.
+        With ``device="cuda"`` (what ``"auto"`` asks): None only where a CUDA device can run the compiled kernels.
+        Without: also None where they run on the CPU, under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
         """
-        if device == "cuda" and not torch.cuda.is_available():
-            return "Triton's kernels need a CUDA device"
-        if device == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability() < (7, 0):
-            return "Triton compiles for NVIDIA GPUs of compute capability 7.0 or newer (as torch.compile requires)"
         if not hasattr(torch.library, "custom_op"):
             return f"the Triton backend needs torch>=2.4 (torch.library.custom_op), got {torch.__version__}"
         try:
             import triton  # noqa: F401
         except ImportError:
             return "the triton package is not installed (pip install 'diffusers-brics[triton]')"
-        return None
+        if not torch.cuda.is_available():
+            cuda_reason = "Triton's kernels need a CUDA device"
+        elif torch.version.hip is None and torch.cuda.get_device_capability() < (7, 0):
+            cuda_reason = ("Triton compiles for NVIDIA GPUs of compute capability 7.0 or newer (as torch.compile "
+                           "requires)")
+        else:
+            return None
+        if device == "cuda":
+            return cuda_reason
+        try:
+            from . import grid_triton
+        except (ImportError, RuntimeError) as error:
+            return f"{cuda_reason}, and the kernels cannot run under Triton's interpreter: {error}"
+        return None if grid_triton.INTERPRETED else f"{cuda_reason} (or TRITON_INTERPRET=1 for Triton's interpreter)"
 
-    def tcnn_unavailable_reason(self, device: str | None = None) -> str | None:
-        """Why the tiny-cuda-nn backend cannot serve this grid, or None when it can."""
+    def _tcnn_grid_reason(self) -> str | None:
+        """Why tiny-cuda-nn cannot serve this grid's configuration on any machine, or None."""
         if self.convention != "tcnn":
             return "tiny-cuda-nn indexes grids with the 'tcnn' convention; this grid uses 'torch-ngp'"
         if self.indexing != "hash" and self.num_dense_levels < self.num_levels:
             return "tiny-cuda-nn hashes the levels that exceed its table; this grid tiles them (indexing='tiled')"
         if self.input_dim > 4:
             return f"tiny-cuda-nn supports input_dim 2 to 4, got {self.input_dim}"
+        return None
+
+    def tcnn_unavailable_reason(self, device: str | None = None) -> str | None:
+        """Why the tiny-cuda-nn backend cannot serve this grid on this machine, or None when it can."""
+        reason = self._tcnn_grid_reason()
+        if reason is not None:
+            return reason
         if not torch.cuda.is_available():
             return "tiny-cuda-nn needs a CUDA device"
         try:
@@ -376,23 +397,52 @@ class MultiResolutionFeatureGrid(nn.Module):
     def interpolate(self, x: torch.Tensor) -> torch.Tensor:
         """The look-up without input checks, for callers that guarantee ``(N, D)`` queries in ``[0, 1]``.
 
-        Returns ``(N, num_levels * features_per_level)`` in the dtype of ``x``.
+        Runs on ``backend``, or on the torch path (with a warning the first time) for a call the backend cannot
+        take; see the class docstring. Returns ``(N, num_levels * features_per_level)`` in the dtype of ``x``.
         """
-        if self.backend == "tcnn" and x.is_cuda:
-            from tinycudann.modules import _module_function
-
-            module = self._tcnn_module()
-            out = _module_function.apply(module.native_tcnn_module, x.contiguous(), self.embeddings.view(-1), 1.0)
-            return out.to(x.dtype)
-        if self.backend == "triton" and torch.float64 not in (x.dtype, self.embeddings.dtype):
+        if self.backend == "triton":
             # Imported on first use: Triton is optional.
             from . import grid_triton
 
-            if grid_triton.runs_on(x.device):
-                return grid_triton.lookup(self, x).to(x.dtype)
+            if torch.float64 in (x.dtype, self.embeddings.dtype):
+                self._warn_torch_path("its kernels compute in float32, this call is in float64", "float32 tensors")
+            elif not grid_triton.runs_on(x.device):
+                self._warn_torch_path(
+                    f"its kernels take CUDA tensors (CPU ones only under TRITON_INTERPRET=1), got {x.device.type} "
+                    "tensors",
+                    "the model on a CUDA device",
+                )
+            else:
+                return grid_triton.lookup(x, self.embeddings, self.layout).to(x.dtype)
+        elif self.backend == "tcnn":
+            if x.is_cuda:
+                return self._tcnn_lookup(x)
+            self._warn_torch_path(f"tiny-cuda-nn takes CUDA tensors, got {x.device.type} tensors",
+                                  "the model on a CUDA device")
         frac, index = self.lattice(x)
         out = _InterpolateTable.apply(frac, index, self.embeddings.to(frac.dtype))  # (N, L, F)
         return out.view(x.shape[0], self.num_levels * self.features_per_level).to(x.dtype)
+
+    def _tcnn_lookup(self, x: torch.Tensor) -> torch.Tensor:
+        """The look-up on tiny-cuda-nn's encoding, reading this module's table; CUDA ``x``."""
+        from tinycudann.modules import _module_function
+
+        module = self._tcnn_module()
+        out = _module_function.apply(module.native_tcnn_module, x.contiguous(), self.embeddings.view(-1), 1.0)
+        return out.to(x.dtype)
+
+    def _warn_torch_path(self, reason: str, fix: str) -> None:
+        """Warn, once per grid, that a call the backend cannot take runs on the torch path."""
+        if self._warned_torch_path:
+            return
+        self._warned_torch_path = True
+        warnings.warn(
+            f"grid backend {self.backend!r} cannot take this call: {reason}. It runs on the torch path (the same "
+            f"results up to float rounding), as will every such call of this grid. Use {fix}, or "
+            "grid_backend='torch' (BRICSAutoencoder) / grid.backend = 'torch', to avoid this warning",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Look up ``x`` of shape ``(N, D)`` in ``[0, 1]``; returns ``(N, num_levels * features_per_level)``."""
@@ -406,9 +456,15 @@ class MultiResolutionFeatureGrid(nn.Module):
         return self.interpolate(x)
 
     @property
+    def levels(self) -> list[dict]:
+        """Per level, the fields of its `LevelLayout` as a dict (``scale``, ``nodes_per_axis``, ``entries``,
+        ``dense``, ...); ``layout`` holds them as a frozen dataclass."""
+        return [dataclasses.asdict(level) for level in self.layout.levels]
+
+    @property
     def num_entries(self) -> list[int]:
         """Table size of each level."""
-        return [level["entries"] for level in self.levels]
+        return list(self.layout.entries)
 
     def extra_repr(self) -> str:
         return (
@@ -416,4 +472,5 @@ class MultiResolutionFeatureGrid(nn.Module):
             f"{self.features_per_level}, log2_hashmap_size={self.log2_hashmap_size}, resolution="
             f"{self.min_resolution}..{self.max_resolution}, dense_levels={self.num_dense_levels}, "
             f"indexing={self.indexing!r}, convention={self.convention!r}, backend={self.backend!r}"
+            + (f" (requested {self.requested_backend!r})" if self.requested_backend != self.backend else "")
         )

@@ -4,8 +4,9 @@ Why by hand: the maintained multi-resolution grid kernels are CUDA C++ extension
 (tiny-cuda-nn: its own ``res_l`` nodes per axis and hashing only, ``D <= 4``; torch-ngp's ``gridencoder``: built
 with ``nvcc`` at install time), and no maintained library ships a Triton one with this module's conventions
 (``"torch-ngp"`` / ``"tcnn"`` nodes per axis, dense levels, ``"tiled"`` (paper eq. 6) or ``"hash"`` shared
-levels). These kernels read the module's own table (``embeddings``, ``(total_entries, F)``) with exactly the rows
-and weights of `MultiResolutionFeatureGrid.corner_indices`, and need only the ``triton`` wheel from pip (which
+levels). These kernels read the grid's own table (``embeddings``, ``(total_entries, F)``) with exactly the rows
+and weights of `MultiResolutionFeatureGrid.corner_indices`, given the queries, the table and the grid's
+`GridLayout` (nothing of the grid module itself), and need only the ``triton`` wheel from pip (which
 bundles its compiler and ``ptxas``: no CUDA toolkit) and ``torch>=2.4`` (``torch.library.custom_op``). On a CPU
 they run under Triton's interpreter, for tests: ``TRITON_INTERPRET=1`` set before Triton is first imported (diffusers
 imports it), which ``tests/conftest.py`` does on machines without CUDA.
@@ -38,8 +39,8 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction, KernelInterface
 
-if TYPE_CHECKING:
-    from .feature_grid import MultiResolutionFeatureGrid
+if TYPE_CHECKING:  # only for annotations: the module loads on its own, without the package (see the tests)
+    from .grid_layout import GridLayout
 
 # Queries per program on a GPU; the interpreter takes larger blocks (fewer, vectorised programs).
 _CUDA_BLOCK = 128
@@ -166,9 +167,15 @@ def runs_on(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _device_scales(scales: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """The level scales as a float32 tensor on ``device``, copied there once (a copy per call would sync)."""
-    return torch.tensor(scales, dtype=torch.float32, device=device)
+def _device_layout(scales: tuple[float, ...], strides: tuple[int, ...], starts: tuple[int, ...],
+                   entries: tuple[int, ...], primes: tuple[int, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, ...]:
+    """The level scales (float32), strides ``(L, D)``, first rows, entries and hash primes (int64) as tensors on
+    ``device``, copied there once per layout (a copy per call would sync)."""
+    ints = dict(dtype=torch.long, device=device)
+    return (torch.tensor(scales, dtype=torch.float32, device=device),
+            torch.tensor(strides, **ints).view(len(scales), len(primes)), torch.tensor(starts, **ints),
+            torch.tensor(entries, **ints), torch.tensor(primes, **ints))
 
 
 def _launch(kernel: KernelInterface, n: int, num_levels: int, device: torch.device, *args: Any, **constexprs: Any
@@ -185,25 +192,25 @@ def grid_interpolate(
     x: torch.Tensor,
     table: torch.Tensor,
     scales: list[float],
-    strides: torch.Tensor,
-    starts: torch.Tensor,
-    entries: torch.Tensor,
-    primes: torch.Tensor,
+    strides: list[int],
+    starts: list[int],
+    entries: list[int],
+    primes: list[int],
     hash_from: int,
     wrap_from: int,
 ) -> torch.Tensor:
     """D-linear look-up of ``x`` ``(N, D)`` float32 in ``table`` ``(E, F)``; returns ``(N, L * F)`` float32.
 
-    ``scales`` ``(L,)``; ``strides`` ``(L, D)``, ``starts`` and ``entries`` ``(L,)``, ``primes`` ``(D,)``: int64
-    tensors on the device of ``x``. Levels ``>= hash_from`` are hashed, levels ``>= wrap_from`` wrap modulo their
-    entries.
+    Per level: ``scales``, ``starts`` (first row) and ``entries``; ``strides``: ``L * D`` row strides, level-major;
+    ``primes``: the ``D`` hash primes. Levels ``>= hash_from`` are hashed, levels ``>= wrap_from`` wrap modulo their
+    entries (see `GridLayout`).
     """
     n, dim = x.shape
     num_levels, features = len(scales), table.shape[1]
     out = torch.empty(n, num_levels * features, dtype=torch.float32, device=x.device)
     if n:
-        _launch(_forward_kernel, n, num_levels, x.device, x, table, out, _device_scales(tuple(scales), x.device),
-                strides, starts, entries, primes, n, num_levels, hash_from, wrap_from,
+        layout = _device_layout(tuple(scales), tuple(strides), tuple(starts), tuple(entries), tuple(primes), x.device)
+        _launch(_forward_kernel, n, num_levels, x.device, x, table, out, *layout, n, num_levels, hash_from, wrap_from,
                 D=dim, F=features, F_POW2=triton.next_power_of_2(features))
     return out
 
@@ -219,10 +226,10 @@ def grid_interpolate_backward(
     x: torch.Tensor,
     table: torch.Tensor,
     scales: list[float],
-    strides: torch.Tensor,
-    starts: torch.Tensor,
-    entries: torch.Tensor,
-    primes: torch.Tensor,
+    strides: list[int],
+    starts: list[int],
+    entries: list[int],
+    primes: list[int],
     hash_from: int,
     wrap_from: int,
     query_grad: bool,
@@ -237,42 +244,41 @@ def grid_interpolate_backward(
     grad_x = x.new_empty((num_levels, n, dim) if query_grad else (0,), dtype=torch.float32)  # fully written
     grad_table = table.new_zeros(table.shape if table_grad else (0,), dtype=torch.float32)
     if n and (query_grad or table_grad):
+        layout = _device_layout(tuple(scales), tuple(strides), tuple(starts), tuple(entries), tuple(primes), x.device)
         _launch(_backward_kernel, n, num_levels, x.device, x, table, grad_out.contiguous(), grad_table, grad_x,
-                _device_scales(tuple(scales), x.device), strides, starts, entries, primes, n, num_levels,
-                hash_from, wrap_from, D=dim, F=features, F_POW2=triton.next_power_of_2(features),
-                TABLE_GRAD=table_grad, QUERY_GRAD=query_grad)
+                *layout, n, num_levels, hash_from, wrap_from, D=dim, F=features,
+                F_POW2=triton.next_power_of_2(features), TABLE_GRAD=table_grad, QUERY_GRAD=query_grad)
     return (grad_x.sum(0) if query_grad else grad_x), grad_table.to(table.dtype)
 
 
 @grid_interpolate_backward.register_fake
-def _(grad_out, x, table, scales, strides, starts, entries, primes, hash_from, wrap_from, query_grad, table_grad):
+def _(grad_out, x, table, scales, strides, starts, entries, primes, hash_from, wrap_from, query_grad,
+      table_grad):
     grad_x = x.new_empty(x.shape if query_grad else (0,), dtype=torch.float32)
     return grad_x, table.new_empty(table.shape if table_grad else (0,))
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    x, table, scales, strides, starts, entries, primes, hash_from, wrap_from = inputs
-    ctx.save_for_backward(x, table, strides, starts, entries, primes)
-    ctx.scales, ctx.hash_from, ctx.wrap_from = scales, hash_from, wrap_from
+    x, table, *ctx.layout = inputs
+    ctx.save_for_backward(x, table)
 
 
 def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    x, table, strides, starts, entries, primes = ctx.saved_tensors
+    x, table = ctx.saved_tensors
     query_grad, table_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_x, grad_table = grid_interpolate_backward(grad_out, x, table, ctx.scales, strides, starts, entries, primes,
-                                                   ctx.hash_from, ctx.wrap_from, query_grad, table_grad)
-    return (grad_x if query_grad else None, grad_table if table_grad else None) + (None,) * 7
+    grad_x, grad_table = grid_interpolate_backward(grad_out, x, table, *ctx.layout, query_grad, table_grad)
+    return (grad_x if query_grad else None, grad_table if table_grad else None) + (None,) * len(ctx.layout)
 
 
 grid_interpolate.register_autograd(_backward, setup_context=_setup_context)
 
 
-def lookup(grid: MultiResolutionFeatureGrid, x: torch.Tensor) -> torch.Tensor:
-    """``grid.interpolate(x)`` on the kernels: ``x`` ``(N, D)`` in ``[0, 1]`` -> ``(N, L * F)`` float32.
+def lookup(x: torch.Tensor, table: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+    """The D-linear look-up on the kernels: ``x`` ``(N, D)`` in ``[0, 1]`` -> ``(N, L * F)`` float32.
 
-    ``grid`` is a `MultiResolutionFeatureGrid` with a float16, bfloat16 or float32 table; ``x`` is read as float32.
+    ``table`` ``(total_entries, F)``, float16, bfloat16 or float32, holds the levels as ``layout`` places them;
+    ``x`` is read as float32. Both on a device the kernels take (`runs_on`).
     """
-    hash_from = grid.num_dense_levels if grid.indexing == "hash" else grid.num_levels
-    wrap_from = 0 if grid.convention == "tcnn" else grid.num_dense_levels
-    return grid_interpolate(x.to(torch.float32).contiguous(), grid.embeddings, list(grid.scales), grid.strides,
-                            grid.level_starts, grid.level_entries, grid.primes, hash_from, wrap_from)
+    return grid_interpolate(x.to(torch.float32).contiguous(), table, list(layout.scales), list(layout.strides),
+                            list(layout.offsets), list(layout.entries), list(layout.primes), layout.hash_from,
+                            layout.wrap_from)
