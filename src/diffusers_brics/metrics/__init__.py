@@ -5,11 +5,13 @@ prepared into a cache on first use (:func:`prepare_weights` does it ahead of tim
 from .codebook_usage import CodebookUsage, usage_summary
 from .fid import CLIP_FID_MESSAGE, frechet_inception_distance, inception_score, kernel_inception_distance
 from .grid_usage import GridUsage, grid_usage
-from .inception import InceptionFeatures, inception_cache_dir, resolve_inception_weights
+from .inception import InceptionFeatures
+from .inception_net import inception_cache_dir
+from .inception_weights import resolve_inception_weights
 from .lpips import LPIPS, clear_cache, lpips
+from .lpips_weights import default_cache_dir, resolve_lpips_weights
 from .reconstruction import psnr, ssim
-from .weight_files import prepare_weights
-from .weights import default_cache_dir, resolve_lpips_weights
+from .weight_kinds import prepare_weights
 
 __all__ = [
     "CLIP_FID_MESSAGE",

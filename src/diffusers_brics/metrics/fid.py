@@ -26,7 +26,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from .inception import InceptionFeatures
-from .weights import PathLike
+from .weight_files import PathLike
 
 __all__ = [
     "CLIP_FID_MESSAGE",
@@ -74,7 +74,7 @@ def frechet_inception_distance(
     """torchmetrics' FID on the 2048 pool3 features of the FID Inception-v3.
 
     Args:
-        weights_path: the Inception weights (see :func:`~.inception.resolve_inception_weights`).
+        weights_path: the Inception weights (see :func:`~.inception_weights.resolve_inception_weights`).
         feature: ``"inception"``, or a feature module (with a ``num_features`` attribute) that receives the images
             of ``update()`` unchanged and returns ``(N, num_features)``.
         antialias: True (torchmetrics' default) resizes to 299x299 with ``F.interpolate(antialias=True)``; False

