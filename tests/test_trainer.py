@@ -25,7 +25,15 @@ class PoisonedStage(TrainingStage):
 
     def __init__(self, poisoned: set[int]):
         self.poisoned = poisoned
-        self.weights_before, self.weights_after, self.ema_steps = {}, {}, {}
+        self.weights_before, self.ema_steps = {}, {}
+
+    def weights_after(self, trainer, step: int) -> torch.Tensor:
+        """The weights after optimisation step ``step`` (the Trainer applies a step after `training_step` returns):
+        those the next step started from, or the final ones."""
+        return self.weights_before[step + 1] if step + 1 in self.weights_before else self.final_weights
+
+    def finish(self, trainer, model, step, summary):
+        self.final_weights = trainer.unwrap().linear.weight.detach().clone()
 
     def setup(self, trainer):
         data = torch.utils.data.TensorDataset(torch.randn(64, 4))
@@ -35,13 +43,12 @@ class PoisonedStage(TrainingStage):
         return StageParts("line", model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
 
     def training_step(self, trainer, batch, generator, step):
-        self.ema_steps[step] = trainer.ema.optimization_step
-        self.weights_before[step] = trainer.unwrap().linear.weight.detach().clone()
+        self.ema_steps.setdefault(step, trainer.ema.optimization_step)
+        self.weights_before.setdefault(step, trainer.unwrap().linear.weight.detach().clone())
         loss = trainer.model(batch).square().mean()
         if step in self.poisoned:
             loss = loss * float("nan")
         trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
-        self.weights_after[step] = trainer.unwrap().linear.weight.detach().clone()
         return {"loss": loss.item()}
 
 
@@ -56,9 +63,9 @@ def test_a_non_finite_step_is_dropped_counted_and_kept_out_of_the_ema(tmp_path):
     trainer = Trainer(loop_config(tmp_path), "test")
     trainer.fit(stage)
     for step in range(8):
-        moved = not torch.equal(stage.weights_before[step], stage.weights_after[step])
+        moved = not torch.equal(stage.weights_before[step], stage.weights_after(trainer, step))
         assert moved == (step not in {2, 5}), step
-        assert torch.isfinite(stage.weights_after[step]).all()
+        assert torch.isfinite(stage.weights_after(trainer, step)).all()
     # the EMA skipped the dropped steps: after step k it has seen k + 1 minus the dropped steps before
     assert [stage.ema_steps[k] for k in range(8)] == [0, 1, 2, 2, 3, 4, 4, 5]
     assert trainer.nonfinite_steps == 2
@@ -71,7 +78,7 @@ def test_non_finite_steps_in_a_row_stop_training_with_the_last_checkpoint_intact
         trainer.fit(stage)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     saved = load_file(tmp_path / "checkpoint-4" / "line" / "diffusion_pytorch_model.safetensors")
-    assert torch.equal(saved["linear.weight"], stage.weights_after[2])  # the last applied step
+    assert torch.equal(saved["linear.weight"], stage.weights_after(trainer, 2))  # the last applied step
     assert torch.isfinite(saved["linear.weight"]).all()
 
 
@@ -80,8 +87,51 @@ def test_gradient_accumulation_drops_the_whole_step(tmp_path):
     trainer = Trainer(loop_config(tmp_path, gradient_accumulation_steps=2, max_train_steps=3), "test")
     trainer.fit(stage)
     # step 1 has two micro-batches, both poisoned (steps are numbered per optimisation step): nothing moves
-    assert torch.equal(stage.weights_before[1], stage.weights_after[1])
-    assert not torch.equal(stage.weights_before[2], stage.weights_after[2]) and trainer.nonfinite_steps == 1
+    assert torch.equal(stage.weights_before[1], stage.weights_after(trainer, 1))
+    assert not torch.equal(stage.weights_before[2], stage.weights_after(trainer, 2)) and trainer.nonfinite_steps == 1
+
+
+class TwoOptimizerStage(PoisonedStage):
+    """The regression plus a critic with an optimizer of its own, kept out of accelerate (as stage 1's discriminator
+    is) and updated after the model in the same step; only the critic's loss is poisoned, at the steps in
+    ``poisoned``."""
+
+    def setup(self, trainer):
+        parts = super().setup(trainer)
+        self.critic = torch.nn.Linear(4, 1)
+        self.critic_optimizer = torch.optim.SGD(self.critic.parameters(), lr=0.1)
+        self.critic_before, self.logs = {}, {}
+        return parts
+
+    def training_step(self, trainer, batch, generator, step):
+        self.ema_steps.setdefault(step, trainer.ema.optimization_step)
+        self.weights_before.setdefault(step, trainer.unwrap().linear.weight.detach().clone())
+        self.critic_before.setdefault(step, self.critic.weight.detach().clone())
+        loss = trainer.model(batch).square().mean()
+        trainer.apply_gradients(loss, trainer.optimizer, trainer.model.parameters(), lr_scheduler=trainer.lr_scheduler)
+        critic_loss = self.critic(batch).square().mean()
+        if step in self.poisoned:
+            critic_loss = critic_loss * float("nan")
+        trainer.apply_gradients(critic_loss, self.critic_optimizer, self.critic.parameters(), prepared=False)
+        return {"loss": loss.item(), "critic_loss": critic_loss.item()}
+
+
+def test_a_step_is_applied_whole_or_not_at_all(tmp_path, caplog):
+    """The model's gradients are finite at step 2; the critic's, computed after them, are not: neither optimizer
+    steps, the EMA skips the step, and the log says nothing was applied."""
+    stage = TwoOptimizerStage({2})
+    trainer = Trainer(loop_config(tmp_path), "test")
+    with caplog.at_level("WARNING"):
+        trainer.fit(stage)
+    critic_after = {k: stage.critic_before[k + 1] if k < 7 else stage.critic.weight.detach() for k in range(8)}
+    for step in range(8):
+        model_moved = not torch.equal(stage.weights_before[step], stage.weights_after(trainer, step))
+        critic_moved = not torch.equal(stage.critic_before[step], critic_after[step])
+        assert model_moved == critic_moved == (step != 2), step
+    assert torch.isfinite(stage.critic.weight).all()
+    assert [stage.ema_steps[k] for k in range(8)] == [0, 1, 2, 2, 3, 4, 5, 6]
+    assert trainer.nonfinite_steps == 1
+    assert "step 3: non-finite loss or gradients, nothing applied" in caplog.text
 
 
 class ValidatedStage(PoisonedStage):
@@ -97,6 +147,7 @@ class ValidatedStage(PoisonedStage):
         return {"seen_step": float(step)}
 
     def finish(self, trainer, model, step, summary):
+        super().finish(trainer, model, step, summary)
         self.summary = summary
 
 

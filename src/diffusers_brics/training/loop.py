@@ -114,6 +114,8 @@ class Trainer:
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0
         self._step_is_bad = False
+        # (optimizer, parameters, prepared, lr_scheduler) of the micro-batch's `apply_gradients` calls
+        self._queued_updates: list[tuple] = []
         self._signal: int | None = None
 
     # ------------------------------------------------------------------ for stages
@@ -136,12 +138,14 @@ class Trainer:
         self, loss: torch.Tensor, optimizer, parameters, *, prepared: bool = True, lr_scheduler=None,
         scale: float = 1.0,
     ) -> None:
-        """Backward ``loss * scale`` and, at the end of an optimisation step, apply the accumulated gradients.
+        """Backward ``loss * scale`` and queue ``optimizer``'s update; the Trainer applies the queued updates after
+        the stage's `training_step` returns, all of them or none (`_apply_queued_updates`).
 
         ``prepared``: an optimizer and model prepared by accelerate (which accumulates, syncs, clips at
         ``max_grad_norm`` and steps only at the end); otherwise (a module kept out of DDP) the loss is divided by
-        the accumulation steps and the gradients are averaged over the processes here. Non-finite gradients are
-        never applied: the step is dropped and counted (`nonfinite_steps`), for every optimizer of the step.
+        the accumulation steps and the gradients are averaged over the processes here. At the end of an
+        optimisation step every optimizer's gradients are checked before any optimizer steps: a non-finite loss or
+        gradient of one drops the whole step (counted in `nonfinite_steps`), so a step is applied whole or not at all.
         """
         accelerator = self.accelerator
         if prepared:
@@ -154,19 +158,20 @@ class Trainer:
                 average_gradients(accelerator, parameters)
             if not self._gradients_are_finite(loss, parameters):
                 self._step_is_bad = True
-            if self._step_is_bad:  # dropped; the schedule still advances with the step count
-                optimizer.zero_grad(set_to_none=True)
-                if lr_scheduler is not None:
-                    lr_scheduler.step()
-                return
-            if prepared and self.config.max_grad_norm:
-                accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
-            optimizer.step()
-            if lr_scheduler is not None:
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            self._queued_updates.append((optimizer, parameters, prepared, lr_scheduler))
         elif prepared:
-            optimizer.step()  # accelerate: a no-op until the gradients are synchronised
+            self._queued_updates.append((optimizer, parameters, prepared, lr_scheduler))
+
+    def _apply_queued_updates(self) -> None:
+        """Step the optimizers queued by this micro-batch's `apply_gradients`, or, where any gradient of the step
+        was non-finite, none of them (their gradients are cleared; the schedules still advance with the step)."""
+        queued, self._queued_updates = self._queued_updates, []
+        sync = self.accelerator.sync_gradients
+        for optimizer, parameters, prepared, lr_scheduler in queued:
+            if sync and not self._step_is_bad and prepared and self.config.max_grad_norm:
+                self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
+            if not (sync and self._step_is_bad):
+                optimizer.step()  # with accelerate: a no-op until the gradients are synchronised
             if lr_scheduler is not None:
                 lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -247,6 +252,7 @@ class Trainer:
                         torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's outputs
                     with accelerator.accumulate(self.model):
                         step_logs.add(stage.training_step(self, batch, generator, self.global_step))
+                        self._apply_queued_updates()
                     if not accelerator.sync_gradients:
                         micro_step += 1
                         continue
