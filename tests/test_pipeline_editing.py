@@ -9,6 +9,7 @@ from test_pipeline import tiny_pipeline, tiny_unet
 
 from diffusers_brics import BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
+from diffusers_brics.pipelines.inputs import prepare_mask
 from diffusers_brics.pipelines.key_codes import encode_images
 
 
@@ -86,7 +87,7 @@ def test_inpainting_keeps_the_unmasked_key_codes_exactly(pipe, pictures):
 def test_a_masked_pixel_marks_its_key_code_cell(pipe):
     mask = np.zeros((32, 32), dtype=np.float32)
     mask[9, 30] = 1  # row 9 -> cell 2 (4 pixels per key code), column 30 -> cell 7
-    grid = pipe.prepare_mask(mask, [(32, 32)])
+    grid = prepare_mask(mask, [(32, 32)], pipe.vae)
     assert grid.shape == (1, 1, 8, 8) and int(grid.sum()) == 1 and bool(grid[0, 0, 2, 7])
 
 
@@ -95,7 +96,7 @@ def test_masks_follow_the_images_resize_and_crop(pipe):
     mask = np.zeros((32, 64), dtype=np.float32)
     mask[:, 16:24] = 1  # the centre crop keeps columns 16..47: these are its columns 0..7, key-code cells 0 and 1
     mask[:, :16] = 1  # cropped away
-    grid = pipe.prepare_mask(mask, [wide.size])
+    grid = prepare_mask(mask, [wide.size], pipe.vae)
     assert grid[0, 0].any(dim=0).nonzero().flatten().tolist() == [0, 1] and bool(grid[0, 0, :, :2].all())
     assert run(pipe, image=wide, mask_image=mask).shape == (1, 2, 8, 8)
 

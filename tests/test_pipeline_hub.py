@@ -28,7 +28,7 @@ from naive_pipeline import NaiveBRICSPipeline
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
-from diffusers_brics.pipelines.pipeline_utils import files_to_download
+from diffusers_brics.pipelines.hub_files import files_to_download, module_file, package_exports, resolve_module_files
 
 BRICS_REPO = "org/brics-tiny"
 OLD_BRICS_REPO = "org/brics-tiny-old"  # as saved before the module files for trust_remote_code existed
@@ -245,6 +245,26 @@ def test_files_to_download_pick_one_set_of_weights_per_component():
          *shards])  # the vae has no fp16 weights: its plain ones
     assert "unet/diffusion_pytorch_model.bin" in files_to_download(files, components, use_safetensors=False)
     assert "unet/diffusion_pytorch_model.safetensors" not in files_to_download(files, components, use_safetensors=False)
+
+
+def test_module_files_know_what_the_package_root_exports():
+    import diffusers_brics
+
+    assert package_exports() == set(diffusers_brics.__all__)  # read from the root's source, without importing it
+    for module, class_name, statement in (
+        ("diffusers_brics.models.autoencoder_brics", "BRICSAutoencoder",
+         "from diffusers_brics import BRICSAutoencoder"),
+        ("diffusers_brics.models.decoder", "BRICSDecoder", "from diffusers_brics.models.decoder import BRICSDecoder"),
+        ("naive_pipeline", "NaiveBRICSPipeline", "from naive_pipeline import NaiveBRICSPipeline"),
+    ):
+        stem, source = module_file(module, class_name)
+        assert stem == module.rsplit(".", 1)[-1] and f"\n{statement}  # noqa: F401\n" in source
+    index = {"_class_name": ["pipeline_brics", "BRICSPipeline"], "vae": ["autoencoder_brics", "BRICSAutoencoder"],
+             "unet": ["diffusers", "UNet2DModel"], "other": ["some_module", "SomeClass"]}
+    assert resolve_module_files(index) == {**index, "_class_name": "BRICSPipeline",
+                                           "vae": [BRICSAutoencoder.__module__, "BRICSAutoencoder"]}
+    old = {"_class_name": "BRICSPipeline", "vae": ["diffusers_brics.models.autoencoder_brics", "BRICSAutoencoder"]}
+    assert resolve_module_files(old) == old
 
 
 @pytest.mark.parametrize("variant", [None, "fp16"])

@@ -2,9 +2,10 @@
 
 import diffusers
 
+from .base_pipeline import BRICSDiffusionPipeline
 from .pipeline_brics import BRICSPipeline
 from .pipeline_brics_text2img import BRICSTextToImagePipeline
-from .pipeline_utils import BRICSDiffusionPipeline, default_scheduler
+from .sampling import default_scheduler
 
 # `DiffusionPipeline.from_pretrained(folder)` looks the `_class_name` of model_index.json up in the diffusers
 # namespace; registering the classes there lets it load saved BRICS pipelines once diffusers_brics is imported.

@@ -13,14 +13,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..utils import is_integer
-from .pipeline_utils import (  # noqa: F401  (files_to_download and default_scheduler: their former home)
-    BRICSDiffusionPipeline,
-    ImageInput,
-    MaskInput,
-    count_images,
-    default_scheduler,
-    files_to_download,
-)
+from .base_pipeline import BRICSDiffusionPipeline
+from .inputs import ImageInput, MaskInput, check_editing_inputs, check_sampling_inputs, count_images, prepare_edit
+from .sampling import denoise, to_output
 
 
 class BRICSPipeline(BRICSDiffusionPipeline):
@@ -71,8 +66,8 @@ class BRICSPipeline(BRICSDiffusionPipeline):
         guidance_scale: float = 1.0,
     ) -> None:
         """Raise a ValueError naming the first argument of ``__call__`` (or component) that cannot work."""
-        self.check_sampling_inputs(batch_size, num_inference_steps, latents, generator, output_type, eta,
-                                   callback_on_step_end, guidance_scale)
+        check_sampling_inputs(self, batch_size, num_inference_steps, latents, generator, output_type, eta,
+                              callback_on_step_end, guidance_scale)
         conditional = self.unet.config.num_class_embeds is not None
         if conditional and class_labels is None:
             raise ValueError(f"this UNet is class-conditional ({self.unet.config.num_class_embeds} classes): pass "
@@ -157,7 +152,7 @@ class BRICSPipeline(BRICSDiffusionPipeline):
         """
         if isinstance(latents, np.ndarray):
             latents = torch.from_numpy(latents)
-        strength = self.check_editing_inputs(image, strength, mask_image)
+        strength = check_editing_inputs(image, strength, mask_image)
         if image is not None and batch_size == 1:
             batch_size = count_images(image)  # several images to edit: one sample each
         self.check_inputs(batch_size, num_inference_steps, latents, generator, class_labels, output_type, eta,
@@ -168,7 +163,7 @@ class BRICSPipeline(BRICSDiffusionPipeline):
             condition = {"class_labels": self.class_label_ids(class_labels, batch_size).to(device)}
             if self.config.null_class_id is not None:
                 null_condition = {"class_labels": torch.full_like(condition["class_labels"], self.config.null_class_id)}
-        image_codes, mask = self.prepare_edit(image, mask_image, batch_size) if image is not None else (None, None)
-        key_codes = self.denoise(batch_size, num_inference_steps, generator, latents, condition, null_condition,
-                                 guidance_scale, image_codes, strength, mask, eta, callback_on_step_end)
-        return self.postprocess(key_codes, output_type, return_dict)
+        image_codes, mask = prepare_edit(self, image, mask_image, batch_size) if image is not None else (None, None)
+        key_codes = denoise(self, batch_size, num_inference_steps, generator, latents, condition, null_condition,
+                            guidance_scale, image_codes, strength, mask, eta, callback_on_step_end)
+        return to_output(self, key_codes, output_type, return_dict)

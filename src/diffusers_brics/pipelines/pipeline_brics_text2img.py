@@ -15,7 +15,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..utils import is_integer
-from .pipeline_utils import BRICSDiffusionPipeline, ImageInput, MaskInput, count_images
+from .base_pipeline import BRICSDiffusionPipeline
+from .inputs import ImageInput, MaskInput, check_editing_inputs, check_sampling_inputs, count_images, prepare_edit
+from .sampling import denoise, to_output
 
 
 def as_prompt_list(value: str | list[str] | None, name: str) -> list[str] | None:
@@ -171,9 +173,9 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
         prompts = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                            num_images_per_prompt)
         batch_size = prompts * num_images_per_prompt
-        strength = self.check_editing_inputs(image, strength, mask_image)
-        self.check_sampling_inputs(batch_size, num_inference_steps, latents, generator, output_type, eta,
-                                   callback_on_step_end, guidance_scale)
+        strength = check_editing_inputs(image, strength, mask_image)
+        check_sampling_inputs(self, batch_size, num_inference_steps, latents, generator, output_type, eta,
+                              callback_on_step_end, guidance_scale)
         if image is not None:
             count = count_images(image)
             if count not in (1, prompts, batch_size):
@@ -189,10 +191,10 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
         dtype = self.unet.dtype
         condition = {"encoder_hidden_states": embeds.to(dtype)}
         null_condition = {"encoder_hidden_states": negative.to(dtype)} if negative is not None else None
-        image_codes, mask = self.prepare_edit(image, mask_image, batch_size) if image is not None else (None, None)
-        key_codes = self.denoise(batch_size, num_inference_steps, generator, latents, condition, null_condition,
-                                 guidance_scale, image_codes, strength, mask, eta, callback_on_step_end)
-        return self.postprocess(key_codes, output_type, return_dict)
+        image_codes, mask = prepare_edit(self, image, mask_image, batch_size) if image is not None else (None, None)
+        key_codes = denoise(self, batch_size, num_inference_steps, generator, latents, condition, null_condition,
+                            guidance_scale, image_codes, strength, mask, eta, callback_on_step_end)
+        return to_output(self, key_codes, output_type, return_dict)
 
 
 def _repeat_images(images, times: int):
