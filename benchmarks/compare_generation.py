@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from diffusers.utils import make_image_grid
 
+from diffusers_brics.pipelines.key_codes import to_pil
 from diffusers_brics.pipelines.loading import load_pipeline
 from diffusers_brics.evaluate import (
     InceptionDistances,
@@ -49,7 +50,6 @@ from diffusers_brics.evaluate import (
     load_split,
     nearest_neighbours,
     sample_images,
-    to_pil,
     to_unit,
 )
 from diffusers_brics.metrics.inception import InceptionFeatures

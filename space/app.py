@@ -21,7 +21,8 @@ from PIL import Image
 
 from diffusers_brics.metrics import psnr
 from diffusers_brics.pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
-from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct, tensor_to_pil
+from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct
+from diffusers_brics.pipelines.key_codes import to_pil as tensor_to_pil
 from diffusers_brics.pipelines.loading import SCHEDULERS, LoadedModel, load_model, swap_scheduler
 
 DEFAULT_MODEL = "outputs/quickstart/pipeline"

@@ -10,7 +10,7 @@ from test_pipeline import tiny_pipeline, tiny_unet
 from diffusers_brics import BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.pipelines.inputs import prepare_mask
-from diffusers_brics.pipelines.key_codes import encode_images
+from diffusers_brics.pipelines.key_codes import encode_images, sample_size_of, to_pil
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,21 @@ def test_image_and_mask_files(pipe, pictures, tmp_path):
     assert torch.equal(from_files, run(pipe, image=pictures[0], mask_image=mask))
     with pytest.raises(FileNotFoundError, match="mask_image"):
         run(pipe, image=pictures[0], mask_image=tmp_path / "missing.png")
+
+
+def test_to_pil_takes_a_batch_or_one_image():
+    images = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pictures = to_pil(images)
+    assert [p.size for p in pictures] == [(6, 8), (6, 8)] and all(p.mode == "RGB" for p in pictures)
+    expected = ((images[1] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(to_pil(images[1])), expected)
+    assert np.array_equal(np.asarray(pictures[1]), expected)
+
+
+def test_sample_size_of_an_autoencoder_and_of_pipelines(pipe):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    assert sample_size_of(pipe.vae) == sample_size_of(pipe) == 32
+    pixels = DDPMPipeline(unet=tiny_unet(sample_size=16, in_channels=3, out_channels=3),
+                          scheduler=DDPMScheduler(num_train_timesteps=10))
+    assert sample_size_of(pixels) == 16  # a pixel-space pipeline: its UNet's

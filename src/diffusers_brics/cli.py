@@ -70,7 +70,8 @@ def load(args: argparse.Namespace):
 def reconstruct(args: argparse.Namespace) -> int:
     """Each image's reconstruction (``NAME.png``) and a picture of its key codes (``NAME_key_codes.png``)."""
     from .metrics import psnr
-    from .pipelines.key_codes import key_codes_to_image, tensor_to_pil
+    from .pipelines.key_codes import key_codes_to_image
+    from .pipelines.key_codes import to_pil as tensor_to_pil
     from .pipelines.key_codes import reconstruct as reconstruct_images
 
     vae = load(args).require_vae()

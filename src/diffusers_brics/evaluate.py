@@ -43,8 +43,8 @@ from .metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
 from .metrics.inception import InceptionFeatures
 from .models import peers
 from .models.autoencoder_brics import BRICSAutoencoder
+from .pipelines.key_codes import sample_size_of, to_pil
 from .pipelines.loading import load_pipeline
-from .training.images import to_pil
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
@@ -371,13 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(results, f, indent=2)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
     return 0
-
-
-def sample_size_of(pipeline) -> int:
-    """The image size a pipeline generates: its VAE's ``sample_size``, or a pixel-space UNet's."""
-    vae = getattr(pipeline, "vae", None)
-    size = (vae.config.sample_size if vae is not None else pipeline.unet.config.sample_size)
-    return size if isinstance(size, int) else size[0]
 
 
 if __name__ == "__main__":

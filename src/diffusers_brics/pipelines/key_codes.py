@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import make_image_grid
 from PIL import Image, UnidentifiedImageError
@@ -42,9 +43,13 @@ def open_image(path: str | os.PathLike, name: str = "image") -> Image.Image:
         raise ValueError(f"{name}: {str(path)!r} is not a readable image ({error})") from None
 
 
-def sample_size_of(vae: torch.nn.Module) -> int:
-    """The image size (pixels per side) the autoencoder was built for."""
-    size = vae.config.sample_size
+def sample_size_of(model: torch.nn.Module | DiffusionPipeline) -> int:
+    """The image size (pixels per side) an autoencoder was built for, or a pipeline generates: its VAE's, or for a
+    pipeline without one (in pixel space) its UNet's."""
+    if isinstance(model, DiffusionPipeline):
+        vae = getattr(model, "vae", None)
+        model = vae if vae is not None else model.unet
+    size = model.config.sample_size
     return int(size if isinstance(size, int) else size[0])
 
 
@@ -89,7 +94,7 @@ def decode_key_codes(vae: torch.nn.Module, key_codes: torch.Tensor) -> list[Imag
     """Pictures decoded from key codes ``(B, C_z, H_z, W_z)`` (clamped to ``[0, 1]`` for BRICS), without noise."""
     key_codes = check_key_codes(vae, key_codes)
     images = decode_latents(vae, key_codes)
-    return tensor_to_pil(images)
+    return to_pil(images)
 
 
 @torch.no_grad()
@@ -102,9 +107,11 @@ def reconstruct(vae: torch.nn.Module, images: ImageInput | Sequence[ImageInput] 
     return pixels, key_codes, decode_latents(vae, key_codes).clamp(-1, 1)
 
 
-def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """Pictures from ``(B, 3, H, W)`` in ``[-1, 1]``."""
-    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+def to_pil(images: torch.Tensor) -> list[Image.Image] | Image.Image:
+    """RGB pictures from a batch ``(B, 3, H, W)`` in ``[-1, 1]``, or one picture from one image ``(3, H, W)``."""
+    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+    if array.ndim == 3:
+        return Image.fromarray(np.ascontiguousarray(array))
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 

@@ -32,6 +32,7 @@ from ..console import SHORT_USAGE, HelpFormatter
 from ..metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..pipelines.key_codes import to_pil
 from .config import (
     DataConfig,
     LoopConfig,
@@ -58,7 +59,6 @@ from .data import (
 )
 from .discriminator import StyleGAN2Discriminator
 from .hub import dataset_of, default_repo_id, hub_id, local_name, public_settings, write_model_card
-from .images import to_pil
 from .loop import StageParts, Trainer, TrainingStage, broadcast_parameters, check_in_sync, log_image
 from .losses import (
     VGGPerceptualLoss,
