@@ -21,8 +21,7 @@ from PIL import Image
 
 from diffusers_brics.metrics import psnr
 from diffusers_brics.pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
-from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct
-from diffusers_brics.pipelines.key_codes import to_pil as tensor_to_pil
+from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct, to_pil
 from diffusers_brics.pipelines.loading import SCHEDULERS, LoadedModel, load_model, swap_scheduler
 
 DEFAULT_MODEL = "outputs/quickstart/pipeline"
@@ -155,7 +154,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         if image is None:
             raise gr.Error("Upload an image first.")
         original, codes, recon = reconstruct(vae, [image])
-        return tensor_to_pil(recon)[0], key_codes_to_image(codes[0]), round(float(psnr(recon, original)), 2)
+        return to_pil(recon)[0], key_codes_to_image(codes[0]), round(float(psnr(recon, original)), 2)
 
     def sample(seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale, class_label,
                progress=gr.Progress(track_tqdm=True)):

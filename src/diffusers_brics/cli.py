@@ -70,8 +70,7 @@ def load(args: argparse.Namespace):
 def reconstruct(args: argparse.Namespace) -> int:
     """Each image's reconstruction (``NAME.png``) and a picture of its key codes (``NAME_key_codes.png``)."""
     from .metrics import psnr
-    from .pipelines.key_codes import key_codes_to_image
-    from .pipelines.key_codes import to_pil as tensor_to_pil
+    from .pipelines.key_codes import key_codes_to_image, to_pil
     from .pipelines.key_codes import reconstruct as reconstruct_images
 
     vae = load(args).require_vae()
@@ -79,7 +78,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     for path in args.images:
         original, codes, recon = reconstruct_images(vae, [path])
         stem = Path(path).stem
-        tensor_to_pil(recon)[0].save(folder / f"{stem}.png")
+        to_pil(recon)[0].save(folder / f"{stem}.png")
         key_codes_to_image(codes[0]).save(folder / f"{stem}_key_codes.png")
         print(f"{path} -> {folder / f'{stem}.png'} (PSNR {float(psnr(recon, original)):.2f} dB; key codes "
               f"{tuple(codes.shape[1:])} -> {folder / f'{stem}_key_codes.png'})")
