@@ -108,7 +108,7 @@ def test_class_labels_of_a_column():
 
 
 def test_micro_batch_seeds_are_distinct_and_reproducible():
-    from diffusers_brics.training.loop import micro_batch_seed
+    from diffusers_brics.training.distributed import micro_batch_seed
 
     seeds = [micro_batch_seed(0, 3, step, micro, process) for step in range(50) for micro in range(3) for process in range(4)]
     assert len(set(seeds)) == len(seeds)
@@ -120,7 +120,7 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
 def test_resume_follows_the_new_schedule_from_its_first_step(name):
     from diffusers.optimization import get_scheduler
 
-    from diffusers_brics.training.loop import follow_schedule
+    from diffusers_brics.training.resume import follow_schedule
 
     def run(total_steps, steps, state=None):
         parameter = torch.nn.Parameter(torch.zeros(1))
@@ -151,7 +151,7 @@ def test_step_logs_average_micro_batches_and_processes():
 
     from accelerate import Accelerator
 
-    from diffusers_brics.training.loop import StepLogs
+    from diffusers_brics.training.reporting import StepLogs
 
     logs = StepLogs()
     logs.add({"loss": 1.0, "r1": 4.0})

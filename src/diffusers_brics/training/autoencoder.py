@@ -58,8 +58,9 @@ from .data import (
     undecoded,
 )
 from .discriminator import StyleGAN2Discriminator
+from .distributed import broadcast_parameters, check_in_sync
 from .hub import dataset_of, default_repo_id, hub_id, local_name, public_settings, write_model_card
-from .loop import StageParts, Trainer, TrainingStage, broadcast_parameters, check_in_sync, log_image
+from .loop import StageParts, Trainer, TrainingStage
 from .losses import (
     VGGPerceptualLoss,
     discriminator_adversarial_loss,
@@ -68,6 +69,7 @@ from .losses import (
     kl_loss,
     r1_penalty,
 )
+from .reporting import log_image
 
 logger = get_logger(__name__)
 

@@ -1,11 +1,21 @@
-"""Checkpoints that are never half-written: saved to a ``.partial`` folder, then renamed into place."""
+"""Checkpoints, never half-written: `save_checkpoint` saves to a ``.partial`` folder, then renames it into place;
+`register_checkpoint_hooks` puts the trained model and its EMA into each one in diffusers' format; `list_checkpoints`,
+`resolve_checkpoint` and `first_unreadable_file` find them, the one to resume from and a damaged file."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+
+from .accelerator_setup import plain_module
+from .ema import ema_copy
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +85,6 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
 def first_unreadable_file(folder: str) -> tuple[str, Exception] | None:
     """The first file of a checkpoint folder that cannot be read back (safetensors, torch pickles, JSON), with the
     error, or None. Used to name the damaged file when a checkpoint fails to load."""
-    import json
-
-    import torch
     from safetensors import safe_open
 
     for root, _, names in sorted(os.walk(folder)):
@@ -96,3 +103,47 @@ def first_unreadable_file(folder: str) -> tuple[str, Exception] | None:
             except Exception as error:  # noqa: BLE001 - any failure means this file is the damaged one
                 return path, error
     return None
+
+
+EMA_STATE_FILE = "ema_state.json"
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel | None) -> None:
+    """Write the prepared model into checkpoints in diffusers' format, as diffusers' training examples do.
+
+    ``checkpoint-N/<name>`` holds the model and ``checkpoint-N/<name>_ema`` its EMA weights (with the EMA's
+    decay state in ``ema_state.json``), so any checkpoint loads with ``from_pretrained(path, subfolder=...)``.
+    The optimizers, schedule, RNG states and other registered objects stay in accelerate's files beside them.
+    """
+
+    def only_model(models) -> torch.nn.Module:
+        if len(models) != 1:  # the trainer prepares one model; a second would overwrite the first's folder
+            raise RuntimeError(f"checkpoint hooks for {name!r} expect one prepared model, got {len(models)}")
+        return plain_module(accelerator, models[0])
+
+    def save_models(models, weights, output_dir: str) -> None:
+        model = only_model(models)
+        if accelerator.is_main_process:
+            model.save_pretrained(os.path.join(output_dir, name))
+            if ema is not None:
+                ema_dir = os.path.join(output_dir, f"{name}_ema")
+                ema_copy(accelerator, model, ema).save_pretrained(ema_dir)
+                state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+                with open(os.path.join(ema_dir, EMA_STATE_FILE), "w") as f:
+                    json.dump(state, f, indent=2)
+        weights.pop()  # saved above, not again in accelerate's own model file
+
+    def load_models(models, input_dir: str) -> None:
+        model = only_model(models)
+        models.pop()  # loaded here, not by accelerate
+        model.load_state_dict(type(model).from_pretrained(input_dir, subfolder=name).state_dict())
+        if ema is not None:
+            ema_dir = os.path.join(input_dir, f"{name}_ema")
+            with open(os.path.join(ema_dir, EMA_STATE_FILE)) as f:
+                state = json.load(f)
+            shadow = [p.detach().clone() for p in type(model).from_pretrained(ema_dir).parameters()]
+            ema.load_state_dict({**state, "shadow_params": shadow})
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_models)
+    accelerator.register_load_state_pre_hook(load_models)

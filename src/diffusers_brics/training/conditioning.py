@@ -77,7 +77,7 @@ class PromptTable:
     def _embeddings(self, text_encoder, cache: str | None, batch_size: int = 256) -> torch.Tensor:
         """The frozen encoder's hidden states of every row, read from ``cache`` when it holds those of the same
         encoder weights and token ids, else computed (and written there)."""
-        from .loop import weights_digest
+        from .distributed import weights_digest
 
         key = hashlib.sha256(json.dumps([weights_digest(text_encoder), self.input_ids.tolist()]).encode()).hexdigest()
         if cache is not None and os.path.isfile(cache):

@@ -72,6 +72,7 @@ from .data import (
     load_image_datasets,
     undecoded,
 )
+from .distributed import weights_digest
 from .hub import (
     dataset_of,
     default_repo_id,
@@ -81,7 +82,8 @@ from .hub import (
     public_settings,
     write_model_card,
 )
-from .loop import StageParts, Trainer, TrainingStage, log_image, weights_digest
+from .loop import StageParts, Trainer, TrainingStage
+from .reporting import log_image
 
 logger = get_logger(__name__)
 

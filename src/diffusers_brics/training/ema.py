@@ -1,9 +1,12 @@
-"""StyleGAN2's EMA schedule for the autoencoder's weights (the authors' release, ``training/training_loop.py``).
+"""The EMA of the trained weights: `make_ema` builds it from the loop settings, `ema_copy` is a copy of the model
+holding its weights.
 
-The decay of step ``k`` (0-based) is ``0.5 ** (B / max(min(H, rampup * k * B), 1e-8))``: the average halves its
-weight on old values every ``H`` training images, and during the ramp-up the half-life is a fixed fraction of
-the images seen so far (so the first step copies the weights). The release sets ``H = 10,000 * B / 32`` (its
-``ema_kimg = batch * 10 / 32``), a half-life of 312.5 steps whatever the batch ``B``, and ``rampup = 0.05``.
+`HalfLifeEMA` is StyleGAN2's EMA schedule for the autoencoder's weights (the authors' release,
+``training/training_loop.py``). The decay of step ``k`` (0-based) is ``0.5 ** (B / max(min(H, rampup * k * B),
+1e-8))``: the average halves its weight on old values every ``H`` training images, and during the ramp-up the
+half-life is a fixed fraction of the images seen so far (so the first step copies the weights). The release sets
+``H = 10,000 * B / 32`` (its ``ema_kimg = batch * 10 / 32``), a half-life of 312.5 steps whatever the batch ``B``,
+and ``rampup = 0.05``.
 
 diffusers' `EMAModel` keeps the shadow weights, device moves and checkpoint state; its warm-up formula cannot
 express this schedule, so `HalfLifeEMA` overrides only `get_decay` (and saves its own fields).
@@ -15,7 +18,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
+
+from .accelerator_setup import plain_module
+from .config import LoopConfig
 
 
 class HalfLifeEMA(EMAModel):
@@ -51,3 +58,37 @@ class HalfLifeEMA(EMAModel):
         # learning rate does), so `load_state_dict` restores only `EMAModel`'s fields and the step.
         return {**super().state_dict(), "halflife_images": self.halflife_images, "batch_size": self.batch_size,
                 "rampup": self.rampup}
+
+
+def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: int) -> EMAModel | None:
+    """EMA of the (prepared) model's weights; None without ``use_ema``. Checkpoints hold it once
+    `register_checkpoint_hooks` is given it.
+
+    ``ema_schedule="stylegan"`` (the release's): `HalfLifeEMA` with ``ema_halflife_kimg`` (default
+    ``10 * batch_size / 32``) and ``ema_rampup``; ``"warmup"``: diffusers' warm-up ``1 - (1 + step) ** -ema_power``
+    capped at ``ema_max_decay``. ``batch_size`` is the images of one optimisation step.
+    """
+    settings = config.ema
+    if not settings.use_ema:
+        return None
+    unwrapped = plain_module(accelerator, model)
+    kwargs = dict(model_cls=type(unwrapped), model_config=unwrapped.config)
+    if settings.ema_schedule == "stylegan":
+        halflife_kimg = settings.ema_halflife_kimg or 10 * batch_size / 32
+        ema = HalfLifeEMA(unwrapped.parameters(), halflife_images=halflife_kimg * 1000, batch_size=batch_size,
+                          rampup=settings.ema_rampup or None, **kwargs)
+    else:
+        ema = EMAModel(unwrapped.parameters(), decay=settings.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                       power=settings.ema_power, **kwargs)
+    ema.to(accelerator.device)
+    return ema
+
+
+def ema_copy(accelerator: Accelerator, model, ema: EMAModel | None):
+    """A copy of the model holding the EMA weights (the live weights without EMA), in eval mode."""
+    unwrapped = plain_module(accelerator, model)
+    copy = type(unwrapped).from_config(unwrapped.config).to(accelerator.device)
+    copy.load_state_dict(unwrapped.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    return copy.eval()

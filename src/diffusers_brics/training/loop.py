@@ -15,9 +15,7 @@ final artefacts.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import math
 import os
 import signal
@@ -25,20 +23,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, gather_object, set_seed
 from accelerate.utils.other import is_compiled_module  # not re-exported by accelerate.utils before 1.1
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
-from .checkpointing import first_unreadable_file, resolve_checkpoint, save_checkpoint
+from .accelerator_setup import compile_in_place, make_accelerator, plain_module
+from .checkpointing import register_checkpoint_hooks, save_checkpoint
 from .config import LoopConfig, flat_settings
-from .ema import HalfLifeEMA
+from .distributed import average_gradients, check_in_sync, micro_batch_seed
+from .ema import ema_copy, make_ema
 from .hub import create_repository, default_repo_id, push_to_hub
+from .reporting import StepLogs, step_progress
+from .resume import resume
+from .signals import stop_signals
 
 logger = get_logger(__name__)
 
@@ -384,295 +383,3 @@ class Trainer:
         record = {"step": self.global_step, "train_seconds": round(train_seconds, 3), **metrics}
         with open(os.path.join(self.config.output_dir, VALIDATION_HISTORY), "a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-class stop_signals:
-    """Within the block, SIGTERM and SIGINT set ``trainer._signal`` instead of killing the process: the loop then
-    writes a checkpoint at the end of the current step and exits with status 128 + the signal's number."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.trainer._signal is not None:  # a second signal: leave now
-                raise KeyboardInterrupt
-            self.trainer._signal = signum
-            logger.warning(f"{signal.Signals(signum).name} received: stopping after this step with a checkpoint")
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[signum] = signal.signal(signum, handler)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
-        return False
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict) -> Accelerator:
-    """An `Accelerator` from the loop settings, with logging, seeding and trackers set up."""
-    # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # With torch_compile the trainer compiles the model itself: accelerate's dynamo configuration stays out of it.
-    dynamo = {"dynamo_backend": "no"} if config.torch_compile else {}
-    accelerator = Accelerator(
-        cpu=config.cpu or (multi_process and not torch.cuda.is_available()),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        **dynamo,
-    )
-    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise ValueError("--mixed_precision fp16 needs a GPU (on the CPU accelerate would silently train in fp32); "
-                         "use --mixed_precision bf16")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(config.seed)
-    if accelerator.is_main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        if config.report_to != "none":
-            accelerator.init_trackers(project_name, config={k: v for k, v in tracker_config.items()
-                                                            if not isinstance(v, (list, dict))})
-    return accelerator
-
-
-def compile_in_place(module: torch.nn.Module, config: LoopConfig) -> None:
-    """Compile the calls of the trained module with the ``torch_compile_*`` settings, in place
-    (``nn.Module.compile``): no wrapper, so its state dict keys (no ``_orig_mod.``), parameters and DDP wrapper
-    stay as they are. Inside DDP, whose forward dynamo cannot trace as one graph, the module's own call is the
-    graph; DDP then all-reduces the gradients after the compiled backward (no overlap with it)."""
-    if not hasattr(module, "compile"):
-        raise ValueError(f"--torch_compile needs PyTorch 2.2 or later (nn.Module.compile), not {torch.__version__}")
-    kwargs = dict(backend=config.torch_compile_backend, fullgraph=config.torch_compile_fullgraph)
-    if config.torch_compile_backend == "inductor":
-        kwargs["mode"] = config.torch_compile_mode
-    logger.info(f"--torch_compile: {type(module).__name__}, " + ", ".join(f"{k} {v}" for k, v in kwargs.items())
-                + "; the first steps compile its training forward")
-    module.compile(**kwargs)
-
-
-def plain_module(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The module a prepared model wraps: without torch.compile's wrapper (whose state dict keys carry
-    ``_orig_mod.``) and without DDP's."""
-    if is_compiled_module(model):
-        model = model._orig_mod
-    return accelerator.unwrap_model(model)
-
-
-def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, lr_scheduler) -> tuple[int, int, int]:
-    """Load ``resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
-    if not config.resume_from_checkpoint:
-        return 0, 0, 0
-    found = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
-    if found is None:
-        logger.info("no checkpoint to resume from; starting a new run")
-        return 0, 0, 0
-    step, path = found
-    try:
-        accelerator.load_state(path)
-    except Exception as error:  # a truncated file, or a checkpoint of another model or other flags
-        damaged = first_unreadable_file(path)
-        if damaged is not None:
-            file, reason = damaged
-            raise ValueError(
-                f"--resume_from_checkpoint: {file} is damaged ({type(reason).__name__}: {reason}); resume from an "
-                "earlier checkpoint (--resume_from_checkpoint checkpoint-<step>), or delete this one"
-            ) from error
-        raise ValueError(
-            f"--resume_from_checkpoint: {path} cannot be loaded ({type(error).__name__}: {error}). A checkpoint holds "
-            "the model, its optimizer and scheduler, and the objects the run's flags add (the EMA with --use_ema, the "
-            "discriminator with --gan_weight > 0): resume with the model and flags of the run that wrote it, or "
-            "resume from an earlier checkpoint"
-        ) from error
-    follow_schedule(lr_scheduler)
-    logger.info(f"resumed from {path} at step {step}")
-    return step, step // steps_per_epoch, (step % steps_per_epoch) * config.gradient_accumulation_steps
-
-
-def follow_schedule(lr_scheduler) -> None:
-    """Set the optimizer's learning rates to the schedule's value at the scheduler's restored step.
-
-    A checkpoint stores the rates its own schedule chose for the next step; after a resume with another
-    ``--max_train_steps`` (so another schedule) the first step would still use them. For an unchanged schedule
-    this rewrites the same values. diffusers' schedules are all ``LambdaLR``s, whose functions are not saved.
-    """
-    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, rate in zip(scheduler.optimizer.param_groups, rates):
-        group["lr"] = rate
-    scheduler._last_lr = rates
-
-
-def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: int) -> EMAModel | None:
-    """EMA of the (prepared) model's weights; None without ``use_ema``. Checkpoints hold it once
-    `register_checkpoint_hooks` is given it.
-
-    ``ema_schedule="stylegan"`` (the release's): `HalfLifeEMA` with ``ema_halflife_kimg`` (default
-    ``10 * batch_size / 32``) and ``ema_rampup``; ``"warmup"``: diffusers' warm-up ``1 - (1 + step) ** -ema_power``
-    capped at ``ema_max_decay``. ``batch_size`` is the images of one optimisation step.
-    """
-    settings = config.ema
-    if not settings.use_ema:
-        return None
-    unwrapped = plain_module(accelerator, model)
-    kwargs = dict(model_cls=type(unwrapped), model_config=unwrapped.config)
-    if settings.ema_schedule == "stylegan":
-        halflife_kimg = settings.ema_halflife_kimg or 10 * batch_size / 32
-        ema = HalfLifeEMA(unwrapped.parameters(), halflife_images=halflife_kimg * 1000, batch_size=batch_size,
-                          rampup=settings.ema_rampup or None, **kwargs)
-    else:
-        ema = EMAModel(unwrapped.parameters(), decay=settings.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
-                       power=settings.ema_power, **kwargs)
-    ema.to(accelerator.device)
-    return ema
-
-
-EMA_STATE_FILE = "ema_state.json"
-
-
-def register_checkpoint_hooks(accelerator: Accelerator, name: str, ema: EMAModel | None) -> None:
-    """Write the prepared model into checkpoints in diffusers' format, as diffusers' training examples do.
-
-    ``checkpoint-N/<name>`` holds the model and ``checkpoint-N/<name>_ema`` its EMA weights (with the EMA's
-    decay state in ``ema_state.json``), so any checkpoint loads with ``from_pretrained(path, subfolder=...)``.
-    The optimizers, schedule, RNG states and other registered objects stay in accelerate's files beside them.
-    """
-
-    def only_model(models) -> torch.nn.Module:
-        if len(models) != 1:  # the trainer prepares one model; a second would overwrite the first's folder
-            raise RuntimeError(f"checkpoint hooks for {name!r} expect one prepared model, got {len(models)}")
-        return plain_module(accelerator, models[0])
-
-    def save_models(models, weights, output_dir: str) -> None:
-        model = only_model(models)
-        if accelerator.is_main_process:
-            model.save_pretrained(os.path.join(output_dir, name))
-            if ema is not None:
-                ema_dir = os.path.join(output_dir, f"{name}_ema")
-                ema_copy(accelerator, model, ema).save_pretrained(ema_dir)
-                state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
-                with open(os.path.join(ema_dir, EMA_STATE_FILE), "w") as f:
-                    json.dump(state, f, indent=2)
-        weights.pop()  # saved above, not again in accelerate's own model file
-
-    def load_models(models, input_dir: str) -> None:
-        model = only_model(models)
-        models.pop()  # loaded here, not by accelerate
-        model.load_state_dict(type(model).from_pretrained(input_dir, subfolder=name).state_dict())
-        if ema is not None:
-            ema_dir = os.path.join(input_dir, f"{name}_ema")
-            with open(os.path.join(ema_dir, EMA_STATE_FILE)) as f:
-                state = json.load(f)
-            shadow = [p.detach().clone() for p in type(model).from_pretrained(ema_dir).parameters()]
-            ema.load_state_dict({**state, "shadow_params": shadow})
-            ema.to(accelerator.device)
-
-    accelerator.register_save_state_pre_hook(save_models)
-    accelerator.register_load_state_pre_hook(load_models)
-
-
-def ema_copy(accelerator: Accelerator, model, ema: EMAModel | None):
-    """A copy of the model holding the EMA weights (the live weights without EMA), in eval mode."""
-    unwrapped = plain_module(accelerator, model)
-    copy = type(unwrapped).from_config(unwrapped.config).to(accelerator.device)
-    copy.load_state_dict(unwrapped.state_dict())
-    if ema is not None:
-        ema.copy_to(copy.parameters())
-    return copy.eval()
-
-
-def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
-    """Send a PIL image to the active trackers (TensorBoard, Weights & Biases)."""
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({tag: wandb.Image(image)}, step=step)
-
-
-def step_progress(accelerator: Accelerator, config: LoopConfig, max_steps: int, initial: int) -> tqdm:
-    """The training progress bar (main process). Under a time budget the step count is open-ended: count and
-    rate, no step total or ETA."""
-    budget = config.max_train_seconds
-    return tqdm(total=None if budget else max_steps, initial=initial, desc=f"steps (budget {budget:g} s)" if budget
-                else "steps", disable=not accelerator.is_local_main_process)
-
-
-class StepLogs:
-    """The logged losses of one optimisation step, averaged over its micro-batches and over the processes.
-
-    Without it a step would log the last micro-batch of the main process only: with gradient accumulation
-    or several processes that is a fraction of the effective batch, and a noisier curve.
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def add(self, logs: dict[str, float]) -> None:
-        """Record one micro-batch's values."""
-        for key, value in logs.items():
-            self._sums[key] = self._sums.get(key, 0.0) + float(value)
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def reduce(self, accelerator: Accelerator) -> dict[str, float]:
-        """Each value's mean over the step's micro-batches and the processes (call on every process: the
-        processes log the same keys, as they run the same step), then start afresh for the next step."""
-        keys = sorted(self._sums)
-        means = torch.tensor([self._sums[k] / self._counts[k] for k in keys], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            means = accelerator.reduce(means, reduction="mean")
-        self._sums, self._counts = {}, {}
-        return dict(zip(keys, means.tolist()))
-
-
-def micro_batch_seed(seed: int, accumulation_steps: int, step: int, micro_step: int, process_index: int) -> int:
-    """The seed of one micro-batch's random draws (flips, noise, timesteps): a function of the run's ``seed``, the
-    optimisation step, the micro-batch within it (``0 .. accumulation_steps - 1``) and the process, so a resumed
-    run draws what the uninterrupted one would, and no two micro-batches share their draws."""
-    micro_batch = step * accumulation_steps + micro_step
-    return seed * 1_000_003 + micro_batch * 1009 + process_index
-
-
-def average_gradients(accelerator: Accelerator, parameters) -> None:
-    """Mean of the gradients over all processes (one all-reduce of the flattened gradients), for modules kept out
-    of DDP."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
-    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-        grad.copy_(chunk.view_as(grad))
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's parameters (as float32), in registration order."""
-    digest = hashlib.sha256()
-    for parameter in module.parameters():
-        digest.update(parameter.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def check_in_sync(accelerator, model) -> None:
-    """Fail loudly if the processes' weights diverged (they must be identical after data-parallel training)."""
-    digests = gather_object([weights_digest(plain_module(accelerator, model))])
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"weights differ across processes: {digests}")
-    logger.info(f"weights identical on {len(digests)} process(es): sha256 {digests[0][:16]}")
-
-
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Give every process rank 0's weights of a module kept out of DDP."""
-    for parameter in module.parameters():
-        parameter.data.copy_(broadcast(parameter.data, from_process=0))
