@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_brics import BRICSAutoencoder
-from diffusers_brics.models.autoencoder_brics import PRESETS
+from diffusers_brics.models.autoencoder_presets import PRESETS
 from diffusers_brics.models.feature_grid import _InterpolateTable
 from diffusers_brics.summary import decode_macs, parameter_counts
 

@@ -50,7 +50,7 @@ import torch
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import lpips, psnr, ssim
-from diffusers_brics.models.autoencoder_brics import PRESETS
+from diffusers_brics.models.autoencoder_presets import PRESETS
 from diffusers_brics.training.data import image_transform
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script

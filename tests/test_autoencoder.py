@@ -10,7 +10,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.pipelines.ltx.pipeline_ltx_latent_upsample import retrieve_latents  # needs no transformers
 
 from diffusers_brics import PRESETS, BRICSAutoencoder, BRICSEncoderOutput
-from diffusers_brics.models.autoencoder_brics import LEGACY_CONFIG
+from diffusers_brics.models.autoencoder_presets import LEGACY_CONFIG
 from diffusers_brics.summary import decode_macs, main as summary_main, parameter_counts
 
 LEGACY_TINY = Path(__file__).parent / "data" / "legacy_tiny"

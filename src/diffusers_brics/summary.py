@@ -15,7 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .console import HelpFormatter
-from .models.autoencoder_brics import PRESETS, BRICSAutoencoder
+from .models.autoencoder_brics import BRICSAutoencoder
+from .models.autoencoder_presets import PRESETS
 
 # Paper Table 3: grid parameters, decoder parameters, decode "GFlops" (multiply-accumulates, retrieval +
 # decoder) at 256x256.

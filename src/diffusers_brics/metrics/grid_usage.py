@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..models.autoencoder_checks import check_latents
 from ..utils import is_integer
 from .codebook_usage import usage_summary
 
@@ -49,7 +50,7 @@ class GridUsage:
         ``(C_z, H_z, W_z)`` is the model's ``latent_shape``; other shapes, values outside ``[0, 1]`` and NaN raise
         ValueError.
         """
-        self.model._check_latents(key_codes, "key_codes")
+        check_latents(key_codes, self.model.config, "key_codes")
         retrieval = self.model.retrieval
         queries = retrieval.queries(key_codes, relaxed_precision=False)
         for grid, q, counts in zip(retrieval.grids, queries, self.counts):

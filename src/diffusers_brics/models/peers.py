@@ -18,7 +18,8 @@ import os
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from .autoencoder_brics import PRESETS, BRICSAutoencoder
+from .autoencoder_brics import BRICSAutoencoder
+from .autoencoder_presets import PRESETS
 
 AUTOENCODER_CLASSES = {"brics": BRICSAutoencoder, "autoencoderkl": AutoencoderKL, "vqmodel": VQModel}
 
