@@ -16,8 +16,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusers.optimization import SchedulerType
-
 
 # ---------------------------------------------------------------------------------------------- argparse types
 def positive_int(text: str) -> int:
@@ -155,6 +153,8 @@ def add_loop_arguments(
 ) -> dict[str, argparse._ArgumentGroup]:
     """The flags of `DataConfig`, `LoopConfig` and `EMAConfig`, with a stage's defaults; returns the groups by title
     ("data", "training", "run", "validation", "logging and checkpoints", "hub") for a stage to add its own flags."""
+    from diffusers.optimization import SchedulerType  # imports torch: not on import of this module
+
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
     data.add_argument("--dataset_config_name", help="the dataset's configuration, for --dataset_name")
