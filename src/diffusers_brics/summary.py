@@ -1,22 +1,17 @@
 """Model summary: parameters per component and decode multiply-accumulates, against the paper's Table 3 and
-the authors' release.
-
-    python -m diffusers_brics.summary paper-64x64x4
-    python -m diffusers_brics.summary --all
-    python -m diffusers_brics.summary --config path/to/autoencoder   # a saved BRICSAutoencoder folder
+the authors' release. The command line is `brics info` (`summary_args`).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .console import HelpFormatter
 from .models.autoencoder_brics import BRICSAutoencoder
 from .models.autoencoder_presets import PRESETS
+from .summary_args import build_parser
 
 # Paper Table 3: grid parameters, decoder parameters, decode "GFlops" (multiply-accumulates, retrieval +
 # decoder) at 256x256.
@@ -128,17 +123,23 @@ def summarize(model: BRICSAutoencoder, name: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("preset", nargs="?", default="paper-64x64x4", choices=sorted(PRESETS),
-                        help="the configuration to summarise")
-    parser.add_argument("--all", action="store_true", help="summarise every preset")
-    parser.add_argument("--config", help="a saved BRICSAutoencoder folder (or its config.json) instead of a preset")
-    return parser
+def trained_autoencoder(name_or_path: str) -> BRICSAutoencoder:
+    """The BRICS autoencoder of ``--model``: whatever the other commands load (a pipeline, an autoencoder or a
+    training output; a local folder or a Hub repo id)."""
+    from .pipelines.loading import load_model
+
+    vae = load_model(name_or_path).require_vae()
+    if not isinstance(vae, BRICSAutoencoder):
+        raise ValueError(f"--model {name_or_path!r}: its autoencoder is a {type(vae).__name__}; `brics info` "
+                         "describes BRICS autoencoders")
+    return vae
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model:
+        print(summarize(trained_autoencoder(args.model), args.model))
+        return 0
     if args.config:
         config = BRICSAutoencoder.load_config(args.config)
         print(summarize(BRICSAutoencoder.from_config(config), args.config))
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from .console import run_command
 
-    sys.exit(run_command(main, prog="python -m diffusers_brics.summary"))
+    sys.exit(run_command(main, prog="brics info"))
