@@ -72,7 +72,7 @@ def sample(models, folder, model="text", *extra) -> list[bytes]:
     """``brics sample`` (3 steps) into ``folder``; the bytes of each ``sample_*.png``."""
     if model == "text" and "--prompt" not in extra:
         extra = ("--prompt", "a red circle", *extra)
-    assert cli.main(["sample", "--model", str(models[model]), "--steps", "3", "--output-dir", str(folder),
+    assert cli.main(["sample", "--model", str(models[model]), "--num_inference_steps", "3", "--output_dir", str(folder),
                      *map(str, extra)]) == 0
     return [path.read_bytes() for path in sorted(folder.glob("sample_*.png"))]
 
@@ -84,39 +84,39 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def test_text_sampling_is_seeded(models, tmp_path):
-    two = sample(models, tmp_path / "two", "text", "--num-images", "2", "--seed", "4")
-    again = sample(models, tmp_path / "again", "text", "--num-images", "2", "--seed", "4")
+    two = sample(models, tmp_path / "two", "text", "--num_images", "2", "--seed", "4")
+    again = sample(models, tmp_path / "again", "text", "--num_images", "2", "--seed", "4")
     assert len(two) == 2 and two == again  # the same files, byte for byte
     assert two[0] != two[1]
-    one = sample(models, tmp_path / "one", "text", "--num-images", "1", "--seed", "5")
+    one = sample(models, tmp_path / "one", "text", "--num_images", "1", "--seed", "5")
     assert one == two[1:]  # image i is drawn from seed + i
     assert Image.open(tmp_path / "two" / "grid.png").size == (2 * 32, 32)
     assert Image.open(tmp_path / "two" / "sample_000.png").size == (32, 32)
 
 
 def test_text_guidance_defaults_to_the_pipelines_own(models, tmp_path):
-    default = sample(models, tmp_path / "default", "text", "--num-images", "1")
-    assert sample(models, tmp_path / "three", "text", "--num-images", "1", "--guidance-scale", "3") == default
-    assert sample(models, tmp_path / "one", "text", "--num-images", "1", "--guidance-scale", "1") != default
-    assert sample(models, tmp_path / "prompt", "text", "--num-images", "1", "--prompt", "a green triangle") != default
-    negative = sample(models, tmp_path / "negative", "text", "--num-images", "1", "--negative-prompt", "blue square")
+    default = sample(models, tmp_path / "default", "text", "--num_images", "1")
+    assert sample(models, tmp_path / "three", "text", "--num_images", "1", "--guidance_scale", "3") == default
+    assert sample(models, tmp_path / "one", "text", "--num_images", "1", "--guidance_scale", "1") != default
+    assert sample(models, tmp_path / "prompt", "text", "--num_images", "1", "--prompt", "a green triangle") != default
+    negative = sample(models, tmp_path / "negative", "text", "--num_images", "1", "--negative_prompt", "blue square")
     assert negative != default
 
 
 def test_class_labels_with_guidance(models, tmp_path):
-    cat = sample(models, tmp_path / "cat", "classes", "--num-images", "1", "--class-label", "cat")
-    assert sample(models, tmp_path / "zero", "classes", "--num-images", "1", "--class-label", "0") == cat
-    guided = sample(models, tmp_path / "guided", "classes", "--num-images", "1", "--class-label", "cat",
-                    "--guidance-scale", "2.5")
+    cat = sample(models, tmp_path / "cat", "classes", "--num_images", "1", "--class_label", "cat")
+    assert sample(models, tmp_path / "zero", "classes", "--num_images", "1", "--class_label", "0") == cat
+    guided = sample(models, tmp_path / "guided", "classes", "--num_images", "1", "--class_label", "cat",
+                    "--guidance_scale", "2.5")
     assert len(guided) == 1 and guided != cat
 
 
 @pytest.mark.parametrize("model", ["plain", "text"])
 def test_strength_zero_gives_the_reconstruction(models, tmp_path, model):
-    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
+    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output_dir",
                      str(tmp_path / "rec")]) == 0
     reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
-    edits = sample(models, tmp_path / "edit", model, "--image", models["image"], "--strength", "0", "--num-images", 2)
+    edits = sample(models, tmp_path / "edit", model, "--image", models["image"], "--strength", "0", "--num_images", 2)
     assert len(edits) == 2
     for edit in edits:
         assert np.abs(pixels(edit) - reconstruction).max() <= 1
@@ -130,7 +130,7 @@ def test_image_to_image_is_seeded_and_is_the_pipelines_own(models, tmp_path, mod
     from diffusers_brics.pipelines.key_codes import open_image
     from diffusers_brics.pipelines.loading import load_pipeline
 
-    edit = ("--image", models["image"], "--strength", "0.5", "--num-images", 2)
+    edit = ("--image", models["image"], "--strength", "0.5", "--num_images", 2)
     low = sample(models, tmp_path / "low", model, *edit)
     assert sample(models, tmp_path / "again", model, *edit) == low
     pipe = load_pipeline(str(models[model]), "ddim")
@@ -144,23 +144,20 @@ def test_image_to_image_is_seeded_and_is_the_pipelines_own(models, tmp_path, mod
     assert high == sample(models, tmp_path / "plain", model)  # strength 1: the image is ignored
     # the default strength (0.8) and another scheduler work too
     assert len(sample(models, tmp_path / "dpm", model, "--image", models["image"], "--scheduler", "dpm",
-                      "--num-images", 2)) == 2
-    # the default strength (0.8) and another scheduler work too
-    assert len(sample(models, tmp_path / "dpm", model, "--image", models["image"], "--scheduler", "dpm",
-                      "--num-images", 2)) == 2
+                      "--num_images", 2)) == 2
 
 
 @pytest.mark.parametrize("model", ["plain", "text"])
 def test_inpainting_with_a_mask_file(models, tmp_path, model):
-    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output-dir",
+    assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output_dir",
                      str(tmp_path / "rec")]) == 0
     reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
-    image = ("--image", models["image"], "--num-images", 2)
+    image = ("--image", models["image"], "--num_images", 2)
     black = sample(models, tmp_path / "black", model, *image, "--mask", models["black"])
     for edit in black:  # nothing to regenerate: the image's own key codes
         assert np.abs(pixels(edit) - reconstruction).max() <= 1
     white = sample(models, tmp_path / "white", model, *image, "--mask", models["white"])
-    assert white == sample(models, tmp_path / "noise", model, "--num-images", 2)  # all regenerated, from the seeds
+    assert white == sample(models, tmp_path / "noise", model, "--num_images", 2)  # all regenerated, from the seeds
     half = sample(models, tmp_path / "half", model, *image, "--mask", models["half"])
     assert half == sample(models, tmp_path / "half-again", model, *image, "--mask", models["half"])
     assert half[0] != half[1]  # each sample from its own seed
@@ -180,14 +177,14 @@ def one_line_error(args, capsys) -> str:
 
 @pytest.mark.parametrize("model, extra, message", [
     ("plain", ("--prompt", "a cat"), "--prompt needs a text-to-image pipeline"),
-    ("classes", ("--negative-prompt", "a cat", "--class-label", "cat"), "--negative-prompt needs a text-to-image"),
+    ("classes", ("--negative_prompt", "a cat", "--class_label", "cat"), "--negative_prompt needs a text-to-image"),
     ("text", (), "is a text-to-image pipeline (BRICSTextToImagePipeline): pass --prompt"),
-    ("text", ("--prompt", "x", "--class-label", "1"), "--class-label is for class-conditional pipelines"),
-    ("plain", ("--guidance-scale", "2"), "guidance_scale 2.0 needs a class-conditional UNet"),
-    ("classes", ("--class-label", "bird"), "not class names of this pipeline"),
+    ("text", ("--prompt", "x", "--class_label", "1"), "--class_label is for class-conditional pipelines"),
+    ("plain", ("--guidance_scale", "2"), "guidance_scale 2.0 needs a class-conditional UNet"),
+    ("classes", ("--class_label", "bird"), "not class names of this pipeline"),
     ("ddpm", ("--prompt", "a cat"), "--prompt needs a BRICS pipeline"),
     ("ddpm", ("--image", "IMAGE"), "--image needs a BRICS pipeline"),
-    ("ddpm", ("--class-label", "1"), "--class-label needs a BRICS pipeline"),
+    ("ddpm", ("--class_label", "1"), "--class_label needs a BRICS pipeline"),
     ("plain", ("--strength", "0.5"), "--strength needs --image"),
     ("text", ("--prompt", "x", "--mask", "HALF"), "--mask needs --image"),
     ("plain", ("--image", "IMAGE", "--mask", "SMALL"), "--mask is 32x32 but --image is 48x40"),
@@ -198,8 +195,8 @@ def test_misuse_is_one_line(models, tmp_path, capsys, model, extra, message):
     files = {"IMAGE": models["image"], "HALF": models["half"], "SMALL": models["small"],
              "MISSING": tmp_path / "missing.png"}
     extra = [files.get(value, value) for value in extra]
-    line = one_line_error(["sample", "--model", models[model], "--steps", "2", "--output-dir", tmp_path / "out",
-                           *extra], capsys)
+    line = one_line_error(["sample", "--model", models[model], "--num_inference_steps", "2", "--output_dir",
+                           tmp_path / "out", *extra], capsys)
     assert message in line, line
     assert not (tmp_path / "out" / "grid.png").exists()
 
@@ -212,12 +209,12 @@ def test_a_bad_strength_is_a_usage_error(models, value, capsys):
     assert done.value.code == 2 and len(lines) == 2, lines
     assert lines[0].startswith("usage: brics sample --model M") and "argument --strength" in lines[1]
     with pytest.raises(SystemExit) as done:
-        cli.main(["sample", "--model", str(models["text"]), "--prompt", "x", "--guidance-scale", "-1"])
-    assert done.value.code == 2 and "argument --guidance-scale: must be a number >= 0" in capsys.readouterr().err
+        cli.main(["sample", "--model", str(models["text"]), "--prompt", "x", "--guidance_scale", "-1"])
+    assert done.value.code == 2 and "argument --guidance_scale: must be a number >= 0" in capsys.readouterr().err
 
 
 def test_a_child_process_exits_1_for_a_refused_flag_and_2_for_a_malformed_one(models):
-    done = brics("sample", "--model", models["plain"], "--prompt", "a cat", "--steps", 2)
+    done = brics("sample", "--model", models["plain"], "--prompt", "a cat", "--num_inference_steps", 2)
     lines = [line for line in done.stderr.splitlines() if line.startswith("brics")]
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert lines[0].startswith("brics: error: --prompt needs a text-to-image pipeline"), done.stderr

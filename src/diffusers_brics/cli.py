@@ -1,12 +1,12 @@
 """The `brics` command line (also ``python -m diffusers_brics``).
 
     brics quickstart                                   train both stages on the embedded emoji, evaluate, save
-    brics info PRESET                                  parameters and decode GMACs of a configuration
+    brics info PRESET | --model M                      parameters and decode GMACs of a configuration or a model
     brics reconstruct IMAGE... --model M               images through the autoencoder, with their key codes
     brics encode IMAGE... --model M --output Z.safetensors
     brics decode Z.safetensors --model M               key codes back to images
-    brics sample --model M --num-images 8 --seed 0 --steps 50 --scheduler ddim
-    brics sample --model M --prompt TEXT               a text-to-image pipeline (--guidance-scale, default 3)
+    brics sample --model M --num_images 8 --seed 0 --num_inference_steps 50 --scheduler ddim
+    brics sample --model M --prompt TEXT               a text-to-image pipeline (--guidance_scale, default 3)
     brics sample --model M --image IN.png --strength 0.6 [--mask MASK.png]     image-to-image, inpainting
     brics interpolate A B --model M --steps 8          decoded key codes between two images
     brics evaluate reconstruction|generation|neighbours ...
@@ -14,7 +14,11 @@
     brics train-diffusion ...                          stage 2
 
 ``--model`` takes a local folder or a Hub repo id: a pipeline, an autoencoder, or a training output folder. Each
-command has ``--help``. An error is one line on stderr and exit status 1; ``--debug`` shows the traceback.
+command has ``--help``. Flags are spelled with underscores, as in diffusers' training scripts (``--output_dir``);
+the hyphen spelling (``--output-dir``) is read as the same flag. A command checks its input files before it loads
+a model. Its outputs never replace one of its inputs, nor a file already there unless ``--overwrite`` is given; two
+inputs of the same name (``a/x.png b/x.png``) give ``x.png`` and ``x-1.png``. An error is one line on stderr and
+exit status 1; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -27,13 +31,26 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .console import HelpFormatter, run_command
+# Light imports only: `brics --help` and every command's `--help` answer without importing torch or diffusers (each
+# command imports what it needs when it runs; tests/test_cli.py checks).
+from .console import DEBUG_FLAG, ArgumentParser, canonical_flags, document_debug, run_command
+from .files import (
+    OVERWRITE_HELP,
+    check_file,
+    check_image,
+    check_output_folder,
+    check_outputs,
+    output_paths,
+)
+from .names import SCHEDULERS
 from .training.config import non_negative_float, positive_int, unit_interval
 
-# Commands whose module has its own command line: name -> (module, one-line description).
+# Commands whose module has its own command line: name -> (module, one-line description). The parser comes from
+# the light MODULE_args module where there is one (see `delegated_parser`).
 DELEGATED = {
     "quickstart": ("diffusers_brics.quickstart", "the main job: both trainings on the embedded emoji, evaluation"),
-    "info": ("diffusers_brics.summary", "parameters and decode GMACs of a preset (the paper's counts beside them)"),
+    "info": ("diffusers_brics.summary", "parameters and decode GMACs of a preset or a model (the paper's counts "
+             "beside them)"),
     "evaluate": ("diffusers_brics.evaluate", "PSNR / SSIM / LPIPS / FID / KID of an autoencoder or pipeline"),
     "train-ae": ("diffusers_brics.training.autoencoder", "stage 1: train a BRICS autoencoder (or a peer)"),
     "train-diffusion": ("diffusers_brics.training.diffusion", "stage 2: train a UNet on key codes"),
@@ -53,9 +70,8 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def output_folder(path: str) -> Path:
+    check_output_folder(path)
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"--output-dir {path!r} is a file; expected a folder (created if missing)")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -66,28 +82,43 @@ def load(args: argparse.Namespace):
     return load_model(args.model, args.device or device_default())
 
 
+def check_images(paths: list[str], name: str = "images") -> None:
+    """Each of ``paths`` a readable picture (the error names ``images[i]``), before any model loads."""
+    for index, path in enumerate(paths):
+        check_image(path, f"{name}[{index}]")
+
+
 # ------------------------------------------------------------------------------------------------------ commands
 def reconstruct(args: argparse.Namespace) -> int:
-    """Each image's reconstruction (``NAME.png``) and a picture of its key codes (``NAME_key_codes.png``)."""
+    """Each image's reconstruction (``NAME.png``) and a picture of its key codes (``NAME_key_codes.png``) in
+    ``--output_dir``. Images of the same name (from different folders) give ``NAME.png``, ``NAME-1.png``, ... in the
+    order given. An output never replaces an input image, nor a file already there unless ``--overwrite``."""
+    check_images(args.images)
+    check_output_folder(args.output_dir)
+    outputs = output_paths(args.output_dir, [Path(path).stem for path in args.images], ("{}.png", "{}_key_codes.png"))
+    check_outputs([path for pair in outputs for path in pair], args.images, args.overwrite, "--output_dir")
+
     from .metrics import psnr
     from .pipelines.key_codes import key_codes_to_image, to_pil
     from .pipelines.key_codes import reconstruct as reconstruct_images
 
     vae = load(args).require_vae()
-    folder = output_folder(args.output_dir)
-    for path in args.images:
+    output_folder(args.output_dir)
+    for path, (picture, codes_picture) in zip(args.images, outputs):
         original, codes, recon = reconstruct_images(vae, [path])
-        stem = Path(path).stem
-        to_pil(recon)[0].save(folder / f"{stem}.png")
-        key_codes_to_image(codes[0]).save(folder / f"{stem}_key_codes.png")
-        print(f"{path} -> {folder / f'{stem}.png'} (PSNR {float(psnr(recon, original)):.2f} dB; key codes "
-              f"{tuple(codes.shape[1:])} -> {folder / f'{stem}_key_codes.png'})")
+        to_pil(recon)[0].save(picture)
+        key_codes_to_image(codes[0]).save(codes_picture)
+        print(f"{path} -> {picture} (PSNR {float(psnr(recon, original)):.2f} dB; key codes "
+              f"{tuple(codes.shape[1:])} -> {codes_picture})")
     return 0
 
 
 def encode(args: argparse.Namespace) -> int:
     """The images' key codes as one safetensors file: ``key_codes`` ``(B, C_z, H_z, W_z)``, the file names in its
-    metadata."""
+    metadata. An existing ``--output`` is replaced only with ``--overwrite`` (an input image never)."""
+    check_images(args.images)
+    check_outputs([args.output], args.images, args.overwrite, "--output")
+
     from safetensors.torch import save_file
 
     from .pipelines.key_codes import encode_images
@@ -105,13 +136,12 @@ def encode(args: argparse.Namespace) -> int:
 
 
 def decode(args: argparse.Namespace) -> int:
-    """Images from a file written by `brics encode` (or any safetensors file with a ``key_codes`` tensor)."""
+    """Images from a file written by `brics encode` (or any safetensors file with a ``key_codes`` tensor), named
+    after the images the file names in its metadata (``NAME.png``; two of the same name give ``NAME.png`` and
+    ``NAME-1.png``), else ``000.png``, ``001.png``, ... An existing file is replaced only with ``--overwrite``."""
+    check_file(args.key_codes, "key_codes")
     from safetensors import SafetensorError, safe_open
 
-    from .pipelines.key_codes import decode_key_codes
-
-    if not Path(args.key_codes).is_file():
-        raise FileNotFoundError(f"key_codes: no such file {args.key_codes!r}")
     try:
         with safe_open(args.key_codes, framework="pt") as f:
             if "key_codes" not in f.keys():
@@ -120,24 +150,47 @@ def decode(args: argparse.Namespace) -> int:
             codes, metadata = f.get_tensor("key_codes"), f.metadata() or {}
     except SafetensorError as error:
         raise ValueError(f"key_codes: {args.key_codes!r} is not a safetensors file ({error})") from None
+    try:
+        names = json.loads(metadata.get("images", "[]"))
+    except json.JSONDecodeError:
+        names = []
+    count = codes.shape[0] if codes.ndim == 4 else 1
+    if not (isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names)):
+        names = []
+    stems = [Path(name).stem or f"{index:03d}" for index, name in enumerate(names)] or [
+        f"{index:03d}" for index in range(count)]
+    check_output_folder(args.output_dir)
+    outputs = [path for (path,) in output_paths(args.output_dir, stems)]
+    check_outputs(outputs, [args.key_codes], args.overwrite, "--output_dir")
+
+    from .pipelines.key_codes import decode_key_codes
+
     vae = load(args).require_vae()
-    names = json.loads(metadata.get("images", "[]"))
     folder = output_folder(args.output_dir)
     pictures = decode_key_codes(vae, codes.to(vae.device, vae.dtype))
-    for index, picture in enumerate(pictures):
-        stem = Path(names[index]).stem if len(names) == len(pictures) else f"{index:03d}"
-        picture.save(folder / f"{stem}.png")
+    for path, picture in zip(outputs, pictures):
+        picture.save(path)
     print(f"{len(pictures)} image(s) decoded into {folder}/")
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
-    """``sample_000.png``, ... and ``grid.png``; image ``i`` comes from seed ``seed + i``.
+    """``sample_000.png``, ... and ``grid.png`` in ``--output_dir`` (replacing earlier ones only with
+    ``--overwrite``); image ``i`` comes from seed ``seed + i``.
 
-    A text-to-image pipeline needs ``--prompt``; a class-conditional one ``--class-label``. ``--image`` edits an
+    A text-to-image pipeline needs ``--prompt``; a class-conditional one ``--class_label``. ``--image`` edits an
     image instead of starting from noise: image-to-image to ``--strength`` (0: its reconstruction, 1: the image
     ignored), or with ``--mask`` inpainting (white: generated, black: kept; the mask has the image's size), each of
-    the ``--num-images`` samples from its own seed. Images are resized and centre-cropped to the model's size."""
+    the ``--num_images`` samples from its own seed. Images are resized and centre-cropped to the model's size."""
+    if args.image is not None:
+        check_image(args.image, "--image")
+    if args.mask is not None:
+        check_image(args.mask, "--mask")
+    check_output_folder(args.output_dir)
+    folder = Path(args.output_dir)
+    outputs = [folder / f"sample_{index:03d}.png" for index in range(args.num_images)]
+    check_outputs([*outputs, folder / "grid.png"], [args.image, args.mask], args.overwrite, "--output_dir")
+
     import torch
     from diffusers.utils import make_image_grid
     from PIL import Image
@@ -146,11 +199,11 @@ def sample(args: argparse.Namespace) -> int:
 
     pipeline = swap_scheduler(load(args).require_pipeline(), args.scheduler)
     kwargs = sampling_arguments(args, pipeline)
-    folder = output_folder(args.output_dir)
+    output_folder(args.output_dir)
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
-    images = pipeline(generator=generators, num_inference_steps=args.steps, **kwargs).images
-    for index, image in enumerate(images):
-        image.save(folder / f"sample_{index:03d}.png")
+    images = pipeline(generator=generators, num_inference_steps=args.num_inference_steps, **kwargs).images
+    for path, image in zip(outputs, images):
+        image.save(path)
     columns = min(8, len(images))
     rows = -(-len(images) // columns)
     padding = [Image.new("RGB", images[0].size, "white")] * (rows * columns - len(images))
@@ -169,8 +222,8 @@ def sampling_arguments(args: argparse.Namespace, pipeline) -> dict:
     text = isinstance(pipeline, BRICSTextToImagePipeline)
     editing = {"--image": args.image, "--strength": args.strength, "--mask": args.mask}
     if not isinstance(pipeline, BRICSDiffusionPipeline):
-        given = [flag for flag, value in {"--prompt": args.prompt, "--negative-prompt": args.negative_prompt,
-                                          "--guidance-scale": args.guidance_scale, "--class-label": args.class_label,
+        given = [flag for flag, value in {"--prompt": args.prompt, "--negative_prompt": args.negative_prompt,
+                                          "--guidance_scale": args.guidance_scale, "--class_label": args.class_label,
                                           **editing}.items() if value is not None]
         if given:
             raise ValueError(f"{given[0]} needs a BRICS pipeline; {args.model!r} is a {kind}, which only samples")
@@ -178,16 +231,16 @@ def sampling_arguments(args: argparse.Namespace, pipeline) -> dict:
         if args.prompt is None:
             raise ValueError(f"{args.model!r} is a text-to-image pipeline ({kind}): pass --prompt")
         if args.class_label is not None:
-            raise ValueError(f"--class-label is for class-conditional pipelines; {args.model!r} is a text-to-image "
+            raise ValueError(f"--class_label is for class-conditional pipelines; {args.model!r} is a text-to-image "
                              "pipeline: describe the image with --prompt")
         kwargs = {"prompt": args.prompt, "num_images_per_prompt": args.num_images}
         if args.negative_prompt is not None:
             kwargs["negative_prompt"] = args.negative_prompt
     else:
-        for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
+        for flag, value in (("--prompt", args.prompt), ("--negative_prompt", args.negative_prompt)):
             if value is not None:
                 raise ValueError(f"{flag} needs a text-to-image pipeline; {args.model!r} is a {kind} without a text "
-                                 "encoder (a class-conditional one takes --class-label)")
+                                 "encoder (a class-conditional one takes --class_label)")
         kwargs = {"batch_size": args.num_images}
         if args.class_label is not None:
             kwargs["class_labels"] = args.class_label
@@ -213,7 +266,11 @@ def sampling_arguments(args: argparse.Namespace, pipeline) -> dict:
 
 def interpolate(args: argparse.Namespace) -> int:
     """One row of ``--steps`` images decoded from key codes on the segment between the two images' (ends
-    included)."""
+    included). An existing ``--output`` is replaced only with ``--overwrite`` (an input image never)."""
+    check_image(args.first, "A")
+    check_image(args.second, "B")
+    check_outputs([args.output], [args.first, args.second], args.overwrite, "--output")
+
     from diffusers.utils import make_image_grid
 
     from .pipelines.key_codes import interpolate_images
@@ -235,14 +292,14 @@ def at_least_two(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brics", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="brics", description=__doc__)
     parser.add_argument("--version", action="version", version=f"diffusers-brics {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, description) in DELEGATED.items():
         commands.add_parser(name, help=description + f" (`brics {name} --help`)", add_help=False)
 
     def command(name: str, fn: Callable, description: str, usage: str | None = None) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=description, formatter_class=HelpFormatter, usage=usage,
+        sub = commands.add_parser(name, help=description, usage=usage,
                                   description=f"{description}.\n\n{inspect.cleandoc(fn.__doc__)}")
         sub.set_defaults(run=fn)
         return sub
@@ -250,34 +307,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("reconstruct", reconstruct, "images through the autoencoder, with pictures of their key codes")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     model_arguments(p)
-    p.add_argument("--output-dir", default="reconstructions", help="where the pictures go")
+    p.add_argument("--output_dir", default="reconstructions", help="where the pictures go")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     p = command("encode", encode, "images -> key codes (safetensors)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     model_arguments(p)
     p.add_argument("--output", default="key_codes.safetensors", help="the safetensors file to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     p = command("decode", decode, "key codes (safetensors) -> images")
     p.add_argument("key_codes", metavar="KEY_CODES", help="a safetensors file written by `brics encode`")
     model_arguments(p)
-    p.add_argument("--output-dir", default="decoded", help="where the images go")
+    p.add_argument("--output_dir", default="decoded", help="where the images go")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     p = command("sample", sample, "generate images with a pipeline, or edit an image with it (image-to-image, "
                 "inpainting)", usage="%(prog)s --model M [FLAG VALUE ...]  (--help describes every flag)")
     model_arguments(p)
-    p.add_argument("--num-images", type=positive_int, default=8, help="images to generate")
+    p.add_argument("--num_images", type=positive_int, default=8, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
-    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps (with --image: the last "
-                   "--strength of them run)")
-    p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddim",
+    p.add_argument("--num_inference_steps", type=positive_int, default=50, help="denoising steps (with --image: the "
+                   "last --strength of them run)")
+    p.add_alias("--steps", "--num_inference_steps")  # its earlier name
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="ddim",
                    help="the sampler (ddpm: the training schedule; ddim; dpm: DPM-Solver++)")
     p.add_argument("--prompt", default=None, help="for a text-to-image pipeline (required there): the text to draw")
-    p.add_argument("--negative-prompt", default=None, help="for a text-to-image pipeline: the text guidance steers "
+    p.add_argument("--negative_prompt", default=None, help="for a text-to-image pipeline: the text guidance steers "
                    "away from (default: the empty prompt)")
-    p.add_argument("--guidance-scale", type=non_negative_float, default=None,
+    p.add_argument("--guidance_scale", type=non_negative_float, default=None,
                    help="classifier-free guidance, 1 for none (default: the pipeline's own: 3 for a text-to-image "
                    "pipeline, 1 otherwise; a class-conditional pipeline needs a null class for other values)")
-    p.add_argument("--class-label", default=None, help="for a class-conditional pipeline: a class name or id")
+    p.add_argument("--class_label", default=None, help="for a class-conditional pipeline: a class name or id")
     p.add_argument("--image", default=None, metavar="PATH", help="edit this image instead of starting from noise "
                    "(image-to-image, or inpainting with --mask)")
     p.add_argument("--strength", type=unit_interval, default=None,
@@ -285,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "where generated; default: 0.8, or 1 with --mask)")
     p.add_argument("--mask", default=None, metavar="PATH", help="with --image: inpaint where this picture of the "
                    "image's size is white, keep the image where it is black")
-    p.add_argument("--output-dir", default="samples", help="where the images go")
+    p.add_argument("--output_dir", default="samples", help="where the images go")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     p = command("interpolate", interpolate, "a row of images decoded from key codes between two images")
     p.add_argument("first", metavar="A", help="the first image")
@@ -293,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arguments(p)
     p.add_argument("--steps", type=at_least_two, default=8, help="images in the row, the two ends included")
     p.add_argument("--output", default="interpolation.png", help="the picture to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
 
@@ -302,13 +365,43 @@ def version() -> str:
     return __version__
 
 
+def delegated_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of delegated command ``name``, named ``brics NAME``, with ``--debug`` in its help. It comes from
+    the command's light ``MODULE_args`` module where there is one (importable without torch: ``--help`` answers at
+    once), else from the module itself."""
+    module = DELEGATED[name][0]
+    try:
+        source = importlib.import_module(module + "_args")
+    except ModuleNotFoundError as error:
+        if error.name != module + "_args":
+            raise
+        source = importlib.import_module(module)
+    parser = source.build_parser()
+    parser.prog = f"brics {name}"
+    document_debug(parser)
+    return parser
+
+
+def run_delegated(name: str, argv: list[str]) -> int:
+    """Run delegated command ``name``: its flags (hyphen aliases read as the flags) are parsed here first, so that
+    ``--help`` and a usage error answer before the command's module, and torch, are imported; then the module's
+    ``main`` runs on them."""
+    parser = delegated_parser(name)
+    argv = canonical_flags(parser, [arg for arg in argv if arg != DEBUG_FLAG])
+    parser.parse_args(argv)
+    module = importlib.import_module(DELEGATED[name][0])
+    program, sys.argv[0] = sys.argv[0], f"brics {name}"  # the prog of the parser the command builds itself
+    try:
+        return module.main(argv) or 0
+    finally:
+        sys.argv[0] = program
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv`` (default: the process's arguments) to a command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        sys.argv[0] = f"brics {argv[0]}"  # the delegated parser's prog
-        return module.main(argv[1:]) or 0
+        return run_delegated(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "sample" and args.class_label is not None and args.class_label.isdigit():
         args.class_label = int(args.class_label)
