@@ -27,17 +27,19 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
     --gan_weight 0 --max_eval_images 16 --num_validation_images 2 --report_to none
 brics train-diffusion --autoencoder ae --output_dir ldm --unet_preset tiny --max_train_steps 3 --train_batch_size 8 \
     --num_validation_images 2 --num_inference_steps 2 --report_to none
-brics sample --model ldm --num-images 2 --steps 2 --output-dir samples
+brics sample --model ldm --num_images 2 --num_inference_steps 2 --output_dir samples
 test -f ae/autoencoder/config.json -a -f ldm/model_index.json -a -f samples/sample_001.png -a -f samples/grid.png
+brics info --model ldm > info-model.txt && grep -q "BRICSAutoencoder ldm" info-model.txt
 brics train-diffusion --autoencoder ae --output_dir t2i --caption_column caption --text_encoder_preset tiny \
     --train_text_encoder --unet_preset tiny --max_train_steps 2 --train_batch_size 8 --num_validation_images 2 \
     --num_inference_steps 2 --report_to none
-brics sample --model t2i --prompt "grinning, smileys and emotion" --num-images 2 --steps 2 --output-dir t2i-samples
+brics sample --model t2i --prompt "grinning, smileys and emotion" --num_images 2 --num_inference_steps 2 \
+    --output_dir t2i-samples
 brics sample --model t2i --prompt "red apple, food and drink" --image samples/sample_000.png --strength 0.5 \
-    --num-images 1 --steps 2 --output-dir t2i-edited
+    --num_images 1 --num_inference_steps 2 --output_dir t2i-edited
 test -f t2i/text_encoder/config.json -a -f t2i/tokenizer/tokenizer.json -a -f t2i-samples/sample_001.png
 test -f t2i-edited/sample_000.png
-if brics sample --model ae --num-images 1 2> error.txt; then echo "sampling an autoencoder should fail"; exit 1; fi
+if brics sample --model ae --num_images 1 2> error.txt; then echo "sampling an autoencoder should fail"; exit 1; fi
 grep -q "brics: error: " error.txt && ! grep -q Traceback error.txt
 echo "wheel check passed: brics info, train-ae (accelerate launch -m), train-diffusion (unconditional, text), sample" \
     "(noise, prompt, image-to-image), one-line errors"

@@ -360,8 +360,8 @@ def test_load_model_and_the_command_line_take_a_repo_id(saved, hub, tmp_path):
     model = load_model(BRICS_REPO)
     assert isinstance(model.pipeline, BRICSPipeline) and model.vae is model.pipeline.vae
     assert load_model(DDPM_REPO).vae is None  # pixel space: a pipeline without autoencoder
-    assert cli.main(["sample", "--model", BRICS_REPO, "--num-images", "2", "--steps", "2", "--output-dir",
-                     str(tmp_path)]) == 0
+    assert cli.main(["sample", "--model", BRICS_REPO, "--num_images", "2", "--num_inference_steps", "2",
+                     "--output_dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("sample_*.png"))) == 2
     with pytest.raises(FileNotFoundError, match="no Hub repo of that name"):
         load_model("org/missing")
