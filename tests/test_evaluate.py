@@ -106,9 +106,11 @@ def test_neighbours_command(tmp_path, brics_pipeline, lpips_weights_dir, random_
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="no autoencoder config.json"):
+    with pytest.raises(FileNotFoundError, match="--model .*missing'. no such folder"):
         main(["reconstruction", "--model", str(tmp_path / "missing"), "--no_fid", "--output", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="no autoencoder config.json"):
+        main(["reconstruction", "--model", str(tmp_path), "--no_fid", "--output", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--num_samples must be a positive integer"):
         main(["generation", "--pipeline", "x", "--num_samples", "0", "--output", str(tmp_path / "o")])
-    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+    with pytest.raises(FileNotFoundError, match="--pipeline .*missing'. no such folder"):
         main(["generation", "--pipeline", str(tmp_path / "missing"), "--output", str(tmp_path / "o")])
