@@ -51,7 +51,7 @@ def brics(*args) -> subprocess.CompletedProcess:
 
 def test_reconstruct_encode_decode_agree(models, tmp_path, capsys):
     assert cli.main(["reconstruct", str(models["a"]), str(models["b"]), "--model", str(models["stage1"]),
-                     "--output-dir", str(tmp_path / "rec")]) == 0
+                     "--output_dir", str(tmp_path / "rec")]) == 0
     assert "PSNR" in capsys.readouterr().out
     for stem in ("a", "b"):
         assert Image.open(tmp_path / "rec" / f"{stem}.png").size == (32, 32)
@@ -63,7 +63,7 @@ def test_reconstruct_encode_decode_agree(models, tmp_path, capsys):
     codes = load_file(codes_file)["key_codes"]
     assert codes.shape == (2, 2, 8, 8) and 0 <= codes.min() and codes.max() <= 1
     assert cli.main(["decode", str(codes_file), "--model", str(models["pipeline"]),
-                     "--output-dir", str(tmp_path / "dec")]) == 0
+                     "--output_dir", str(tmp_path / "dec")]) == 0
     for stem in ("a", "b"):  # the file names travel in the metadata; decode(encode(x)) is the reconstruction
         decoded = np.asarray(Image.open(tmp_path / "dec" / f"{stem}.png"), dtype=np.int16)
         reconstructed = np.asarray(Image.open(tmp_path / "rec" / f"{stem}.png"), dtype=np.int16)
@@ -72,16 +72,16 @@ def test_reconstruct_encode_decode_agree(models, tmp_path, capsys):
 
 def test_sample_is_seeded_per_image_and_swaps_schedulers(models, tmp_path):
     def run(folder, *extra):
-        assert cli.main(["sample", "--model", str(models["pipeline"]), "--steps", "3", "--output-dir",
+        assert cli.main(["sample", "--model", str(models["pipeline"]), "--num_inference_steps", "3", "--output_dir",
                          str(tmp_path / folder), *extra]) == 0
         return [np.asarray(Image.open(p)) for p in sorted((tmp_path / folder).glob("sample_*.png"))]
 
-    three = run("three", "--num-images", "3", "--seed", "5")
-    one = run("one", "--num-images", "1", "--seed", "7")
+    three = run("three", "--num_images", "3", "--seed", "5")
+    one = run("one", "--num_images", "1", "--seed", "7")
     assert len(three) == 3 and three[0].shape == (32, 32, 3)
     np.testing.assert_array_equal(one[0], three[2])  # image i is drawn from seed + i
     assert Image.open(tmp_path / "three" / "grid.png").size == (3 * 32, 32)
-    dpm = run("dpm", "--num-images", "1", "--seed", "7", "--scheduler", "dpm")
+    dpm = run("dpm", "--num_images", "1", "--seed", "7", "--scheduler", "dpm")
     assert not np.array_equal(dpm[0], one[0])
 
 
@@ -91,7 +91,7 @@ def test_interpolate_row_ends_are_the_reconstructions(models, tmp_path):
     row = np.asarray(Image.open(tmp_path / "row.png"), dtype=np.int16)
     assert row.shape == (32, 5 * 32, 3)
     assert cli.main(["reconstruct", str(models["a"]), str(models["b"]), "--model", str(models["vae"]),
-                     "--output-dir", str(tmp_path / "rec")]) == 0
+                     "--output_dir", str(tmp_path / "rec")]) == 0
     for index, stem in ((0, "a"), (4, "b")):
         reconstruction = np.asarray(Image.open(tmp_path / "rec" / f"{stem}.png"), dtype=np.int16)
         assert np.abs(row[:, 32 * index: 32 * (index + 1)] - reconstruction).max() <= 1
@@ -140,13 +140,15 @@ def test_errors_are_one_line_without_traceback(models, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png")
     cases = {
-        ("reconstruct", tmp_path / "missing.png", "--model", models["vae"]): "no such file",
+        ("reconstruct", tmp_path / "missing.png", "--model", models["vae"]): "images[0]: no such file",
         ("reconstruct", corrupt, "--model", models["vae"]): "not a readable image",
-        ("sample", "--model", models["vae"]): "autoencoder without a diffusion model",
-        ("sample", "--model", tmp_path): "is not a BRICS model",
-        ("sample", "--model", models["pipeline"], "--class-label", "cat"): "class_labels",
-        ("decode", bad, "--model", models["vae"]): "expected shape (B, 2, 8, 8)",
-        ("encode", models["a"], "--model", tmp_path / "nowhere"): "no such folder",
+        ("sample", "--model", models["vae"], "--output_dir", tmp_path / "out"): "autoencoder without a diffusion model",
+        ("sample", "--model", tmp_path, "--output_dir", tmp_path / "out"): "is not a BRICS model",
+        ("sample", "--model", models["pipeline"], "--class_label", "cat", "--output_dir", tmp_path / "out"):
+            "class_labels",
+        ("decode", bad, "--model", models["vae"], "--output_dir", tmp_path / "out"): "expected shape (B, 2, 8, 8)",
+        ("encode", models["a"], "--model", tmp_path / "nowhere", "--output", tmp_path / "z.safetensors"):
+            "no such folder",
     }
     for args, message in cases.items():
         assert run_command(cli.main, list(map(str, args)), prog="brics") == 1, args
