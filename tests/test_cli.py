@@ -196,12 +196,19 @@ def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch):
     assert not calls
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["psnr"] == 10.0 and metrics["autoencoder_steps"] == 3 and metrics["fake_images"] == 4
-    assert {"kid_mean", "fid", "real_vs_real_kid_mean", "sampling_seconds_per_image"} <= set(metrics)
+    assert {"kid_mean", "fid", "sampling_seconds_per_image"} <= set(metrics)
+    assert "real_vs_real_kid_mean" not in metrics  # the floor only with --real_baseline
     assert Image.open(output / "interpolation.png").size == (8 * 32, 4 * 32)
     assert Image.open(output / "samples.png").size == (4 * 32, 32)
     assert BRICSPipeline.from_pretrained(output / "pipeline").unet is not None
     before = (output / "metrics.json").stat().st_mtime_ns
     assert quickstart.main(argv) == 0 and (output / "metrics.json").stat().st_mtime_ns == before
+    # asking for the real-vs-real floor evaluates again, with it; then that evaluation is reused
+    assert quickstart.main([*argv, "--real_baseline"]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["baseline_images"] == 4 and "real_vs_real_kid_mean" in metrics and "real_vs_real_fid" in metrics
+    before = (output / "metrics.json").stat().st_mtime_ns
+    assert quickstart.main([*argv, "--real_baseline"]) == 0 and (output / "metrics.json").stat().st_mtime_ns == before
 
 
 def test_quickstart_trains_a_fixed_number_of_steps_and_extends_a_shorter_run(models, tmp_path, monkeypatch):
