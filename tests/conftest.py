@@ -6,6 +6,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The helper modules beside the tests assert too; their asserts get pytest's messages as the tests' do.
+pytest.register_assert_rewrite("builders", "hub_client")
+
 # Without CUDA, the Triton grid backend's kernels run under Triton's interpreter (tests/test_grid_triton.py). Triton
 # reads this when it is first imported (diffusers imports it), so it is set before any test module is collected.
 if not torch.cuda.is_available():
@@ -19,17 +22,14 @@ def _seed():
 
 @pytest.fixture
 def random_image_folder(tmp_path):
-    """``make(count, height=32, width=32)``: a folder ``tmp_path/images`` of that many seeded random RGB PNGs."""
-    from PIL import Image
+    """``make(count, height=32, width=32)``: a folder ``tmp_path/images`` of that many seeded random RGB PNGs
+    (`builders.random_images`)."""
+    from builders import random_images
 
     def make(count: int, height: int = 32, width: int = 32) -> Path:
         folder = tmp_path / "images"
         folder.mkdir()
-        generator = torch.Generator().manual_seed(0)
-        for i in range(count):
-            pixels = (torch.rand(height, width, 3, generator=generator) * 255).byte().numpy()
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-        return folder
+        return random_images(folder, count, height, width)
 
     return make
 
@@ -77,3 +77,19 @@ def inception_weights_dir():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_INCEPTION_WEIGHTS, str(directory))
         yield directory
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty huggingface_hub home and cache, online mode, no token (`hub_client.isolate_hub`)."""
+    from hub_client import isolate_hub
+
+    return isolate_hub(monkeypatch, tmp_path / "hf_home")
+
+
+@pytest.fixture
+def modules_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh folder for diffusers' copies of remote-code modules (`hub_client.isolate_modules`)."""
+    from hub_client import isolate_modules
+
+    return isolate_modules(monkeypatch, tmp_path / "hf_modules")

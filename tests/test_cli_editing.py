@@ -4,13 +4,13 @@
 import numpy as np
 import pytest
 import torch
+from builders import brics, tiny_unet
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from PIL import Image
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli
 from diffusers_brics.console import run_command
 from diffusers_brics.pipelines import BRICSTextToImagePipeline, default_scheduler
-from test_cli import brics, tiny_unet
 
 CAPTIONS = ["a red circle", "a blue square on white", "a green triangle", "a smiling yellow face"]
 

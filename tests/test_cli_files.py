@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_unet
 from PIL import Image
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, evaluate
 from diffusers_brics.console import run_command
 from diffusers_brics.files import check_outputs, unique_stems
 from diffusers_brics.pipelines import default_scheduler
-from test_cli import tiny_unet
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from builders import plain_unet
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
@@ -47,10 +48,7 @@ def test_damaged_model_files_are_named(saved, tmp_path, change, error, names):
 
 
 def test_a_pipeline_with_damaged_autoencoder_weights_names_the_file(saved, tmp_path):
-    from diffusers import UNet2DModel
-
-    unet = UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 8), norm_num_groups=8,
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    unet = plain_unet(2, block_out_channels=(8, 8), norm_num_groups=8)
     pipe = BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=BRICSAutoencoder.from_pretrained(saved))
     pipe.save_pretrained(tmp_path / "pipe")
     open(tmp_path / "pipe" / "vae" / WEIGHTS, "r+b").truncate(500)

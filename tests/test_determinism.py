@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from diffusers import UNet2DModel
+from builders import plain_unet
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
@@ -44,8 +44,7 @@ def test_a_batch_equals_its_images_one_by_one():
 
 def test_samples_repeat_and_a_batch_equals_its_seeds_one_by_one():
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 8), norm_num_groups=8,
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    unet = plain_unet(2, block_out_channels=(8, 8), norm_num_groups=8)
     pipe = BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=build(0))
     pipe.set_progress_bar_config(disable=True)
 

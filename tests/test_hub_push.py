@@ -13,18 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from builders import random_images, tiny_unet
 from diffusers import DDPMPipeline
+from hub_client import isolate_hub, load_valid_card, run_python_blocks, use_endpoint
 from hub_server import serve_repos
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
-from test_model_cards import load_valid_card, run_python_blocks
-from test_pipeline_hub import (  # noqa: F401 (fixtures)
-    hf_cache,
-    isolate_hub,
-    modules_cache,
-    tiny_unet,
-    use_endpoint,
-)
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
@@ -167,13 +161,7 @@ def pushed(tmp_path_factory, lpips_weights_dir) -> dict:
     tracker's logs; pixel-space stage 2 pushed under its output folder's name. Junk planted in the output folders
     (notes holding local paths) must stay there."""
     root = tmp_path_factory.mktemp("push")
-    images = root / "images"
-    images.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    from PIL import Image
-
-    for i in range(12):
-        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()).save(images / f"{i}.png")
+    images = random_images(root / "images", 12)
     outputs = {name: root / "runs" / name for name in ("ae", "ldm", "pixels")}
     for out in outputs.values():
         out.mkdir(parents=True)

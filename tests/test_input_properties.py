@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from builders import plain_unet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,8 +107,7 @@ def test_metrics_any_pair(shape, other, dtype, special):
 @pytest.fixture(scope="module")
 def pipe(model):
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 8), norm_num_groups=8,
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    unet = plain_unet(2, block_out_channels=(8, 8), norm_num_groups=8)
     pipe = BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=model)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from builders import tiny_unet
+from hub_client import use_endpoint
 from hub_server import serve_repos
 from huggingface_hub import ModelCard
-from test_pipeline_hub import hf_cache, modules_cache, tiny_unet, use_endpoint  # noqa: F401 (fixtures)
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler

@@ -3,6 +3,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from builders import tiny_pipeline, tiny_unet
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
@@ -12,31 +13,11 @@ from diffusers import (
     HeunDiscreteScheduler,
     ImagePipelineOutput,
     PNDMScheduler,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
-
-
-def tiny_unet(num_class_embeds=None, sample_size=8, in_channels=2, out_channels=2):
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, attention_head_dim=4, num_class_embeds=num_class_embeds,
-    )
-
-
-def tiny_pipeline() -> BRICSPipeline:
-    """An untrained pipeline of the tiny autoencoder (8x8x2 key codes) and `tiny_unet`, progress bar off."""
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    pipeline = BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 @pytest.fixture
@@ -182,7 +163,7 @@ def test_vae_slicing_and_cpu_offload_sequence(pipe):
 
 def test_class_conditional_generation():
     vae = BRICSAutoencoder.from_preset("tiny").eval()
-    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3), scheduler=default_scheduler(), vae=vae)
+    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3, seed=0), scheduler=default_scheduler(), vae=vae)
     pipe.set_progress_bar_config(disable=True)
     a = sample(pipe, class_labels=[0, 2])
     b = sample(pipe, class_labels=[1, 1])
@@ -203,7 +184,7 @@ def test_class_conditional_generation():
 
 def test_class_names_round_trip_and_select_classes(tmp_path, caplog):
     vae = BRICSAutoencoder.from_preset("tiny").eval()
-    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3), scheduler=default_scheduler(), vae=vae,
+    pipe = BRICSPipeline(unet=tiny_unet(num_class_embeds=3, seed=0), scheduler=default_scheduler(), vae=vae,
                          id2label={0: "cat", 1: "dog", 2: "emoji"})
     pipe.save_pretrained(tmp_path)
     with caplog.at_level("WARNING"):
@@ -215,7 +196,7 @@ def test_class_names_round_trip_and_select_classes(tmp_path, caplog):
     with pytest.raises(ValueError, match="'bird'.*known: 'cat', 'dog', 'emoji'"):
         sample(loaded, class_labels="bird")
     # pipelines saved without class names still load
-    BRICSPipeline(unet=tiny_unet(), scheduler=default_scheduler(), vae=vae).save_pretrained(tmp_path / "plain")
+    BRICSPipeline(unet=tiny_unet(seed=0), scheduler=default_scheduler(), vae=vae).save_pretrained(tmp_path / "plain")
     assert BRICSPipeline.from_pretrained(tmp_path / "plain").labels == {}
 
 
@@ -264,14 +245,14 @@ def test_step_count_is_checked_for_every_scheduler(pipe, scheduler_cls, steps):
     ],
 )
 def test_unet_that_does_not_fit_the_vae_is_refused(pipe, unet_kwargs, shown):
-    pipe.unet = tiny_unet(**unet_kwargs)
+    pipe.unet = tiny_unet(**unet_kwargs, seed=0)
     with pytest.raises(ValueError, match=shown + r".*\(C_z, H_z, W_z\) = \(2, 8, 8\)"):
         sample(pipe)
 
 
 @pytest.mark.parametrize("sample_size", [(8, 8), [8, 8], None])
 def test_unet_sample_size_may_be_a_pair_or_unset(pipe, sample_size):
-    pipe.unet = tiny_unet(sample_size=sample_size)
+    pipe.unet = tiny_unet(sample_size=sample_size, seed=0)
     assert sample(pipe).shape == (2, 32, 32, 3)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from builders import tiny_pipeline, tiny_unet
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
-from test_pipeline import tiny_pipeline, tiny_unet
 
 from diffusers_brics import BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
@@ -144,7 +144,7 @@ def test_a_tensor_image_in_minus_one_to_one_works_as_pictures_do(pipe, pictures)
 @pytest.fixture(scope="module")
 def class_pipe(pipe):
     """Three classes and the null class (id 3) of conditioning dropout."""
-    pipeline = BRICSPipeline(unet=tiny_unet(num_class_embeds=4), scheduler=default_scheduler(), vae=pipe.vae,
+    pipeline = BRICSPipeline(unet=tiny_unet(num_class_embeds=4, seed=0), scheduler=default_scheduler(), vae=pipe.vae,
                              id2label={0: "a", 1: "b", 2: "c"}, null_class_id=3)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -204,6 +204,6 @@ def test_sample_size_of_an_autoencoder_and_of_pipelines(pipe):
     from diffusers import DDPMPipeline, DDPMScheduler
 
     assert sample_size_of(pipe.vae) == sample_size_of(pipe) == 32
-    pixels = DDPMPipeline(unet=tiny_unet(sample_size=16, in_channels=3, out_channels=3),
+    pixels = DDPMPipeline(unet=tiny_unet(3, sample_size=16, seed=0),
                           scheduler=DDPMScheduler(num_train_timesteps=10))
     assert sample_size_of(pixels) == 16  # a pixel-space pipeline: its UNet's

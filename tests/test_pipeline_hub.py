@@ -2,9 +2,8 @@
 `BRICSPipeline.from_pretrained`, and with stock `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
 through the module files a saved BRICS pipeline carries.
 
-huggingface_hub reads its settings (endpoint, cache, offline mode, ...) from the environment when it is imported,
-so besides the environment variables the module-level copies are patched too, and every change is undone by
-``monkeypatch`` after each test.
+The fixtures ``hf_cache`` and ``modules_cache`` (tests/conftest.py) and the helpers of hub_client.py patch
+huggingface_hub's and diffusers' settings; ``monkeypatch`` undoes every change after each test.
 """
 
 from __future__ import annotations
@@ -14,15 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import diffusers
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from builders import tiny_unet
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
+from hub_client import go_offline, use_endpoint
 from hub_server import serve_repos
-from huggingface_hub import constants, hf_api, hf_hub_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from naive_pipeline import NaiveBRICSPipeline
 
@@ -35,12 +34,6 @@ OLD_BRICS_REPO = "org/brics-tiny-old"  # as saved before the module files for tr
 DDPM_REPO = "org/ddpm-tiny"
 NAIVE_REPO = "org/naive-tiny"
 STEPS = 3
-
-
-def tiny_unet(channels: int) -> UNet2DModel:
-    return UNet2DModel(sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
 
 
 def generate(pipe) -> np.ndarray:
@@ -77,76 +70,6 @@ def saved(tmp_path_factory) -> dict:
         "brics_images": generate(brics),
         "ddpm_images": generate(ddpm),
     }
-
-
-def isolate_hub(monkeypatch, home: Path) -> Path:
-    """Give huggingface_hub (and diffusers) a fresh, empty home and cache under ``home``, online mode, no token;
-    returns the cache folder."""
-    from huggingface_hub import _tree_cache
-
-    cache = home / "hub"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE",
-                 "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(cache),
-        "HUGGINGFACE_HUB_CACHE": str(cache),
-        "HF_ASSETS_CACHE": str(home / "assets"),
-        "HF_XET_CACHE": str(home / "xet"),
-        "HF_TOKEN_PATH": str(home / "token"),
-        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
-        "HF_HUB_OFFLINE": False,
-        "HF_HUB_DISABLE_TELEMETRY": True,
-    }.items():
-        if hasattr(constants, name):
-            monkeypatch.setattr(constants, name, value)
-    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(_tree_cache, "_IN_MEMORY_TREE_CACHE", {})
-    return cache
-
-
-def isolate_modules(monkeypatch, folder: Path) -> Path:
-    """Send diffusers' copies of remote-code modules (``trust_remote_code=True``) to ``folder``; diffusers adds it
-    to ``sys.path``, which is restored afterwards."""
-    from diffusers.utils import dynamic_modules_utils
-
-    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(folder))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    return folder
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh, empty huggingface_hub home and cache, online mode, no token."""
-    return isolate_hub(monkeypatch, tmp_path / "hf_home")
-
-
-@pytest.fixture
-def modules_cache(tmp_path, monkeypatch) -> Path:
-    """A fresh folder for diffusers' copies of remote-code modules (see `isolate_modules`)."""
-    return isolate_modules(monkeypatch, tmp_path / "hf_modules")
-
-
-def use_endpoint(monkeypatch, url: str) -> None:
-    """Send huggingface_hub (and diffusers' messages) to ``url``."""
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hf_api.api, "endpoint", url)  # the instance behind huggingface_hub.model_info & co.
-    for module in (diffusers.utils.constants, diffusers.utils, diffusers.utils.hub_utils,
-                   diffusers.configuration_utils):
-        monkeypatch.setattr(module, "HUGGINGFACE_CO_RESOLVE_ENDPOINT", url)
-
-
-def go_offline(monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture

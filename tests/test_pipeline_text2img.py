@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from hub_client import isolate_hub, isolate_modules, use_endpoint
 from hub_server import serve_repos
-from test_pipeline_hub import isolate_hub, isolate_modules, use_endpoint
 
 from diffusers_brics import BRICSAutoencoder, BRICSTextToImagePipeline
 from diffusers_brics.models.text_encoder import build_text_encoder, encode_prompts, train_caption_tokenizer

@@ -87,7 +87,7 @@ def space(tmp_path_factory):
     reason = requirements()
     if reason:
         pytest.skip(reason)
-    from diffusers import UNet2DModel
+    from builders import tiny_unet
 
     from diffusers_brics import BRICSAutoencoder
     from diffusers_brics.pipelines import BRICSPipeline, default_scheduler
@@ -102,9 +102,7 @@ def space(tmp_path_factory):
         torch.manual_seed(0)
         vae = BRICSAutoencoder.from_preset("tiny").eval()
         channels, size, _ = vae.latent_shape
-        unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
+        unet = tiny_unet(channels, sample_size=size)
         BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae).save_pretrained(folder)
         model = dataclasses.replace(load_model(folder, "cpu"), source="tiny-untrained-pipeline")
 
@@ -248,9 +246,10 @@ def half_mask(path: Path, size: tuple[int, int]) -> Path:
 def text_space(space, tmp_path_factory):
     """The URL of the app serving a tiny (untrained) text-to-image pipeline, saved and loaded as a user's would be."""
     pytest.importorskip("diffusers_brics.models.text_encoder", reason="needs transformers (pip install -e '.[text]')")
+    from builders import tiny_text_pipeline
+
     from diffusers_brics import BRICSAutoencoder
     from diffusers_brics.pipelines.loading import load_model
-    from test_cli_editing import tiny_text_pipeline
 
     folder = tmp_path_factory.mktemp("space-text") / "pipeline"
     torch.manual_seed(0)
@@ -316,8 +315,9 @@ def build(pipeline=None, vae=None, source="test"):
 
 
 def tiny_pipeline(vae):
+    from builders import tiny_unet
+
     from diffusers_brics.pipelines import BRICSPipeline, default_scheduler
-    from test_cli import tiny_unet
 
     return BRICSPipeline(unet=tiny_unet(vae.latent_shape[0]), scheduler=default_scheduler(), vae=vae)
 
@@ -334,7 +334,7 @@ CONDITION = {"prompt": None, "negative_prompt": None, "guidance_scale": None, "c
 def test_space_text_sampling(vae):
     pytest.importorskip("diffusers_brics.models.text_encoder", reason="needs transformers (pip install -e '.[text]')")
     gr = gradio()
-    from test_cli_editing import tiny_text_pipeline
+    from builders import tiny_text_pipeline
 
     functions, components, _ = build(tiny_text_pipeline(vae))
     assert {"sample-prompt", "sample-negative-prompt", "edit-prompt", "edit-negative-prompt"} <= set(components)
@@ -355,7 +355,7 @@ def test_space_text_sampling(vae):
 
 
 def test_space_class_pipeline_has_a_class_selector_and_guidance(vae):
-    from test_cli_editing import tiny_class_pipeline
+    from builders import tiny_class_pipeline
 
     functions, components, _ = build(tiny_class_pipeline(vae))
     selector = components["sample-class"]
@@ -416,7 +416,7 @@ def test_space_edit(vae, tmp_path):
 def test_space_text_edit(vae, tmp_path):
     pytest.importorskip("diffusers_brics.models.text_encoder", reason="needs transformers (pip install -e '.[text]')")
     gr = gradio()
-    from test_cli_editing import tiny_text_pipeline
+    from builders import tiny_text_pipeline
 
     functions, _, _ = build(tiny_text_pipeline(vae))
     image = Image.open(picture(tmp_path / "image.png", 30)).convert("RGB")
@@ -435,11 +435,10 @@ def test_space_text_edit(vae, tmp_path):
 
 def test_space_pixel_pipeline_cannot_edit():
     """A pixel-space diffusers pipeline samples, but its Edit tab explains why it cannot edit."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from builders import plain_unet
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
+    unet = plain_unet(3)
     functions, components, texts = build(DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)))
     assert set(functions) == {"sample"} and "edit-input" not in components
     assert any("cannot edit images" in text and "DDPMPipeline" in text for text in texts)

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from builders import run_diffusion
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
-from test_train_diffusion import run
 
 from diffusers_brics import BRICSPipeline, BRICSTextToImagePipeline
 from diffusers_brics.models.text_encoder import build_text_encoder, train_caption_tokenizer
@@ -27,8 +27,8 @@ def generate(pipe, **kwargs):
 
 def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipeline(tmp_path, autoencoder):
     out = tmp_path / "t2i"
-    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
-         "--checkpointing_steps", "2", "--caption_column", "caption", "--text_encoder_preset", "tiny"])
+    run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
+                   "--checkpointing_steps", "2", "--caption_column", "caption", "--text_encoder_preset", "tiny"])
     assert (out / "key_codes").is_dir() and (out / "prompt_embeds.safetensors").is_file()
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-to-image" in card and "BRICSTextToImagePipeline" in card
@@ -55,7 +55,7 @@ def test_text_training_with_a_given_encoder_trained_with_the_unet_resumes_exactl
     common = ["--autoencoder", str(autoencoder), "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--caption_column", "caption", "--text_encoder_name_or_path", str(encoder_dir), "--train_text_encoder",
               "--encode_on_the_fly", "--conditioning_dropout_prob", "0.5", "--learning_rate", "1e-3"]
-    run([*common, "--output_dir", str(out)])
+    run_diffusion([*common, "--output_dir", str(out)])
     assert not (out / "prompt_embeds.safetensors").exists()
     pipe = BRICSTextToImagePipeline.from_pretrained(out)
     trained = pipe.text_encoder.state_dict()
@@ -68,7 +68,7 @@ def test_text_training_with_a_given_encoder_trained_with_the_unet_resumes_exactl
     from diffusers_brics.training.conditioning import TextConditionedUNet
 
     shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
-    log = run([*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    log = run_diffusion([*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
     assert "at step 2" in log
     for folder in ("unet", "unet_ema"):
         straight = TextConditionedUNet.from_pretrained(out / "checkpoint-4", subfolder=folder).state_dict()
@@ -81,8 +81,8 @@ def test_text_training_with_a_given_encoder_trained_with_the_unet_resumes_exactl
 
 def test_class_conditioning_dropout_learns_a_null_class_for_guidance(tmp_path, autoencoder):
     out = tmp_path / "classes"
-    run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
-         "--checkpointing_steps", "2", "--class_column", "category", "--conditioning_dropout_prob", "0.2"])
+    run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
+                   "--checkpointing_steps", "2", "--class_column", "category", "--conditioning_dropout_prob", "0.2"])
     pipe = BRICSPipeline.from_pretrained(out)
     classes = len(pipe.labels)
     assert pipe.config.null_class_id == classes and pipe.unet.config.num_class_embeds == classes + 1
@@ -108,11 +108,12 @@ def test_conditioning_flags_that_cannot_work_are_refused(tmp_path, flags, messag
 
 
 def test_a_caption_column_that_is_missing_or_not_text_is_refused(tmp_path, autoencoder):
-    log = run(["--autoencoder", str(autoencoder), "--output_dir", str(tmp_path / "out"), "--caption_column",
-               "nope"], expect_success=False)
+    log = run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(tmp_path / "out"),
+                         "--caption_column", "nope"], expect_success=False)
     assert "caption_column 'nope' is not in the dataset" in log
-    missing = run(["--autoencoder", str(autoencoder), "--output_dir", str(tmp_path / "out2"), "--caption_column",
-                   "caption", "--text_encoder_name_or_path", str(tmp_path / "no-encoder")], expect_success=False)
+    missing = run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(tmp_path / "out2"),
+                             "--caption_column", "caption", "--text_encoder_name_or_path",
+                             str(tmp_path / "no-encoder")], expect_success=False)
     assert "text_encoder_name_or_path" in missing
 
 
