@@ -1,6 +1,9 @@
 """Training never loses more than the last checkpoint: each script killed (SIGKILL) or stopped (SIGTERM, SIGINT)
 between checkpoints, then resumed, ends at the requested step with every checkpoint and the weights of an
-uninterrupted run."""
+uninterrupted run.
+
+Slow (`make test-slow`): the Trainer's handling of the same events is checked in this process, on a stand-in stage,
+by tests/test_trainer.py (a stop signal, a run ended without warning, a second signal, a damaged checkpoint)."""
 
 import os
 import shutil
@@ -14,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 24, 4

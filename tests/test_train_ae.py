@@ -174,6 +174,7 @@ def test_torch_compile_resumes_an_eager_checkpoint_and_saves_plain_weights(tmp_p
     assert "| `torch_compile` | `True` |" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_end_with_identical_weights(tmp_path, lpips_weights_dir, launcher):
     log = run(["--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3", "--checkpointing_steps", "3",
@@ -301,6 +302,7 @@ def test_variants_wgan_gp_kl_bf16_with_accumulation(tmp_path, lpips_weights_dir)
     assert metrics["step"] == 3 and metrics["nonfinite_steps"] == 0  # bf16 autocast on the CPU stays finite
 
 
+@pytest.mark.slow
 def test_two_processes_count_epochs_and_resume_where_they_stopped(tmp_path, lpips_weights_dir, random_image_folder):
     # 16 training images in batches of 4 on each of 2 processes: an epoch is 2 steps. Resuming at step 3 must skip
     # the one batch of epoch 1 that each process has already seen, so the run ends with the uninterrupted weights.

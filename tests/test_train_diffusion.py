@@ -115,6 +115,7 @@ def test_encoding_on_the_fly_under_a_time_budget(tmp_path, autoencoder):
     assert 1 <= steps < 100000 and (out / f"checkpoint-{steps}").is_dir()
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights(tmp_path, autoencoder):
     out = tmp_path / "ddp"
     result = subprocess.run(
@@ -176,6 +177,7 @@ def test_class_conditional_training_on_the_emoji_categories(tmp_path, autoencode
     assert "were encoded with other class_column ('category'; this run: 'short_name')" in log
 
 
+@pytest.mark.slow
 def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder, random_image_folder):
     import datasets
 
@@ -239,6 +241,7 @@ def test_training_recipes_set_the_defaults_and_flags_win():
     assert settings("--unet_preset", "paper", "--training_recipe", "short")["learning_rate"] == short["learning_rate"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["autoencoderkl", "vqmodel"])
 def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(tmp_path, model_type):
     import datasets
@@ -264,6 +267,7 @@ def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(
     assert "fitted" not in log and BRICSPipeline.from_pretrained(out).vae.config.scaling_factor == 0.5
 
 
+@pytest.mark.slow
 def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path):
     import datasets
     from diffusers import DDPMPipeline, DiffusionPipeline

@@ -107,6 +107,7 @@ def test_conditioning_flags_that_cannot_work_are_refused(tmp_path, flags, messag
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # in this process: test_train_diffusion_in_process.py, of the same name
 def test_a_caption_column_that_is_missing_or_not_text_is_refused(tmp_path, autoencoder):
     log = run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(tmp_path / "out"),
                          "--caption_column", "nope"], expect_success=False)

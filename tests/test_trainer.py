@@ -1,4 +1,7 @@
-"""The shared training loop with a stand-in stage: non-finite steps are dropped, counted and, in a row, fatal."""
+"""The shared training loop with a stand-in stage: non-finite steps are dropped, counted and, in a row, fatal; a
+stop signal ends a step with a checkpoint; resumed runs end as uninterrupted ones; processes agree."""
+
+import signal
 
 import pytest
 import torch
@@ -163,3 +166,187 @@ def test_validations_are_recorded_with_their_step_and_training_seconds(tmp_path)
     seconds = [r["train_seconds"] for r in records]
     assert 0 < seconds[0] <= seconds[1] < 0.3  # the first validation's 0.3 s sleep is not counted in the second
     assert stage.summary["train_seconds"] < 0.3  # the run's own training time leaves the validations out too
+
+
+# ---------------------------------------------------------------------------------------------- stops and resumes
+# In-process counterparts of the scripts' subprocess runs (test_interruptions.py, the two-process runs of
+# test_train_ae.py and test_train_diffusion.py, marked slow): the same Trainer code on a stand-in stage.
+class CleanStage(PoisonedStage):
+    """The regression without poisoned steps on ``rows`` random rows (batches of 8, reshuffled each epoch); sends its
+    own process ``signum`` during step ``signal_at``, or raises `Crash` there (a kill, as far as the run's files
+    know)."""
+
+    def __init__(self, rows: int = 64, signum: int | None = None, signal_at: int | None = None,
+                 crash_at: int | None = None):
+        super().__init__(set())
+        self.rows, self.signum, self.signal_at, self.crash_at = rows, signum, signal_at, crash_at
+        self.batches: list[torch.Tensor] = []
+
+    def setup(self, trainer):
+        self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        data = torch.utils.data.TensorDataset(torch.randn(self.rows, 4))
+        loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, drop_last=True,
+                                             collate_fn=lambda rows: torch.stack([row[0] for row in rows]))
+        model = Line()
+        return StageParts("line", model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
+
+    def training_step(self, trainer, batch, generator, step):
+        if step == self.crash_at:
+            raise Crash
+        self.batches.append(batch.clone())
+        logs = super().training_step(trainer, batch, generator, step)
+        if step == self.signal_at:
+            self.send(self.signum)
+        return logs
+
+    def send(self, signum: int) -> None:
+        """``signum`` to this process, once the Trainer has its own handler for it (never the default's)."""
+        assert signal.getsignal(signum) is not self.handlers[signum], "the Trainer's handler is not installed"
+        signal.raise_signal(signum)
+
+
+class Crash(Exception):
+    """The stand-in stage's sudden end."""
+
+
+def fit(config: LoopConfig, stage: TrainingStage) -> Trainer:
+    """A fresh accelerator state (each script run starts with one), then the run."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(config, "test")
+    trainer.fit(stage)
+    return trainer
+
+
+def saved(folder, step: int) -> dict:
+    """The model and EMA weights of ``checkpoint-<step>``."""
+    return {name: load_file(folder / f"checkpoint-{step}" / name / "diffusion_pytorch_model.safetensors")
+            for name in ("line", "line_ema")}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        for key in a[name]:
+            torch.testing.assert_close(a[name][key], b[name][key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def checkpoint_steps(folder) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if not p.name.endswith(".partial"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_a_stop_signal_ends_the_step_with_a_checkpoint_and_the_resumed_run_ends_as_an_uninterrupted_one(
+        tmp_path, signum, caplog):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    fit(loop_config(straight, checkpointing_steps=3), CleanStage())
+    previous = signal.getsignal(signum)
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as ended:
+        fit(loop_config(stopped, checkpointing_steps=3), CleanStage(signum=signum, signal_at=3))
+    assert ended.value.code == 128 + signum
+    # the signal came during the 4th step: it ends with a checkpoint of its own, off the cadence of 3
+    assert checkpoint_steps(stopped) == [3, 4]
+    name = signal.Signals(signum).name
+    assert f"{name}: stopped at step 4 with checkpoint-4 written" in caplog.text
+    assert signal.getsignal(signum) is previous  # the handler is the test's again
+    with caplog.at_level("INFO"):
+        fit(loop_config(stopped, checkpointing_steps=3, resume_from_checkpoint="latest"), CleanStage())
+    assert "at step 4" in caplog.text and checkpoint_steps(stopped) == [3, 4, 6, 8]
+    assert_same(saved(stopped, 8), saved(straight, 8))
+
+
+def test_a_second_stop_signal_leaves_at_once(tmp_path):
+    class TwoSignals(CleanStage):
+        def training_step(self, trainer, batch, generator, step):
+            logs = super().training_step(trainer, batch, generator, step)
+            if step == 2:
+                self.send(signal.SIGTERM)
+                self.send(signal.SIGTERM)
+            return logs
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        fit(loop_config(tmp_path, checkpointing_steps=100), TwoSignals())
+    assert checkpoint_steps(tmp_path) == []  # no checkpoint: the run left in the middle of its step
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the test's again
+
+
+def test_a_run_ended_without_warning_resumes_from_its_last_whole_checkpoint(tmp_path, caplog):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    fit(loop_config(straight, checkpointing_steps=2), CleanStage())
+    with pytest.raises(Crash):
+        fit(loop_config(killed, checkpointing_steps=2), CleanStage(crash_at=5))
+    assert checkpoint_steps(killed) == [2, 4]
+    (killed / "checkpoint-6.partial").mkdir()  # as if it had ended while saving the next checkpoint
+    with caplog.at_level("INFO"):
+        fit(loop_config(killed, checkpointing_steps=2, resume_from_checkpoint="latest"), CleanStage())
+    assert "at step 4" in caplog.text
+    assert checkpoint_steps(killed) == [2, 4, 6, 8]
+    assert_same(saved(killed, 8), saved(straight, 8))
+
+
+def test_a_run_resumed_within_an_epoch_skips_the_batches_the_epoch_has_used(tmp_path):
+    """16 rows in batches of 8: an epoch is 2 steps, each in its own order. Resumed at step 3, the run skips the
+    batch of epoch 2 that it has already trained on, and ends with the uninterrupted run's weights (the two-process
+    runs check the same with the batches sharded over the processes)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    everything = CleanStage(rows=16)
+    fit(loop_config(straight, max_train_steps=None, num_epochs=3, checkpointing_steps=3), everything)
+    assert len(everything.batches) == 6
+    assert not torch.equal(everything.batches[0], everything.batches[2])  # reshuffled for the second epoch
+    first = CleanStage(rows=16)
+    fit(loop_config(resumed, max_train_steps=3, checkpointing_steps=3), first)
+    rest = CleanStage(rows=16)
+    fit(loop_config(resumed, max_train_steps=None, num_epochs=3, checkpointing_steps=3,
+                    resume_from_checkpoint="latest"), rest)
+    assert len(rest.batches) == 3
+    for a, b in zip(first.batches + rest.batches, everything.batches):
+        assert torch.equal(a, b)
+    assert_same(saved(resumed, 6), saved(straight, 6))
+
+
+def test_gradients_are_averaged_and_weights_checked_across_processes(monkeypatch, caplog):
+    """What data-parallel processes exchange, with a stand-in for accelerate's collectives on two processes."""
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    from diffusers_brics.training import distributed
+
+    PartialState()  # accelerate's logger needs a state
+    model = torch.nn.Linear(4, 1)
+    model(torch.ones(2, 4)).sum().backward()
+    mine = [p.grad.clone() for p in model.parameters()]
+    theirs = [torch.full_like(g, 3.0) for g in mine]
+    flat_theirs = torch.cat([g.flatten() for g in theirs])
+    two = SimpleNamespace(num_processes=2,
+                          reduce=lambda t, reduction: (t + flat_theirs) / 2 if reduction == "mean" else None)
+    distributed.average_gradients(two, model.parameters())
+    for parameter, a, b in zip(model.parameters(), mine, theirs):
+        torch.testing.assert_close(parameter.grad, (a + b) / 2)
+    distributed.average_gradients(SimpleNamespace(num_processes=1), model.parameters())  # one process: as it is
+    torch.testing.assert_close(next(model.parameters()).grad, (mine[0] + theirs[0]) / 2)
+
+    rank0 = [torch.full_like(p, 0.5) for p in model.parameters()]
+    received = iter(rank0)
+    monkeypatch.setattr(distributed, "broadcast", lambda tensor, from_process: next(received))
+    distributed.broadcast_parameters(model)
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), rank0))
+
+    monkeypatch.setattr(distributed, "plain_module", lambda accelerator, module: module)
+    monkeypatch.setattr(distributed, "gather_object", lambda objects: objects * 2)
+    with caplog.at_level("INFO"):
+        distributed.check_in_sync(two, model)
+    assert "weights identical on 2 process(es)" in caplog.text
+    monkeypatch.setattr(distributed, "gather_object", lambda objects: objects + ["0" * 64])
+    with pytest.raises(RuntimeError, match="weights differ across processes"):
+        distributed.check_in_sync(two, model)
+
+
+def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path):
+    fit(loop_config(tmp_path, max_train_steps=2, checkpointing_steps=2), CleanStage())
+    open(tmp_path / "checkpoint-2" / "optimizer.bin", "r+b").truncate(100)
+    with pytest.raises(ValueError, match=r"--resume_from_checkpoint: .*checkpoint-2/optimizer.bin is damaged"):
+        fit(loop_config(tmp_path, max_train_steps=4, checkpointing_steps=2, resume_from_checkpoint="latest"),
+            CleanStage())

@@ -1,0 +1,136 @@
+"""The stage-2 training (`diffusers_brics.training.diffusion.main`, what examples/train_brics_diffusion.py runs) in
+this process, on a folder of ten random images: the key-code cache and what it refuses, pixel space, the latents of
+diffusers' autoencoders, and a caption column it cannot use. test_train_diffusion.py and test_train_text_to_image.py
+run the same checks on the script in child processes, on the embedded emoji (those runs are marked slow)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from builders import DIFFUSION_FAST
+
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline
+from diffusers_brics.console import run_command
+from diffusers_brics.pipelines import default_scheduler
+from diffusers_brics.training import diffusion
+
+IMAGES = 10
+
+
+def train(*args) -> int:
+    """``train_brics_diffusion.py`` with the tests' fast flags, batches of 4 and ``args``, in this process with a fresh
+    accelerate state (as a new process has); its exit status (an error is one line on stderr, as the script's)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    argv = [*DIFFUSION_FAST, "--train_batch_size", "4", *map(str, args)]
+    return run_command(diffusion.main, argv, prog="train_brics_diffusion.py")
+
+
+def refused(capsys, *args) -> str:
+    """The one-line error of a run that must fail."""
+    capsys.readouterr()
+    assert train(*args) == 1, args
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def images(random_image_folder):
+    return random_image_folder(IMAGES)
+
+
+def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder, images, capsys):
+    import datasets
+
+    out = tmp_path / "run"
+    base = ["--autoencoder", autoencoder, "--train_data_dir", images, "--output_dir", out, "--max_train_steps", "1",
+            "--checkpointing_steps", "1"]
+    assert train(*base) == 0
+    assert len(datasets.load_from_disk(str(out / "key_codes"))) == IMAGES  # none held out: stage 2 does not evaluate
+
+    other = tmp_path / "other_vae"
+    torch.manual_seed(1)
+    BRICSAutoencoder.from_preset("tiny").save_pretrained(other)
+    assert "were encoded with other autoencoder_sha256" in refused(capsys, *base[:1], other, *base[2:])
+    assert "random_flip (False; this run: True)" in refused(capsys, *base, "--random_flip")
+    assert "data ('" in refused(capsys, *base[:2], *base[4:])  # the embedded emoji instead of the folder
+    (out / "key_codes" / "brics_key_code_cache.json").unlink()
+    assert "have no record of what they were encoded from" in refused(capsys, *base)
+    error = refused(capsys, *base, "--train_batch_size", "11")
+    assert f"{IMAGES} training examples, fewer than one batch of --train_batch_size 11" in error
+
+
+def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path, images, capsys, caplog):
+    import datasets
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    from diffusers_brics.training.data import image_transform
+
+    out = tmp_path / "pixels"
+    common = ["--train_data_dir", images, "--output_dir", out, "--random_flip"]
+    assert train("--autoencoder", "none", *common, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+    # the cache holds the centre-cropped images in [-1, 1], then their mirror images
+    cached = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")
+    first_image = datasets.load_dataset("imagefolder", data_dir=str(images))["train"][0]["image"]
+    assert len(cached) == 2 * IMAGES and cached[0]["key_codes"].shape == (3, 32, 32)
+    first = image_transform(32, center_crop=True)(first_image)
+    torch.testing.assert_close(cached[0]["key_codes"], first)
+    torch.testing.assert_close(cached[IMAGES]["key_codes"], first.flip(-1))
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    assert "DDPMPipeline" in (out / "README.md").read_text() and (out / "samples.png").exists()
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2
+
+    pipe = DiffusionPipeline.from_pretrained(out)  # diffusers alone loads it
+    assert type(pipe) is DDPMPipeline and not hasattr(pipe, "vae")
+    assert (pipe.unet.config.in_channels, pipe.unet.config.sample_size) == (3, 32)
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed) for seed in range(2)]
+    samples = pipe(batch_size=2, generator=generators, num_inference_steps=3, output_type="np").images
+    assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
+
+    with caplog.at_level("INFO"):
+        assert train("--autoencoder", "pixels", *common, "--max_train_steps", "3", "--checkpointing_steps", "3",
+                     "--resume_from_checkpoint", "latest") == 0
+    assert f"reusing {2 * IMAGES} cached images" in caplog.text and "at step 2" in caplog.text
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3
+    # the cached images are refused for another size
+    error = refused(capsys, "--autoencoder", "none", *common, "--max_train_steps", "4", "--resolution", "16")
+    assert "were encoded with other resolution (32; this run: 16)" in error
+
+
+@pytest.mark.parametrize("model_type", ["autoencoderkl", "vqmodel"])
+def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(tmp_path, images, model_type, caplog):
+    import datasets
+
+    from diffusers_brics.models import peers
+
+    vae_dir, out = tmp_path / "stage1", tmp_path / "ldm"
+    torch.manual_seed(0)
+    peers.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
+    common = ["--autoencoder", vae_dir, "--train_data_dir", images, "--output_dir", out]
+    with caplog.at_level("INFO"):
+        assert train(*common, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+    codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")["key_codes"]
+    fitted = 1 / float(codes[:1024].std())
+    assert f"scaling_factor {fitted:.5f} fitted" in caplog.text
+    pipe = BRICSPipeline.from_pretrained(out)
+    assert type(pipe.vae).__name__ == peers.AUTOENCODER_CLASSES[model_type].__name__
+    assert pipe.vae.config.scaling_factor == pytest.approx(fitted)
+    samples = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                   output_type="np").images
+    assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
+    # a given scale is used as it is
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train(*common, "--max_train_steps", "3", "--checkpointing_steps", "3", "--resume_from_checkpoint",
+                     "latest", "--scaling_factor", "0.5") == 0
+    assert "fitted" not in caplog.text and BRICSPipeline.from_pretrained(out).vae.config.scaling_factor == 0.5
+
+
+def test_a_caption_column_that_is_missing_or_not_text_is_refused(tmp_path, autoencoder, capsys):
+    error = refused(capsys, "--autoencoder", autoencoder, "--output_dir", tmp_path / "out", "--caption_column", "nope")
+    assert "caption_column 'nope' is not in the dataset" in error
+    missing = refused(capsys, "--autoencoder", autoencoder, "--output_dir", tmp_path / "out2", "--caption_column",
+                      "caption", "--text_encoder_name_or_path", tmp_path / "no-encoder")
+    assert "text_encoder_name_or_path" in missing
