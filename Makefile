@@ -9,7 +9,15 @@ PY := $(VENV)/bin/python
 AE_STEPS ?=
 DIFFUSION_STEPS ?=
 
-.PHONY: install demo test test-benchmarks test-minimum test-wheel test-browser benchmark
+.PHONY: install demo test test-slow test-benchmarks test-minimum test-wheel test-browser benchmark
+
+# The default suite (README, DEVELOPERS.md): neither the `slow` tests (`make test-slow`) nor the benchmark and browser
+# ones (their own targets).
+DEFAULT_TESTS := not slow and not benchmark and not browser
+# pytest-xdist: two workers, each computing on one thread (OMP_NUM_THREADS here, torch.set_num_threads in
+# tests/conftest.py), so that they share two cores without contention. A module's tests may run on either worker,
+# but those of an `xdist_group` stay together (its module fixture is built once). XDIST= runs them in one process.
+XDIST ?= -n 2 --dist loadgroup
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +42,13 @@ demo: $(VENV)/.installed-train
 		$(if $(AE_STEPS),--autoencoder_steps $(AE_STEPS)) $(if $(DIFFUSION_STEPS),--diffusion_steps $(DIFFUSION_STEPS))
 
 test: install
-	$(PY) -m pytest -q -m "not slow and not benchmark and not browser" --durations=20
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "$(DEFAULT_TESTS)" $(XDIST) --durations=20
+
+# The `slow` tests: the training scripts' two-process runs (torchrun, accelerate launch) and their runs stopped by
+# signals (tests/test_interruptions.py), and a few more long subprocess runs; each has an in-process counterpart in
+# the default suite (DEVELOPERS.md lists them).
+test-slow: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow and not benchmark and not browser" $(XDIST) --durations=20
 
 # The benchmark scripts end to end in their tiny modes (a few minutes).
 test-benchmarks: install
@@ -48,7 +62,7 @@ test-benchmarks: install
 	touch $@
 
 test-minimum: .venv-min/.installed
-	.venv-min/bin/python -m pytest -q -m "not slow and not benchmark and not browser"
+	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q -m "$(DEFAULT_TESTS)" $(XDIST)
 
 # The Space (space/app.py) end to end in a headless Chromium (Debian's chromium, installed as root).
 test-browser: install

