@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 AE_STEPS ?=
 DIFFUSION_STEPS ?=
 
-.PHONY: install demo test test-slow test-benchmarks test-minimum test-wheel test-browser benchmark
+.PHONY: install demo test test-slow test-benchmarks test-minimum test-wheel test-browser lint benchmark
 
 # The default suite (README, DEVELOPERS.md): neither the `slow` tests (`make test-slow`) nor the benchmark and browser
 # ones (their own targets).
@@ -18,6 +18,8 @@ DEFAULT_TESTS := not slow and not benchmark and not browser
 # tests/conftest.py), so that they share two cores without contention. A module's tests may run on either worker,
 # but those of an `xdist_group` stay together (its module fixture is built once). XDIST= runs them in one process.
 XDIST ?= -n 2 --dist loadgroup
+# ruff, at the version whose rules pyproject.toml configures
+RUFF ?= ruff==0.16.9
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +71,13 @@ test-browser: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[demo]"
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest -q -m browser
+
+# ruff's checks (pyproject.toml) on every Python file, and its formatting on the files already formatted
+# (ci/format-files.txt: keep a file there once `ruff format` has formatted it).
+lint: install
+	$(PY) -m pip install --quiet --disable-pip-version-check $(RUFF)
+	$(PY) -m ruff check src tests benchmarks examples scripts space
+	grep -v '^#' ci/format-files.txt | xargs $(PY) -m ruff format --check
 
 # The built wheel in a new virtual environment: `brics info`, a few training steps of both stages, `brics sample`.
 test-wheel:

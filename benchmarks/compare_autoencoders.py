@@ -232,7 +232,7 @@ def main() -> None:
             "command": shown.get(kind), "code": code_description(vae),
             "parameters": sum(p.numel() for p in vae.parameters()),
             "decode_parameters": count_params(decode_modules(vae)),
-            "decode_gmacs": count_gmacs(lambda: peers.decode_latents(vae, z)),
+            "decode_gmacs": count_gmacs(lambda vae=vae, z=z: peers.decode_latents(vae, z)),
             "decode_seconds_per_image": decode_seconds[kind] / 64,
             "train_step_seconds": step_seconds[kind],
             "train_images_per_second": args.batch_size / step_seconds[kind],

@@ -34,7 +34,6 @@ import math
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][name] = {"curve": curve, "reach": {f"{lv:g}": seconds_to_reach(curve, "psnr", lv)
                                                                for lv in levels}}
         reference = args.reference or ("autoencoderkl-32" if "autoencoderkl-32" in recipes else None)
-        for name, run in results["runs"].items():
+        for run in results["runs"].values():
             base = results["runs"].get(reference, {}).get("reach", {})
             run["ratio"] = {lv: (hit["seconds"] / base[lv]["seconds"] if hit and base.get(lv) else None)
                             for lv, hit in run["reach"].items()}

@@ -35,7 +35,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from diffusers_brics.data.emoji import (
+from diffusers_brics.data.emoji import (  # noqa: E402 (after the sys.path entry above)
     BACKGROUND,
     RESOLUTIONS,
     SOURCE_PACKAGE,

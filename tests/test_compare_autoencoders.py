@@ -20,7 +20,7 @@ def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["models"]) == ["brics", "autoencoderkl", "vqmodel"]
-    for kind, row in results["models"].items():
+    for row in results["models"].values():
         assert row["steps"] == 2 and row["images"] == 16 and 0 < row["psnr"] < 60
         assert row["decode_gmacs"] > 0 and row["train_step_seconds"] > 0 and "8x8" in row["code"]
     assert len(results["models"]["brics"]["grid_usage_per_level"]) > 0

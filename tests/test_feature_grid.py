@@ -222,7 +222,7 @@ def test_backend_is_resolved_once_at_construction(monkeypatch):
     probes = []
     for name in ("triton_unavailable_reason", "tcnn_unavailable_reason"):
 
-        def counted(self, device=None, name=name, probe=getattr(MultiResolutionFeatureGrid, name)):
+        def counted(self, device=None, name=name, probe=getattr(MultiResolutionFeatureGrid, name)):  # noqa: B008
             probes.append(name)
             return probe(self, device)
 

@@ -19,18 +19,21 @@ from diffusers_brics.training import diffusion
 IMAGES = 10
 
 
-def train(*args) -> int:
-    """``train_brics_diffusion.py`` with the tests' fast flags, batches of 4 and ``args``, in this process with a fresh
-    accelerate state (as a new process has); its exit status (an error is one line on stderr, as the script's)."""
+def train(*args, **flags) -> int:
+    """``train_brics_diffusion.py`` with the tests' fast flags, batches of 4, ``args`` and ``flags`` (``name=value``
+    for ``--name value``, ``name=True`` for ``--name``), in this process with a fresh accelerate state (as a new
+    process has); its exit status (an error is one line on stderr, as the script's)."""
     AcceleratorState._reset_state(reset_partial_state=True)
     argv = [*DIFFUSION_FAST, "--train_batch_size", "4", *map(str, args)]
+    for name, value in flags.items():
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
     return run_command(diffusion.main, argv, prog="train_brics_diffusion.py")
 
 
-def refused(capsys, *args) -> str:
+def refused(capsys, *args, **flags) -> str:
     """The one-line error of a run that must fail."""
     capsys.readouterr()
-    assert train(*args) == 1, args
+    assert train(*args, **flags) == 1, (args, flags)
     return capsys.readouterr().err
 
 
@@ -43,20 +46,22 @@ def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_pat
     import datasets
 
     out = tmp_path / "run"
-    base = ["--autoencoder", autoencoder, "--train_data_dir", images, "--output_dir", out, "--max_train_steps", "1",
-            "--checkpointing_steps", "1"]
-    assert train(*base) == 0
+    base = dict(
+        autoencoder=autoencoder, train_data_dir=images, output_dir=out, max_train_steps=1, checkpointing_steps=1
+    )
+    assert train(**base) == 0
     assert len(datasets.load_from_disk(str(out / "key_codes"))) == IMAGES  # none held out: stage 2 does not evaluate
 
     other = tmp_path / "other_vae"
     torch.manual_seed(1)
     BRICSAutoencoder.from_preset("tiny").save_pretrained(other)
-    assert "were encoded with other autoencoder_sha256" in refused(capsys, *base[:1], other, *base[2:])
-    assert "random_flip (False; this run: True)" in refused(capsys, *base, "--random_flip")
-    assert "data ('" in refused(capsys, *base[:2], *base[4:])  # the embedded emoji instead of the folder
+    assert "were encoded with other autoencoder_sha256" in refused(capsys, **(base | dict(autoencoder=other)))
+    assert "random_flip (False; this run: True)" in refused(capsys, **base, random_flip=True)
+    embedded = {name: value for name, value in base.items() if name != "train_data_dir"}
+    assert "data ('" in refused(capsys, **embedded)  # the embedded emoji instead of the folder
     (out / "key_codes" / "brics_key_code_cache.json").unlink()
-    assert "have no record of what they were encoded from" in refused(capsys, *base)
-    error = refused(capsys, *base, "--train_batch_size", "11")
+    assert "have no record of what they were encoded from" in refused(capsys, **base)
+    error = refused(capsys, **(base | dict(train_batch_size=11)))
     assert f"{IMAGES} training examples, fewer than one batch of --train_batch_size 11" in error
 
 
@@ -67,8 +72,8 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path,
     from diffusers_brics.training.data import image_transform
 
     out = tmp_path / "pixels"
-    common = ["--train_data_dir", images, "--output_dir", out, "--random_flip"]
-    assert train("--autoencoder", "none", *common, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+    common = dict(train_data_dir=images, output_dir=out, random_flip=True)
+    assert train(autoencoder="none", **common, max_train_steps=2, checkpointing_steps=2) == 0
     # the cache holds the centre-cropped images in [-1, 1], then their mirror images
     cached = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")
     first_image = datasets.load_dataset("imagefolder", data_dir=str(images))["train"][0]["image"]
@@ -90,12 +95,14 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path,
     assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
 
     with caplog.at_level("INFO"):
-        assert train("--autoencoder", "pixels", *common, "--max_train_steps", "3", "--checkpointing_steps", "3",
-                     "--resume_from_checkpoint", "latest") == 0
+        resumed = train(
+            autoencoder="pixels", **common, max_train_steps=3, checkpointing_steps=3, resume_from_checkpoint="latest"
+        )
+    assert resumed == 0
     assert f"reusing {2 * IMAGES} cached images" in caplog.text and "at step 2" in caplog.text
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
     # the cached images are refused for another size
-    error = refused(capsys, "--autoencoder", "none", *common, "--max_train_steps", "4", "--resolution", "16")
+    error = refused(capsys, autoencoder="none", **common, max_train_steps=4, resolution=16)
     assert "were encoded with other resolution (32; this run: 16)" in error
 
 
@@ -108,29 +115,38 @@ def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(
     vae_dir, out = tmp_path / "stage1", tmp_path / "ldm"
     torch.manual_seed(0)
     peers.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
-    common = ["--autoencoder", vae_dir, "--train_data_dir", images, "--output_dir", out]
+    common = dict(autoencoder=vae_dir, train_data_dir=images, output_dir=out)
     with caplog.at_level("INFO"):
-        assert train(*common, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+        assert train(**common, max_train_steps=2, checkpointing_steps=2) == 0
     codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")["key_codes"]
     fitted = 1 / float(codes[:1024].std())
     assert f"scaling_factor {fitted:.5f} fitted" in caplog.text
     pipe = BRICSPipeline.from_pretrained(out)
     assert type(pipe.vae).__name__ == peers.AUTOENCODER_CLASSES[model_type].__name__
     assert pipe.vae.config.scaling_factor == pytest.approx(fitted)
-    samples = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
-                   output_type="np").images
+    samples = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np"
+    ).images
     assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
     # a given scale is used as it is
     caplog.clear()
     with caplog.at_level("INFO"):
-        assert train(*common, "--max_train_steps", "3", "--checkpointing_steps", "3", "--resume_from_checkpoint",
-                     "latest", "--scaling_factor", "0.5") == 0
+        resumed = train(
+            **common, max_train_steps=3, checkpointing_steps=3, resume_from_checkpoint="latest", scaling_factor=0.5
+        )
+    assert resumed == 0
     assert "fitted" not in caplog.text and BRICSPipeline.from_pretrained(out).vae.config.scaling_factor == 0.5
 
 
 def test_a_caption_column_that_is_missing_or_not_text_is_refused(tmp_path, autoencoder, capsys):
-    error = refused(capsys, "--autoencoder", autoencoder, "--output_dir", tmp_path / "out", "--caption_column", "nope")
+    error = refused(capsys, autoencoder=autoencoder, output_dir=tmp_path / "out", caption_column="nope")
     assert "caption_column 'nope' is not in the dataset" in error
-    missing = refused(capsys, "--autoencoder", autoencoder, "--output_dir", tmp_path / "out2", "--caption_column",
-                      "caption", "--text_encoder_name_or_path", tmp_path / "no-encoder")
+    encoder = tmp_path / "no-encoder"
+    missing = refused(
+        capsys,
+        autoencoder=autoencoder,
+        output_dir=tmp_path / "out2",
+        caption_column="caption",
+        text_encoder_name_or_path=encoder,
+    )
     assert "text_encoder_name_or_path" in missing
