@@ -28,6 +28,7 @@ def run(args, timeout=300, expect_success=True, env=None):
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, autoencoder):
     out = tmp_path / "ldm"
     run(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "3",
@@ -153,6 +154,7 @@ EMOJI_CATEGORIES = ["Activities", "Animals & Nature", "Component", "Flags", "Foo
                     "Smileys & Emotion", "Symbols", "Travel & Places"]
 
 
+@pytest.mark.slow
 def test_class_conditional_training_on_the_emoji_categories(tmp_path, autoencoder):
     import datasets
 

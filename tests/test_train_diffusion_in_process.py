@@ -1,7 +1,9 @@
 """The stage-2 training (`diffusers_brics.training.diffusion.main`, what examples/train_brics_diffusion.py runs) in
-this process, on a folder of ten random images: the key-code cache and what it refuses, pixel space, the latents of
-diffusers' autoencoders, and a caption column it cannot use. test_train_diffusion.py and test_train_text_to_image.py
-run the same checks on the script in child processes, on the embedded emoji (those runs are marked slow)."""
+this process, on a folder of ten random images (with a metadata.jsonl of categories and captions where needed): a
+saved pipeline and its cached key codes, what the cache refuses, pixel space, the latents of diffusers' autoencoders,
+class and caption conditioning. test_train_diffusion.py and test_train_text_to_image.py run the same checks on the
+script in child processes, on the embedded emoji (those runs are marked slow: encoding the whole set takes most of
+their time)."""
 
 import json
 
@@ -40,6 +42,26 @@ def refused(capsys, *args, **flags) -> str:
 @pytest.fixture
 def images(random_image_folder):
     return random_image_folder(IMAGES)
+
+
+CATEGORIES = ["animals", "flags", "food"]
+
+
+@pytest.fixture
+def labelled(images):
+    """`images` with a metadata.jsonl that datasets' imagefolder reads: a ``category`` (one of `CATEGORIES`, not in
+    sorted order of first appearance), a ``short_name`` and a ``caption`` per image."""
+    rows = [
+        {
+            "file_name": f"{i}.png",
+            "category": CATEGORIES[(2 * i + 1) % 3],
+            "short_name": f"image {i}",
+            "caption": f"a picture of {CATEGORIES[(2 * i + 1) % 3]}, number {i % 4}",
+        }
+        for i in range(IMAGES)
+    ]
+    (images / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return images
 
 
 def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_path, autoencoder, images, capsys):
@@ -150,3 +172,133 @@ def test_a_caption_column_that_is_missing_or_not_text_is_refused(tmp_path, autoe
         text_encoder_name_or_path=encoder,
     )
     assert "text_encoder_name_or_path" in missing
+
+
+def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, autoencoder, images, caplog):
+    import datasets
+
+    out = tmp_path / "ldm"
+    common = dict(autoencoder=autoencoder, train_data_dir=images, output_dir=out, random_flip=True)
+    assert train(**common, max_train_steps=3, checkpointing_steps=3) == 0
+    assert (out / "key_codes").is_dir() and (out / "samples.png").exists()
+    assert "BRICSPipeline" in (out / "README.md").read_text()
+    pipe = BRICSPipeline.from_pretrained(out)
+    samples = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
+    assert samples.images.shape == (2, 32, 32, 3) and np.isfinite(samples.images).all()
+    # default schedule: the cosine variant
+    np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
+    # the short recipe's prediction type, and the clean-sample clipping to the key codes' range, saved and loaded
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (saved["prediction_type"], saved["clip_sample"], saved["clip_sample_range"]) == ("sample", True, 1.0)
+    assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.prediction_type == "sample"
+    assert len(datasets.load_from_disk(str(out / "key_codes"))) == 2 * IMAGES  # flipped twins included
+
+    with caplog.at_level("INFO"):
+        resumed = train(
+            **common,
+            max_train_steps=5,
+            checkpointing_steps=5,
+            resume_from_checkpoint="latest",
+            schedule="cosine",
+            snr_gamma=5,
+        )
+    assert resumed == 0
+    assert f"reusing {2 * IMAGES} cached key codes" in caplog.text and "at step 3" in caplog.text
+
+
+def test_class_conditional_training_on_a_column_of_categories(tmp_path, autoencoder, labelled, capsys):
+    import datasets
+
+    out = tmp_path / "cond"
+    common = dict(autoencoder=autoencoder, train_data_dir=labelled, output_dir=out)
+    assert (
+        train(**common, max_train_steps=2, checkpointing_steps=2, class_column="category", num_validation_images=3) == 0
+    )
+    pipe = BRICSPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == len(CATEGORIES)
+    assert pipe.labels == {name: i for i, name in enumerate(CATEGORIES)}  # classes in sorted order
+    samples = pipe(
+        batch_size=2,
+        class_labels=["flags", "food"],
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
+    card = (out / "README.md").read_text()
+    assert "class_labels=['animals']" in card and "Classes (`--class_column category`)" in card
+    cached = datasets.load_from_disk(str(out / "key_codes"))
+    folder = datasets.load_dataset("imagefolder", data_dir=str(labelled))["train"]
+    assert list(cached["class_labels"]) == [CATEGORIES.index(c) for c in folder["category"]]
+
+    # the cache holds category labels: another class column must not reuse it
+    error = refused(capsys, **common, max_train_steps=3, class_column="short_name")
+    assert "were encoded with other class_column ('category'; this run: 'short_name')" in error
+
+
+def generate(pipe, prompts, **kwargs):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompts, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
+    ).images
+
+
+def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipeline(tmp_path, autoencoder, labelled):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from diffusers_brics import BRICSTextToImagePipeline
+
+    out = tmp_path / "t2i"
+    assert (
+        train(
+            autoencoder=autoencoder,
+            train_data_dir=labelled,
+            output_dir=out,
+            max_train_steps=2,
+            checkpointing_steps=2,
+            caption_column="caption",
+            text_encoder_preset="tiny",
+        )
+        == 0
+    )
+    assert (out / "key_codes").is_dir() and (out / "prompt_embeds.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-to-image" in card and "BRICSTextToImagePipeline" in card
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and index["tokenizer"][0] == "transformers"
+    pipe = BRICSTextToImagePipeline.from_pretrained(out)
+    prompts = ["a picture of flags, number 1", "a picture of food, number 2"]
+    samples = generate(pipe, prompts)
+    assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
+    # stock diffusers loads it too, and samples the same
+    stock = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    np.testing.assert_allclose(generate(stock, prompts), samples, atol=1e-6)
+    # the frozen encoder's hidden states were cached, one row per caption and one for the empty caption
+    table = load_file(out / "prompt_embeds.safetensors")["embeds"]
+    assert table.shape[1:] == (pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
+
+
+def test_class_conditioning_dropout_learns_a_null_class_for_guidance(tmp_path, autoencoder, labelled):
+    out = tmp_path / "classes"
+    assert (
+        train(
+            autoencoder=autoencoder,
+            train_data_dir=labelled,
+            output_dir=out,
+            max_train_steps=2,
+            checkpointing_steps=2,
+            class_column="category",
+            conditioning_dropout_prob=0.2,
+        )
+        == 0
+    )
+    pipe = BRICSPipeline.from_pretrained(out)
+    classes = len(pipe.labels)
+    assert pipe.config.null_class_id == classes and pipe.unet.config.num_class_embeds == classes + 1
+    assert "guidance_scale=3" in (out / "README.md").read_text()
+    pipe.set_progress_bar_config(disable=True)
+    samples = pipe(
+        batch_size=2, class_labels="flags", guidance_scale=3.0, num_inference_steps=3, output_type="np"
+    ).images
+    assert np.isfinite(samples).all()

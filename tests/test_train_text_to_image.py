@@ -25,6 +25,7 @@ def generate(pipe, **kwargs):
                 **kwargs).images
 
 
+@pytest.mark.slow  # in this process: test_train_diffusion_in_process.py, of the same name
 def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipeline(tmp_path, autoencoder):
     out = tmp_path / "t2i"
     run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
@@ -79,6 +80,7 @@ def test_text_training_with_a_given_encoder_trained_with_the_unet_resumes_exactl
     assert all(torch.equal(v, trained[k]) for k, v in final.text_encoder.state_dict().items())
 
 
+@pytest.mark.slow  # in this process: test_train_diffusion_in_process.py, of the same name
 def test_class_conditioning_dropout_learns_a_null_class_for_guidance(tmp_path, autoencoder):
     out = tmp_path / "classes"
     run_diffusion(["--autoencoder", str(autoencoder), "--output_dir", str(out), "--max_train_steps", "2",
