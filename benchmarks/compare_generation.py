@@ -54,7 +54,7 @@ from diffusers_brics.evaluate import (
 )
 from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.models import peers
-from diffusers_brics.training.diffusion import UNET_PRESETS
+from diffusers_brics.training.unet import UNET_PRESETS
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 

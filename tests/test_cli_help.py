@@ -131,7 +131,7 @@ def test_help_describes_debug_and_its_usage_says_brics(command, capsys, monkeypa
 def test_the_light_choice_lists_agree_with_the_tables():
     from diffusers_brics.models import PRESETS
     from diffusers_brics.pipelines.loading import SCHEDULERS
-    from diffusers_brics.training.diffusion import UNET_PRESETS
+    from diffusers_brics.training.unet import UNET_PRESETS
 
     assert names.AUTOENCODER_PRESETS == tuple(sorted(PRESETS))
     assert names.UNET_PRESETS == tuple(sorted(UNET_PRESETS))

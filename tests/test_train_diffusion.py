@@ -219,7 +219,7 @@ def test_min_snr_weighting_follows_the_paper_configurations():
 
 
 def test_training_recipes_set_the_defaults_and_flags_win():
-    from diffusers_brics.training.diffusion import TRAINING_RECIPES, parse_args
+    from diffusers_brics.training.diffusion_args import TRAINING_RECIPES, parse_args
 
     def settings(*flags):
         c = parse_args(["--autoencoder", "x", *flags])
@@ -310,7 +310,8 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path)
 
 
 def test_pixel_space_flags_that_do_not_apply_are_refused(capsys, autoencoder):
-    from diffusers_brics.training.diffusion import LatentSpace, parse_args
+    from diffusers_brics.training.diffusion_args import parse_args
+    from diffusers_brics.training.latent_space import LatentSpace
 
     assert parse_args(["--autoencoder", "none"]).resolution == 32
     assert parse_args(["--autoencoder", "pixels", "--resolution", "16"]).resolution == 16

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from diffusers_brics import BRICSPipeline, BRICSTextToImagePipeline
 from diffusers_brics.models.text_encoder import build_text_encoder, train_caption_tokenizer
 from diffusers_brics.training.conditioning import PromptTable, drop_conditions
-from diffusers_brics.training.diffusion import parse_args
+from diffusers_brics.training.diffusion_args import parse_args
 
 PROMPTS = ["grinning, smileys and emotion", "red apple, food and drink"]
 

@@ -7,7 +7,7 @@ checks that the two agree, so a new preset or scheduler is added to both.
 #: `diffusers_brics.models.PRESETS`: the BRICS autoencoder configurations.
 AUTOENCODER_PRESETS = ("paper-16x16x16", "paper-16x16x8", "paper-32x32x4", "paper-32x32x8", "paper-64x64x4",
                        "small-32", "small-64", "tiny")
-#: the stage-2 training's ``UNET_PRESETS``: the UNet sizes.
+#: `diffusers_brics.training.unet.UNET_PRESETS`: the stage-2 UNet sizes.
 UNET_PRESETS = ("paper", "small", "tiny")
 #: `diffusers_brics.pipelines.loading.SCHEDULERS`: the samplers a pipeline can be given.
 SCHEDULERS = ("ddim", "ddpm", "dpm")

@@ -3,7 +3,8 @@
 Every flag of the training scripts is the name of one dataclass field: `from_namespace` builds a (nested) settings
 object from parsed arguments, `flat_settings` lists it back for a model card or a tracker. The settings the
 `Trainer` owns (run, schedule, checkpoints, EMA, Hub) are `LoopConfig`; the image source both stages read is
-`DataConfig`; each stage adds its own (`training.autoencoder`, `training.diffusion`).
+`DataConfig`; each stage adds its own (`training.autoencoder`; `DiffusionTrainingConfig`, built by
+`training.diffusion_args`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,42 @@ class LoopConfig:
     hub_token: str | None = None
     hub_private_repo: bool = False
     ema: EMAConfig = field(default_factory=EMAConfig)
+
+
+@dataclass
+class DiffusionTrainingConfig:
+    """Everything a stage-2 run needs; `training.diffusion_args.parse_args` builds it from the command line."""
+
+    loop: LoopConfig
+    data: DataConfig
+    autoencoder: str
+    autoencoder_subfolder: str | None = None
+    scaling_factor: float | None = None
+    resolution: int | None = None
+    center_crop: bool = False
+    random_flip: bool = False
+    encode_on_the_fly: bool = False
+    encode_batch_size: int = 64
+    class_column: str | None = None
+    caption_column: str | None = None
+    text_encoder_name_or_path: str | None = None
+    text_encoder_preset: str = "small"
+    train_text_encoder: bool = False
+    conditioning_dropout_prob: float | None = None
+    validation_guidance_scale: float | None = None
+    unet_preset: str = "small"
+    training_recipe: str = "auto"
+    schedule: str = "cosine-variant"
+    prediction_type: str = "epsilon"
+    snr_gamma: float = 0.0
+    num_train_timesteps: int = 1000
+    learning_rate: float = 8e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    num_validation_images: int = 8
+    num_inference_steps: int = 100
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:

@@ -1,0 +1,171 @@
+"""Stage 2: train a UNet2DModel to generate BRICS key codes (latent diffusion on key codes).
+
+The latents of diffusers' `AutoencoderKL` and `VQModel` (pre-quantisation) work as well, for comparisons on the same
+budget: they are scaled by a ``scaling_factor`` fitted to the training set (``1 / std``, as Stable Diffusion's
+was; saved in the pipeline's VAE config), or by ``--scaling_factor``. So do the images themselves
+(``--autoencoder none``): pixel-space diffusion on ``--resolution`` images in ``[-1, 1]`` (no scaling), saved as a
+stock diffusers `DDPMPipeline`, so that latent and pixel diffusion are compared with one training infrastructure
+(the same loop, schedule, EMA, checkpoints and cache: the centre-cropped images are cached as the "codes").
+
+The dataset is encoded once by the trained autoencoder (relaxed-precision noise off) and the key codes are cached as
+a `datasets` dataset on disk (``OUTPUT_DIR/key_codes``, reused by later runs; ``--encode_on_the_fly`` encodes every
+batch instead). Codes are mapped to diffusion space by the autoencoder's ``(z - shift_factor) * scaling_factor``,
+by default ``(z - 0.5) * 2`` onto ``[-1, 1]``. Epsilon prediction with the Chen 2023 cosine-variant schedule
+(default, paper config b) or the cosine schedule with min-SNR-gamma weighting (config a). ``--class_column`` trains a
+class-conditional UNet (class names are saved with the pipeline: ``pipe(class_labels=["name"])``);
+``--caption_column`` a text-conditional `UNet2DConditionModel` on the hidden states of a `transformers` text encoder
+(``--text_encoder_name_or_path``, frozen, or trained with ``--train_text_encoder``; without one, a small
+`CLIPTextModel` built from a config with a tokenizer trained on the captions), saved as a
+`BRICSTextToImagePipeline`. ``--conditioning_dropout_prob`` trains either for classifier-free guidance
+(`training.conditioning`). The full `BRICSPipeline` is saved to ``OUTPUT_DIR`` at the end. `main` is the command line
+(``examples/train_brics_diffusion.py``); `DiffusionStage` the training task the `Trainer` runs; `LatentSpace` what
+its UNet models.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..console import SHORT_USAGE, HelpFormatter
+from .config import (
+    DiffusionTrainingConfig,
+    add_loop_arguments,
+    apply_recipe,
+    check_loop_arguments,
+    defer_to_recipe,
+    from_namespace,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from .latent_space import is_pixel_space
+from .unet import UNET_PRESETS
+
+#: Stage-2 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``release`` for the ``paper`` UNet,
+#: ``short`` for the smaller ones); a flag given on the command line overrides its recipe's value.
+#: ``release``: the authors' release as far as these flags go (imagen-pytorch's trainer: Adam betas (0.9, 0.99) at
+#: 8e-5, no warm-up, a constant rate, no gradient clipping, an EMA of 0.9999 with power 2/3), epsilon prediction.
+#: ``short``: ours for runs of a few thousand steps, chosen by measured KID per second
+#: (``benchmarks/time_to_quality.py``, README "Recipes"): a ten times higher rate with a short warm-up and a cosine
+#: decay over the run, the UNet predicting the clean key codes with min-SNR-5 weighting (it reached a given KID in
+#: fewer steps than epsilon or v prediction), batches of 32 (better per image than 64 and twice as fast per step),
+#: diffusers' EMA warm-up.
+TRAINING_RECIPES: dict[str, dict] = {
+    "release": dict(learning_rate=8e-5, adam_beta2=0.99, lr_warmup_steps=0, lr_scheduler="constant",
+                    max_grad_norm=None, ema_max_decay=0.9999, ema_power=2 / 3),
+    "short": dict(train_batch_size=32, learning_rate=8e-4, lr_warmup_steps=100, lr_scheduler="cosine",
+                  prediction_type="sample", snr_gamma=5.0),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The stage-2 command line; every flag is a field of `DiffusionTrainingConfig`."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, usage=SHORT_USAGE)
+    p.add_argument("--autoencoder", required=True,
+                   help="a trained BRICSAutoencoder (or AutoencoderKL / VQModel): local folder or Hub id; a stage-1 "
+                   "output folder is read from its autoencoder/ subfolder. 'none' (or 'pixels'): no autoencoder, "
+                   "diffusion on the images themselves, saved as a diffusers DDPMPipeline")
+    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'vae' for a pipeline repo")
+    p.add_argument("--scaling_factor", type=positive_float, default=None,
+                   help="latents -> diffusion space scale (default: a BRICS autoencoder's own, onto [-1, 1]; for "
+                   "AutoencoderKL / VQModel latents 1 / std of the training set's latents); not with --autoencoder "
+                   "none")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="with --autoencoder none: the image size (default 32); an autoencoder's images are its own "
+                   "sample_size")
+    groups = add_loop_arguments(p, output_dir="brics-diffusion", train_batch_size=64, learning_rate_scheduler="cosine",
+                                lr_warmup_steps=500, max_grad_norm=1.0, validation_steps=1000, ema_max_decay=0.9999,
+                                ema_schedule="warmup")
+    data, train, val = groups["data"], groups["training"], groups["validation"]
+    data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
+    data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
+    data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
+    data.add_argument("--encode_batch_size", type=positive_int, default=64, help="images per encoding batch")
+    data.add_argument("--class_column", default=None,
+                      help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
+                      "embedded emoji)")
+    cond = p.add_argument_group("conditioning")
+    cond.add_argument("--caption_column", default=None,
+                      help="train a text-to-image UNet on this column's captions (one string per image; the embedded "
+                      "emoji's 'caption' is 'short name, [skin tone,] category'), saved as a BRICSTextToImagePipeline")
+    cond.add_argument("--text_encoder_name_or_path", default=None,
+                      help="the transformers text encoder and tokenizer (folder or Hub id; a pipeline's text_encoder/ "
+                      "and tokenizer/ or a model repo: CLIP, T5, ...). Default: a CLIPTextModel of "
+                      "--text_encoder_preset built from a config, with a BPE tokenizer trained on the captions")
+    cond.add_argument("--text_encoder_preset", default="small", choices=["tiny", "small"],
+                      help="the size of the text encoder built when no --text_encoder_name_or_path is given")
+    cond.add_argument("--train_text_encoder", action="store_true",
+                      help="train the text encoder with the UNet (default: frozen, its hidden states computed once)")
+    cond.add_argument("--conditioning_dropout_prob", type=unit_interval, default=None,
+                      help="probability of replacing an example's condition by the null one (the empty caption; a "
+                      "learned null class) for classifier-free guidance (default: 0.1 with --caption_column, else 0)")
+    cond.add_argument("--validation_guidance_scale", type=non_negative_float, default=None,
+                      help="guidance of the validation samples (default: 3 when trained with conditioning dropout, "
+                      "else 1)")
+    model = p.add_argument_group("model")
+    model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet's size")
+    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
+                       help="the defaults of the flags marked 'per --training_recipe': release (the authors'), short "
+                       "(ours for runs of a few thousand steps), auto (release for --unet_preset paper, else short)")
+    model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant",
+                       help="noise schedule: Chen 2023's cosine variant (paper config b) or cosine (config a)")
+    model.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"], default="epsilon",
+                       help="what the UNet predicts: the noise (the paper), v (Salimans and Ho 2022) or the clean "
+                       "key codes; saved in the scheduler's config, which every diffusers sampler reads")
+    model.add_argument("--snr_gamma", type=non_negative_float, default=None,
+                       help="min-SNR loss weighting, 0 for none (default: 5 with --schedule cosine, paper config a; "
+                       "none with cosine-variant, config b)")
+    model.add_argument("--num_train_timesteps", type=positive_int, default=1000, help="diffusion steps")
+    train.add_argument("--learning_rate", type=positive_float, default=8e-5,
+                       help="the release's command: 8e-5 (the paper's table: 8e-4)")
+    train.add_argument("--adam_beta1", type=unit_interval, default=0.9, help="AdamW beta1")
+    train.add_argument("--adam_beta2", type=unit_interval, default=0.999, help="AdamW beta2")
+    train.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW eps")
+    val.add_argument("--num_validation_images", type=positive_int, default=8, help="samples in the grid")
+    val.add_argument("--num_inference_steps", type=positive_int, default=100, help="sampling steps for the grid")
+    defer_to_recipe(p, TRAINING_RECIPES)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
+    """`DiffusionTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.training_recipe == "auto":
+        args.training_recipe = "release" if args.unet_preset == "paper" else "short"
+    apply_recipe(args, TRAINING_RECIPES[args.training_recipe])
+    check_loop_arguments(parser, args)
+    if args.snr_gamma is None:
+        args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
+    if is_pixel_space(args.autoencoder):
+        why = f"--autoencoder {args.autoencoder} trains on the images themselves"
+        if args.scaling_factor is not None:
+            parser.error(f"--scaling_factor scales an autoencoder's latents; {why}, in [-1, 1] (scaling_factor 1)")
+        for flag in ("class_column", "caption_column"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag}: diffusers' DDPMPipeline, which --autoencoder {args.autoencoder} saves, "
+                             "takes no condition; train unconditionally, or on an autoencoder's latents")
+        if args.autoencoder_subfolder is not None:
+            parser.error(f"--autoencoder_subfolder names where an autoencoder is; {why}")
+        args.resolution = args.resolution or 32
+    if args.class_column is not None and args.caption_column is not None:
+        parser.error("--class_column and --caption_column: condition on one of them")
+    if args.caption_column is None:
+        for flag in ("text_encoder_name_or_path", "train_text_encoder"):
+            if getattr(args, flag):
+                parser.error(f"--{flag} applies to text-to-image training: pass --caption_column")
+    if args.conditioning_dropout_prob is None:
+        args.conditioning_dropout_prob = 0.1 if args.caption_column else 0.0
+    if args.conditioning_dropout_prob and args.class_column is None and args.caption_column is None:
+        parser.error("--conditioning_dropout_prob drops a condition: pass --class_column or --caption_column")
+    if args.validation_guidance_scale is not None and not args.conditioning_dropout_prob:
+        parser.error("--validation_guidance_scale needs a model trained for guidance: pass "
+                     "--conditioning_dropout_prob > 0")
+    if args.conditioning_dropout_prob == 1:
+        parser.error("--conditioning_dropout_prob 1 would never show the UNet a condition; use a value below 1")
+    if args.num_inference_steps > args.num_train_timesteps:
+        parser.error(f"--num_inference_steps {args.num_inference_steps} exceeds --num_train_timesteps "
+                     f"{args.num_train_timesteps}")
+    return from_namespace(DiffusionTrainingConfig, args)

@@ -1,0 +1,65 @@
+"""The stage-2 denoiser and its noise schedule: the UNet presets (``--unet_preset``), `build_unet` on a
+`LatentSpace` (unconditional, class-conditional, or cross-attending to text) and `build_scheduler`."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+from ..schedules import cosine_variant_betas
+from .config import DiffusionTrainingConfig
+from .latent_space import LatentSpace
+
+# UNet presets: the paper's LDM-like UNet (supp. A.5) and small ones for CPU runs.
+UNET_PRESETS = {
+    "paper": dict(block_out_channels=(256, 512, 768, 1024), layers_per_block=2, attention_resolutions=(32, 16, 8)),
+    "small": dict(block_out_channels=(64, 128, 192), layers_per_block=2, attention_resolutions=(4,)),
+    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(4,)),
+}
+
+
+def build_unet(config: DiffusionTrainingConfig, latents: LatentSpace | torch.nn.Module,
+               num_classes: int | None = None, cross_attention_dim: int | None = None
+               ) -> UNet2DModel | UNet2DConditionModel:
+    """An LDM-like UNet on a `LatentSpace` (or an autoencoder's latents): key codes, a peer's latents or images.
+    Attention at the configured resolutions where the input is that large; with ``num_classes``, a class embedding
+    added to the timestep embedding; with ``cross_attention_dim``, a `UNet2DConditionModel` whose attention blocks
+    (and middle block) cross-attend to text-encoder hidden states of that width."""
+    preset = UNET_PRESETS[config.unet_preset]
+    space = latents if isinstance(latents, LatentSpace) else LatentSpace(latents)
+    latent_channels, size, _ = space.shape
+    channels = preset["block_out_channels"]
+    attention_block = "CrossAttn" if cross_attention_dim else "Attn"
+    down, up = [], []
+    for level in range(len(channels)):
+        attention = (size // 2**level) in preset["attention_resolutions"]
+        down.append(f"{attention_block}DownBlock2D" if attention else "DownBlock2D")
+        up.insert(0, f"{attention_block}UpBlock2D" if attention else "UpBlock2D")
+    if size % 2 ** (len(channels) - 1):
+        raise ValueError(f"latents of size {size} cannot be halved {len(channels) - 1} times by --unet_preset "
+                         f"{config.unet_preset}")
+    if cross_attention_dim:
+        return UNet2DConditionModel(
+            sample_size=size, in_channels=latent_channels, out_channels=latent_channels,
+            block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
+            up_block_types=tuple(up), norm_num_groups=min(32, channels[0]),
+            # UNet2DConditionModel reads attention_head_dim as the number of heads (Stable Diffusion's 8)
+            attention_head_dim=8, cross_attention_dim=cross_attention_dim,
+        )
+    return UNet2DModel(
+        sample_size=size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=channels, layers_per_block=preset["layers_per_block"], down_block_types=tuple(down),
+        up_block_types=tuple(up), norm_num_groups=min(32, channels[0]), attention_head_dim=max(8, channels[0] // 8),
+        num_class_embeds=num_classes,
+    )
+
+
+def build_scheduler(config: DiffusionTrainingConfig, clip_range: float | None = None) -> DDPMScheduler:
+    """The training noise schedule, saved with the pipeline. With ``clip_range`` (BRICS key codes: their bound in
+    diffusion space, see `key_code_bound`) the sampler clamps its estimate of the clean sample to it at every step,
+    as the BRICS release samples; training never reads it."""
+    clip = dict(clip_sample=True, clip_sample_range=clip_range) if clip_range is not None else dict(clip_sample=False)
+    common = dict(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type, **clip)
+    if config.schedule == "cosine-variant":
+        return DDPMScheduler(trained_betas=cosine_variant_betas(config.num_train_timesteps).tolist(), **common)
+    return DDPMScheduler(beta_schedule="squaredcos_cap_v2", **common)
