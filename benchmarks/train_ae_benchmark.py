@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage
 from diffusers_brics.training import autoencoder as stage1
+from diffusers_brics.training.autoencoder_args import parse_args
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
@@ -47,7 +48,7 @@ BORDER = 1 / 8  # the band along each edge of the image that the report and plot
 def script_data(script_argv: list[str], sample_size: int):
     """``(train, held_out, image_column, resolution)``: the data the training script read (``sample_size``: its
     model's), from its own settings and loader, so the benchmark reads the script's held-out split."""
-    config = stage1.parse_args(script_argv)
+    config = parse_args(script_argv)
     resolution, data = config.resolution or sample_size, config.data
     train, held_out = load_image_datasets(data.dataset_name, data.dataset_config_name, data.train_data_dir,
                                           resolution, data.cache_dir, config.validation_fraction, config.loop.seed)
@@ -59,7 +60,7 @@ def held_out_metrics(model: BRICSAutoencoder, held_out, column: str, resolution:
     deterministic decode (no relaxed-precision noise, fixed decoder noise) and the release's measurement (both
     noises drawn, from seed 0)."""
     transform = image_transform(resolution, center_crop=True)
-    loader = torch.utils.data.DataLoader(held_out, batch_size=64, collate_fn=stage1.collate(transform, column))
+    loader = stage1.held_out_loader(held_out, column, resolution, 64)
     fixed = torch.stack([transform(held_out[i][column]) for i in range(2)])
     out = {}
     for name, with_noise in (("deterministic", False), ("with_noise", True)):

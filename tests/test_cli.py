@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, evaluate, quickstart, summary
 from diffusers_brics.console import run_command
 from diffusers_brics.pipelines import default_scheduler
-from diffusers_brics.training import autoencoder, diffusion_args
+from diffusers_brics.training import autoencoder_args, diffusion_args
 
 
 def tiny_unet(channels: int) -> UNet2DModel:
@@ -105,7 +105,7 @@ def test_info_and_delegated_commands(capsys):
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command's parser (each subcommand of the native ones and of evaluate)."""
-    found = {"quickstart": quickstart.build_parser(), "train-ae": autoencoder.build_parser(),
+    found = {"quickstart": quickstart.build_parser(), "train-ae": autoencoder_args.build_parser(),
              "train-diffusion": diffusion_args.build_parser(), "info": summary.build_parser()}
     for prefix, parser in (("", cli.build_parser()), ("evaluate ", evaluate.build_parser())):
         for action in parser._actions:

@@ -67,7 +67,7 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
 
 
 def test_small_images_get_the_small_recipe_and_flags_win(tmp_path, lpips_weights_dir):
-    from diffusers_brics.training.autoencoder import TRAINING_RECIPES, parse_args
+    from diffusers_brics.training.autoencoder_args import TRAINING_RECIPES, parse_args
 
     def settings(*flags):
         c = parse_args(["--output_dir", str(tmp_path / "x"), *flags])
@@ -145,7 +145,7 @@ def test_torch_compile_resumes_an_eager_checkpoint_and_saves_plain_weights(tmp_p
     """--torch_compile with the eager backend (dynamo's full-graph trace without code generation: seconds on a CPU)
     resumes an uncompiled run; only the autoencoder's forward is compiled, as one graph traced once (the
     discriminator and the VGG loss stay eager); checkpoints and the model hold the plain module's keys."""
-    from diffusers_brics.training.autoencoder import parse_args
+    from diffusers_brics.training.autoencoder_args import parse_args
 
     for args, message in [
         (["--torch_compile_backend", "bogus"], "is not a torch.compile backend"),
@@ -361,9 +361,10 @@ def test_a_config_of_another_model_type_is_named(tmp_path):
     from diffusers import AutoencoderKL
 
     from diffusers_brics.models import peers
-    from diffusers_brics.training import autoencoder as stage1
+    from diffusers_brics.training.autoencoder import build_model
+    from diffusers_brics.training.autoencoder_args import parse_args
 
     peers.build_autoencoder("autoencoderkl", "tiny").save_config(tmp_path)
-    assert isinstance(stage1.build_model(stage1.parse_args(["--model_type", "autoencoderkl", "--model_config_name_or_path", str(tmp_path)])), AutoencoderKL)
+    assert isinstance(build_model(parse_args(["--model_type", "autoencoderkl", "--model_config_name_or_path", str(tmp_path)])), AutoencoderKL)
     with pytest.raises(ValueError, match="--model_config_name_or_path .*AutoencoderKL config.*--model_type autoencoderkl"):
-        stage1.build_model(stage1.parse_args(["--model_config_name_or_path", str(tmp_path)]))
+        build_model(parse_args(["--model_config_name_or_path", str(tmp_path)]))

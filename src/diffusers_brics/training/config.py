@@ -3,7 +3,8 @@
 Every flag of the training scripts is the name of one dataclass field: `from_namespace` builds a (nested) settings
 object from parsed arguments, `flat_settings` lists it back for a model card or a tracker. The settings the
 `Trainer` owns (run, schedule, checkpoints, EMA, Hub) are `LoopConfig`; the image source both stages read is
-`DataConfig`; each stage adds its own (`training.autoencoder`; `DiffusionTrainingConfig`, built by
+`DataConfig`; each stage adds its own: `AutoencoderTrainingConfig` (with `AutoencoderLossConfig`) and
+`DiffusionTrainingConfig`, built by the stages' command lines (`training.autoencoder_args`,
 `training.diffusion_args`).
 """
 
@@ -119,6 +120,59 @@ class LoopConfig:
     hub_token: str | None = None
     hub_private_repo: bool = False
     ema: EMAConfig = field(default_factory=EMAConfig)
+
+
+@dataclass
+class AutoencoderLossConfig:
+    """The terms of the stage-1 loss and the discriminator."""
+
+    l2_weight: float = 20.0
+    perceptual_weight: float = 5.0
+    perceptual_loss: str = "vgg"
+    perceptual_resolution: int = 224
+    lpips_weights: str | None = None
+    gan_weight: float = 1.0
+    gan_loss: str = "r1"
+    r1_gamma: float = 4.0
+    r1_interval: int = 16
+    r1_lazy_adjustment: bool = True
+    gp_weight: float = 4.0
+    disc_start: int = 0
+    disc_channel_base: int | None = None
+    disc_channel_max: int | None = None
+    kl_weight: float = 0.0
+    kl_reduction: str = "mean"
+    codebook_weight: float = 1.0
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    """Everything a stage-1 run needs; `training.autoencoder_args.parse_args` builds it from the command line."""
+
+    loop: LoopConfig
+    data: DataConfig
+    loss: AutoencoderLossConfig
+    model_type: str = "brics"
+    training_recipe: str = "auto"
+    preset: str = "small-32"
+    model_config_name_or_path: str | None = None
+    gradient_checkpointing: bool = False
+    resolution: int | None = None
+    center_crop: bool = False
+    random_flip: bool = False
+    validation_fraction: float = 0.05
+    dataloader_num_workers: int = 0
+    learning_rate: float = 2e-3
+    grid_learning_rate: float | None = None
+    disc_learning_rate: float | None = None
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    adam_epsilon: float = 1e-15
+    disc_adam_epsilon: float = 1e-8
+    eval_batch_size: int = 64
+    num_validation_images: int = 16
+    max_eval_images: int | None = None
+    eval_with_noise: bool = True
 
 
 @dataclass
