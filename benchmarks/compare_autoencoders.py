@@ -94,6 +94,12 @@ def median_decode_seconds(models: dict, batch: int, repeats: int) -> dict[str, f
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def codebook_usage(row: dict) -> float:
+    """A VQModel row's share of codebook entries selected: ``codebook_usage``, or ``codebook_used`` in results
+    saved before the key took the metric's name."""
+    return row["codebook_usage"] if "codebook_usage" in row else row["codebook_used"]
+
+
 def plot(results: dict, output: Path) -> None:
     import matplotlib
 
@@ -122,7 +128,7 @@ def plot(results: dict, output: Path) -> None:
     ax.plot(levels, brics["grid_usage_per_level"], "o-", label="BRICS: reachable entries read (held-out)")
     ax.plot(levels, brics["grid_trained_per_level"], "s--", label="BRICS: entries moved by training")
     if vq is not None:
-        ax.axhline(vq["codebook_used"], color="tab:green", label="VQModel: codebook entries selected (held-out)")
+        ax.axhline(codebook_usage(vq), color="tab:green", label="VQModel: codebook entries selected (held-out)")
     ax.set_xlabel("grid level (coarse to fine)")
     ax.set_ylabel("share of entries")
     ax.set_ylim(0, 1.05)
@@ -153,7 +159,7 @@ def report(results: dict) -> str:
         if kind == "brics":
             usage = f"grid levels {min(row['grid_usage_per_level']):.0%}–{max(row['grid_usage_per_level']):.0%} read"
         elif kind == "vqmodel":
-            usage = f"codebook {row['codebook_used']:.0%} selected (perplexity {row['codebook_perplexity']:.0f})"
+            usage = f"codebook {codebook_usage(row):.0%} selected (perplexity {row['codebook_perplexity']:.0f})"
         else:
             usage = "-"
         lines.append(
@@ -179,8 +185,8 @@ def goals(models: dict) -> list[tuple[str, bool, str]]:
         out.append(("BRICS decode under half of AutoencoderKL's GMACs", ratio < 0.5, f"{ratio:.2f}x"))
     if brics and vq:
         dense = brics["grid_usage_per_level"][: brics["dense_levels"]]
-        out.append(("dense-level grid usage above the VQ codebook's", min(dense) > vq["codebook_used"],
-                    f"dense levels {min(dense):.0%}–{max(dense):.0%} vs codebook {vq['codebook_used']:.0%}"))
+        out.append(("dense-level grid usage above the VQ codebook's", min(dense) > codebook_usage(vq),
+                    f"dense levels {min(dense):.0%}–{max(dense):.0%} vs codebook {codebook_usage(vq):.0%}"))
     return out
 
 

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.metrics import GridUsage
-from diffusers_brics.training import autoencoder as stage1
 from diffusers_brics.training.autoencoder_args import parse_args
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
+from diffusers_brics.training.autoencoder_evaluation import evaluation_loader, reconstruction_metrics
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
 
@@ -60,11 +60,11 @@ def held_out_metrics(model: BRICSAutoencoder, held_out, column: str, resolution:
     deterministic decode (no relaxed-precision noise, fixed decoder noise) and the release's measurement (both
     noises drawn, from seed 0)."""
     transform = image_transform(resolution, center_crop=True)
-    loader = stage1.held_out_loader(held_out, column, resolution, 64)
+    loader = evaluation_loader(held_out, column, resolution, 64)
     fixed = torch.stack([transform(held_out[i][column]) for i in range(2)])
     out = {}
     for name, with_noise in (("deterministic", False), ("with_noise", True)):
-        metrics, _ = stage1.evaluate(model.eval(), loader, fixed, with_noise=with_noise)
+        metrics, _ = reconstruction_metrics(model.eval(), loader, fixed, with_noise=with_noise)
         out[name] = {k: metrics[k] for k in ("psnr", "ssim", "lpips")}
     return out
 

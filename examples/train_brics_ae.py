@@ -12,7 +12,7 @@ import os
 import sys
 
 from diffusers_brics.console import run_command
-from diffusers_brics.training.autoencoder import AutoencoderStage, build_model, evaluate, main  # noqa: F401
+from diffusers_brics.training.autoencoder import AutoencoderStage, build_model, main  # noqa: F401
 from diffusers_brics.training.autoencoder_args import parse_args  # noqa: F401 (the script's names)
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
         assert row["steps"] == 2 and row["images"] == 16 and 0 < row["psnr"] < 60
         assert row["decode_gmacs"] > 0 and row["train_step_seconds"] > 0 and "8x8" in row["code"]
     assert len(results["models"]["brics"]["grid_usage_per_level"]) > 0
-    assert 0 < results["models"]["vqmodel"]["codebook_used"] <= 1
+    assert 0 < results["models"]["vqmodel"]["codebook_usage"] <= 1
     assert [goal[0] for goal in results["goals"]] == [
         "BRICS reconstruction at least as good as AutoencoderKL's (PSNR and LPIPS)",
         "BRICS decode under half of AutoencoderKL's GMACs", "dense-level grid usage above the VQ codebook's"]

@@ -40,8 +40,39 @@ def test_reconstruction_of_each_autoencoder(tmp_path, lpips_weights_dir, model_t
     assert results["images"] == 12 and results["split"] == "held-out"
     assert 0 < results["psnr"] < 60 and 0 <= results["ssim"] <= 1 and 0 <= results["lpips"] <= 1
     assert ("grid_usage_mean" in results) == (model_type == "brics")
-    assert ("codebook_used" in results) == (model_type == "vqmodel")
+    assert ("codebook_usage" in results) == (model_type == "vqmodel")
     assert Image.open(tmp_path / "eval" / "reconstructions.png").size == (8 * 32, 2 * 32)
+
+
+@pytest.mark.parametrize("model_type", ["brics", "autoencoderkl", "vqmodel"])
+def test_stage_1_validation_and_the_evaluate_command_give_the_same_numbers(tmp_path, lpips_weights_dir, model_type):
+    """One step of stage 1 on the embedded emoji, whose final validation runs on the saved (EMA) model, then
+    `evaluate reconstruction` of that saved model on the same held-out images: the same metrics, to the last bit, and
+    the same reconstruction grid. 12 images in batches of 5: the last batch is cut to the cap."""
+    from accelerate.state import AcceleratorState
+
+    from diffusers_brics.training.autoencoder import main as train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(["--model_type", model_type, "--preset", "tiny", "--output_dir", str(tmp_path / "stage1"),
+           "--max_train_steps", "1", "--train_batch_size", "4", "--perceptual_weight", "0", "--gan_weight", "0",
+           "--no-eval_with_noise", "--eval_batch_size", "5", "--max_eval_images", "12", "--num_validation_images", "8",
+           "--validation_steps", "100", "--checkpointing_steps", "100", "--report_to", "none"])
+    main(["reconstruction", "--model", str(tmp_path / "stage1"), "--max_images", "12", "--batch_size", "5",
+          "--no_fid", "--output", str(tmp_path / "eval")])
+
+    validation = json.loads((tmp_path / "stage1" / "metrics.json").read_text())
+    evaluation = json.loads((tmp_path / "eval" / "results.json").read_text())
+    training_only = {"step", "train_seconds", "train_images_per_second", "nonfinite_steps", "time_limit_reached"}
+    evaluation_only = {"command", "model", "model_class", "split", "images", "seconds"}
+    assert set(validation) - training_only == set(evaluation) - evaluation_only
+    assert {k: v for k, v in validation.items() if k not in training_only} == {
+        k: v for k, v in evaluation.items() if k not in evaluation_only}
+    assert evaluation["images"] == 12
+    usage = {"brics": "grid_usage_mean", "autoencoderkl": None, "vqmodel": "codebook_usage"}[model_type]
+    assert usage is None or 0 < validation[usage] <= 1
+    grids = [np.asarray(Image.open(folder / "reconstructions.png")) for folder in (tmp_path / "stage1", tmp_path / "eval")]
+    assert grids[0].shape == (2 * 32, 8 * 32, 3) and np.array_equal(*grids)
 
 
 def test_reconstruction_fid_and_kid_of_a_perfect_and_a_poor_autoencoder(inception_weights_dir, lpips_weights_dir):

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import VQModel
 from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .evaluate_args import build_parser, check_inputs
-from .metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
+from .metrics import lpips
 from .metrics.inception import InceptionFeatures
 from .models import peers
-from .models.autoencoder_brics import BRICSAutoencoder
 from .pipelines.key_codes import sample_size_of, to_pil
 from .pipelines.loading import load_pipeline
+from .training.autoencoder_evaluation import evaluation_loader, reconstruction_metrics
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
@@ -47,12 +46,7 @@ def load_split(split: str, resolution: int, dataset_name: str | None = None, dat
 def image_batches(dataset, column: str, resolution: int, batch_size: int, max_images: int | None = None,
                   desc: str = "images") -> Iterator[torch.Tensor]:
     """Centre-cropped images ``(B, 3, R, R)`` in ``[-1, 1]``, ``max_images`` at most, with a progress bar."""
-    from .training.data import ImageDataset, collate_images, image_transform
-
-    images = ImageDataset(dataset, column, image_transform(resolution, True))
-    count = len(images) if max_images is None else min(max_images, len(images))
-    subset = torch.utils.data.Subset(images, range(count))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_images)
+    loader = evaluation_loader(dataset, column, resolution, batch_size, max_images)
     for batch in tqdm(loader, desc=desc, unit="batch"):
         yield batch["images"]
 
@@ -131,50 +125,31 @@ def evaluate_reconstruction(vae: torch.nn.Module, batches: Iterable[torch.Tensor
                             inception: InceptionFeatures | None = None, num_grid_images: int = 8,
                             ) -> tuple[dict[str, float], Image.Image]:
     """Reconstruction metrics of ``vae`` (any of the three autoencoders) over image batches in ``[-1, 1]``, and a
-    grid of originals over reconstructions. The decode is deterministic (BRICS: no relaxed-precision noise, fixed
-    decoder noise), as a pipeline decodes. ``with_fid``: also FID / KID of the reconstructions against the
-    originals."""
+    grid of originals over reconstructions: `reconstruction_metrics` (stage 1's validation) with the deterministic
+    decode (BRICS: no relaxed-precision noise, fixed decoder noise), as a pipeline decodes, plus the image count, the
+    time taken and, with ``with_fid``, FID / KID of the reconstructions against the originals."""
     peers.model_type_of(vae)  # a ValueError for anything but the three autoencoders
     vae = vae.eval()
-    usage = GridUsage(vae) if isinstance(vae, BRICSAutoencoder) else CodebookUsage(vae) if isinstance(vae, VQModel) else None
     distances = InceptionDistances(inception) if with_fid else None
-    totals, count, shown = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, []
-    start = time.perf_counter()
-    for images in batches:
-        images = images.to(vae.device, vae.dtype)
-        latents = peers.encode_latents(vae, images)
-        recon = peers.decode_latents(vae, latents).clamp(-1, 1).float()
-        images = images.float()
-        totals["psnr"] += float(psnr(recon, images).sum())
-        totals["ssim"] += float(ssim(recon, images).sum())
-        totals["lpips"] += float(lpips(recon, images, net="alex").sum())
-        if usage is not None:
-            usage.update(latents)
+    count = 0
+
+    def each_batch(images: torch.Tensor, recon: torch.Tensor) -> None:
+        nonlocal count
+        count += images.shape[0]
         if distances is not None:
             distances.update(to_unit(images), real=True)
             distances.update(to_unit(recon), real=False)
-        if len(shown) < num_grid_images:
-            shown += list(zip(images, recon))[: num_grid_images - len(shown)]
-        count += images.shape[0]
-    if count == 0:
-        raise ValueError("no images to evaluate")
-    metrics: dict[str, float] = {name: value / count for name, value in totals.items()}
-    metrics["images"] = count
-    metrics["seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    metrics, grid = reconstruction_metrics(vae, batches, num_grid_images, each_batch=each_batch)
+    results: dict[str, float] = {name: metrics.pop(name) for name in ("psnr", "ssim", "lpips")}
+    results["images"] = count
+    results["seconds"] = time.perf_counter() - start
     if distances is not None:
         result = distances.compute()
-        metrics.update(fid=result["fid"], kid_mean=result["kid_mean"], kid_std=result["kid_std"])
-    if isinstance(usage, GridUsage):
-        # per level (mean over the groups): the share of reachable entries the split reads, and of entries that
-        # training moved from their initialisation
-        read, trained = usage.hit_fraction().mean(dim=0), GridUsage.trained_entries(vae).hit_fraction().mean(dim=0)
-        metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(read)})
-        metrics.update({f"grid_trained_level_{level}": float(v) for level, v in enumerate(trained)})
-        metrics["grid_usage_mean"], metrics["grid_trained_mean"] = float(read.mean()), float(trained.mean())
-    elif usage is not None:
-        metrics.update({f"codebook_{k}": v for k, v in usage.summary().items()})
-    pictures = [to_pil(x) for x, _ in shown] + [to_pil(y) for _, y in shown]
-    return metrics, make_image_grid(pictures, rows=2, cols=len(shown))
+        results.update(fid=result["fid"], kid_mean=result["kid_mean"], kid_std=result["kid_std"])
+    results.update(metrics)  # grid or codebook usage
+    return results, grid
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,16 +13,15 @@ import os
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from diffusers import AutoencoderKL, VQModel
+from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.utils import make_image_grid
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
+from ..metrics import lpips
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
-from ..pipelines.key_codes import to_pil
 from .autoencoder_args import parse_args
+from .autoencoder_evaluation import evaluation_loader, reconstruction_metrics
 from .config import AutoencoderTrainingConfig, flat_settings
 from .data import (
     ImageDataset,
@@ -68,63 +67,6 @@ def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
         raise ValueError(f"--model_config_name_or_path {path!r}: {error}") from error
 
 
-def held_out_loader(dataset, column: str, resolution: int, batch_size: int, strict: bool = False):
-    """Centre-cropped held-out images in batches (``{"images": ...}``), unreadable ones skipped unless ``strict``."""
-    images = ImageDataset(dataset, column, image_transform(resolution, True), strict=strict)
-    return torch.utils.data.DataLoader(images, batch_size=batch_size, collate_fn=collate_images)
-
-
-@torch.no_grad()
-def evaluate(model, loader, fixed_images, max_images=None, with_noise=True, seed=0) -> tuple[dict[str, float], object]:
-    """Held-out PSNR / SSIM / LPIPS-alex, grid (BRICS) or codebook (VQModel) usage, and a grid of originals over
-    reconstructions.
-
-    ``with_noise`` (BRICS): reconstructions with the relaxed-precision noise (for a model trained with it) and random
-    decoder noise (the release's measurement), drawn from ``seed``; otherwise the deterministic decode."""
-    brics = isinstance(model, BRICSAutoencoder)
-    totals, count = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0
-    usage = GridUsage(model) if brics else CodebookUsage(model) if isinstance(model, VQModel) else None
-    generator = torch.Generator().manual_seed(seed)
-    if brics and with_noise:
-        noise = dict(relaxed_precision=model.config.relaxed_precision, noise_mode="random", generator=generator)
-
-        def reconstruct(z):
-            return model.decode(z, **noise).sample
-    else:
-
-        def reconstruct(z):
-            return peers.decode_latents(model, z)
-
-    for batch in loader:
-        images = (batch["images"] if isinstance(batch, dict) else batch).to(model.device)
-        z = peers.encode_latents(model, images)
-        recon = reconstruct(z).clamp(-1, 1)
-        if usage is not None:
-            usage.update(z)
-        for name, fn in (("psnr", psnr), ("ssim", ssim)):
-            totals[name] += float(fn(recon, images).sum())
-        totals["lpips"] += float(lpips(recon, images, net="alex").sum())
-        count += images.shape[0]
-        if max_images and count >= max_images:
-            break
-    metrics = {name: value / count for name, value in totals.items()}
-    if brics:
-        hits = usage.hit_fraction()  # (N_h, N_r)
-        metrics["grid_usage_mean"] = float(hits.mean())
-        metrics["grid_usage_min_level"] = float(hits.min())
-        metrics["grid_usage_all_nodes_mean"] = float(usage.hit_fraction(reachable_only=False).mean())
-        metrics.update({f"grid_usage_level_{level}": float(v) for level, v in enumerate(hits.mean(dim=0))})
-        metrics["grid_trained_mean"] = float(GridUsage.trained_entries(model).hit_fraction().mean())
-    elif usage is not None:
-        summary = usage.summary()
-        metrics["codebook_usage"] = summary["used"]
-        metrics["codebook_perplexity"] = summary["perplexity"]
-    fixed = fixed_images.to(model.device)
-    recon = reconstruct(peers.encode_latents(model, fixed)).clamp(-1, 1)
-    pictures = [to_pil(x) for x in torch.cat([fixed, recon])]
-    return metrics, make_image_grid(pictures, rows=2, cols=fixed.shape[0])
-
-
 class AutoencoderStage(TrainingStage):
     """Stage 1 for the `Trainer`: the autoencoder (prepared, DDP) and a discriminator kept out of DDP."""
 
@@ -165,7 +107,8 @@ class AutoencoderStage(TrainingStage):
         images = ImageDataset(train_set, column, image_transform(resolution, c.center_crop), strict=c.data.strict_data)
         loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=True, drop_last=True,
                                              collate_fn=collate_images, num_workers=c.dataloader_num_workers)
-        self.val_loader = held_out_loader(val_set, column, resolution, c.eval_batch_size, c.data.strict_data)
+        self.val_loader = evaluation_loader(val_set, column, resolution, c.eval_batch_size, c.max_eval_images,
+                                            c.data.strict_data)
         held_out = ImageDataset(val_set, column, image_transform(resolution, True), strict=c.data.strict_data)
         self.fixed_images = torch.stack([held_out[i][0] for i in range(min(c.num_validation_images, len(val_set)))])
 
@@ -288,8 +231,8 @@ class AutoencoderStage(TrainingStage):
     def validate(self, trainer: Trainer, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Held-out metrics and a reconstruction grid of the EMA model, logged and saved as a PNG."""
         c = self.config
-        metrics, grid = evaluate(model, self.val_loader, self.fixed_images, c.max_eval_images,
-                                 with_noise=c.eval_with_noise, seed=c.loop.seed)
+        metrics, grid = reconstruction_metrics(model, self.val_loader, self.fixed_images, with_noise=c.eval_with_noise,
+                                               seed=c.loop.seed)
         log_image(trainer.accelerator, "val/reconstructions", grid, step)
         grid.save(os.path.join(c.loop.output_dir, "reconstructions.png"))
         return metrics
