@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from huggingface_hub import EvalResult, ModelCardData
 
 from ..metrics import lpips
 from ..models import peers
@@ -34,7 +33,6 @@ from .data import (
 )
 from .discriminator import StyleGAN2Discriminator
 from .distributed import broadcast_parameters, check_in_sync
-from .hub import dataset_of, default_repo_id, hub_id, local_name, public_settings, write_model_card
 from .loop import StageParts, Trainer, TrainingStage
 from .losses import (
     VGGPerceptualLoss,
@@ -44,6 +42,7 @@ from .losses import (
     kl_loss,
     r1_penalty,
 )
+from .model_card import write_autoencoder_card
 from .reporting import log_image
 
 logger = get_logger(__name__)
@@ -253,58 +252,10 @@ class AutoencoderStage(TrainingStage):
         trainer.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
         with open(os.path.join(output, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary, **metrics}, f, indent=2)
-        self._write_card(model, step, summary["train_seconds"], metrics)
+        write_autoencoder_card(c, model, step, summary["train_seconds"], metrics)
 
     def hub_files(self) -> list[str]:
         return ["README.md", "metrics.json", "reconstructions.png", "autoencoder/*"]
-
-    def _write_card(self, model: torch.nn.Module, step: int, seconds: float, metrics: dict[str, float]) -> None:
-        """``README.md``: how to load and use the autoencoder, its held-out metrics (PSNR, SSIM and LPIPS also as
-        the card's model-index) and the run's settings, without local paths."""
-        c = self.config
-        repo = default_repo_id(c.loop.output_dir, c.loop.hub_model_id)
-        name, brics = type(model).__name__, isinstance(model, BRICSAutoencoder)
-        channels, size, _ = peers.latent_shape(model)
-        resolution = model.config.sample_size
-        dataset_type, dataset = dataset_of(c.data)
-        data = ModelCardData(
-            library_name="diffusers", license="apache-2.0",
-            tags=["diffusers", "brics" if brics else name.lower(), "autoencoder"],
-            datasets=[c.data.dataset_name] if hub_id(c.data.dataset_name) else None, model_name=repo.split("/")[-1],
-            eval_results=[EvalResult(task_type="image-to-image", task_name="Image reconstruction",
-                                     dataset_type=dataset_type, dataset_name=dataset, dataset_split="held-out",
-                                     metric_type=key, metric_name=label, metric_value=round(metrics[key], 4))
-                          for key, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS (AlexNet)"))],
-        )
-        if brics:
-            package, encode, text = "diffusers_brics", "latents", "With diffusers-brics (`pip install diffusers-brics`):"
-        else:
-            package, text = "diffusers", "diffusers alone loads it:"
-            encode = "latent_dist.mode()" if isinstance(model, AutoencoderKL) else "latents"
-        code = (f"import torch\nfrom {package} import {name}\n\n"
-                f'vae = {name}.from_pretrained("{repo}", subfolder="autoencoder")\n'
-                f"images = torch.rand(1, 3, {resolution}, {resolution}) * 2 - 1  # images in [-1, 1]\n"
-                f"latents = vae.encode(images).{encode}  # (1, {channels}, {size}, {size})"
-                + (", key codes in [0, 1]" if brics else "") + "\nreconstructions = vae.decode(latents).sample")
-        weights = "EMA weights" if c.loop.ema.use_ema else "the trained weights (no EMA)"
-        noise = ("; reconstructions with the relaxed-precision and decoder noise, as the BRICS release measures them"
-                 if c.eval_with_noise and brics else "")
-        write_model_card(
-            c.loop.output_dir, data,
-            title=f"{'BRICS autoencoder' if brics else name} ({local_name(c.model_config_name_or_path) or c.preset})",
-            summary=(f"A {name} for {resolution}x{resolution} images, trained with diffusers-brics on {dataset}: "
-                     + (f"key codes {size}x{size}x{channels} in [0, 1] that retrieve features from multi-resolution "
-                        "feature grids" if brics else f"latents {size}x{size}x{channels}")
-                     + ". A latent diffusion model trains on its latents with `examples/train_brics_diffusion.py "
-                     f"--autoencoder {repo} --autoencoder_subfolder autoencoder`. Below: held-out images over their "
-                     "reconstructions."),
-            image="reconstructions.png", usage=[{"text": text, "code": code}],
-            results=[(key, f"{value:.4f}") for key, value in metrics.items()],
-            results_note=f"On the held-out split, {weights}{noise}; LPIPS uses AlexNet.",
-            training=(f"{step} steps of `examples/train_brics_ae.py` ({seconds:.0f} s); the run's settings (local "
-                      "paths reduced to their names):"),
-            settings=public_settings(c),
-        )
 
 
 @contextlib.contextmanager

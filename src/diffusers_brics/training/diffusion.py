@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from diffusers import DDPMPipeline, UNet2DModel
 from diffusers.utils import make_image_grid
-from huggingface_hub import ModelCardData
 
 from ..models import peers
 from ..models.autoencoder_brics import BRICSAutoencoder
@@ -37,17 +36,10 @@ from .data import (
     undecoded,
 )
 from .diffusion_args import parse_args
-from .hub import (
-    dataset_of,
-    default_repo_id,
-    hub_id,
-    local_name,
-    pipeline_patterns,
-    public_settings,
-    write_model_card,
-)
+from .hub import pipeline_patterns
 from .latent_space import LatentSpace, cached_codes
 from .loop import StageParts, Trainer, TrainingStage
+from .model_card import local_name, write_pipeline_card
 from .reporting import log_image
 from .unet import build_scheduler, build_unet
 
@@ -258,75 +250,13 @@ class DiffusionStage(TrainingStage):
         self.validate(trainer, model, step)
         with open(os.path.join(c.loop.output_dir, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary}, f, indent=2)
-        self._write_card(step, summary["train_seconds"])
+        text = self.prompts is not None
+        write_pipeline_card(c, self.space, step, summary["train_seconds"], class_names=self.class_names,
+                            text_encoder=self.text_encoder if text else None,
+                            prompt=self.validation_prompts[0] if text else None, guidance_scale=self.guidance_scale)
 
     def hub_files(self) -> list[str]:
         return ["README.md", "metrics.json", "samples.png", *pipeline_patterns(self.config.loop.output_dir)]
-
-    def _write_card(self, step: int, seconds: float) -> None:
-        """``README.md``: both ways to load the pipeline (this package's class, stock diffusers), the classes of a
-        conditional UNet and the run's settings, without local paths."""
-        c, space, names = self.config, self.space, self.class_names
-        repo, resolution = default_repo_id(c.loop.output_dir, c.loop.hub_model_id), space.resolution
-        dataset = dataset_of(c.data)[1]
-        guidance = f", guidance_scale={self.guidance_scale:g}" if c.conditioning_dropout_prob else ""
-        if self.prompts is not None:
-            call = (f"images = pipe({self.validation_prompts[0]!r}, num_images_per_prompt=4, "
-                    f"num_inference_steps={c.num_inference_steps}{guidance}).images")
-        else:
-            call = (f"images = pipe(batch_size=4, num_inference_steps={c.num_inference_steps}"
-                    + (f", class_labels={names[:1]!r}{guidance}" if names else "") + ").images")
-        if space.pixels:
-            title, tags = "Pixel-space diffusion pipeline", ["diffusers", "ddpm", "pixel-space"]
-            summary = (f"A stock diffusers `DDPMPipeline`: a UNet trained directly on the {resolution}x{resolution} "
-                       f"images of {dataset} in [-1, 1] (pixel-space diffusion, no autoencoder), with the noise "
-                       "schedule, loop and EMA of the latent diffusion training of diffusers-brics.")
-            usage = [{"text": "diffusers alone loads it:", "code": "from diffusers import DiffusionPipeline\n\n"
-                      f'pipe = DiffusionPipeline.from_pretrained("{repo}")\n{call}'}]
-        else:
-            channels, size, _ = space.shape
-            vae = type(space.vae).__name__
-            pipeline_class = "BRICSTextToImagePipeline" if self.prompts is not None else "BRICSPipeline"
-            kind = "text-to-image" if self.prompts is not None else "latent diffusion"
-            title, tags = f"{'BRICS' if vae == 'BRICSAutoencoder' else vae} {kind} pipeline", [
-                "diffusers", "brics", "latent-diffusion"]
-            codes = "key codes" if vae == "BRICSAutoencoder" else "latents"
-            summary = (f"A `{pipeline_class}`: a UNet trained on the {codes} ({size}x{size}x{channels}) of {dataset}, "
-                       f"decoded by a {vae} to {resolution}x{resolution} images.")
-            if self.prompts is not None:
-                encoder = type(self.text_encoder).__name__
-                summary += (f" It is conditioned on the `{c.caption_column}` captions through a {encoder} "
-                            + ("trained with the UNet" if c.train_text_encoder else "(frozen)")
-                            + (f" ({hub_id(c.text_encoder_name_or_path)})" if hub_id(c.text_encoder_name_or_path)
-                               else "" if c.text_encoder_name_or_path else ", built from a config with a tokenizer "
-                               "trained on the captions")
-                            + f", with {c.conditioning_dropout_prob:g} conditioning dropout for classifier-free "
-                            "guidance.")
-            usage = [
-                {"text": "With diffusers-brics (`pip install diffusers-brics`):",
-                 "code": f"from diffusers_brics import {pipeline_class}\n\n"
-                         f'pipe = {pipeline_class}.from_pretrained("{repo}")\n{call}'},
-                {"text": "With stock diffusers, which runs the repository's module files: they only import the classes "
-                         "of the installed diffusers-brics package.",
-                 "code": "from diffusers import DiffusionPipeline\n\n"
-                         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n{call}'},
-            ]
-        if names:
-            summary += f"\n\nClasses (`--class_column {c.class_column}`): " + ", ".join(names)
-        data = ModelCardData(
-            library_name="diffusers", license="apache-2.0",
-            pipeline_tag="text-to-image" if self.prompts is not None else "unconditional-image-generation",
-            tags=tags + (["class-conditional"] if names else []) + (["text-to-image"] if self.prompts else []),
-            datasets=[c.data.dataset_name] if hub_id(c.data.dataset_name) else None,
-            base_model=None if space.pixels else hub_id(c.autoencoder),
-        )
-        write_model_card(
-            c.loop.output_dir, data, title=title, summary=summary, image="samples.png", usage=usage,
-            training=(f"{step} steps of `examples/train_brics_diffusion.py` ({seconds:.0f} s), "
-                      + ("EMA weights" if c.loop.ema.use_ema else "the trained weights (no EMA)")
-                      + "; the run's settings (local paths reduced to their names):"),
-            settings=public_settings(c),
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

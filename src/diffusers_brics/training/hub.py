@@ -1,12 +1,10 @@
-"""Model cards and uploads to the Hugging Face Hub.
+"""Uploads to the Hugging Face Hub.
 
 With ``--push_to_hub`` the `Trainer` creates the model repository when training starts (`create_repository`: a bad
 token or a missing permission stops the run at once, not after hours of training) and, at the end, uploads the
 files of the output folder that make the published model (`push_to_hub`, with the stage's `hub_files`): the model,
-its card, metrics and sample images; never checkpoints, logs, caches (stage 2's key codes) or anything else the
-folder holds. The card (`write_model_card`) fills the template that ships with the package,
-``diffusers_brics/training/model_card.md`` (the repository's ``model_cards/template.md`` is the same file), and
-carries no local path: settings and data sources that are local paths are reduced to their names (`local_name`).
+its card (`training.model_card`), metrics and sample images; never checkpoints, logs, caches (stage 2's key codes)
+or anything else the folder holds.
 """
 
 from __future__ import annotations
@@ -14,15 +12,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from importlib.resources import as_file, files
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-from .config import DataConfig, flat_settings
-
-TEMPLATE = "model_card.md"  # package data beside this module
+from huggingface_hub import create_repo, upload_folder
 
 
 class HubRepositoryError(RuntimeError):
@@ -76,66 +68,3 @@ def pipeline_patterns(folder: str) -> list[str]:
     patterns += [f"{name}/*" for name, entry in index.items()
                  if not name.startswith("_") and isinstance(entry, list) and entry[0] is not None]
     return patterns
-
-
-# ---------------------------------------------------------------------------------------------- model cards
-def local_name(value: Any) -> Any:
-    """``value`` without a local path: a string naming an existing file or folder, or an absolute path, becomes its
-    last part (``/data/ffhq/`` -> ``ffhq``); anything else (a Hub id, a number, a flag) stays as it is."""
-    if isinstance(value, str):
-        path = os.path.expanduser(value)
-        if os.path.isabs(path) or os.path.exists(path):
-            return os.path.basename(os.path.normpath(path))
-    return value
-
-
-def hub_id(name: str | None) -> str | None:
-    """``name`` if it names a Hub repository (a valid repo id that is not a local file or folder), else None."""
-    if not name or os.path.exists(os.path.expanduser(name)):
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
-
-
-def dataset_of(data: DataConfig) -> tuple[str, str]:
-    """``(type, name)`` of the training images, for a card's model-index and text, without local paths: a Hub
-    dataset is its id twice; otherwise the type is ``local`` (a dataset folder), ``imagefolder``
-    (``--train_data_dir``) or ``noto-emoji`` (the embedded images) and the name says which folder."""
-    if hub_id(data.dataset_name):
-        return data.dataset_name, data.dataset_name
-    if data.dataset_name:
-        return "local", f"the local dataset '{local_name(data.dataset_name)}'"
-    if data.train_data_dir:
-        return "imagefolder", f"the image folder '{local_name(data.train_data_dir)}'"
-    return "noto-emoji", data.describe()
-
-
-def public_settings(settings: Any) -> list[tuple[str, str]]:
-    """``(option, value)`` rows of a settings object for a model card: `flat_settings` (no secrets, no unset
-    values) with local paths reduced to their names (`local_name`), Hub ids kept."""
-    return [(key, str(local_name(value))) for key, value in flat_settings(settings).items()]
-
-
-def write_model_card(output_dir: str, data: ModelCardData, *, title: str, summary: str, usage: list[dict[str, str]],
-                     training: str, settings: list[tuple[str, str]], image: str | None = None,
-                     results: list[tuple[str, str]] | None = None, results_note: str = "") -> str:
-    """Write ``output_dir/README.md`` from the package's template; returns its path.
-
-    Args:
-        data: the card's metadata (``library_name``, ``license``, ``tags``, ``model-index``...).
-        title, summary: the heading and the paragraph under it (markdown).
-        usage: the ways to load and use the model, each ``{"text": markdown, "code": python}``.
-        training: how the model was trained (markdown); ``settings``: the ``(option, value)`` table below it.
-        image: a picture of the folder (samples, reconstructions) shown under the summary.
-        results: ``(metric, value)`` rows, explained by ``results_note``.
-    """
-    with as_file(files("diffusers_brics") / "training" / TEMPLATE) as template:
-        card = ModelCard.from_template(data, template_path=str(template), title=title, summary=summary, usage=usage,
-                                       training=training, settings=settings, image=image, results=results or [],
-                                       results_note=results_note)
-    path = os.path.join(output_dir, "README.md")
-    card.save(path)
-    return path
