@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
-from diffusers_brics.models import peers
+from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
 from decode_benchmark import count_gmacs, count_params
@@ -43,15 +43,15 @@ DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0"]
 
 def decode_modules(vae) -> list[torch.nn.Module]:
     """The modules a decode runs."""
-    if peers.model_type_of(vae) == "brics":
+    if adapters.model_type_of(vae) == "brics":
         return [vae.retrieval, vae.decoder]
     parts = [vae.post_quant_conv, vae.decoder]
     return parts + ([vae.quantize] if hasattr(vae, "quantize") else [])
 
 
 def code_description(vae) -> str:
-    channels, height, width = peers.latent_shape(vae)
-    kind = peers.model_type_of(vae)
+    channels, height, width = adapters.latent_shape(vae)
+    kind = adapters.model_type_of(vae)
     if kind == "vqmodel":
         return f"{height}x{width} indices into {vae.config.num_vq_embeddings} x {channels}-d entries"
     return f"{height}x{width}x{channels} floats" + (" in [0, 1]" if kind == "brics" else "")
@@ -62,7 +62,7 @@ def median_step_seconds(models: dict, images: torch.Tensor, repeats: int) -> dic
     the models taking turns so that drift of the machine affects them equally."""
     steps = {}
     for name, vae in models.items():
-        model = peers.build_autoencoder(name, config=dict(vae.config)).train()
+        model = adapters.build_autoencoder(name, config=dict(vae.config)).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step(model=model, optimizer=optimizer):
@@ -82,13 +82,13 @@ def median_step_seconds(models: dict, images: torch.Tensor, repeats: int) -> dic
 
 
 def median_decode_seconds(models: dict, batch: int, repeats: int) -> dict[str, float]:
-    latents = {name: torch.randn(batch, *peers.latent_shape(vae)).clamp(-3, 3) for name, vae in models.items()}
+    latents = {name: torch.randn(batch, *adapters.latent_shape(vae)).clamp(-3, 3) for name, vae in models.items()}
     latents["brics"] = latents["brics"].sigmoid() if "brics" in latents else None
     times = {name: [] for name in models}
     for round_ in range(repeats + 1):
         for name, vae in models.items():
             start = time.perf_counter()
-            peers.decode_latents(vae, latents[name])
+            adapters.decode_latents(vae, latents[name])
             if round_:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -220,7 +220,7 @@ def main() -> None:
         ]
         shown[kind] = run_shown(command)
 
-    models = {kind: peers.load_autoencoder(str(output / "run" / kind)).eval() for kind in args.models}
+    models = {kind: adapters.load_autoencoder(str(output / "run" / kind)).eval() for kind in args.models}
     size = next(iter(models.values())).config.sample_size
     held_out, column = load_split("held-out", size)
     train, train_column = load_split("train", size)
@@ -233,12 +233,12 @@ def main() -> None:
         metrics, grid = evaluate_reconstruction(vae, batches, with_fid=not args.no_fid, num_grid_images=12)
         grids.append(grid)
         train_metrics = json.loads((output / "run" / kind / "metrics.json").read_text())
-        z = peers.encode_latents(vae, images[:1])
+        z = adapters.encode_latents(vae, images[:1])
         row = {
             "command": shown.get(kind), "code": code_description(vae),
             "parameters": sum(p.numel() for p in vae.parameters()),
             "decode_parameters": count_params(decode_modules(vae)),
-            "decode_gmacs": count_gmacs(lambda vae=vae, z=z: peers.decode_latents(vae, z)),
+            "decode_gmacs": count_gmacs(lambda vae=vae, z=z: adapters.decode_latents(vae, z)),
             "decode_seconds_per_image": decode_seconds[kind] / 64,
             "train_step_seconds": step_seconds[kind],
             "train_images_per_second": args.batch_size / step_seconds[kind],

@@ -53,7 +53,7 @@ from diffusers_brics.evaluate import (
     to_unit,
 )
 from diffusers_brics.metrics.inception import InceptionFeatures
-from diffusers_brics.models import peers
+from diffusers_brics.models import adapters
 from diffusers_brics.training.unet import UNET_PRESETS
 
 from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
@@ -77,10 +77,10 @@ def stage1_model(path: Path, model_type: str, flag: str):
         raise FileNotFoundError(f"{flag} {str(path)!r} holds no trained autoencoder (neither config.json nor "
                                 "autoencoder/config.json): run `python benchmarks/compare_autoencoders.py` first, or "
                                 f"pass {flag} PATH")
-    vae = peers.load_autoencoder(str(path))
-    if peers.model_type_of(vae) != model_type:
+    vae = adapters.load_autoencoder(str(path))
+    if adapters.model_type_of(vae) != model_type:
         raise ValueError(f"{flag} {str(path)!r} holds a {type(vae).__name__}, not a "
-                         f"{peers.AUTOENCODER_CLASSES[model_type].__name__}")
+                         f"{adapters.AUTOENCODER_CLASSES[model_type].__name__}")
     return vae
 
 
@@ -343,7 +343,7 @@ def main() -> None:
     if kl_vae.config.sample_size != resolution:
         raise ValueError(f"the autoencoders work on different image sizes: {resolution} (BRICS) and "
                          f"{kl_vae.config.sample_size} (AutoencoderKL)")
-    latent_size = peers.latent_shape(brics_vae)[1]
+    latent_size = adapters.latent_shape(brics_vae)[1]
     del brics_vae, kl_vae
     output = Path(args.output)
     for path in (brics_path, kl_path):

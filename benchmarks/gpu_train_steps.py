@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
-from diffusers_brics.models import MultiResolutionFeatureGrid, peers
+from diffusers_brics.models import MultiResolutionFeatureGrid, adapters
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.losses import (
     discriminator_adversarial_loss,
@@ -55,7 +55,7 @@ def build(kind: str, preset: str, device: torch.device, grid_backend: str | None
     if kind == "brics":
         model = BRICSAutoencoder.from_preset(preset, **({"grid_backend": grid_backend} if grid_backend else {}))
     else:
-        model = peers.build_autoencoder(kind, preset)
+        model = adapters.build_autoencoder(kind, preset)
     return model.to(device).train()
 
 

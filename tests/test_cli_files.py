@@ -175,7 +175,7 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(cli, "load", refuse)
     for name in ("InceptionFeatures", "load_pipeline"):
         monkeypatch.setattr(evaluate, name, refuse)
-    monkeypatch.setattr(evaluate.peers, "load_autoencoder", refuse)
+    monkeypatch.setattr(evaluate.adapters, "load_autoencoder", refuse)
 
 
 @pytest.mark.parametrize("args, message", [

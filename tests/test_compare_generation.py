@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_brics.models import peers
+from diffusers_brics.models import adapters
 
 pytestmark = pytest.mark.benchmark
 
@@ -26,7 +26,7 @@ def stage1(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare_autoencoders_run")
     torch.manual_seed(0)
     for kind in ("brics", "autoencoderkl"):
-        peers.build_autoencoder(kind, "tiny").save_pretrained(folder / kind / "autoencoder")
+        adapters.build_autoencoder(kind, "tiny").save_pretrained(folder / kind / "autoencoder")
     return folder
 
 
@@ -49,7 +49,7 @@ def test_compare_generation_tiny_end_to_end(tmp_path, stage1, inception_weights_
     assert (setup["unet_preset"], setup["steps"], setup["scheduler"], setup["num_samples"]) == ("tiny", 2, "ddim", 4)
     assert list(results["models"]) == ["brics", "autoencoderkl", "pixels"]
     rows = results["models"]
-    brics_shape = list(peers.build_autoencoder("brics", "tiny").latent_shape)
+    brics_shape = list(adapters.build_autoencoder("brics", "tiny").latent_shape)
     assert [row["latent_shape"] for row in rows.values()] == [brics_shape, [2, 8, 8], [3, 32, 32]]
     assert [row["pipeline"] for row in rows.values()] == ["BRICSPipeline", "BRICSPipeline", "DDPMPipeline"]
     for row in rows.values():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.evaluate import InceptionDistances, evaluate_reconstruction, main, nearest_neighbours
-from diffusers_brics.models import peers
+from diffusers_brics.models import adapters
 
 
 def tiny_unet(channels: int, size: int) -> UNet2DModel:
@@ -33,7 +33,7 @@ def brics_pipeline(tmp_path_factory):
 @pytest.mark.parametrize("model_type", ["brics", "autoencoderkl", "vqmodel"])
 def test_reconstruction_of_each_autoencoder(tmp_path, lpips_weights_dir, model_type):
     torch.manual_seed(0)
-    peers.build_autoencoder(model_type, "tiny").save_pretrained(tmp_path / "stage1" / "autoencoder")
+    adapters.build_autoencoder(model_type, "tiny").save_pretrained(tmp_path / "stage1" / "autoencoder")
     main(["reconstruction", "--model", str(tmp_path / "stage1"), "--max_images", "12", "--batch_size", "5",
           "--no_fid", "--output", str(tmp_path / "eval")])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -71,7 +71,7 @@ def test_stage_1_validation_and_the_evaluate_command_give_the_same_numbers(tmp_p
     assert evaluation["images"] == 12
     usage = {"brics": "grid_usage_mean", "autoencoderkl": None, "vqmodel": "codebook_usage"}[model_type]
     assert usage is None or 0 < validation[usage] <= 1
-    grids = [np.asarray(Image.open(folder / "reconstructions.png")) for folder in (tmp_path / "stage1", tmp_path / "eval")]
+    grids = [np.asarray(Image.open(tmp_path / folder / "reconstructions.png")) for folder in ("stage1", "eval")]
     assert grids[0].shape == (2 * 32, 8 * 32, 3) and np.array_equal(*grids)
 
 

@@ -17,7 +17,7 @@ from hub_server import serve_repos
 from huggingface_hub import ModelCard
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
-from diffusers_brics.models import peers
+from diffusers_brics.models import adapters
 from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.training import autoencoder_args, diffusion_args
 from diffusers_brics.training.latent_space import LatentSpace
@@ -84,7 +84,7 @@ def test_the_autoencoder_card(tmp_path, model_type):
     config = autoencoder_args.parse_args([
         "--model_type", model_type, "--preset", "tiny", "--output_dir", out, "--hub_model_id", "org/brics-tiny",
         "--hub_token", "secret", "--train_data_dir", local_folder(tmp_path, "images")])
-    model = peers.build_autoencoder(model_type, "tiny")
+    model = adapters.build_autoencoder(model_type, "tiny")
     metrics = {"psnr": 20.123456, "ssim": 0.5, "lpips": 0.25, "usage": 0.75}
 
     card = load_valid_card(Path(write_autoencoder_card(config, model, 4, 12.0, metrics)), pipeline_tag=None)

@@ -360,11 +360,11 @@ def test_model_type_flags_that_cannot_work_are_refused(script, capsys):
 def test_a_config_of_another_model_type_is_named(tmp_path):
     from diffusers import AutoencoderKL
 
-    from diffusers_brics.models import peers
+    from diffusers_brics.models import adapters
     from diffusers_brics.training.autoencoder import build_model
     from diffusers_brics.training.autoencoder_args import parse_args
 
-    peers.build_autoencoder("autoencoderkl", "tiny").save_config(tmp_path)
+    adapters.build_autoencoder("autoencoderkl", "tiny").save_config(tmp_path)
     assert isinstance(build_model(parse_args(["--model_type", "autoencoderkl", "--model_config_name_or_path", str(tmp_path)])), AutoencoderKL)
     with pytest.raises(ValueError, match="--model_config_name_or_path .*AutoencoderKL config.*--model_type autoencoderkl"):
         build_model(parse_args(["--model_config_name_or_path", str(tmp_path)]))

@@ -248,18 +248,18 @@ def test_training_recipes_set_the_defaults_and_flags_win():
 def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(tmp_path, model_type):
     import datasets
 
-    from diffusers_brics.models import peers
+    from diffusers_brics.models import adapters
 
     vae_dir, out = tmp_path / "stage1", tmp_path / "ldm"
     torch.manual_seed(0)
-    peers.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
+    adapters.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
     log = run(["--autoencoder", str(vae_dir), "--output_dir", str(out), "--max_train_steps", "2",
                "--checkpointing_steps", "2"])
     codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")["key_codes"]
     fitted = 1 / float(codes[:1024].std())
     assert f"scaling_factor {fitted:.5f} fitted" in log
     pipe = BRICSPipeline.from_pretrained(out)
-    assert type(pipe.vae).__name__ == peers.AUTOENCODER_CLASSES[model_type].__name__
+    assert type(pipe.vae).__name__ == adapters.AUTOENCODER_CLASSES[model_type].__name__
     assert pipe.vae.config.scaling_factor == pytest.approx(fitted)
     images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()

@@ -132,11 +132,11 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path,
 def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(tmp_path, images, model_type, caplog):
     import datasets
 
-    from diffusers_brics.models import peers
+    from diffusers_brics.models import adapters
 
     vae_dir, out = tmp_path / "stage1", tmp_path / "ldm"
     torch.manual_seed(0)
-    peers.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
+    adapters.build_autoencoder(model_type, "tiny").save_pretrained(vae_dir / "autoencoder")  # a stage-1 output folder
     common = dict(autoencoder=vae_dir, train_data_dir=images, output_dir=out)
     with caplog.at_level("INFO"):
         assert train(**common, max_train_steps=2, checkpointing_steps=2) == 0
@@ -144,7 +144,7 @@ def test_diffusion_on_the_latents_of_diffusers_autoencoders_with_a_fitted_scale(
     fitted = 1 / float(codes[:1024].std())
     assert f"scaling_factor {fitted:.5f} fitted" in caplog.text
     pipe = BRICSPipeline.from_pretrained(out)
-    assert type(pipe.vae).__name__ == peers.AUTOENCODER_CLASSES[model_type].__name__
+    assert type(pipe.vae).__name__ == adapters.AUTOENCODER_CLASSES[model_type].__name__
     assert pipe.vae.config.scaling_factor == pytest.approx(fitted)
     samples = pipe(
         batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .evaluate_args import build_parser, check_inputs
 from .metrics import lpips
 from .metrics.inception import InceptionFeatures
-from .models import peers
+from .models import adapters
 from .pipelines.key_codes import sample_size_of, to_pil
 from .pipelines.loading import load_pipeline
 from .training.autoencoder_evaluation import evaluation_loader, reconstruction_metrics
@@ -128,7 +128,7 @@ def evaluate_reconstruction(vae: torch.nn.Module, batches: Iterable[torch.Tensor
     grid of originals over reconstructions: `reconstruction_metrics` (stage 1's validation) with the deterministic
     decode (BRICS: no relaxed-precision noise, fixed decoder noise), as a pipeline decodes, plus the image count, the
     time taken and, with ``with_fid``, FID / KID of the reconstructions against the originals."""
-    peers.model_type_of(vae)  # a ValueError for anything but the three autoencoders
+    adapters.model_type_of(vae)  # a ValueError for anything but the three autoencoders
     vae = vae.eval()
     distances = InceptionDistances(inception) if with_fid else None
     count = 0
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": " ".join(sys.argv) if argv is None else " ".join(["evaluate", *argv])}
 
     if args.command == "reconstruction":
-        vae = peers.load_autoencoder(args.model, subfolder=args.subfolder).to(args.device)
+        vae = adapters.load_autoencoder(args.model, subfolder=args.subfolder).to(args.device)
         resolution = vae.config.sample_size
         split, column = load_split(args.split, resolution, **data)
         metrics, grid = evaluate_reconstruction(vae, image_batches(split, column, resolution, args.batch_size,

@@ -19,7 +19,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from ..models.peers import latent_shape as latent_shape_of
+from ..models.adapters import latent_shape as latent_shape_of
 from ..utils import is_integer
 from .key_codes import encode_images, images_to_tensor, open_image, sample_size_of
 

@@ -6,7 +6,7 @@ these helpers, so all of them prepare images and decode key codes the same way:
 * images are resized and centre-cropped to the autoencoder's ``sample_size`` by diffusers' `VaeImageProcessor`
   and mapped to ``[-1, 1]``;
 * encoding is deterministic (no posterior sample for the KL variant) and decoding uses neither the
-  relaxed-precision noise nor random decoder noise (`diffusers_brics.models.peers.decode_latents`), so an image
+  relaxed-precision noise nor random decoder noise (`diffusers_brics.models.adapters.decode_latents`), so an image
   always gives the same key codes and key codes the same image.
 
 Interpolation is linear in key-code space: key codes are points of ``[0, 1]^{C_z}`` per position, so every
@@ -26,7 +26,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import make_image_grid
 from PIL import Image, UnidentifiedImageError
 
-from ..models.peers import decode_latents, encode_latents, latent_shape
+from ..models.adapters import decode_latents, encode_latents, latent_shape
 
 ImageInput = Image.Image | str | os.PathLike
 

@@ -21,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
 from ..models.autoencoder_brics import BRICSAutoencoder
-from ..models.peers import load_autoencoder
+from ..models.adapters import load_autoencoder
 from .pipeline_brics import BRICSPipeline
 from .pipeline_brics_text2img import BRICSTextToImagePipeline
 

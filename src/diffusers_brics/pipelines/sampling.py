@@ -23,8 +23,8 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.peers import decode_latents, from_diffusion_space, to_diffusion_space
-from ..models.peers import latent_shape as latent_shape_of
+from ..models.adapters import decode_latents, from_diffusion_space, to_diffusion_space
+from ..models.adapters import latent_shape as latent_shape_of
 from ..schedules import cosine_variant_betas
 
 StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict], "dict | None"]

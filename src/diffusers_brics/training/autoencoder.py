@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..metrics import lpips
-from ..models import peers
+from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
 from .autoencoder_args import parse_args
 from .autoencoder_evaluation import evaluation_loader, reconstruction_metrics
@@ -52,7 +52,7 @@ def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
     """The untrained autoencoder (of ``--model_type``) of ``--model_config_name_or_path`` or ``--preset``."""
     path = config.model_config_name_or_path
     if not path:
-        return peers.build_autoencoder(config.model_type, config.preset)
+        return adapters.build_autoencoder(config.model_type, config.preset)
     try:
         model_config = BRICSAutoencoder.load_config(path)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
@@ -61,7 +61,7 @@ def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
         raise FileNotFoundError(f"--model_config_name_or_path {path!r}: no config.json, neither in a local folder nor "
                                 f"in a Hub repo{hint} ({error})") from error
     try:
-        return peers.build_autoencoder(config.model_type, config=model_config)
+        return adapters.build_autoencoder(config.model_type, config=model_config)
     except ValueError as error:
         raise ValueError(f"--model_config_name_or_path {path!r}: {error}") from error
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ..console import SHORT_USAGE, HelpFormatter
-from ..models import peers
+from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
 from .config import (
     AutoencoderTrainingConfig,
@@ -64,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="held out when the dataset has no validation/test split")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers")
     model = p.add_argument_group("model")
-    model.add_argument("--model_type", default="brics", choices=sorted(peers.AUTOENCODER_CLASSES),
+    model.add_argument("--model_type", default="brics", choices=sorted(adapters.AUTOENCODER_CLASSES),
                        help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel")
-    presets = "; ".join(f"{kind}: {', '.join(peers.presets_of(kind))}" for kind in sorted(peers.AUTOENCODER_CLASSES))
+    kinds = sorted(adapters.AUTOENCODER_CLASSES)
+    presets = "; ".join(f"{kind}: {', '.join(adapters.presets_of(kind))}" for kind in kinds)
     model.add_argument("--preset", default="small-32", help=f"a preset of the model type ({presets})")
     model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
                        help=f"the defaults of the flags marked 'per --training_recipe': release (the authors'), small "
@@ -142,7 +143,7 @@ def image_size_of(args: argparse.Namespace) -> int | None:
         except (OSError, ValueError):
             return None
     else:
-        size = peers.preset_config(args.model_type, args.preset).get("sample_size")
+        size = adapters.preset_config(args.model_type, args.preset).get("sample_size")
     return size[0] if isinstance(size, (list, tuple)) else size
 
 
@@ -150,9 +151,9 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     """`AutoencoderTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.preset not in peers.presets_of(args.model_type):
+    if args.preset not in adapters.presets_of(args.model_type):
         parser.error(f"--preset {args.preset!r} is not a {args.model_type} preset; choose one of "
-                     f"{', '.join(peers.presets_of(args.model_type))}")
+                     f"{', '.join(adapters.presets_of(args.model_type))}")
     if args.training_recipe == "auto":
         size = image_size_of(args)
         args.training_recipe = "small" if size is not None and size <= SMALL_IMAGES else "release"

@@ -18,7 +18,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from ..metrics import CodebookUsage, GridUsage, lpips, psnr, ssim
-from ..models import peers
+from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..pipelines.key_codes import to_pil
 from .data import ImageDataset, collate_images, image_transform
@@ -69,12 +69,12 @@ def reconstruction_metrics(model: torch.nn.Module, batches: Iterable, grid_image
     else:
 
         def reconstruct(latents):
-            return peers.decode_latents(model, latents)
+            return adapters.decode_latents(model, latents)
 
     totals, count, shown = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}, 0, []
     for batch in batches:
         images = (batch["images"] if isinstance(batch, dict) else batch).to(model.device, model.dtype)
-        latents = peers.encode_latents(model, images)
+        latents = adapters.encode_latents(model, images)
         recon = reconstruct(latents).clamp(-1, 1).float()
         images = images.float()
         totals["psnr"] += float(psnr(recon, images).sum())
@@ -106,6 +106,6 @@ def reconstruction_metrics(model: torch.nn.Module, batches: Iterable, grid_image
         metrics.update({f"codebook_{name}": value for name, value in summary.items()})
     originals = grid_images if isinstance(grid_images, torch.Tensor) else torch.stack(shown)
     originals = originals.to(model.device, model.dtype)
-    recon = reconstruct(peers.encode_latents(model, originals)).clamp(-1, 1)
+    recon = reconstruct(adapters.encode_latents(model, originals)).clamp(-1, 1)
     pictures = [to_pil(x) for x in torch.cat([originals.float(), recon.float()])]
     return metrics, make_image_grid(pictures, rows=2, cols=originals.shape[0])

@@ -15,7 +15,7 @@ from accelerate.logging import get_logger
 from diffusers import DDPMPipeline, UNet2DModel
 from diffusers.utils import make_image_grid
 
-from ..models import peers
+from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
 from ..models.text_encoder import text_embedding_dim
 from ..pipelines.loading import key_code_bound
@@ -147,11 +147,11 @@ class DiffusionStage(TrainingStage):
         if factor is None:
             rows = range(min(sample, len(dataset)))
             if isinstance(dataset, ImageDataset):
-                latents = torch.cat([peers.encode_latents(vae, torch.stack([dataset[i][0] for i in chunk]))
+                latents = torch.cat([adapters.encode_latents(vae, torch.stack([dataset[i][0] for i in chunk]))
                                      for chunk in (rows[i : i + 64] for i in range(0, len(rows), 64))])
             else:
                 latents = dataset[: len(rows)]["key_codes"]
-            factor = peers.fitted_scaling_factor(latents)
+            factor = adapters.fitted_scaling_factor(latents)
             logger.info(f"scaling_factor {factor:.5f} fitted to {len(rows)} training latents (1 / std)", main_process_only=True)
         vae.register_to_config(scaling_factor=float(factor))
 

@@ -11,7 +11,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from ..models import peers
+from ..models import adapters
 from .config import DiffusionTrainingConfig
 from .data import UnreadableImage
 from .distributed import weights_digest
@@ -59,7 +59,7 @@ class LatentSpace:
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image's latents: the UNet's input and output."""
-        return (3, self.resolution, self.resolution) if self.pixels else tuple(peers.latent_shape(self.vae))
+        return (3, self.resolution, self.resolution) if self.pixels else tuple(adapters.latent_shape(self.vae))
 
     @property
     def noun(self) -> str:
@@ -68,10 +68,10 @@ class LatentSpace:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Latents of images ``(B, 3, R, R)`` in ``[-1, 1]`` (deterministic; the images themselves in pixel space)."""
-        return images if self.pixels else peers.encode_latents(self.vae, images)
+        return images if self.pixels else adapters.encode_latents(self.vae, images)
 
     def to_diffusion_space(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents if self.pixels else peers.to_diffusion_space(self.vae, latents)
+        return latents if self.pixels else adapters.to_diffusion_space(self.vae, latents)
 
     def cache_record(self) -> dict:
         """What cached latents depend on besides the data: the autoencoder's weights, or the image size."""
@@ -84,7 +84,7 @@ def load_autoencoder(name_or_path: str, subfolder: str | None):
     """The trained stage-1 autoencoder (BRICS, AutoencoderKL or VQModel) from a local folder (a stage-1 output
     folder too) or a Hub repo, or a FileNotFoundError naming the flag."""
     try:
-        return peers.load_autoencoder(name_or_path, subfolder=subfolder)
+        return adapters.load_autoencoder(name_or_path, subfolder=subfolder)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
         where = f"--autoencoder {name_or_path!r}"
         where += f" with --autoencoder_subfolder {subfolder!r}" if subfolder else ""

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..models import peers
+from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
 from .config import AutoencoderTrainingConfig, DataConfig, DiffusionTrainingConfig, flat_settings
 from .hub import default_repo_id
@@ -97,7 +97,7 @@ def write_autoencoder_card(config: AutoencoderTrainingConfig, model: torch.nn.Mo
     c = config
     repo = default_repo_id(c.loop.output_dir, c.loop.hub_model_id)
     name, brics = type(model).__name__, isinstance(model, BRICSAutoencoder)
-    channels, size, _ = peers.latent_shape(model)
+    channels, size, _ = adapters.latent_shape(model)
     resolution = model.config.sample_size
     dataset_type, dataset = dataset_of(c.data)
     data = ModelCardData(

@@ -1,5 +1,8 @@
-"""BRICS's peers: diffusers' `AutoencoderKL` and `VQModel`, behind the interface the trainings, the pipeline and the
-evaluation use for any of the three autoencoders.
+"""Adapters of the three autoencoders, BRICS and its peers, diffusers' `AutoencoderKL` and `VQModel`, to the one
+interface the trainings, the pipelines and the evaluation use for any of them: the classes and their presets
+(`build_autoencoder`, `load_autoencoder`, `model_type_of`), latents in and out (`latent_shape`, `encode_latents`,
+`decode_latents`) and the scaling into diffusion space (`to_diffusion_space`, `from_diffusion_space`,
+`fitted_scaling_factor`).
 
 *Latents* are what an autoencoder's ``encode`` gives: BRICS key codes in ``[0, 1]``, the mode of the KL posterior,
 or the VQ encoder's output before quantisation. *Diffusion space* is where a latent diffusion model works: latents
