@@ -83,6 +83,7 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.xdist_group("interruptions_ae")  # under pytest-xdist, `straight_ae` is built once
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
 def test_autoencoder_training_survives_an_interruption(tmp_path, straight_ae, signum):
     straight, stopped = straight_ae, tmp_path / "stopped"
@@ -106,6 +107,7 @@ def test_autoencoder_training_survives_an_interruption(tmp_path, straight_ae, si
     assert_same(final_weights(stopped, "autoencoder_ema"), final_weights(straight, "autoencoder_ema"))
 
 
+@pytest.mark.xdist_group("interruptions_ldm")  # `straight_ldm` built once
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 def test_diffusion_training_survives_an_interruption(tmp_path, autoencoder, straight_ldm, signum):
     straight, stopped = straight_ldm, tmp_path / "stopped"
@@ -117,6 +119,7 @@ def test_diffusion_training_survives_an_interruption(tmp_path, autoencoder, stra
     assert_same(final_weights(stopped, "unet"), final_weights(straight, "unet"))
 
 
+@pytest.mark.xdist_group("interruptions_ae")
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, straight_ae):
     out = tmp_path / "run"
     shutil.copytree(straight_ae / f"checkpoint-{EVERY}", out / f"checkpoint-{EVERY}")

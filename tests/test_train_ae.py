@@ -118,6 +118,7 @@ def test_time_budget_stops_with_a_checkpoint_and_the_final_save(tmp_path, lpips_
     assert (out / "autoencoder").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpips_weights_dir):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(["--output_dir", str(straight), "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "100"])
@@ -263,6 +264,7 @@ def adam_steps(optimizer_state: dict) -> set[int]:
     return {int(state["step"]) for state in optimizer_state["state"].values()}
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     # Without relaxed-precision noise, decoder noise and GAN (their draws and the discriminator's minibatch-std
     # groups depend on the batch split), 2 micro-batches of 4 must make the same 2 steps as batches of 8.

@@ -1,6 +1,7 @@
 """The shared training loop with a stand-in stage: non-finite steps are dropped, counted and, in a row, fatal; a
 stop signal ends a step with a checkpoint; resumed runs end as uninterrupted ones; processes agree."""
 
+import json
 import signal
 
 import pytest
@@ -172,23 +173,28 @@ def test_validations_are_recorded_with_their_step_and_training_seconds(tmp_path)
 # In-process counterparts of the scripts' subprocess runs (test_interruptions.py, the two-process runs of
 # test_train_ae.py and test_train_diffusion.py, marked slow): the same Trainer code on a stand-in stage.
 class CleanStage(PoisonedStage):
-    """The regression without poisoned steps on ``rows`` random rows (batches of 8, reshuffled each epoch); sends its
-    own process ``signum`` during step ``signal_at``, or raises `Crash` there (a kill, as far as the run's files
-    know)."""
+    """The regression without poisoned steps on ``rows`` random rows (batches of ``batch_size``, reshuffled each
+    epoch); sends its own process ``signum`` during step ``signal_at``, or raises `Crash` there (a kill, as far as
+    the run's files know)."""
 
     def __init__(self, rows: int = 64, signum: int | None = None, signal_at: int | None = None,
-                 crash_at: int | None = None):
+                 crash_at: int | None = None, batch_size: int = 8):
         super().__init__(set())
         self.rows, self.signum, self.signal_at, self.crash_at = rows, signum, signal_at, crash_at
+        self.batch_size = batch_size
         self.batches: list[torch.Tensor] = []
 
     def setup(self, trainer):
         self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
         data = torch.utils.data.TensorDataset(torch.randn(self.rows, 4))
-        loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, drop_last=True,
+        loader = torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True,
                                              collate_fn=lambda rows: torch.stack([row[0] for row in rows]))
         model = Line()
         return StageParts("line", model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
+
+    def finish(self, trainer, model, step, summary):
+        super().finish(trainer, model, step, summary)
+        self.saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def training_step(self, trainer, batch, generator, step):
         if step == self.crash_at:
@@ -279,11 +285,19 @@ def test_a_run_ended_without_warning_resumes_from_its_last_whole_checkpoint(tmp_
         fit(loop_config(killed, checkpointing_steps=2), CleanStage(crash_at=5))
     assert checkpoint_steps(killed) == [2, 4]
     (killed / "checkpoint-6.partial").mkdir()  # as if it had ended while saving the next checkpoint
+    resumed = CleanStage()
     with caplog.at_level("INFO"):
-        fit(loop_config(killed, checkpointing_steps=2, resume_from_checkpoint="latest"), CleanStage())
+        fit(loop_config(killed, checkpointing_steps=2, resume_from_checkpoint="latest"), resumed)
     assert "at step 4" in caplog.text
     assert checkpoint_steps(killed) == [2, 4, 6, 8]
     assert_same(saved(killed, 8), saved(straight, 8))
+    # a checkpoint holds the model and its EMA in diffusers' format (with the EMA's step), not the model twice
+    assert not list((killed / "checkpoint-8").glob("model*.safetensors"))
+    assert json.loads((killed / "checkpoint-8" / "line_ema" / "ema_state.json").read_text())["optimization_step"] == 8
+    # the stage finishes with the last EMA weights
+    ema = saved(killed, 8)["line_ema"]
+    assert resumed.saved_model.keys() == ema.keys()
+    assert all(torch.equal(resumed.saved_model[k], ema[k]) for k in ema)
 
 
 def test_a_run_resumed_within_an_epoch_skips_the_batches_the_epoch_has_used(tmp_path):
@@ -350,3 +364,16 @@ def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"--resume_from_checkpoint: .*checkpoint-2/optimizer.bin is damaged"):
         fit(loop_config(tmp_path, max_train_steps=4, checkpointing_steps=2, resume_from_checkpoint="latest"),
             CleanStage())
+
+
+def test_micro_batches_accumulate_to_the_step_of_the_larger_batch(tmp_path):
+    """2 micro-batches of 4 make the steps one batch of 8 makes (plain SGD: a micro-batch's loss scaled by 1/2, one
+    optimizer step per step, not per micro-batch, or the weights would differ)."""
+    runs = {"8": (8, 1), "4x2": (4, 2), "4": (4, 1)}
+    for name, (batch, accumulation) in runs.items():
+        fit(loop_config(tmp_path / name, train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                        max_train_steps=3, checkpointing_steps=3), CleanStage(batch_size=batch))
+    big, accumulated, small = (saved(tmp_path / name, 3)["line"] for name in runs)
+    for key in big:
+        torch.testing.assert_close(accumulated[key], big[key], rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(small[key], big[key], rtol=1e-3, atol=1e-4) for key in big)  # it does differ
