@@ -5,14 +5,12 @@ ids."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from builders import tiny_unet
-from hub_client import use_endpoint
+from hub_client import load_valid_card, python_blocks, run_python_blocks, use_endpoint
 from hub_server import serve_repos
 from huggingface_hub import ModelCard
 
@@ -27,40 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CARDS = ROOT / "model_cards"
 READY = {"brics-ffhq.md": "org/brics-ffhq", "brics-church.md": "org/brics-church"}
 PAPER_METRICS = {"fid", "clip_fid", "inception_score", "precision", "recall", "f1"}
-
-
-def python_blocks(text: str) -> list[str]:
-    """The ```python blocks of a markdown text."""
-    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
-
-
-def run_python_blocks(text: str) -> list[dict]:
-    """Run each ```python block of ``text`` in a fresh namespace; returns the namespaces."""
-    blocks = python_blocks(text)
-    assert blocks, "the card shows no code"
-    namespaces = []
-    for block in blocks:
-        namespace: dict = {"__name__": "__card__"}
-        exec(compile(block, "<model card>", "exec"), namespace)
-        namespaces.append(namespace)
-    return namespaces
-
-
-def load_valid_card(path: Path, *, pipeline_tag: str | None) -> ModelCard:
-    """The card at ``path``, checked as the Hub would check its metadata, offline: the YAML header parses, holds
-    the fields every card of this package has, and its model-index (if any) reads back as evaluation results."""
-    card = ModelCard.load(path)
-    header = yaml.safe_load(path.read_text().split("---\n")[1])
-    assert header == card.data.to_dict()  # nothing lost or added by huggingface_hub's parser
-    data = card.data
-    assert data.library_name == "diffusers" and data.license == "apache-2.0"
-    assert "diffusers" in data.tags
-    assert data.pipeline_tag == pipeline_tag
-    for result in data.eval_results or []:
-        assert result.task_type and result.dataset_type and result.dataset_name
-        assert isinstance(result.metric_value, float)
-    assert "/tmp/" not in path.read_text() and str(Path.home()) not in path.read_text()
-    return card
 
 
 def compiles(text: str) -> None:
