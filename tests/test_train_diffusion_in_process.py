@@ -179,7 +179,8 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
 
     out = tmp_path / "ldm"
     common = dict(autoencoder=autoencoder, train_data_dir=images, output_dir=out, random_flip=True)
-    assert train(**common, max_train_steps=3, checkpointing_steps=3) == 0
+    with caplog.at_level("INFO"):
+        assert train(**common, max_train_steps=3, checkpointing_steps=3) == 0
     assert (out / "key_codes").is_dir() and (out / "samples.png").exists()
     assert "BRICSPipeline" in (out / "README.md").read_text()
     pipe = BRICSPipeline.from_pretrained(out)
@@ -187,11 +188,17 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
     assert samples.images.shape == (2, 32, 32, 3) and np.isfinite(samples.images).all()
     # default schedule: the cosine variant
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
-    # the short recipe's prediction type, and the clean-sample clipping to the key codes' range, saved and loaded
+    # the short recipe's key codes at unit variance (scaling_factor 1 / std of the cached codes, shift 0.5 kept) ...
+    codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")[:]["key_codes"]
+    assert len(codes) == 2 * IMAGES  # flipped twins included
+    fitted = 1 / float(codes.std())
+    assert f"scaling_factor {fitted:.5f} fitted" in caplog.text
+    assert pipe.vae.config.scaling_factor == pytest.approx(fitted) and pipe.vae.config.shift_factor == 0.5
+    # ... its prediction type, and the clean-sample clipping to the key codes' range [0, 1] in diffusion space, saved
     saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
-    assert (saved["prediction_type"], saved["clip_sample"], saved["clip_sample_range"]) == ("sample", True, 1.0)
+    assert (saved["prediction_type"], saved["clip_sample"]) == ("sample", True)
+    assert saved["clip_sample_range"] == pytest.approx(0.5 * fitted)
     assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.prediction_type == "sample"
-    assert len(datasets.load_from_disk(str(out / "key_codes"))) == 2 * IMAGES  # flipped twins included
 
     with caplog.at_level("INFO"):
         resumed = train(
@@ -302,3 +309,28 @@ def test_class_conditioning_dropout_learns_a_null_class_for_guidance(tmp_path, a
         batch_size=2, class_labels="flags", guidance_scale=3.0, num_inference_steps=3, output_type="np"
     ).images
     assert np.isfinite(samples).all()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "fit"),  # the short recipe (a small UNet): unit variance
+        (["--unet_preset", "paper"], None),  # the release recipe: the autoencoder's own map onto [-1, 1]
+        (["--training_recipe", "release"], None),
+        (["--training_recipe", "release", "--scaling_factor", "fit"], "fit"),
+        (["--scaling_factor", "3.5"], 3.5),
+        (["--autoencoder", "none"], None),  # images are modelled as they are, whatever the recipe
+    ],
+)
+def test_scaling_factor_per_recipe(flags, expected):
+    from diffusers_brics.training.diffusion_args import parse_args
+
+    assert parse_args(["--autoencoder", "some/vae", *flags]).scaling_factor == expected
+
+
+def test_scaling_factor_refuses_other_words(capsys):
+    from diffusers_brics.training.diffusion_args import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--autoencoder", "some/vae", "--scaling_factor", "unit"])
+    assert "--scaling_factor: must be 'fit' or a number > 0, got 'unit'" in capsys.readouterr().err

@@ -183,7 +183,7 @@ class DiffusionTrainingConfig:
     data: DataConfig
     autoencoder: str
     autoencoder_subfolder: str | None = None
-    scaling_factor: float | None = None
+    scaling_factor: float | str | None = None
     resolution: int | None = None
     center_crop: bool = False
     random_flip: bool = False

@@ -138,13 +138,13 @@ class DiffusionStage(TrainingStage):
         return text_encoder, tokenizer
 
     def _set_scaling_factor(self, dataset, sample: int = 1024) -> None:
-        """``--scaling_factor``, or for a peer's latents ``1 / std`` of (up to ``sample``) training latents, into the
-        VAE's config (saved with the pipeline); a BRICS autoencoder keeps its own unless the flag is given, and
-        images (pixel space) are modelled as they are."""
+        """``--scaling_factor`` into the VAE's config (saved with the pipeline): a number as it is; ``"fit"`` (and,
+        when unset, a peer's latents) ``1 / std`` of up to ``sample`` training latents. Unset, a BRICS autoencoder
+        keeps its own map onto ``[-1, 1]``; images (pixel space) are modelled as they are."""
         vae, factor = self.space.vae, self.config.scaling_factor
         if vae is None or (factor is None and isinstance(vae, BRICSAutoencoder)):
             return
-        if factor is None:
+        if factor is None or factor == "fit":
             rows = range(min(sample, len(dataset)))
             if isinstance(dataset, ImageDataset):
                 latents = torch.cat([adapters.encode_latents(vae, torch.stack([dataset[i][0] for i in chunk]))
