@@ -18,7 +18,7 @@ from diffusers_brics.console import canonical_flags, flag_aliases
 # the modules `--help` must not wait for
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "datasets")
 # commands whose parser needs no torch (train-ae and train-diffusion build theirs in the training modules)
-LIGHT_COMMANDS = ["reconstruct", "encode", "decode", "sample", "interpolate", "info", "evaluate",
+LIGHT_COMMANDS = ["reconstruct", "encode", "decode", "sample", "interpolate", "examples", "info", "evaluate",
                   "evaluate generation", "quickstart"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -64,7 +64,7 @@ print(json.dumps([sorted(names) for names in imported]))
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [[], []]
 
 
-@pytest.mark.parametrize("command", ["", "sample", "info", "evaluate", "quickstart"])
+@pytest.mark.parametrize("command", ["", "sample", "examples", "info", "evaluate", "quickstart"])
 def test_help_answers_within_a_second(command):
     """`brics --help` and a command's --help take about 0.1 s; the bound leaves room for a loaded machine."""
     start = time.perf_counter()

@@ -106,7 +106,7 @@ def test_data_files_load_with_datasets_parquet(tmp_path):
 def test_data_folder_is_small_and_licensed():
     files = sorted(path.name for path in EMOJI_DATA_DIR.iterdir())
     expected = [f"{split}-{resolution}.parquet" for split in SPLITS for resolution in RESOLUTIONS]
-    assert files == sorted(["LICENSE", "README.md", *expected])
+    assert files == sorted(["LICENSE", "README.md", "examples", *expected])  # examples: diffusers_brics.data.examples
     assert sum(path.stat().st_size for path in EMOJI_DATA_DIR.iterdir()) < 15 * 2**20
     assert "Apache License" in (EMOJI_DATA_DIR / "LICENSE").read_text()
 

@@ -9,6 +9,7 @@
     brics sample --model M --prompt TEXT               a text-to-image pipeline (--guidance_scale, default 3)
     brics sample --model M --image IN.png --strength 0.6 [--mask MASK.png]     image-to-image, inpainting
     brics interpolate A B --model M --steps 8          decoded key codes between two images
+    brics examples --output_dir DIR [--resolution 64]  held-out emoji as PNG files, to try the commands above on
     brics evaluate reconstruction|generation|neighbours ...
     brics train-ae ...                                 stage 1 (`accelerate launch -m diffusers_brics train-ae ...`)
     brics train-diffusion ...                          stage 2
@@ -34,6 +35,7 @@ from pathlib import Path
 # Light imports only: `brics --help` and every command's `--help` answer without importing torch or diffusers (each
 # command imports what it needs when it runs; tests/test_cli.py checks).
 from .console import DEBUG_FLAG, ArgumentParser, canonical_flags, document_debug, run_command
+from .data.emoji import RESOLUTIONS
 from .files import (
     OVERWRITE_HELP,
     check_file,
@@ -284,6 +286,20 @@ def interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def examples(args: argparse.Namespace) -> int:
+    """Eight emoji of the embedded dataset's held-out split as ``NAME.png`` in ``--output_dir``
+    (`diffusers_brics.data.example_images`), ``--resolution`` pixels square; prints each path written. A file
+    already there is replaced only with ``--overwrite``."""
+    from .data.examples import example_images, save_example_images
+
+    check_output_folder(args.output_dir)
+    outputs = [Path(args.output_dir) / source.name for source in example_images(args.resolution)]
+    check_outputs(outputs, [], args.overwrite, "--output_dir")
+    for path in save_example_images(args.output_dir, args.resolution, overwrite=True):
+        print(path)
+    return 0
+
+
 def at_least_two(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -355,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_arguments(p)
     p.add_argument("--steps", type=at_least_two, default=8, help="images in the row, the two ends included")
     p.add_argument("--output", default="interpolation.png", help="the picture to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+    p = command("examples", examples, "held-out emoji as PNG files, to try the other commands and the Space on")
+    p.add_argument("--output_dir", default="example_images", help="where the images go")
+    p.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=32, help="their width and height in pixels")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
