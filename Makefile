@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 AE_STEPS ?=
 DIFFUSION_STEPS ?=
 
-.PHONY: install demo test test-slow test-benchmarks test-minimum test-wheel test-browser lint benchmark
+.PHONY: install demo test test-slow test-benchmarks test-minimum test-wheel test-browser lint benchmark docs
 
 # The default suite (README, DEVELOPERS.md): neither the `slow` tests (`make test-slow`) nor the benchmark and browser
 # ones (their own targets).
@@ -78,6 +78,12 @@ lint: install
 	$(PY) -m pip install --quiet --disable-pip-version-check $(RUFF)
 	$(PY) -m ruff check src tests benchmarks examples scripts space
 	grep -v '^#' ci/format-files.txt | xargs $(PY) -m ruff format --check
+
+# The documentation site (mkdocs.yml, docs/) into site/: --strict fails on any warning (a broken link, a docstring the
+# API reference cannot read).
+docs: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # The built wheel in a new virtual environment: `brics info`, a few training steps of both stages, `brics sample`.
 test-wheel:

@@ -1,0 +1,55 @@
+"""MkDocs hooks (``hooks:`` in mkdocs.yml): publish the repository files that the pages of ``docs/`` link to
+outside ``docs/``, so that one link works both on GitHub and on the built site.
+
+A page of ``docs/`` links to ``../benchmarks/results/NAME/report.md`` (a relative link GitHub follows); this hook adds
+those files (the benchmark reports and their plots, ``DEVELOPERS.md``, the model cards, the Space's README) to the
+site at their repository paths and rewrites ``../`` links of top-level pages to point at them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+# repository files published beside the pages, as globs relative to the repository root
+PUBLISHED = (
+    "DEVELOPERS.md",
+    "model_cards/*.md",
+    "space/README.md",
+    "benchmarks/results/**/*.md",
+    "benchmarks/results/**/*.png",
+)
+# run folders of the benchmarks (checkpoints, logs) are not part of the reports
+EXCLUDED_PARTS = {"run", "runs"}
+LINK = re.compile(r"\]\(\.\./(?=(?:" + "|".join(("DEVELOPERS\\.md", "model_cards/", "space/", "benchmarks/")) + "))")
+
+
+def published_paths(root: Path) -> list[str]:
+    """The repository-relative paths under ``root`` that `PUBLISHED` names, runs excluded, sorted."""
+    paths = set()
+    for pattern in PUBLISHED:
+        for path in root.glob(pattern):
+            relative = path.relative_to(root)
+            if path.is_file() and not EXCLUDED_PARTS & set(relative.parts[:-1]):
+                paths.add(relative.as_posix())
+    return sorted(paths)
+
+
+def on_files(files: Files, config) -> Files:
+    """Add the `PUBLISHED` files to the site, each at its repository path."""
+    root = Path(config.config_file_path).resolve().parent
+    for path in published_paths(root):
+        files.append(
+            File(path, src_dir=str(root), dest_dir=config.site_dir, use_directory_urls=config.use_directory_urls)
+        )
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """In a top-level page, ``](../benchmarks/...)`` (and the other published folders) becomes ``](benchmarks/...)``:
+    on the site the published files sit beside the pages."""
+    if "/" in page.file.src_uri:
+        return markdown
+    return LINK.sub("](", markdown)
