@@ -34,7 +34,7 @@ class CodebookUsage:
     """Counts how often each codebook entry of a `VQModel` is selected by the latents fed to `update`.
 
     Args:
-        model: a diffusers `VQModel` (its ``quantize`` module holds the codebook).
+        model: a diffusers `VQModel` (its ``quantize`` module holds the codebook), `ClusteredVQModel` included.
     """
 
     def __init__(self, model) -> None:
@@ -54,7 +54,13 @@ class CodebookUsage:
             raise ValueError(f"latents must have shape (B, {self.dim}, H, W) (VQModel.encode(x).latents), got {shape}")
         if not latents.is_floating_point() or not bool(torch.isfinite(latents).all()):
             raise ValueError("latents must be a finite floating point tensor")
-        _, _, (_, _, indices) = self.model.quantize(latents.to(self.model.quantize.embedding.weight.dtype))
+        quantizer = self.model.quantize
+        training = quantizer.training
+        quantizer.eval()  # a lookup only: a clustered codebook (`ClusteredVectorQuantizer`) updates itself in training
+        try:
+            _, _, (_, _, indices) = quantizer(latents.to(quantizer.embedding.weight.dtype))
+        finally:
+            quantizer.train(training)
         self.counts += torch.bincount(indices.reshape(-1).cpu().long(), minlength=self.num_entries)
 
     def hit_fraction(self) -> float:

@@ -1,8 +1,9 @@
-"""Adapters of the three autoencoders, BRICS and its peers, diffusers' `AutoencoderKL` and `VQModel`, to the one
+"""Adapters of the autoencoders, BRICS and its peers, diffusers' `AutoencoderKL` and `VQModel` (and `ClusteredVQModel`,
+a `VQModel` with CVQ-VAE's online clustered codebook), to the one
 interface the trainings, the pipelines and the evaluation use for any of them: the classes and their presets
 (`build_autoencoder`, `load_autoencoder`, `model_type_of`), latents in and out (`latent_shape`, `encode_latents`,
 `decode_latents`) and the scaling into diffusion space (`to_diffusion_space`, `from_diffusion_space`,
-`fitted_scaling_factor`).
+`fitted_scaling_factor`), and the form a trained one is saved in (`saved_form`).
 
 *Latents* are what an autoencoder's ``encode`` gives: BRICS key codes in ``[0, 1]``, the mode of the KL posterior,
 or the VQ encoder's output before quantisation. *Diffusion space* is where a latent diffusion model works: latents
@@ -23,8 +24,11 @@ from diffusers import AutoencoderKL, VQModel
 
 from .autoencoder_brics import BRICSAutoencoder
 from .autoencoder_presets import PRESETS
+from .clustered_vq_model import ClusteredVQModel
 
-AUTOENCODER_CLASSES = {"brics": BRICSAutoencoder, "autoencoderkl": AutoencoderKL, "vqmodel": VQModel}
+#: Model type -> class; a subclass before its base (`model_type_of` takes the first match).
+AUTOENCODER_CLASSES = {"brics": BRICSAutoencoder, "autoencoderkl": AutoencoderKL, "cvqvae": ClusteredVQModel,
+                       "vqmodel": VQModel}
 
 _SMALL_32 = dict(
     in_channels=3, out_channels=3, sample_size=32, latent_channels=4, block_out_channels=(32, 64, 128),
@@ -53,6 +57,7 @@ PEER_PRESETS: dict[str, dict[str, dict]] = {
                           vq_embed_dim=256, layers_per_block=2, sample_size=256),
     },
 }
+PEER_PRESETS["cvqvae"] = PEER_PRESETS["vqmodel"]  # the same networks; the codebook's settings are flags
 
 
 def presets_of(model_type: str) -> list[str]:
@@ -75,23 +80,35 @@ def check_model_type(model_type: str) -> str:
 
 
 def model_type_of(vae: torch.nn.Module) -> str:
-    """``"brics"``, ``"autoencoderkl"`` or ``"vqmodel"`` for an autoencoder instance."""
+    """``"brics"``, ``"autoencoderkl"``, ``"cvqvae"`` or ``"vqmodel"`` for an autoencoder instance."""
     for name, cls in AUTOENCODER_CLASSES.items():
         if isinstance(vae, cls):
             return name
     raise ValueError(f"vae must be a BRICSAutoencoder, AutoencoderKL or VQModel, got {type(vae).__name__}")
 
 
-def build_autoencoder(model_type: str, preset: str | None = None, config: dict | None = None) -> torch.nn.Module:
-    """An untrained autoencoder of ``model_type`` from a ``config`` dict (as ``load_config`` gives) or a preset."""
+def build_autoencoder(model_type: str, preset: str | None = None, config: dict | None = None,
+                      settings: dict | None = None) -> torch.nn.Module:
+    """An untrained autoencoder of ``model_type`` from a ``config`` dict (as ``load_config`` gives) or a preset;
+    ``settings``: constructor arguments over those (``cvqvae``: the ``cvq_*`` codebook settings). A ``cvqvae`` is
+    also built from a `VQModel` config."""
     cls = AUTOENCODER_CLASSES[check_model_type(model_type)]
+    settings = settings or {}
     if config is not None:
         written = config.get("_class_name")
+        if cls is ClusteredVQModel and written in (None, "VQModel", cls.__name__):
+            return ClusteredVQModel.from_vqmodel_config(config, **settings)
         if written and written != cls.__name__:
             raise ValueError(f"the config is a {written} config, not one of --model_type {model_type} "
                              f"({cls.__name__}); pass --model_type {class_to_type(written)}")
-        return cls.from_config(config)
-    return cls(**preset_config(model_type, preset))
+        return cls.from_config(config, **settings)
+    return cls(**preset_config(model_type, preset), **settings)
+
+
+def saved_form(vae: torch.nn.Module) -> torch.nn.Module:
+    """The model a trained autoencoder is saved as: a `ClusteredVQModel` as the stock `VQModel` that decodes the
+    same (`ClusteredVQModel.to_vqmodel`), any other as it is."""
+    return vae.to_vqmodel() if isinstance(vae, ClusteredVQModel) else vae
 
 
 def class_to_type(class_name: str) -> str:

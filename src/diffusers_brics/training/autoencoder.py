@@ -1,5 +1,5 @@
 """Stage 1 as a training task: `AutoencoderStage`, run by the `Trainer`, trains a BRICS autoencoder (or diffusers'
-`AutoencoderKL` or `VQModel`, `build_model`) against a StyleGAN2 discriminator and validates it on held-out images;
+`AutoencoderKL`, `VQModel` or `ClusteredVQModel`, `build_model`) against a StyleGAN2 discriminator and validates it on held-out images;
 `main` runs it from the command line (`training.autoencoder_args`, whose description gives the losses and
 optimisers), as ``brics train-ae`` and ``examples/train_brics_ae.py``.
 """
@@ -19,6 +19,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from ..metrics import lpips
 from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
+from ..models.clustered_vq_model import CVQ_SETTINGS, ClusteredVQModel
 from .autoencoder_args import parse_args
 from .autoencoder_evaluation import evaluation_loader, reconstruction_metrics
 from .config import AutoencoderTrainingConfig, flat_settings
@@ -51,8 +52,9 @@ logger = get_logger(__name__)
 def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
     """The untrained autoencoder (of ``--model_type``) of ``--model_config_name_or_path`` or ``--preset``."""
     path = config.model_config_name_or_path
+    settings = {name: getattr(config, name) for name in CVQ_SETTINGS} if config.model_type == "cvqvae" else None
     if not path:
-        return adapters.build_autoencoder(config.model_type, config.preset)
+        return adapters.build_autoencoder(config.model_type, config.preset, settings=settings)
     try:
         model_config = BRICSAutoencoder.load_config(path)
     except OSError as error:  # diffusers reports a missing folder as a failed Hub download
@@ -61,7 +63,7 @@ def build_model(config: AutoencoderTrainingConfig) -> torch.nn.Module:
         raise FileNotFoundError(f"--model_config_name_or_path {path!r}: no config.json, neither in a local folder nor "
                                 f"in a Hub repo{hint} ({error})") from error
     try:
-        return adapters.build_autoencoder(config.model_type, config=model_config)
+        return adapters.build_autoencoder(config.model_type, config=model_config, settings=settings)
     except ValueError as error:
         raise ValueError(f"--model_config_name_or_path {path!r}: {error}") from error
 
@@ -202,6 +204,8 @@ class AutoencoderStage(TrainingStage):
             with output_of(model.quant_conv if model.quant_conv is not None else model.encoder) as moments:
                 out = trainer.model(images, sample_posterior=True, generator=trainer.forward_generator(generator))
             return out.sample, DiagonalGaussianDistribution(moments[0]), None
+        if isinstance(model, ClusteredVQModel):  # its anchors are global-RNG draws: seeded from the step's generator
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         out = trainer.model(images)  # VQModel: straight-through quantisation, codebook + commitment loss
         return out.sample, None, out.commit_loss
 
@@ -244,15 +248,16 @@ class AutoencoderStage(TrainingStage):
             check_in_sync(trainer.accelerator, self.discriminator)
 
     def finish(self, trainer: Trainer, model: torch.nn.Module, step: int, summary: dict[str, float]) -> None:
-        """Save the EMA autoencoder, final metrics and a model card."""
+        """Save the EMA autoencoder (a `ClusteredVQModel` as a stock `VQModel`), final metrics and a model card."""
         c = self.config
         output = c.loop.output_dir
-        model.save_pretrained(os.path.join(output, "autoencoder"))
+        saved = adapters.saved_form(model)
+        saved.save_pretrained(os.path.join(output, "autoencoder"))
         metrics = self.validate(trainer, model, step)
         trainer.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
         with open(os.path.join(output, "metrics.json"), "w") as f:
             json.dump({"step": step, **summary, **metrics}, f, indent=2)
-        write_autoencoder_card(c, model, step, summary["train_seconds"], metrics)
+        write_autoencoder_card(c, saved, step, summary["train_seconds"], metrics)
 
     def hub_files(self) -> list[str]:
         return ["README.md", "metrics.json", "reconstructions.png", "autoencoder/*"]

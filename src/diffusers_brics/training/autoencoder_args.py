@@ -1,6 +1,7 @@
 """Stage 1: train a BRICS autoencoder (encoder + feature grids + decoder) with a StyleGAN2 discriminator.
 
-``--model_type autoencoderkl|vqmodel`` trains diffusers' `AutoencoderKL` or `VQModel` instead, with the same data,
+``--model_type autoencoderkl|vqmodel|cvqvae`` trains diffusers' `AutoencoderKL` or `VQModel` instead (``cvqvae``: a
+`VQModel` with CVQ-VAE's online clustered codebook, ``--cvq_*``), with the same data,
 losses, discriminator, EMA, checkpoints and validation, plus each model's own term: the KL divergence of its
 posterior (LDM's weight 1e-6, summed over the latent), or VQ-VAE's codebook and commitment losses (diffusers'
 `VectorQuantizer`, beta 0.25, weighted by ``--codebook_weight`` as taming-transformers does).
@@ -15,6 +16,7 @@ adjusted for lazy R1 as StyleGAN2 does), and StyleGAN2's EMA schedule. `main` is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..console import SHORT_USAGE, HelpFormatter
 from ..models import adapters
@@ -65,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers")
     model = p.add_argument_group("model")
     model.add_argument("--model_type", default="brics", choices=sorted(adapters.AUTOENCODER_CLASSES),
-                       help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel")
+                       help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel, or cvqvae: a "
+                       "VQModel with CVQ-VAE's online clustered codebook (saved as a stock VQModel)")
     kinds = sorted(adapters.AUTOENCODER_CLASSES)
     presets = "; ".join(f"{kind}: {', '.join(adapters.presets_of(kind))}" for kind in kinds)
     model.add_argument("--preset", default="small-32", help=f"a preset of the model type ({presets})")
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "LDM's, default for AutoencoderKL)")
     model.add_argument("--codebook_weight", type=non_negative_float, default=1.0,
                        help="VQModel: weight of the codebook + 0.25 x commitment loss (taming-transformers: 1)")
+    add_cvq_arguments(model)
     train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Adam's rate (paper: 2e-3)")
     train.add_argument("--grid_learning_rate", type=positive_float,
                        help="learning rate of the feature grids (default: --learning_rate)")
@@ -132,6 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cvq_decay(text: str) -> float:
+    """argparse type: a decay in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def add_cvq_arguments(group) -> None:
+    """The ``--cvq_*`` flags of ``--model_type cvqvae``, their defaults those of `AutoencoderTrainingConfig`."""
+    default = {f.name: f.default for f in dataclasses.fields(AutoencoderTrainingConfig)}
+    group.add_argument("--cvq_decay", type=cvq_decay, default=default["cvq_decay"],
+                       help="cvqvae: decay of each codebook entry's running usage; an entry used less than about "
+                            "(1 - decay) / (10 K) of the time moves to a feature of the batch (the reference: 0.99)")
+    group.add_argument("--cvq_distance", choices=["cosine", "euclidean"], default=default["cvq_distance"],
+                       help="cvqvae: distance of the lookup and the anchors; cosine keeps unit-length entries (the "
+                            "reference: cosine)")
+    group.add_argument("--cvq_anchor", choices=["probability", "closest", "random"], default=default["cvq_anchor"],
+                       help="cvqvae: the feature an entry moves to: drawn by softmax of its similarity, the closest, "
+                            "or from a pool of recent features (the reference's quantiser: probability; its "
+                            "training script: closest)")
+    group.add_argument("--cvq_contrastive_weight", type=non_negative_float,
+                       default=default["cvq_contrastive_weight"],
+                       help="cvqvae: weight of the contrastive term (0: off, as the reference's training script)")
+
+
 def image_size_of(args: argparse.Namespace) -> int | None:
     """The image size a stage-1 run trains on: ``--resolution``, else its model's ``sample_size`` (None where the
     model's config cannot be read; building the model reports why)."""
@@ -164,8 +194,9 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
         args.kl_weight = 1e-6 if kl_model else 0.0
     if args.kl_reduction is None:
         args.kl_reduction = "sum" if kl_model else "mean"
-    if args.kl_weight > 0 and args.model_type == "vqmodel":
-        parser.error("--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type vqmodel")
+    if args.kl_weight > 0 and args.model_type in ("vqmodel", "cvqvae"):
+        parser.error(f"--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type "
+                     f"{args.model_type}")
     if args.torch_compile and args.gradient_checkpointing and args.torch_compile_fullgraph:
         parser.error("--torch_compile with --gradient_checkpointing: dynamo cannot trace the checkpointed blocks into "
                      "one graph; add --no-torch_compile_fullgraph (the blocks then run between compiled graphs)")

@@ -157,6 +157,11 @@ class AutoencoderTrainingConfig:
     preset: str = "small-32"
     model_config_name_or_path: str | None = None
     gradient_checkpointing: bool = False
+    # --model_type cvqvae: the online clustered codebook (models.clustered_codebook; CVQ-VAE's reference in comments)
+    cvq_decay: float = 0.99  # of the usage's running average (the reference: 0.99)
+    cvq_distance: str = "cosine"  # or "euclidean" (the reference: cosine)
+    cvq_anchor: str = "probability"  # or "closest", "random" (the reference's quantiser: probability; its script: closest)
+    cvq_contrastive_weight: float = 0.0  # the contrastive term, 0: off (the reference's script: off)
     resolution: int | None = None
     center_crop: bool = False
     random_flip: bool = False
