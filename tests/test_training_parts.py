@@ -116,6 +116,35 @@ def test_micro_batch_seeds_are_distinct_and_reproducible():
     assert micro_batch_seed(1, 3, 7, 2, 1) != micro_batch_seed(0, 3, 7, 2, 1)
 
 
+def test_example_draws_follow_the_example_not_the_split_of_the_step():
+    from types import SimpleNamespace
+
+    from diffusers_brics.training.distributed import example_generators
+    from diffusers_brics.training.loop import Trainer
+
+    def positions(processes: int, accumulation: int, batch: int) -> list[list[int]]:
+        """Each micro-batch's positions, in the order accelerate deals out the batches of one process of them all."""
+        out = []
+        for micro_step in range(accumulation):
+            for rank in range(processes):
+                trainer = SimpleNamespace(micro_step=micro_step, config=SimpleNamespace(train_batch_size=batch),
+                                          accelerator=SimpleNamespace(num_processes=processes, process_index=rank))
+                out.append(list(Trainer.example_positions(trainer, batch)))
+        return out
+
+    assert positions(1, 1, 8) == [list(range(8))]
+    assert positions(2, 1, 4) == positions(1, 2, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert positions(2, 2, 2) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+    def noise(seed, step, first, count):
+        return torch.stack([torch.randn(3, generator=g) for g in example_generators(seed, step, range(first, first + count))])
+
+    whole = noise(0, 5, 0, 8)
+    torch.testing.assert_close(torch.cat([noise(0, 5, 0, 4), noise(0, 5, 4, 4)]), whole, rtol=0, atol=0)
+    assert len({tuple(row.tolist()) for row in whole}) == 8  # no two examples draw alike
+    assert not torch.equal(noise(0, 6, 0, 8), whole) and not torch.equal(noise(1, 5, 0, 8), whole)
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine", "constant_with_warmup"])
 def test_resume_follows_the_new_schedule_from_its_first_step(name):
     from diffusers.optimization import get_scheduler

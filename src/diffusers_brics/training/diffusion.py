@@ -36,6 +36,7 @@ from .data import (
     undecoded,
 )
 from .diffusion_args import parse_args
+from .distributed import example_generators
 from .hub import pipeline_patterns
 from .latent_space import LatentSpace, cached_codes
 from .loop import StageParts, Trainer, TrainingStage
@@ -156,30 +157,40 @@ class DiffusionStage(TrainingStage):
         vae.register_to_config(scaling_factor=float(factor))
 
     def training_step(self, trainer: Trainer, batch: dict, generator: torch.Generator, step: int) -> dict:
+        """One micro-batch. Its draws (flips, noise, timesteps, dropped conditions) come from one generator per
+        example (`example_generators`, not ``generator``), so a step's draws do not depend on how its batch is split
+        into processes and micro-batches: P processes of batch B train as one process of batch P * B."""
         c, device = self.config, trainer.device
+        size = len(batch["codes"] if "codes" in batch else batch["images"])
+        generators = example_generators(c.loop.seed, step, trainer.example_positions(size))
+
+        def per_example(draw) -> torch.Tensor:  # one draw of each example's generator, stacked along the batch
+            return torch.stack([draw(g) for g in generators])
+
         if "codes" in batch:
             codes = batch["codes"]
         else:
             self.skipped.add(batch["skipped"])
             images = batch["images"].to(device)
             if c.random_flip:
-                flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1).to(device)
+                flip = per_example(lambda g: torch.rand((), generator=g) < 0.5).view(-1, 1, 1, 1).to(device)
                 images = torch.where(flip, images.flip(-1), images)
             codes = self.space.encode(images)
         # latents -> diffusion space (BRICS key codes: [0, 1] -> by default [-1, 1]; images: as they are)
         x0 = self.space.to_diffusion_space(codes.float()).to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],),
-                                  generator=generator).to(device)
+        noise = per_example(lambda g: torch.randn(x0.shape[1:], generator=g)).to(device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = per_example(lambda g: torch.randint(0, steps, (), generator=g)).to(device)
         noisy = self.noise_scheduler.add_noise(x0, noise, timesteps)
         condition = {}
+        drop = None
+        if c.conditioning_dropout_prob:
+            drop = per_example(lambda g: drop_conditions(1, c.conditioning_dropout_prob, g)[0])
         if "class_labels" in batch:
             condition["class_labels"] = batch["class_labels"].to(device)
-            drop = drop_conditions(len(x0), c.conditioning_dropout_prob, generator)
             if drop is not None:
                 condition["class_labels"] = condition["class_labels"].masked_fill(drop.to(device), self.null_class_id)
         if "caption_ids" in batch:
-            drop = drop_conditions(len(x0), c.conditioning_dropout_prob, generator)
             condition.update(self.prompts.condition(batch["caption_ids"], drop, device))
         prediction = trainer.model(noisy, timesteps, **condition).sample
         target = {"epsilon": noise, "sample": x0}.get(c.prediction_type)

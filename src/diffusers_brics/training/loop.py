@@ -111,6 +111,7 @@ class Trainer:
         # Whether `model` is compiled (``torch_compile``): its forward then takes no torch.Generator.
         self.compiled = False
         self.nonfinite_steps = 0
+        self.micro_step = 0  # the micro-batch within the optimisation step, 0 .. gradient_accumulation_steps - 1
         self._nonfinite_in_a_row = 0
         self._step_is_bad = False
         # (optimizer, parameters, prepared, lr_scheduler) of the micro-batch's `apply_gradients` calls
@@ -132,6 +133,14 @@ class Trainer:
         """Images of one optimisation step, over processes and micro-batches."""
         c = self.config
         return c.train_batch_size * self.accelerator.num_processes * c.gradient_accumulation_steps
+
+    def example_positions(self, count: int) -> range:
+        """The positions of this process's current micro-batch of ``count`` examples in the optimisation step's
+        whole batch: accelerate deals an epoch's batches to the processes in turn, so micro-batch ``m`` of process
+        ``r`` is batch ``m * processes + r`` of the step, as one process of the whole batch would see it (for
+        `distributed.example_generators`)."""
+        first = (self.micro_step * self.accelerator.num_processes + self.accelerator.process_index)
+        return range(first * self.config.train_batch_size, first * self.config.train_batch_size + count)
 
     def apply_gradients(
         self, loss: torch.Tensor, optimizer, parameters, *, prepared: bool = True, lr_scheduler=None,
@@ -247,6 +256,7 @@ class Trainer:
                     # Per-step, per-process randomness that does not depend on where a run was interrupted.
                     generator.manual_seed(micro_batch_seed(c.seed, c.gradient_accumulation_steps, self.global_step,
                                                            micro_step, accelerator.process_index))
+                    self.micro_step = micro_step
                     if self._mark_cudagraph_steps:
                         torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's outputs
                     with accelerator.accumulate(self.model):
