@@ -28,6 +28,7 @@ from .config import (
     check_loop_arguments,
     defer_to_recipe,
     from_namespace,
+    read_field_defaults,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -55,83 +56,82 @@ SMALL_IMAGES = 64  # the largest image size (pixels) for which --training_recipe
 def build_parser() -> argparse.ArgumentParser:
     """The stage-1 command line; every flag is a field of `AutoencoderTrainingConfig`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, usage=SHORT_USAGE)
-    groups = add_loop_arguments(p, output_dir="brics-autoencoder", train_batch_size=16,
-                                learning_rate_scheduler="constant", lr_warmup_steps=0, max_grad_norm=None,
-                                validation_steps=500, ema_max_decay=0.999, ema_schedule="stylegan")
+    groups = add_loop_arguments(p)
     data, train, val = groups["data"], groups["training"], groups["validation"]
     data.add_argument("--resolution", type=positive_int, help="default: the model's sample_size")
     data.add_argument("--center_crop", action="store_true", help="centre crop (default: random crop)")
     data.add_argument("--random_flip", action="store_true", help="mirror half the images, drawn per step")
-    data.add_argument("--validation_fraction", type=float, default=0.05,
+    data.add_argument("--validation_fraction", type=float,
                       help="held out when the dataset has no validation/test split")
-    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers")
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, help="DataLoader workers")
     model = p.add_argument_group("model")
-    model.add_argument("--model_type", default="brics", choices=sorted(adapters.AUTOENCODER_CLASSES),
+    model.add_argument("--model_type", choices=sorted(adapters.AUTOENCODER_CLASSES),
                        help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel, or cvqvae: a "
                        "VQModel with CVQ-VAE's online clustered codebook (saved as a stock VQModel)")
     kinds = sorted(adapters.AUTOENCODER_CLASSES)
     presets = "; ".join(f"{kind}: {', '.join(adapters.presets_of(kind))}" for kind in kinds)
-    model.add_argument("--preset", default="small-32", help=f"a preset of the model type ({presets})")
-    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
+    model.add_argument("--preset", help=f"a preset of the model type ({presets})")
+    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES],
                        help=f"the defaults of the flags marked 'per --training_recipe': release (the authors'), small "
                        f"(ours for short runs on small images), auto (small up to {SMALL_IMAGES}x{SMALL_IMAGES} "
                        "images, else release)")
     model.add_argument("--model_config_name_or_path",
                        help="a config.json folder (or Hub id) of the model type, overriding --preset")
     model.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for memory")
-    model.add_argument("--kl_weight", type=non_negative_float, default=None,
+    model.add_argument("--kl_weight", type=non_negative_float,
                        help="BRICS: > 0 trains the KL variant (paper config c: KL-regularised key codes instead of the "
                        "relaxed-precision noise; paper weight 1e-6); default 0. AutoencoderKL: the KL term's weight, "
                        "default 1e-6 (LDM)")
-    model.add_argument("--kl_reduction", choices=["mean", "sum"], default=None,
+    model.add_argument("--kl_reduction", choices=["mean", "sum"],
                        help="the KL term averaged over a code's elements (the BRICS release; default for BRICS) or "
                             "summed over them (diffusers' DiagonalGaussianDistribution.kl(), C*H*W times stronger; "
                             "LDM's, default for AutoencoderKL)")
-    model.add_argument("--codebook_weight", type=non_negative_float, default=1.0,
+    model.add_argument("--codebook_weight", type=non_negative_float,
                        help="VQModel: weight of the codebook + 0.25 x commitment loss (taming-transformers: 1)")
     add_cvq_arguments(model)
-    train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Adam's rate (paper: 2e-3)")
+    train.add_argument("--learning_rate", type=positive_float, help="Adam's rate (paper: 2e-3)")
     train.add_argument("--grid_learning_rate", type=positive_float,
                        help="learning rate of the feature grids (default: --learning_rate)")
     train.add_argument("--disc_learning_rate", type=positive_float, help="default: --learning_rate")
-    train.add_argument("--adam_beta1", type=unit_interval, default=0.0, help="Adam beta1 (paper: 0)")
-    train.add_argument("--adam_beta2", type=unit_interval, default=0.99, help="Adam beta2 (paper: 0.99)")
-    train.add_argument("--adam_epsilon", type=positive_float, default=1e-15,
+    train.add_argument("--adam_beta1", type=unit_interval, help="Adam beta1 (paper: 0)")
+    train.add_argument("--adam_beta2", type=unit_interval, help="Adam beta2 (paper: 0.99)")
+    train.add_argument("--adam_epsilon", type=positive_float,
                        help="Adam eps of the autoencoder (paper: 1e-15, fast grid updates)")
-    train.add_argument("--disc_adam_epsilon", type=positive_float, default=1e-8, help="Adam eps of the discriminator")
+    train.add_argument("--disc_adam_epsilon", type=positive_float, help="Adam eps of the discriminator")
     loss = p.add_argument_group("loss")
-    loss.add_argument("--l2_weight", type=non_negative_float, default=20.0, help="weight of the L2 term (paper: 20)")
-    loss.add_argument("--perceptual_weight", type=non_negative_float, default=5.0,
+    loss.add_argument("--l2_weight", type=non_negative_float, help="weight of the L2 term (paper: 20)")
+    loss.add_argument("--perceptual_weight", type=non_negative_float,
                       help="perceptual loss weight (0: off)")
-    loss.add_argument("--perceptual_loss", choices=["vgg", "lpips"], default="vgg",
+    loss.add_argument("--perceptual_loss", choices=["vgg", "lpips"],
                       help="vgg: the release's L1 between VGG16 features (relu1_2 ... relu4_3, Johnson et al.); "
                            "lpips: LPIPS-VGG")
-    loss.add_argument("--perceptual_resolution", type=non_negative_int, default=224,
+    loss.add_argument("--perceptual_resolution", type=non_negative_int,
                       help="images are resized to this size for the VGG loss (the release: 224; 0: their own size)")
     loss.add_argument("--lpips_weights", help="folder with prepared LPIPS weights, whose VGG16 backbone the VGG loss "
                       "also uses (else BRICS_LPIPS_WEIGHTS/cache)")
-    loss.add_argument("--gan_weight", type=non_negative_float, default=1.0, help="0: no discriminator")
-    loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"], default="r1",
+    loss.add_argument("--gan_weight", type=non_negative_float, help="0: no discriminator")
+    loss.add_argument("--gan_loss", choices=["r1", "wgan-gp"],
                       help="r1: non-saturating + lazy R1 (the release); wgan-gp: the paper's text")
-    loss.add_argument("--r1_gamma", type=non_negative_float, default=4.0, help="R1 weight gamma")
-    loss.add_argument("--r1_interval", type=positive_int, default=16, help="R1 every N steps (lazy)")
-    loss.add_argument("--r1_lazy_adjustment", action=argparse.BooleanOptionalAction, default=True,
+    loss.add_argument("--r1_gamma", type=non_negative_float, help="R1 weight gamma")
+    loss.add_argument("--r1_interval", type=positive_int, help="R1 every N steps (lazy)")
+    loss.add_argument("--r1_lazy_adjustment", action=argparse.BooleanOptionalAction,
                       help="StyleGAN2's lazy-regularisation adjustment of the discriminator's Adam: lr x c and betas "
                            "** c with c = interval / (interval + 1) (the release)")
-    loss.add_argument("--gp_weight", type=non_negative_float, default=4.0, help="WGAN-GP gradient-penalty weight")
-    loss.add_argument("--disc_start", type=non_negative_int, default=0, help="step at which the GAN loss starts")
-    loss.add_argument("--disc_channel_base", type=positive_int, default=None,
+    loss.add_argument("--gp_weight", type=non_negative_float, help="WGAN-GP gradient-penalty weight")
+    loss.add_argument("--disc_start", type=non_negative_int, help="step at which the GAN loss starts")
+    loss.add_argument("--disc_channel_base", type=positive_int,
                       help="channels at resolution r are min(base / r, max); default: 32768 (NVlabs) from 256x256 "
                            "up, 64 * resolution below")
-    loss.add_argument("--disc_channel_max", type=positive_int, default=None,
+    loss.add_argument("--disc_channel_max", type=positive_int,
                       help="default: 512 from 256x256 up, 256 below")
-    val.add_argument("--eval_batch_size", type=positive_int, default=64, help="held-out images per batch")
-    val.add_argument("--num_validation_images", type=positive_int, default=16, help="images in the reconstruction grid")
-    val.add_argument("--max_eval_images", type=positive_int, default=None, help="cap on held-out images for metrics")
-    val.add_argument("--eval_with_noise", action=argparse.BooleanOptionalAction, default=True,
+    val.add_argument("--eval_batch_size", type=positive_int, help="held-out images per batch")
+    val.add_argument("--num_validation_images", type=positive_int, help="images in the reconstruction grid")
+    val.add_argument("--max_eval_images", type=positive_int, help="cap on held-out images for metrics")
+    val.add_argument("--eval_with_noise", action=argparse.BooleanOptionalAction,
                      help="held-out metrics with the relaxed-precision noise and random decoder noise, as the "
                           "release's measure_recon_error.py (drawn from a fixed seed); --no-eval_with_noise: the "
                           "deterministic decode a pipeline uses")
+    read_field_defaults(p, AutoencoderTrainingConfig)
     defer_to_recipe(p, TRAINING_RECIPES)
     return p
 
@@ -189,12 +189,7 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
         args.training_recipe = "small" if size is not None and size <= SMALL_IMAGES else "release"
     apply_recipe(args, TRAINING_RECIPES[args.training_recipe])
     check_loop_arguments(parser, args)
-    kl_model = args.model_type == "autoencoderkl"
-    if args.kl_weight is None:
-        args.kl_weight = 1e-6 if kl_model else 0.0
-    if args.kl_reduction is None:
-        args.kl_reduction = "sum" if kl_model else "mean"
-    if args.kl_weight > 0 and args.model_type in ("vqmodel", "cvqvae"):
+    if args.kl_weight and args.model_type in ("vqmodel", "cvqvae"):
         parser.error(f"--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type "
                      f"{args.model_type}")
     if args.torch_compile and args.gradient_checkpointing and args.torch_compile_fullgraph:

@@ -6,6 +6,11 @@ object from parsed arguments, `flat_settings` lists it back for a model card or 
 `DataConfig`; each stage adds its own: `AutoencoderTrainingConfig` (with `AutoencoderLossConfig`) and
 `DiffusionTrainingConfig`, built by the stages' command lines (`training.autoencoder_args`,
 `training.diffusion_args`).
+
+The fields are the one source of the defaults: each stage's parser reads its flags' defaults from its settings class
+(`read_field_defaults`; the stages' own loop defaults are the fields of `AutoencoderLoopConfig` and
+`DiffusionLoopConfig`), and a default that follows from other settings (``None`` in a field) is resolved in that
+class's ``__post_init__``, beside the field. Only the training recipes (`apply_recipe`) change defaults after that.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import importlib.util
 import os
 import typing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 
@@ -123,6 +129,37 @@ class LoopConfig:
 
 
 @dataclass
+class AutoencoderLoopConfig(LoopConfig):
+    """Stage 1's loop defaults: the release's batch, constant rate and StyleGAN2 EMA."""
+
+    output_dir: str = "brics-autoencoder"
+    ema: EMAConfig = field(default_factory=partial(EMAConfig, ema_schedule="stylegan", ema_max_decay=0.999))
+
+
+@dataclass
+class DiffusionLoopConfig(LoopConfig):
+    """Stage 2's loop defaults: diffusers' unconditional training script's batch, warm-up, cosine rate, clipping and
+    EMA warm-up."""
+
+    output_dir: str = "brics-diffusion"
+    train_batch_size: int = 64
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    max_grad_norm: float | None = 1.0
+    validation_steps: int = 1000
+    ema: EMAConfig = field(default_factory=partial(EMAConfig, ema_schedule="warmup", ema_max_decay=0.9999))
+
+
+#: ``--autoencoder`` values that ask for diffusion on the images themselves (stage 2's pixel space)
+PIXEL_SPACE = ("none", "pixels")
+
+
+def is_pixel_space(autoencoder: str) -> bool:
+    """Whether an ``--autoencoder`` value asks for pixel-space diffusion (``none`` or ``pixels``)."""
+    return str(autoencoder).strip().lower() in PIXEL_SPACE
+
+
+@dataclass
 class AutoencoderLossConfig:
     """The terms of the stage-1 loss and the discriminator."""
 
@@ -140,8 +177,8 @@ class AutoencoderLossConfig:
     disc_start: int = 0
     disc_channel_base: int | None = None
     disc_channel_max: int | None = None
-    kl_weight: float = 0.0
-    kl_reduction: str = "mean"
+    kl_weight: float | None = None  # AutoencoderKL: 1e-6 (LDM), else 0 (AutoencoderTrainingConfig.__post_init__)
+    kl_reduction: str | None = None  # AutoencoderKL: "sum" (LDM), else "mean" (the BRICS release)
     codebook_weight: float = 1.0
 
 
@@ -149,9 +186,9 @@ class AutoencoderLossConfig:
 class AutoencoderTrainingConfig:
     """Everything a stage-1 run needs; `training.autoencoder_args.parse_args` builds it from the command line."""
 
-    loop: LoopConfig
-    data: DataConfig
-    loss: AutoencoderLossConfig
+    loop: AutoencoderLoopConfig = field(default_factory=AutoencoderLoopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
     model_type: str = "brics"
     training_recipe: str = "auto"
     preset: str = "small-32"
@@ -179,14 +216,22 @@ class AutoencoderTrainingConfig:
     max_eval_images: int | None = None
     eval_with_noise: bool = True
 
+    def __post_init__(self) -> None:
+        # the KL term as LDM trains AutoencoderKL (weight 1e-6, summed); off for BRICS, averaged as its release does
+        kl_model = self.model_type == "autoencoderkl"
+        if self.loss.kl_weight is None:
+            self.loss.kl_weight = 1e-6 if kl_model else 0.0
+        if self.loss.kl_reduction is None:
+            self.loss.kl_reduction = "sum" if kl_model else "mean"
+
 
 @dataclass
 class DiffusionTrainingConfig:
     """Everything a stage-2 run needs; `training.diffusion_args.parse_args` builds it from the command line."""
 
-    loop: LoopConfig
-    data: DataConfig
-    autoencoder: str
+    loop: DiffusionLoopConfig = field(default_factory=DiffusionLoopConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: str = field(kw_only=True)  # required: a folder or Hub id, or "none" for pixel space
     autoencoder_subfolder: str | None = None
     scaling_factor: float | str | None = None
     resolution: int | None = None
@@ -202,10 +247,11 @@ class DiffusionTrainingConfig:
     conditioning_dropout_prob: float | None = None
     validation_guidance_scale: float | None = None
     unet_preset: str = "small"
+    gradient_checkpointing: bool = False
     training_recipe: str = "auto"
     schedule: str = "cosine-variant"
     prediction_type: str = "epsilon"
-    snr_gamma: float = 0.0
+    snr_gamma: float | None = None
     num_train_timesteps: int = 1000
     learning_rate: float = 8e-5
     adam_beta1: float = 0.9
@@ -214,6 +260,16 @@ class DiffusionTrainingConfig:
     adam_epsilon: float = 1e-8
     num_validation_images: int = 8
     num_inference_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.resolution is None and is_pixel_space(self.autoencoder):
+            self.resolution = 32  # an autoencoder's images are its own sample_size
+        if self.snr_gamma is None:  # min-SNR-5 with the cosine schedule (paper config a), none with config b
+            self.snr_gamma = 5.0 if self.schedule == "cosine" else 0.0
+        if self.conditioning_dropout_prob is None:  # classifier-free guidance for text, as diffusers' scripts train
+            self.conditioning_dropout_prob = 0.1 if self.caption_column else 0.0
+        if self.validation_guidance_scale is None:  # guidance only where the UNet learned the unconditional model
+            self.validation_guidance_scale = 3.0 if self.conditioning_dropout_prob else 1.0
 
 
 def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
@@ -229,6 +285,40 @@ def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a (nested) settings class, by flag name; a nested settings field contributes the
+    fields of its default object. Required fields are left out."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(hints[item.name]):
+            out.update(_values(item.default_factory()))
+        elif item.default is not dataclasses.MISSING:
+            out[item.name] = item.default
+    return out
+
+
+def _values(settings: Any) -> dict[str, Any]:
+    """Every field of a (nested) settings object, by flag name."""
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        out.update(_values(value) if dataclasses.is_dataclass(value) else {item.name: value})
+    return out
+
+
+def read_field_defaults(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Give every flag of ``parser`` that names a field of ``cls`` that field's default (`field_defaults`): the
+    parser holds no defaults of its own. Every flag must name a field with a default, or be required."""
+    defaults = field_defaults(cls)
+    for action in parser._actions:
+        if action.dest == "help" or action.required:
+            continue
+        if action.dest not in defaults:
+            raise TypeError(f"the flag --{action.dest} is not a field of {cls.__name__} with a default")
+        action.default = defaults[action.dest]
+
+
 def flat_settings(settings: Any, secret: tuple[str, ...] = ("hub_token",)) -> dict[str, Any]:
     """The fields of a (nested) settings object as one flat dict, leaving out unset values and secrets."""
     out: dict[str, Any] = {}
@@ -242,13 +332,10 @@ def flat_settings(settings: Any, secret: tuple[str, ...] = ("hub_token",)) -> di
 
 
 # ---------------------------------------------------------------------------------------------- flags
-def add_loop_arguments(
-    parser: argparse.ArgumentParser, *, output_dir: str, train_batch_size: int, learning_rate_scheduler: str,
-    lr_warmup_steps: int, max_grad_norm: float | None, validation_steps: int, ema_max_decay: float,
-    ema_schedule: str,
-) -> dict[str, argparse._ArgumentGroup]:
-    """The flags of `DataConfig`, `LoopConfig` and `EMAConfig`, with a stage's defaults; returns the groups by title
-    ("data", "training", "run", "validation", "logging and checkpoints", "hub") for a stage to add its own flags."""
+def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The flags of `DataConfig`, `LoopConfig` and `EMAConfig` (their defaults are read from a stage's settings class
+    by `read_field_defaults`); returns the groups by title ("data", "training", "run", "validation", "logging and
+    checkpoints", "hub") for a stage to add its own flags."""
     from diffusers.optimization import SchedulerType  # imports torch: not on import of this module
 
     data = parser.add_argument_group("data")
@@ -260,40 +347,39 @@ def add_loop_arguments(
     data.add_argument("--strict_data", action="store_true",
                       help="stop at the first unreadable image instead of skipping it (skips are counted and reported)")
     train = parser.add_argument_group("training")
-    train.add_argument("--train_batch_size", type=positive_int, default=train_batch_size, help="images per process")
-    train.add_argument("--num_epochs", type=positive_int, default=100, help="epochs, unless --max_train_steps")
+    train.add_argument("--train_batch_size", type=positive_int, help="images per process")
+    train.add_argument("--num_epochs", type=positive_int, help="epochs, unless --max_train_steps")
     train.add_argument("--max_train_steps", type=positive_int, help="optimisation steps (overrides --num_epochs)")
-    train.add_argument("--lr_scheduler", default=learning_rate_scheduler, choices=[t.value for t in SchedulerType],
+    train.add_argument("--lr_scheduler", choices=[t.value for t in SchedulerType],
                        help="diffusers' learning-rate schedule")
-    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=lr_warmup_steps,
+    train.add_argument("--lr_warmup_steps", type=non_negative_int,
                        help="linear warm-up steps of the schedule")
-    train.add_argument("--max_grad_norm", type=positive_float, default=max_grad_norm,
-                       help="clip the trained model's gradient norm (default: none)" if max_grad_norm is None
-                       else "clip the trained model's gradient norm")
-    train.add_argument("--max_nonfinite_steps", type=positive_int, default=10,
+    train.add_argument("--max_grad_norm", type=positive_float,
+                       help="clip the trained model's gradient norm (unset: no clipping)")
+    train.add_argument("--max_nonfinite_steps", type=positive_int,
                        help="a step with a non-finite loss or gradient is skipped (nothing applied, EMA untouched); "
                             "this many in a row stop training, the last checkpoint intact")
-    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+    train.add_argument("--use_ema", action=argparse.BooleanOptionalAction,
                        help="keep an EMA of the weights, validated and saved at the end")
-    train.add_argument("--ema_schedule", choices=["stylegan", "warmup"], default=ema_schedule,
+    train.add_argument("--ema_schedule", choices=["stylegan", "warmup"],
                        help="stylegan: half-life --ema_halflife_kimg with --ema_rampup (the BRICS release); warmup: "
                             "diffusers' EMAModel warm-up capped at --ema_max_decay")
-    train.add_argument("--ema_max_decay", type=unit_interval, default=ema_max_decay, help="warmup schedule: the cap")
-    train.add_argument("--ema_power", type=positive_float, default=3 / 4,
+    train.add_argument("--ema_max_decay", type=unit_interval, help="warmup schedule: the cap")
+    train.add_argument("--ema_power", type=positive_float,
                        help="warmup schedule: decay = 1 - (1 + step) ** -power")
-    train.add_argument("--ema_halflife_kimg", type=positive_float, default=None,
+    train.add_argument("--ema_halflife_kimg", type=positive_float,
                        help="stylegan schedule: half-life in thousands of images (default: 10 * total batch / 32)")
-    train.add_argument("--ema_rampup", type=non_negative_float, default=0.05,
+    train.add_argument("--ema_rampup", type=non_negative_float,
                        help="stylegan schedule: half-life ramp-up as a fraction of the images seen (0: none)")
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default=output_dir, help="checkpoints, logs and the final model")
-    run.add_argument("--seed", type=int, default=0, help="seeds initialisation and every random draw of training")
-    run.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+    run.add_argument("--output_dir", help="checkpoints, logs and the final model")
+    run.add_argument("--seed", type=int, help="seeds initialisation and every random draw of training")
+    run.add_argument("--gradient_accumulation_steps", type=positive_int,
                      help="micro-batches per optimisation step")
     run.add_argument("--max_train_seconds", type=positive_float,
                      help="stop, with a checkpoint and the final save, after this much training time (the "
                           "learning-rate schedule still spans the step count)")
-    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
                      help="autocast precision (fp16 needs a GPU; default: accelerate's configuration)")
     run.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is available")
     run.add_argument("--torch_compile", action="store_true",
@@ -302,23 +388,22 @@ def add_loop_arguments(
                           "perceptual loss run eagerly, and checkpoints hold the plain module's weights. Its random "
                           "draws then come from the global RNG, seeded per step (deterministic, but not the eager "
                           "run's draws)")
-    run.add_argument("--torch_compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
-                     default="default", help="torch.compile mode (inductor backend only)")
-    run.add_argument("--torch_compile_backend", default="inductor",
+    run.add_argument("--torch_compile_mode", choices=["default", "reduce-overhead", "max-autotune"], help="torch.compile mode (inductor backend only)")
+    run.add_argument("--torch_compile_backend",
                      help="torch.compile backend: inductor generates kernels; eager and aot_eager only trace (checks "
                           "that the model compiles, in seconds)")
-    run.add_argument("--torch_compile_fullgraph", action=argparse.BooleanOptionalAction, default=True,
+    run.add_argument("--torch_compile_fullgraph", action=argparse.BooleanOptionalAction,
                      help="trace the whole training forward as one graph, failing at a graph break (the BRICS "
                           "autoencoder, diffusers' AutoencoderKL, VQModel and UNet2DModel all trace as one graph); "
                           "--no-torch_compile_fullgraph lets dynamo run the breaks in Python")
     val = parser.add_argument_group("validation")
-    val.add_argument("--validation_steps", type=positive_int, default=validation_steps, help="validate every N steps")
+    val.add_argument("--validation_steps", type=positive_int, help="validate every N steps")
     log = parser.add_argument_group("logging and checkpoints")
-    log.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all", "none"],
+    log.add_argument("--report_to", choices=["tensorboard", "wandb", "all", "none"],
                      help="trackers")
-    log.add_argument("--logging_dir", default="logs", help="tracker folder inside --output_dir")
-    log.add_argument("--checkpointing_steps", type=positive_int, default=1000, help="checkpoint every N steps")
-    log.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
+    log.add_argument("--logging_dir", help="tracker folder inside --output_dir")
+    log.add_argument("--checkpointing_steps", type=positive_int, help="checkpoint every N steps")
+    log.add_argument("--checkpoints_total_limit", type=positive_int,
                      help="keep this many newest checkpoints")
     log.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
     hub = parser.add_argument_group("hub")

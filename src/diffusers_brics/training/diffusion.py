@@ -223,11 +223,8 @@ class DiffusionStage(TrainingStage):
 
     @property
     def guidance_scale(self) -> float:
-        """The validation samples' guidance: ``--validation_guidance_scale``, else 3 with conditioning dropout."""
-        c = self.config
-        if not c.conditioning_dropout_prob:
-            return 1.0
-        return 3.0 if c.validation_guidance_scale is None else c.validation_guidance_scale
+        """The validation samples' guidance (``--validation_guidance_scale``; 1 without conditioning dropout)."""
+        return self.config.validation_guidance_scale
 
     def validate(self, trainer: Trainer, model: UNet2DModel, step: int) -> dict[str, float]:
         """Samples from fixed seeds (cycling through the classes of a conditional UNet; one caption each for a text

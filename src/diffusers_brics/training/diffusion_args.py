@@ -35,12 +35,13 @@ from .config import (
     check_loop_arguments,
     defer_to_recipe,
     from_namespace,
+    is_pixel_space,
+    read_field_defaults,
     non_negative_float,
     positive_float,
     positive_int,
     unit_interval,
 )
-from .latent_space import is_pixel_space
 from .unet import UNET_PRESETS
 
 #: Stage-2 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``release`` for the ``paper`` UNet,
@@ -78,65 +79,67 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a trained BRICSAutoencoder (or AutoencoderKL / VQModel): local folder or Hub id; a stage-1 "
                    "output folder is read from its autoencoder/ subfolder. 'none' (or 'pixels'): no autoencoder, "
                    "diffusion on the images themselves, saved as a diffusers DDPMPipeline")
-    p.add_argument("--autoencoder_subfolder", default=None, help="e.g. 'vae' for a pipeline repo")
-    p.add_argument("--scaling_factor", type=scaling_factor, default=None,
+    p.add_argument("--autoencoder_subfolder", help="e.g. 'vae' for a pipeline repo")
+    p.add_argument("--scaling_factor", type=scaling_factor,
                    help="latents -> diffusion space scale: a number, or 'fit' for 1 / std of the training set's "
                    "latents (unit variance). Unset: a BRICS autoencoder's own map onto [-1, 1], fitted for "
                    "AutoencoderKL / VQModel latents. Not with --autoencoder none")
-    p.add_argument("--resolution", type=positive_int, default=None,
+    p.add_argument("--resolution", type=positive_int,
                    help="with --autoencoder none: the image size (default 32); an autoencoder's images are its own "
                    "sample_size")
-    groups = add_loop_arguments(p, output_dir="brics-diffusion", train_batch_size=64, learning_rate_scheduler="cosine",
-                                lr_warmup_steps=500, max_grad_norm=1.0, validation_steps=1000, ema_max_decay=0.9999,
-                                ema_schedule="warmup")
+    groups = add_loop_arguments(p)
     data, train, val = groups["data"], groups["training"], groups["validation"]
     data.add_argument("--center_crop", action="store_true", help="with --encode_on_the_fly (cached codes always are)")
     data.add_argument("--random_flip", action="store_true", help="also cache the key codes of flipped images")
     data.add_argument("--encode_on_the_fly", action="store_true", help="encode every batch instead of caching")
-    data.add_argument("--encode_batch_size", type=positive_int, default=64, help="images per encoding batch")
-    data.add_argument("--class_column", default=None,
+    data.add_argument("--encode_batch_size", type=positive_int, help="images per encoding batch")
+    data.add_argument("--class_column",
                       help="train a class-conditional UNet on this column (an imagefolder's 'label'; 'category' of the "
                       "embedded emoji)")
     cond = p.add_argument_group("conditioning")
-    cond.add_argument("--caption_column", default=None,
+    cond.add_argument("--caption_column",
                       help="train a text-to-image UNet on this column's captions (one string per image; the embedded "
                       "emoji's 'caption' is 'short name, [skin tone,] category'), saved as a BRICSTextToImagePipeline")
-    cond.add_argument("--text_encoder_name_or_path", default=None,
+    cond.add_argument("--text_encoder_name_or_path",
                       help="the transformers text encoder and tokenizer (folder or Hub id; a pipeline's text_encoder/ "
                       "and tokenizer/ or a model repo: CLIP, T5, ...). Default: a CLIPTextModel of "
                       "--text_encoder_preset built from a config, with a BPE tokenizer trained on the captions")
-    cond.add_argument("--text_encoder_preset", default="small", choices=["tiny", "small"],
+    cond.add_argument("--text_encoder_preset", choices=["tiny", "small"],
                       help="the size of the text encoder built when no --text_encoder_name_or_path is given")
     cond.add_argument("--train_text_encoder", action="store_true",
                       help="train the text encoder with the UNet (default: frozen, its hidden states computed once)")
-    cond.add_argument("--conditioning_dropout_prob", type=unit_interval, default=None,
+    cond.add_argument("--conditioning_dropout_prob", type=unit_interval,
                       help="probability of replacing an example's condition by the null one (the empty caption; a "
                       "learned null class) for classifier-free guidance (default: 0.1 with --caption_column, else 0)")
-    cond.add_argument("--validation_guidance_scale", type=non_negative_float, default=None,
+    cond.add_argument("--validation_guidance_scale", type=non_negative_float,
                       help="guidance of the validation samples (default: 3 when trained with conditioning dropout, "
                       "else 1)")
     model = p.add_argument_group("model")
-    model.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS), help="the UNet's size")
-    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES], default="auto",
+    model.add_argument("--unet_preset", choices=sorted(UNET_PRESETS), help="the UNet's size")
+    model.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute the UNet's blocks in the backward pass instead of keeping their activations "
+                       "(less memory, about a third more compute)")
+    model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES],
                        help="the defaults of the flags marked 'per --training_recipe': release (the authors'), short "
                        "(ours for runs of a few thousand steps), auto (release for --unet_preset paper, else short)")
-    model.add_argument("--schedule", choices=["cosine-variant", "cosine"], default="cosine-variant",
+    model.add_argument("--schedule", choices=["cosine-variant", "cosine"],
                        help="noise schedule: Chen 2023's cosine variant (paper config b) or cosine (config a)")
-    model.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"], default="epsilon",
+    model.add_argument("--prediction_type", choices=["epsilon", "v_prediction", "sample"],
                        help="what the UNet predicts: the noise (the paper), v (Salimans and Ho 2022) or the clean "
                        "key codes; saved in the scheduler's config, which every diffusers sampler reads")
-    model.add_argument("--snr_gamma", type=non_negative_float, default=None,
+    model.add_argument("--snr_gamma", type=non_negative_float,
                        help="min-SNR loss weighting, 0 for none (default: 5 with --schedule cosine, paper config a; "
                        "none with cosine-variant, config b)")
-    model.add_argument("--num_train_timesteps", type=positive_int, default=1000, help="diffusion steps")
-    train.add_argument("--learning_rate", type=positive_float, default=8e-5,
+    model.add_argument("--num_train_timesteps", type=positive_int, help="diffusion steps")
+    train.add_argument("--learning_rate", type=positive_float,
                        help="the release's command: 8e-5 (the paper's table: 8e-4)")
-    train.add_argument("--adam_beta1", type=unit_interval, default=0.9, help="AdamW beta1")
-    train.add_argument("--adam_beta2", type=unit_interval, default=0.999, help="AdamW beta2")
-    train.add_argument("--adam_weight_decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
-    train.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW eps")
-    val.add_argument("--num_validation_images", type=positive_int, default=8, help="samples in the grid")
-    val.add_argument("--num_inference_steps", type=positive_int, default=100, help="sampling steps for the grid")
+    train.add_argument("--adam_beta1", type=unit_interval, help="AdamW beta1")
+    train.add_argument("--adam_beta2", type=unit_interval, help="AdamW beta2")
+    train.add_argument("--adam_weight_decay", type=non_negative_float, help="AdamW weight decay")
+    train.add_argument("--adam_epsilon", type=positive_float, help="AdamW eps")
+    val.add_argument("--num_validation_images", type=positive_int, help="samples in the grid")
+    val.add_argument("--num_inference_steps", type=positive_int, help="sampling steps for the grid")
+    read_field_defaults(p, DiffusionTrainingConfig)
     defer_to_recipe(p, TRAINING_RECIPES)
     return p
 
@@ -150,8 +153,6 @@ def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
         args.training_recipe = "release" if args.unet_preset == "paper" else "short"
     apply_recipe(args, TRAINING_RECIPES[args.training_recipe])
     check_loop_arguments(parser, args)
-    if args.snr_gamma is None:
-        args.snr_gamma = 5.0 if args.schedule == "cosine" else 0.0
     if is_pixel_space(args.autoencoder):
         why = f"--autoencoder {args.autoencoder} trains on the images themselves"
         if scaling_given:
@@ -163,15 +164,12 @@ def parse_args(argv: list[str] | None = None) -> DiffusionTrainingConfig:
                              "takes no condition; train unconditionally, or on an autoencoder's latents")
         if args.autoencoder_subfolder is not None:
             parser.error(f"--autoencoder_subfolder names where an autoencoder is; {why}")
-        args.resolution = args.resolution or 32
     if args.class_column is not None and args.caption_column is not None:
         parser.error("--class_column and --caption_column: condition on one of them")
     if args.caption_column is None:
         for flag in ("text_encoder_name_or_path", "train_text_encoder"):
             if getattr(args, flag):
                 parser.error(f"--{flag} applies to text-to-image training: pass --caption_column")
-    if args.conditioning_dropout_prob is None:
-        args.conditioning_dropout_prob = 0.1 if args.caption_column else 0.0
     if args.conditioning_dropout_prob and args.class_column is None and args.caption_column is None:
         parser.error("--conditioning_dropout_prob drops a condition: pass --class_column or --caption_column")
     if args.validation_guidance_scale is not None and not args.conditioning_dropout_prob:

@@ -12,20 +12,13 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..models import adapters
-from .config import DiffusionTrainingConfig
+from .config import DiffusionTrainingConfig, is_pixel_space
 from .data import UnreadableImage
 from .distributed import weights_digest
 
 logger = get_logger(__name__)
 
 CACHE_RECORD = "brics_key_code_cache.json"
-# --autoencoder values that mean "no autoencoder": diffusion on the images themselves.
-PIXEL_SPACE = ("none", "pixels")
-
-
-def is_pixel_space(autoencoder: str) -> bool:
-    """Whether an ``--autoencoder`` value asks for pixel-space diffusion (``none`` or ``pixels``)."""
-    return autoencoder.strip().lower() in PIXEL_SPACE
 
 
 class LatentSpace:
