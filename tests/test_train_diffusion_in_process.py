@@ -334,3 +334,28 @@ def test_scaling_factor_refuses_other_words(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--autoencoder", "some/vae", "--scaling_factor", "unit"])
     assert "--scaling_factor: must be 'fit' or a number > 0, got 'unit'" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_recomputes_the_unet_blocks_and_trains_the_same_weights(
+    tmp_path, autoencoder, images, monkeypatch
+):
+    import torch.utils.checkpoint
+    from safetensors.torch import load_file
+
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted)
+    common = dict(autoencoder=autoencoder, train_data_dir=images, max_train_steps=2, checkpointing_steps=2)
+    assert train(**common, output_dir=tmp_path / "plain") == 0
+    assert not calls
+    assert train(**common, output_dir=tmp_path / "checkpointed", gradient_checkpointing=True) == 0
+    assert calls  # diffusers' UNet blocks ran through torch.utils.checkpoint
+    plain, checkpointed = (load_file(tmp_path / run / "unet" / "diffusion_pytorch_model.safetensors")
+                           for run in ("plain", "checkpointed"))  # fmt: skip
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], msg=key)

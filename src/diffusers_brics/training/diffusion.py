@@ -106,6 +106,8 @@ class DiffusionStage(TrainingStage):
         classes = None if self.class_names is None else len(self.class_names) + (self.null_class_id is not None)
         width = text_embedding_dim(self.text_encoder) if self.prompts is not None else None
         unet = build_unet(c, space, classes, width)
+        if c.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         if c.train_text_encoder:
             unet = TextConditionedUNet.wrap(unet, self.text_encoder)
         self.noise_scheduler = build_scheduler(c, key_code_bound(space.vae))
