@@ -216,7 +216,6 @@ def test_class_names_round_trip_and_select_classes(tmp_path, caplog):
         (dict(batch_size=1, latents=[[0.0]]), "latents must be a torch.Tensor"),
         (dict(batch_size=1, num_inference_steps=0), "num_inference_steps"),
         (dict(batch_size=1, num_inference_steps=-1), "num_inference_steps"),
-        (dict(batch_size=1, num_inference_steps=None), "num_inference_steps"),
         (dict(batch_size=1, num_inference_steps=2.5), "num_inference_steps"),
         (dict(batch_size=1, num_inference_steps=True), "num_inference_steps"),
         (dict(batch_size=1, num_inference_steps=1001), r"num_inference_steps must be .*1000"),

@@ -5,7 +5,7 @@
     brics reconstruct IMAGE... --model M               images through the autoencoder, with their key codes
     brics encode IMAGE... --model M --output Z.safetensors
     brics decode Z.safetensors --model M               key codes back to images
-    brics sample --model M --num_images 8 --seed 0 --num_inference_steps 50 --scheduler ddim
+    brics sample --model M --num_images 8 --seed 0 [--num_inference_steps 50] --scheduler ddim
     brics sample --model M --prompt TEXT               a text-to-image pipeline (--guidance_scale, default 3)
     brics sample --model M --image IN.png --strength 0.6 [--mask MASK.png]     image-to-image, inpainting
     brics interpolate A B --model M --steps 8          decoded key codes between two images
@@ -198,12 +198,14 @@ def sample(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .pipelines.loading import swap_scheduler
+    from .pipelines.sampling import inference_steps
 
     pipeline = swap_scheduler(load(args).require_pipeline(), args.scheduler)
     kwargs = sampling_arguments(args, pipeline)
+    steps = inference_steps(pipeline, args.num_inference_steps)  # unset: the pipeline's own default
     output_folder(args.output_dir)
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
-    images = pipeline(generator=generators, num_inference_steps=args.num_inference_steps, **kwargs).images
+    images = pipeline(generator=generators, num_inference_steps=steps, **kwargs).images
     for path, image in zip(outputs, images):
         image.save(path)
     columns = min(8, len(images))
@@ -343,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_arguments(p)
     p.add_argument("--num_images", type=positive_int, default=8, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
-    p.add_argument("--num_inference_steps", type=positive_int, default=50, help="denoising steps (with --image: the "
-                   "last --strength of them run)")
+    p.add_argument("--num_inference_steps", type=positive_int, default=None,
+                   help="denoising steps (with --image: the last --strength of them run); default: the pipeline's "
+                   "own (what its training recorded), else 50, or with --scheduler ddpm the training schedule's "
+                   "num_train_timesteps")
     p.add_alias("--steps", "--num_inference_steps")  # its earlier name
     p.add_argument("--scheduler", choices=SCHEDULERS, default="ddim",
                    help="the sampler (ddpm: the training schedule; ddim; dpm: DPM-Solver++)")

@@ -15,7 +15,7 @@ from ..models.autoencoder_brics import BRICSAutoencoder
 from ..utils import is_integer
 from .base_pipeline import BRICSDiffusionPipeline
 from .inputs import ImageInput, MaskInput, check_editing_inputs, check_sampling_inputs, count_images, prepare_edit
-from .sampling import denoise, to_output
+from .sampling import check_default_steps, denoise, inference_steps, to_output
 
 
 class BRICSPipeline(BRICSDiffusionPipeline):
@@ -32,6 +32,8 @@ class BRICSPipeline(BRICSDiffusionPipeline):
             ``model_index.json``; ``pipe.labels`` maps them back to ids, and ``class_labels`` accepts them.
         null_class_id (`int`, optional): the class id a class-conditional UNet was trained with in place of the
             class (conditioning dropout), which classifier-free guidance (``guidance_scale``) needs.
+        default_num_inference_steps (`int`, optional): the step count ``__call__`` runs when given none, saved in
+            ``model_index.json`` (training records the one its samples used, with a DDIM scheduler).
 
     Saving and loading: see `BRICSDiffusionPipeline` (a local folder, a Hub repo id, or stock diffusers with
     ``trust_remote_code=True``).
@@ -42,11 +44,13 @@ class BRICSPipeline(BRICSDiffusionPipeline):
     # id2label is dict[int, str], annotated as a plain dict: model_index.json gives it back with str keys, which
     # diffusers' type check on loading would warn about.
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, vae: BRICSAutoencoder | AutoencoderKL | VQModel,
-                 id2label: dict | None = None, null_class_id: int | None = None):
+                 id2label: dict | None = None, null_class_id: int | None = None,
+                 default_num_inference_steps: int | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         id2label = {int(i): str(name) for i, name in id2label.items()} if id2label else None  # JSON keys are str
-        self.register_to_config(id2label=id2label, null_class_id=null_class_id)
+        self.register_to_config(id2label=id2label, null_class_id=null_class_id,
+                                default_num_inference_steps=check_default_steps(default_num_inference_steps))
 
     @property
     def labels(self) -> dict[str, int]:
@@ -56,7 +60,7 @@ class BRICSPipeline(BRICSDiffusionPipeline):
     def check_inputs(
         self,
         batch_size: int,
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         latents: torch.Tensor | None,
         generator: torch.Generator | list[torch.Generator] | None,
         class_labels: int | str | list[int | str] | torch.Tensor | None,
@@ -112,7 +116,7 @@ class BRICSPipeline(BRICSDiffusionPipeline):
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         latents: torch.Tensor | np.ndarray | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -129,8 +133,11 @@ class BRICSPipeline(BRICSDiffusionPipeline):
         Args:
             batch_size: number of images (with several images to edit and ``batch_size`` 1: one per image).
             generator: a `torch.Generator` (or one per image) for reproducible sampling.
-            num_inference_steps: denoising steps, from 1 to the scheduler's ``num_train_timesteps`` (fewer with DDIM
-                or DPM-Solver schedulers); image-to-image runs the last ``strength`` of them.
+            num_inference_steps: denoising steps, from 1 to the scheduler's ``num_train_timesteps``; image-to-image
+                runs the last ``strength`` of them. None: the pipeline's ``default_num_inference_steps`` (what
+                training recorded with its DDIM scheduler), or for a pipeline saved without one the scheduler's
+                default: ``num_train_timesteps`` for `DDPMScheduler` (its ancestral sampler over the training
+                schedule), 50 for DDIM, DPM-Solver and the others (`scheduler_default_steps`).
             latents: initial noise ``(batch_size, C_z, H_z, W_z)`` (a tensor or numpy array); drawn from
                 ``generator`` when omitted. With ``image``, the noise added to its key codes.
             output_type: ``"pil"``, ``"np"`` (``(B, H, W, 3)`` in ``[0, 1]``), ``"pt"`` (``(B, 3, H, W)`` in
@@ -152,6 +159,7 @@ class BRICSPipeline(BRICSDiffusionPipeline):
         """
         if isinstance(latents, np.ndarray):
             latents = torch.from_numpy(latents)
+        num_inference_steps = inference_steps(self, num_inference_steps)
         strength = check_editing_inputs(image, strength, mask_image)
         if image is not None and batch_size == 1:
             batch_size = count_images(image)  # several images to edit: one sample each

@@ -17,7 +17,7 @@ from ..models.autoencoder_brics import BRICSAutoencoder
 from ..utils import is_integer
 from .base_pipeline import BRICSDiffusionPipeline
 from .inputs import ImageInput, MaskInput, check_editing_inputs, check_sampling_inputs, count_images, prepare_edit
-from .sampling import denoise, to_output
+from .sampling import check_default_steps, denoise, inference_steps, to_output
 
 
 def as_prompt_list(value: str | list[str] | None, name: str) -> list[str] | None:
@@ -43,6 +43,8 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
         unet (`UNet2DConditionModel`): predicts the noise on key codes in diffusion space (see `BRICSPipeline`),
             with ``cross_attention_dim`` ``D``.
         scheduler (`SchedulerMixin`): any scheduler of the DDPM family.
+        default_num_inference_steps (`int`, optional): the step count ``__call__`` runs when given none, saved in
+            ``model_index.json`` (training records the one its samples used, with a DDIM scheduler).
 
     Stage 2 trains one with ``--caption_column`` (`diffusers_brics.training.diffusion`). The unconditional
     prediction of classifier-free guidance is the UNet's on ``negative_prompt`` (by default the empty prompt, with
@@ -52,9 +54,10 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
     def __init__(self, vae: BRICSAutoencoder | AutoencoderKL | VQModel, text_encoder, tokenizer,
-                 unet: UNet2DConditionModel, scheduler: SchedulerMixin):
+                 unet: UNet2DConditionModel, scheduler: SchedulerMixin, default_num_inference_steps: int | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_to_config(default_num_inference_steps=check_default_steps(default_num_inference_steps))
 
     # ------------------------------------------------------------------ prompts
     def embed(self, prompts: list[str]) -> torch.Tensor:
@@ -133,7 +136,7 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         guidance_scale: float = 3.0,
         num_images_per_prompt: int = 1,
-        num_inference_steps: int = 100,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | np.ndarray | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -154,7 +157,8 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
                 prompt, the unconditional model of training).
             guidance_scale: classifier-free guidance (1: the conditional model alone, one UNet pass per step).
             num_images_per_prompt: images per prompt; the batch is ``len(prompt) * num_images_per_prompt``.
-            num_inference_steps: denoising steps (1 to the scheduler's ``num_train_timesteps``).
+            num_inference_steps: denoising steps (1 to the scheduler's ``num_train_timesteps``). None: the
+                pipeline's ``default_num_inference_steps``, else the scheduler's default, as in `BRICSPipeline`.
             generator: a `torch.Generator`, or one per image of the batch.
             latents: initial noise ``(batch, C_z, H_z, W_z)``; with ``image``, the noise added to its key codes.
             prompt_embeds / negative_prompt_embeds: text-encoder hidden states ``(P, T, D)`` instead of the texts.
@@ -173,6 +177,7 @@ class BRICSTextToImagePipeline(BRICSDiffusionPipeline):
         prompts = self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                            num_images_per_prompt)
         batch_size = prompts * num_images_per_prompt
+        num_inference_steps = inference_steps(self, num_inference_steps)
         strength = check_editing_inputs(image, strength, mask_image)
         check_sampling_inputs(self, batch_size, num_inference_steps, latents, generator, output_type, eta,
                               callback_on_step_end, guidance_scale)

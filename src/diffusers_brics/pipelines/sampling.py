@@ -26,8 +26,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.adapters import decode_latents, from_diffusion_space, to_diffusion_space
 from ..models.adapters import latent_shape as latent_shape_of
 from ..schedules import cosine_variant_betas
+from ..utils import is_integer
 
 StepCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict], "dict | None"]
+
+# Steps of DDIM, DPM-Solver and the like for a pipeline that records no step count of its own.
+DEFAULT_INFERENCE_STEPS = 50
 
 
 def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
@@ -38,6 +42,33 @@ def default_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
         prediction_type="epsilon",
         clip_sample=False,
     )
+
+
+def scheduler_default_steps(scheduler) -> int:
+    """The step count for a pipeline that records none: ``num_train_timesteps`` for DDPM's ancestral sampler (the
+    training schedule, as diffusers' `DDPMPipeline` runs it), else `DEFAULT_INFERENCE_STEPS` (DDIM, DPM-Solver, ...),
+    at most ``num_train_timesteps``."""
+    train_steps = int(scheduler.config.num_train_timesteps)
+    return train_steps if isinstance(scheduler, DDPMScheduler) else min(DEFAULT_INFERENCE_STEPS, train_steps)
+
+
+def inference_steps(pipeline: DiffusionPipeline, num_inference_steps: int | None) -> int | None:
+    """``num_inference_steps``, or when None the pipeline's recommended ``default_num_inference_steps`` (saved by
+    training in ``model_index.json``), else its scheduler's default (`scheduler_default_steps`)."""
+    if num_inference_steps is not None:
+        return num_inference_steps
+    recommended = pipeline.config.get("default_num_inference_steps")
+    return recommended if recommended is not None else scheduler_default_steps(pipeline.scheduler)
+
+
+def check_default_steps(value: int | None) -> int | None:
+    """``default_num_inference_steps`` of a pipeline's constructor: None or a positive integer (a ValueError
+    otherwise)."""
+    if value is None:
+        return None
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"default_num_inference_steps must be a positive integer or None, got {value!r}")
+    return int(value)
 
 
 def extra_step_kwargs(scheduler, generator: torch.Generator | list[torch.Generator] | None,

@@ -42,7 +42,7 @@ from .latent_space import LatentSpace, cached_codes
 from .loop import StageParts, Trainer, TrainingStage
 from .model_card import local_name, write_pipeline_card
 from .reporting import log_image
-from .unet import build_scheduler, build_unet
+from .unet import build_scheduler, build_unet, sampling_scheduler
 
 logger = get_logger(__name__)
 
@@ -211,17 +211,22 @@ class DiffusionStage(TrainingStage):
     def pipeline(self, model: torch.nn.Module) -> BRICSPipeline | BRICSTextToImagePipeline | DDPMPipeline:
         """The pipeline of the trained ``model`` (the EMA weights) with the autoencoder and the class names (and
         null class), if any; a `BRICSTextToImagePipeline` with the text encoder and tokenizer for captions; in
-        pixel space diffusers' own `DDPMPipeline`."""
+        pixel space diffusers' own `DDPMPipeline` with the training scheduler. The BRICS pipelines sample with DDIM
+        on the training schedule (`sampling_scheduler`, clipped to the key codes' range) and record
+        ``--num_inference_steps`` as their ``default_num_inference_steps``: called with no step count, they run
+        what the validation samples ran."""
         if self.space.pixels:
             return DDPMPipeline(unet=model, scheduler=self.noise_scheduler)
+        scheduler, steps = sampling_scheduler(self.noise_scheduler), self.config.num_inference_steps
         if self.prompts is not None:
             unet, text_encoder = ((model.unet, model.text_encoder) if isinstance(model, TextConditionedUNet)
                                   else (model, self.text_encoder))
             return BRICSTextToImagePipeline(vae=self.space.vae, text_encoder=text_encoder, tokenizer=self.tokenizer,
-                                            unet=unet, scheduler=self.noise_scheduler)
+                                            unet=unet, scheduler=scheduler, default_num_inference_steps=steps)
         names = self.class_names
-        return BRICSPipeline(unet=model, scheduler=self.noise_scheduler, vae=self.space.vae,
-                             id2label=dict(enumerate(names)) if names else None, null_class_id=self.null_class_id)
+        return BRICSPipeline(unet=model, scheduler=scheduler, vae=self.space.vae,
+                             id2label=dict(enumerate(names)) if names else None, null_class_id=self.null_class_id,
+                             default_num_inference_steps=steps)
 
     @property
     def guidance_scale(self) -> float:

@@ -1,10 +1,11 @@
 """The stage-2 denoiser and its noise schedule: the UNet presets (``--unet_preset``), `build_unet` on a
-`LatentSpace` (unconditional, class-conditional, or cross-attending to text) and `build_scheduler`."""
+`LatentSpace` (unconditional, class-conditional, or cross-attending to text), `build_scheduler` (training) and
+`sampling_scheduler` (the sampler saved with the pipeline)."""
 
 from __future__ import annotations
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
 from ..schedules import cosine_variant_betas
 from .config import DiffusionTrainingConfig
@@ -55,11 +56,21 @@ def build_unet(config: DiffusionTrainingConfig, latents: LatentSpace | torch.nn.
 
 
 def build_scheduler(config: DiffusionTrainingConfig, clip_range: float | None = None) -> DDPMScheduler:
-    """The training noise schedule, saved with the pipeline. With ``clip_range`` (BRICS key codes: their bound in
-    diffusion space, see `key_code_bound`) the sampler clamps its estimate of the clean sample to it at every step,
-    as the BRICS release samples; training never reads it."""
+    """The training noise schedule (a BRICS pipeline is saved with DDIM on it, `sampling_scheduler`; a pixel-space
+    `DDPMPipeline` with it). With ``clip_range`` (BRICS key codes: their bound in diffusion space, see
+    `key_code_bound`) the sampler clamps its estimate of the clean sample to it at every step, as the BRICS release
+    samples; training never reads it."""
     clip = dict(clip_sample=True, clip_sample_range=clip_range) if clip_range is not None else dict(clip_sample=False)
     common = dict(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type, **clip)
     if config.schedule == "cosine-variant":
         return DDPMScheduler(trained_betas=cosine_variant_betas(config.num_train_timesteps).tolist(), **common)
     return DDPMScheduler(beta_schedule="squaredcos_cap_v2", **common)
+
+
+def sampling_scheduler(scheduler: DDPMScheduler) -> DDIMScheduler:
+    """The sampler a trained BRICS pipeline is saved with: DDIM on the training ``scheduler``'s noise schedule (its
+    betas, ``num_train_timesteps`` and ``prediction_type``), with its ``clip_sample`` and ``clip_sample_range`` (the
+    estimate of the clean sample clamped to the key codes' range at every step, which DDIM needs on the paper's
+    schedule, see `diffusers_brics.pipelines.loading.swap_scheduler`). Deterministic (``eta`` 0) unless the call
+    passes an ``eta``."""
+    return DDIMScheduler.from_config(scheduler.config)
