@@ -23,7 +23,8 @@ PUBLISHED = (
 )
 # run folders of the benchmarks (checkpoints, logs) are not part of the reports
 EXCLUDED_PARTS = {"run", "runs"}
-LINK = re.compile(r"\]\(\.\./(?=(?:" + "|".join(("DEVELOPERS\\.md", "model_cards/", "space/", "benchmarks/")) + "))")
+# a relative link of a top-level page to a file outside docs/: [text](../path) or [text](../path#anchor)
+LINK = re.compile(r"\[([^\]]*)\]\(\.\./([^)#\s]+)(#[^)\s]*)?\)")
 
 
 def published_paths(root: Path) -> list[str]:
@@ -48,8 +49,19 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """In a top-level page, ``](../benchmarks/...)`` (and the other published folders) becomes ``](benchmarks/...)``:
-    on the site the published files sit beside the pages."""
+    """In a top-level page, a link to ``../PATH`` becomes a link to ``PATH`` where the site publishes that file
+    (`PUBLISHED`, beside the pages), and its text followed by the path in code where it does not (a source folder or
+    script: GitHub shows those, the site has no copy)."""
     if "/" in page.file.src_uri:
         return markdown
-    return LINK.sub("](", markdown)
+    published = {file.src_uri for file in files}
+
+    def relink(match: re.Match) -> str:
+        text, path, anchor = match.group(1), match.group(2), match.group(3) or ""
+        if path in published:
+            return f"[{text}]({path}{anchor})"
+        if text.strip("`").rstrip("/") == path.rstrip("/"):
+            return text
+        return f"{text} (`{path}`)"
+
+    return LINK.sub(relink, markdown)
