@@ -175,8 +175,9 @@ def test_training_errors_after_parsing_are_one_line(tmp_path):
     assert "no-images" in done.stderr.strip().splitlines()[-2]
 
 
-def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch):
-    """With both trainings' outputs in place, the quickstart trains nothing and evaluates once."""
+def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch, capsys):
+    """With both trainings' outputs in place, the quickstart trains nothing and evaluates once; each phase, and the
+    whole, ends with the line ``saved to PATH``."""
     output = tmp_path / "quick"
     runs = output / "runs"
     (runs / "autoencoder").mkdir(parents=True)
@@ -194,6 +195,10 @@ def test_quickstart_reuses_finished_phases(models, tmp_path, monkeypatch):
             "--diffusion_steps", "2"]
     assert quickstart.main(argv) == 0
     assert not calls
+    printed = capsys.readouterr().out.splitlines()
+    assert f"[quickstart] train-ae: reusing the run saved to {runs / 'autoencoder'}" in printed
+    assert f"[quickstart] train-diffusion: reusing the run saved to {runs / 'diffusion'}" in printed
+    assert printed[-1] == f"[quickstart] saved to {output}"
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["psnr"] == 10.0 and metrics["autoencoder_steps"] == 3 and metrics["fake_images"] == 4
     assert {"kid_mean", "fid", "sampling_seconds_per_image"} <= set(metrics)

@@ -258,6 +258,7 @@ def test_trains_on_an_image_folder_with_a_held_out_fraction(tmp_path, lpips_weig
                "--perceptual_weight", "0", "--random_flip"])
     assert "9 training images, 3 held out" in log
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
+    assert log.rstrip().splitlines()[-1].endswith(f"saved to {out / 'autoencoder'}")  # the run's last line
 
 
 def adam_steps(optimizer_state: dict) -> set[int]:

@@ -201,8 +201,8 @@ def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_pat
     assert "data ('" in run(base[:2] + base[4:], expect_success=False)  # the embedded emoji instead of the folder
     (out / "key_codes" / "brics_key_code_cache.json").unlink()
     assert "have no record of what they were encoded from" in run(base, expect_success=False)
-    log = run(base + ["--train_batch_size", "11"], expect_success=False)
-    assert "10 training examples, fewer than one batch of --train_batch_size 11" in log
+    log = run(base + ["--train_batch_size", "11"], expect_success=False)  # shrunk to the data, then refused
+    assert "fewer than one step of --train_batch_size 11" in log and "training with --train_batch_size 10" in log
 
 
 def test_min_snr_weighting_follows_the_paper_configurations():

@@ -50,9 +50,9 @@ def finished(run_dir: Path, steps: int, seconds: float | None) -> bool:
 def train(command: str, run_dir: Path, flags: list[str], finished: bool) -> float:
     """Run ``brics COMMAND`` into ``run_dir`` in a child process (a fresh Accelerator, and the trainings' own
     command line, as a user would run it), resuming an interrupted or shorter run; returns the seconds it took
-    (0 when ``finished``)."""
+    (0 when ``finished``). Its output ends with ``saved to PATH``, the training's own last line, or this one's."""
     if finished:
-        print(f"[quickstart] {command}: reusing {run_dir}", flush=True)
+        print(f"[quickstart] {command}: reusing the run saved to {run_dir}", flush=True)
         return 0.0
     resume = ["--resume_from_checkpoint", "latest"] if run_dir.is_dir() else []
     argv = [sys.executable, "-m", "diffusers_brics", command, "--output_dir", str(run_dir), *flags, *resume]
@@ -207,4 +207,5 @@ def main(argv: list[str] | None = None) -> int:
         partial.write_text(json.dumps(metrics, indent=2))
         os.replace(partial, output / "metrics.json")
     print(summary(metrics, output), flush=True)
+    print(f"[quickstart] saved to {output}", flush=True)
     return 0

@@ -1,6 +1,7 @@
-"""The accelerator and the module it prepares: `make_accelerator` builds the `Accelerator` from the loop settings,
-`compile_in_place` compiles the prepared module's calls (``torch_compile``) and `plain_module` is the module without
-its DDP and torch.compile wrappers."""
+"""The accelerator and the module it prepares: `make_accelerator` builds the `Accelerator` from the loop settings
+(`start_trackers` starts its trackers once a run is set up), `compile_in_place` compiles the prepared module's calls
+(``torch_compile``) and `plain_module` is the module without its DDP and torch.compile wrappers;
+`remove_empty_folders` clears what a refused run created."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from .config import LoopConfig
 logger = get_logger(__name__)
 
 
-def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict) -> Accelerator:
-    """An `Accelerator` from the loop settings, with logging, seeding and trackers set up."""
+def make_accelerator(config: LoopConfig) -> Accelerator:
+    """An `Accelerator` from the loop settings, with logging and seeding set up and the output folder made (the
+    trackers are started later, by `start_trackers`)."""
     # On machines without an accelerator, accelerate needs cpu=True to run multi-process (gloo) under torchrun.
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # With torch_compile the trainer compiles the model itself: accelerate's dynamo configuration stays out of it.
@@ -42,10 +44,28 @@ def make_accelerator(config: LoopConfig, project_name: str, tracker_config: dict
     set_seed(config.seed)
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
-        if config.report_to != "none":
-            accelerator.init_trackers(project_name, config={k: v for k, v in tracker_config.items()
-                                                            if not isinstance(v, (list, dict))})
     return accelerator
+
+
+def start_trackers(accelerator: Accelerator, config: LoopConfig, project_name: str, tracker_config: dict) -> None:
+    """Start ``--report_to``'s trackers (their files under ``output_dir/logging_dir``) with the run's settings,
+    ``tracker_config`` (lists and dicts left out); nothing with ``report_to`` none."""
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers(project_name, config={k: v for k, v in tracker_config.items()
+                                                        if not isinstance(v, (list, dict))})
+
+
+def remove_empty_folders(folders: list[str]) -> None:
+    """Remove each of ``folders`` that holds no file (its empty subfolders with it); folders with a file stay."""
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for root, _, files in os.walk(folder, topdown=False):
+            if not files:
+                try:
+                    os.rmdir(root)  # fails, as it should, where a subfolder with files remains
+                except OSError:
+                    pass
 
 
 def compile_in_place(module: torch.nn.Module, config: LoopConfig) -> None:

@@ -27,6 +27,7 @@ from .data import (
     ImageDataset,
     SkippedImages,
     collate_images,
+    fit_batch_size,
     image_column_of,
     image_transform,
     load_image_datasets,
@@ -101,10 +102,11 @@ class AutoencoderStage(TrainingStage):
             )
         column = image_column_of(train_set, c.data.image_column)
         train_set, val_set = undecoded(train_set, column), undecoded(val_set, column)
-        batch = c.loop.train_batch_size
-        if len(train_set) < batch * accelerator.num_processes:
-            raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of "
-                             f"--train_batch_size {batch} per process on {accelerator.num_processes} process(es)")
+        batch, note = fit_batch_size(len(train_set), c.loop.train_batch_size, accelerator.num_processes,
+                                     c.loop.gradient_accumulation_steps)
+        if note:
+            logger.warning(note)
+            c.loop.train_batch_size = batch  # the Trainer's step size and log follow
         images = ImageDataset(train_set, column, image_transform(resolution, c.center_crop), strict=c.data.strict_data)
         loader = torch.utils.data.DataLoader(images, batch_size=batch, shuffle=True, drop_last=True,
                                              collate_fn=collate_images, num_workers=c.dataloader_num_workers)
@@ -261,6 +263,9 @@ class AutoencoderStage(TrainingStage):
 
     def hub_files(self) -> list[str]:
         return ["README.md", "metrics.json", "reconstructions.png", "autoencoder/*"]
+
+    def saved_folder(self, output_dir: str) -> str:
+        return os.path.join(output_dir, "autoencoder")
 
 
 @contextlib.contextmanager

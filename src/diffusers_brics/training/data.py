@@ -213,6 +213,27 @@ def load_image_datasets(
     return split["train"], split["test"]
 
 
+def fit_batch_size(examples: int, batch_size: int, processes: int = 1,
+                   accumulation_steps: int = 1) -> tuple[int, str | None]:
+    """``(per-process batch size, warning or None)`` for ``examples`` training examples: ``batch_size``
+    (``--train_batch_size``) where one optimisation step of it (``batch_size * processes * accumulation_steps``
+    examples: every process gets its own batches) fits the data, else the largest batch that does, with a warning
+    naming the flag and the batch used. A ValueError naming what to change where not even batches of one fit (no
+    examples, or fewer than ``processes * accumulation_steps``)."""
+    if examples < 1:
+        raise ValueError("the training set is empty: point --train_data_dir or --dataset_name at images")
+    per_batch = processes * accumulation_steps
+    if examples >= batch_size * per_batch:
+        return batch_size, None
+    fitted = examples // per_batch
+    step = f"{processes} process(es) x --gradient_accumulation_steps {accumulation_steps}"
+    if fitted < 1:
+        raise ValueError(f"{examples} training examples cannot fill one step of {step} even with batches of one: "
+                         "lower --gradient_accumulation_steps, run on fewer processes, or add images")
+    return fitted, (f"{examples} training examples are fewer than one step of --train_batch_size {batch_size} x "
+                    f"{step}: training with --train_batch_size {fitted} instead")
+
+
 def image_column_of(dataset, image_column: str | None) -> str:
     """The image column: ``image_column`` if given (checked), else the first column of type Image."""
     import datasets

@@ -30,6 +30,7 @@ from .data import (
     captions_of,
     class_labels_of,
     collate_images,
+    fit_batch_size,
     image_column_of,
     image_transform,
     load_image_datasets,
@@ -80,10 +81,11 @@ class DiffusionStage(TrainingStage):
         # Cached codes come from centre crops; random crops only when encoding on the fly.
         transform = image_transform(resolution, center_crop=c.center_crop or not c.encode_on_the_fly)
         examples = len(train_set) * (2 if c.random_flip and not c.encode_on_the_fly else 1)
-        batch = c.loop.train_batch_size
-        if examples < batch * accelerator.num_processes:
-            raise ValueError(f"{examples} training examples, fewer than one batch of --train_batch_size "
-                             f"{batch} per process on {accelerator.num_processes} process(es)")
+        batch, note = fit_batch_size(examples, c.loop.train_batch_size, accelerator.num_processes,
+                                     c.loop.gradient_accumulation_steps)
+        if note:
+            logger.warning(note)
+            c.loop.train_batch_size = batch  # the Trainer's step size and log follow
         if c.encode_on_the_fly:
             for name, values in conditions.items():
                 train_set = train_set.add_column(name, values)

@@ -8,9 +8,11 @@ with a non-finite loss or gradient (skipped, counted, and fatal after ``max_nonf
 validation cadence, ``torch_compile`` (the trained module's calls compiled in place; checkpoints, the EMA and
 validation see its plain weights), the final save and the Hub: with ``push_to_hub`` the repository is created
 before anything else (so a bad token fails the run at once) and the stage's `TrainingStage.hub_files` are uploaded
-at the end. A stage supplies its model, optimizer and data (`TrainingStage.setup`), one micro-batch
-(`TrainingStage.training_step`, which applies its updates through `Trainer.apply_gradients`), validation and the
-final artefacts.
+at the end. A run ends with the line ``saved to PATH`` (`TrainingStage.saved_folder`); a run refused before it
+trains (its data, its settings) leaves none of the folders it created (output, trackers' logs) behind empty: the
+trackers start once the stage is set up. A stage supplies its model, optimizer and data (`TrainingStage.setup`),
+one micro-batch (`TrainingStage.training_step`, which applies its updates through `Trainer.apply_gradients`),
+validation and the final artefacts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from accelerate.utils.other import is_compiled_module  # not re-exported by acce
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from .accelerator_setup import compile_in_place, make_accelerator, plain_module
+from .accelerator_setup import compile_in_place, make_accelerator, plain_module, remove_empty_folders, start_trackers
 from .checkpointing import register_checkpoint_hooks, save_checkpoint
 from .config import LoopConfig, flat_settings
 from .distributed import average_gradients, check_in_sync, micro_batch_seed
@@ -88,6 +90,10 @@ class TrainingStage:
         folder's content). Nothing else of the folder (checkpoints, logs, caches) leaves the machine."""
         return ["README.md", "metrics.json"]
 
+    def saved_folder(self, output_dir: str) -> str:
+        """Where `finish` saved the model, for the run's last line (``saved to PATH``): by default ``output_dir``."""
+        return output_dir
+
     def check_in_sync(self, trainer: Trainer) -> None:
         """Verify that objects trained outside DDP are the same on every process (the trainer checks its model)."""
 
@@ -102,7 +108,11 @@ class Trainer:
 
     def __init__(self, config: LoopConfig, project_name: str, tracker_config: dict | None = None):
         self.config = config
-        self.accelerator = make_accelerator(config, project_name, tracker_config or flat_settings(config))
+        # the folders this run creates, removed again if they are still empty when the run fails (see `fit`)
+        self._new_folders = [path for path in (os.path.join(config.output_dir, config.logging_dir), config.output_dir)
+                             if not os.path.exists(path)]
+        self._trackers = (project_name, tracker_config or flat_settings(config))
+        self.accelerator = make_accelerator(config)
         self.global_step = 0
         self.model: torch.nn.Module | None = None
         self.optimizer = None
@@ -217,6 +227,10 @@ class Trainer:
         """Train ``stage`` to the end (or to the time budget, or a signal); see the module docstring."""
         try:
             self._fit(stage)
+        except BaseException:
+            if self.accelerator.is_main_process:
+                remove_empty_folders(self._new_folders)
+            raise
         finally:
             # Release the prepared (DDP-wrapped) model before ending the run: if a DDP reducer were the last owner
             # of the gloo process group, collected at interpreter exit, the group's destructor would join its
@@ -232,6 +246,7 @@ class Trainer:
             self._create_hub_repository()
         parts = stage.setup(self)
         self.model, self.optimizer, loader, self.lr_scheduler, steps_per_epoch, max_steps = self._prepare(parts)
+        start_trackers(accelerator, c, *self._trackers)
         for obj in parts.extra_state:
             accelerator.register_for_checkpointing(obj)
         self.ema = make_ema(accelerator, self.model, c, self.total_batch_size)
@@ -298,6 +313,7 @@ class Trainer:
                 patterns = stage.hub_files()
                 push_to_hub(c.output_dir, c.hub_model_id, patterns, token=c.hub_token)
                 logger.info(f"uploaded {', '.join(patterns)} to the Hub repository {c.hub_model_id}")
+            logger.info(f"saved to {stage.saved_folder(c.output_dir)}")
 
     def _create_hub_repository(self) -> None:
         """Create the ``push_to_hub`` repository (``hub_model_id``, by default the output folder's name) before
