@@ -49,11 +49,14 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """In a top-level page, a link to ``../PATH`` becomes a link to ``PATH`` where the site publishes that file
+    """In a top-level page of docs/, a link to ``../PATH`` becomes a link to ``PATH`` where the site publishes that file
     (`PUBLISHED`, beside the pages), and its text followed by the path in code where it does not (a source folder or
     script: GitHub shows those, the site has no copy)."""
     if "/" in page.file.src_uri:
         return markdown
+    if Path(page.file.src_dir).resolve() != Path(config.docs_dir).resolve():
+        # a published repository file at the top (DEVELOPERS.md): its links into docs/ are the pages beside it
+        return markdown.replace("](docs/", "](")
     published = {file.src_uri for file in files}
 
     def relink(match: re.Match) -> str:
