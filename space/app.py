@@ -1,5 +1,6 @@
 """BRICS key codes in the browser: reconstruct an image, sample a pipeline, edit an image with it (image-to-image,
-inpainting), interpolate between two images.
+inpainting where a mask is drawn on the image or uploaded), interpolate between two images. The tabs that take
+images offer held-out emoji as examples (`diffusers_brics.data.example_images`).
 
     BRICS_MODEL=outputs/quickstart/pipeline python space/app.py
 
@@ -17,8 +18,9 @@ from pathlib import Path
 import gradio as gr
 import torch
 from diffusers.utils import make_image_grid
-from PIL import Image
+from PIL import Image, ImageChops
 
+from diffusers_brics.data import example_images
 from diffusers_brics.metrics import psnr
 from diffusers_brics.pipelines import BRICSDiffusionPipeline, BRICSTextToImagePipeline
 from diffusers_brics.pipelines.key_codes import interpolate_images, key_codes_to_image, reconstruct, to_pil
@@ -29,6 +31,7 @@ MAX_IMAGES = 8
 # small images, enlarged by the browser without blurring
 CSS = ".picture img { image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%; }"
 HEIGHT = 256
+BRUSH = "#ff00ff"  # the colour the mask is drawn in (any paint counts): visible on the emoji's light grey
 
 
 def model_reference() -> str:
@@ -125,6 +128,53 @@ def generate(pipe, schedule, seed, steps, scheduler, count, prompt=None, negativ
     return row(images)
 
 
+def image_size(vae) -> int:
+    """The autoencoder's input size (its images' side), 32 where there is none."""
+    return getattr(getattr(vae, "config", None), "sample_size", None) or 32
+
+
+def example_paths(vae) -> list[str]:
+    """The example images (held-out emoji) at the resolution nearest the autoencoder's input size (32 or 64)."""
+    return [str(path) for path in example_images(64 if image_size(vae) >= 64 else 32)]
+
+
+def editor_image(value: dict | None) -> Image.Image | None:
+    """The image to edit from a `gr.ImageEditor` value (``{"background", "layers", "composite"}`` of PIL images): its
+    background as RGB, transparency over white; None where no image was given."""
+    if not value or value.get("background") is None:
+        return None
+    background = value["background"].convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", background.size, "white"), background).convert("RGB")
+
+
+def drawn_mask(value: dict | None, size: tuple[int, int]) -> Image.Image | None:
+    """The inpainting mask drawn in a `gr.ImageEditor` value: an ``L`` picture of ``size`` (width, height), white
+    (generated) wherever a layer has paint (alpha > 0), black (kept) elsewhere; None where nothing is drawn."""
+    alpha = None
+    for layer in (value or {}).get("layers") or []:
+        if layer is None:
+            continue
+        channel = layer.convert("RGBA").getchannel("A")
+        if channel.size != size:  # layers have the background's size; any other is stretched onto it
+            channel = channel.resize(size, Image.Resampling.NEAREST)
+        alpha = channel if alpha is None else ImageChops.lighter(alpha, channel)
+    if alpha is None or alpha.getbbox() is None:
+        return None
+    return alpha.point(lambda value: 255 if value else 0)
+
+
+def edit_mask(drawn: Image.Image | None, uploaded: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
+    """The mask for an edit of an image of ``size``: the drawn one, the uploaded one, or both together (white in
+    either is generated); None for image-to-image. An uploaded mask of another size is left for the pipeline to
+    refuse, unless it is to be joined to a drawn one, which is a `gr.Error` here."""
+    if drawn is None or uploaded is None:
+        return drawn if uploaded is None else uploaded
+    if uploaded.size != size:
+        raise gr.Error(f"The uploaded mask is {uploaded.size[0]}x{uploaded.size[1]} but the image is {size[0]}x"
+                       f"{size[1]} (width x height): upload a mask of the image's size, or only draw one.")
+    return ImageChops.lighter(drawn, uploaded.convert("L"))
+
+
 def input_image(label: str, elem_id: str, image_mode: str = "RGB") -> gr.Image:
     return gr.Image(label=label, type="pil", image_mode=image_mode, height=HEIGHT, elem_id=elem_id,
                     elem_classes="picture")
@@ -149,6 +199,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
     """The four tabs for ``model`` (tabs its parts cannot serve explain why instead)."""
     vae, pipe = model.vae, model.pipeline
     schedule = pipe.scheduler.config if pipe is not None else None
+    examples = example_paths(vae)
 
     def reconstruct_image(image):
         if image is None:
@@ -161,10 +212,12 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         return generate(pipe, schedule, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
                         class_label)
 
-    def edit(image, mask, strength, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
+    def edit(editor, mask, strength, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
              class_label, progress=gr.Progress(track_tqdm=True)):
+        image = editor_image(editor)
         if image is None:
             raise gr.Error("Upload an image to edit first.")
+        mask = edit_mask(drawn_mask(editor, image.size), mask, image.size)
         return generate(pipe, schedule, seed, steps, scheduler, count, prompt, negative_prompt, guidance_scale,
                         class_label, image=image, strength=strength, mask=mask)
 
@@ -213,6 +266,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 psnr_box = gr.Number(label="PSNR (dB)", interactive=False, elem_id="reconstruct-psnr")
                 button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
                 button.click(reconstruct_image, image, [recon, codes, psnr_box], api_name="reconstruct")
+                gr.Examples([[path] for path in examples], image, label="Held-out emoji",
+                            elem_id="reconstruct-examples", examples_per_page=len(examples))
         with gr.Tab("Sample"):
             if reason := missing(model.require_pipeline):
                 gr.Markdown(reason)
@@ -230,12 +285,18 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 gr.Markdown(reason)
             else:
                 gr.Markdown("Image-to-image: the image's key codes are noised to the strength (0: its reconstruction; "
-                            "1: the image ignored) and denoised. With a mask of the image's size, inpainting: white "
-                            "is generated, black kept (strength 1 draws the white part afresh; lower keeps some of "
-                            "it).")
+                            "1: the image ignored) and denoised. Inpainting: paint over the image with the brush, or "
+                            "upload a mask of the image's size (white: generated, black: kept); what is painted is "
+                            "generated, the rest kept (strength 1 draws it afresh; lower keeps some of it).")
                 with gr.Row():
-                    source = input_image("Image", "edit-input")
+                    source = gr.ImageEditor(
+                        label="Image (paint where to inpaint)", type="pil", image_mode="RGBA",
+                        sources=("upload", "clipboard"), transforms=(), layers=False, height=HEIGHT + 64,
+                        brush=gr.Brush(default_size=max(2, image_size(vae) // 16), colors=[BRUSH], color_mode="fixed"),
+                        elem_id="edit-input")
                     mask = input_image("Mask (optional): white = generate, black = keep", "edit-mask", "L")
+                gr.Examples([[path] for path in examples], source, label="Held-out emoji", elem_id="edit-examples",
+                            examples_per_page=len(examples))
                 strength = gr.Slider(0, 1, value=0.8, step=0.05, label="Strength", elem_id="edit-strength")
                 condition = conditioning("edit")
                 with gr.Row():
@@ -256,6 +317,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
                 strip = output_image("Decoded from interpolated key codes", "interpolate-output")
                 button.click(interpolate, [first, second, steps], strip, api_name="interpolate")
+                pairs = [examples[i:i + 2] for i in range(0, len(examples) - 1, 2)]
+                gr.Examples(pairs, [first, second], label="Held-out emoji", elem_id="interpolate-examples")
     return demo
 
 
