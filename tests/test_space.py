@@ -254,6 +254,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
         set_number(page, "edit-steps", 25)
     edits = run(page, "edit-button", "edit-output")
     check(edits, (count * size, size))
+    assert masks[-1] is not None, "the drawn mask did not reach the handler"
     mask = np.asarray(masks[-1]) > 0  # (32, 32): what reached the pipeline
     assert mask[6:27, 7].all() and not mask[:, 16:].any() and not mask[:3].any() and not mask[30:].any()
     for edited in halves(edits, count):
