@@ -46,3 +46,11 @@ def test_the_core_imports_and_runs_without_the_training_extra():
     ])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_version_is_one_and_has_its_changelog_entry():
+    import diffusers_brics
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert diffusers_brics.__version__ == declared
+    assert f"## {declared} " in (ROOT / "CHANGELOG.md").read_text()
