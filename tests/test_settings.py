@@ -13,8 +13,8 @@ from diffusers_brics.training.config import (
     AutoencoderTrainingConfig,
     DiffusionTrainingConfig,
     field_defaults,
-    read_field_defaults,
 )
+from diffusers_brics.training.flags import read_field_defaults
 
 
 @pytest.mark.parametrize(

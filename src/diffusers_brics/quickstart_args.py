@@ -34,7 +34,7 @@ import argparse
 from .console import ArgumentParser
 from .files import check_folder
 from .names import AUTOENCODER_PRESETS, SCHEDULERS, UNET_PRESETS
-from .training.config import positive_float, positive_int
+from .training.flags import positive_float, positive_int
 
 # The main job's training steps (batches of 16 and 32): the README's figures are what they give.
 AUTOENCODER_STEPS = 1500

@@ -21,18 +21,17 @@ import dataclasses
 from ..console import SHORT_USAGE, HelpFormatter
 from ..models import adapters
 from ..models.autoencoder_brics import BRICSAutoencoder
-from .config import (
-    AutoencoderTrainingConfig,
+from .config import AutoencoderTrainingConfig, from_namespace
+from .flags import (
     add_loop_arguments,
     apply_recipe,
     check_loop_arguments,
     defer_to_recipe,
-    from_namespace,
-    read_field_defaults,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    read_field_defaults,
     unit_interval,
 )
 

@@ -28,18 +28,16 @@ from __future__ import annotations
 import argparse
 
 from ..console import SHORT_USAGE, HelpFormatter
-from .config import (
-    DiffusionTrainingConfig,
+from .config import DiffusionTrainingConfig, from_namespace, is_pixel_space
+from .flags import (
     add_loop_arguments,
     apply_recipe,
     check_loop_arguments,
     defer_to_recipe,
-    from_namespace,
-    is_pixel_space,
-    read_field_defaults,
     non_negative_float,
     positive_float,
     positive_int,
+    read_field_defaults,
     unit_interval,
 )
 from .unet import UNET_PRESETS
