@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_brics import BRICSAutoencoder
 from diffusers_brics.models.autoencoder_presets import PRESETS
-from diffusers_brics.models.feature_grid import _InterpolateTable
+from diffusers_brics.models.grid_interpolation import InterpolateTable
 from diffusers_brics.summary import decode_macs, parameter_counts
 
 
@@ -140,7 +140,7 @@ def compare(preset_name: str, HashAutoGenerator, release_grid, stylegan2) -> dic
 
     def grid_encode(inputs, embeddings, offsets, per_level_scale, base_resolution, calc_grad, gridtype, align):
         frac, index = ours.retrieval.grids[0].lattice(inputs)
-        return _InterpolateTable.apply(frac, index, embeddings).reshape(inputs.shape[0], -1)
+        return InterpolateTable.apply(frac, index, embeddings).reshape(inputs.shape[0], -1)
 
     release_grid.grid_encode = grid_encode
     defaults = list(stylegan2.SynthesisLayer.forward.__defaults__)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffusers_brics.models import MultiResolutionFeatureGrid
-from diffusers_brics.models.feature_grid import HASH_PRIMES, _InterpolateTable
+from diffusers_brics.models.feature_grid import HASH_PRIMES
+from diffusers_brics.models.grid_interpolation import InterpolateTable
 
 
 def small_grid(input_dim=3, **kwargs):
@@ -134,9 +135,9 @@ def test_gradcheck_wrt_queries_and_table():
 
     frac, index = grid.lattice(x.detach())
     table = grid.embeddings.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: _InterpolateTable.apply(frac, index, t), (table,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda t: InterpolateTable.apply(frac, index, t), (table,), eps=1e-6, atol=1e-5)
     frac = frac.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda f: _InterpolateTable.apply(f, index, table), (frac,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda f: InterpolateTable.apply(f, index, table), (frac,), eps=1e-6, atol=1e-5)
 
 
 def test_gradient_reaches_queries():
