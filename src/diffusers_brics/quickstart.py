@@ -72,7 +72,7 @@ def budget_flags(steps: int, seconds: float | None) -> list[str]:
 
 def autoencoder_flags(args: argparse.Namespace) -> list[str]:
     """Stage 1: the preset with the recipe `brics train-ae` gives it (for the small presets: L2 alone, Adam with
-    momentum, the grids' own faster rate; README "Recipes"), validated once at the end."""
+    momentum, the grids' own faster rate; docs/training.md "Recipes"), validated once at the end."""
     return ["--preset", args.preset, *budget_flags(args.autoencoder_steps, args.autoencoder_seconds),
             "--validation_steps", str(args.autoencoder_steps), "--checkpointing_steps", "500",
             "--checkpoints_total_limit", "2", *data_flags(args), *shlex.split(args.autoencoder_args)]

@@ -31,7 +31,7 @@ class BRICSAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     groups of multi-resolution feature grids with ``N_r`` levels of ``C_v`` features and at most ``T`` entries
     per level; feature block ``f`` of shape ``(C_d, H_d, W_d)`` fed to the decoder.
 
-    The defaults build the architecture of the authors' release (README "Faithful to the release"); each
+    The defaults build the architecture of the authors' release (docs/autoencoder.md "Faithful to the authors' release"); each
     field below says which value is the release's and which the alternative the paper's text allows.
 
     Parameters:

@@ -123,7 +123,7 @@ def check_images(sample: torch.Tensor, config: Any, name: str = "sample") -> Non
     if sample.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image, got an empty batch of shape {tuple(sample.shape)}")
     # The value checks read the data, which torch.compile cannot trace without splitting its graph: a compiled
-    # call skips them (README "torch.compile"); the static shape and dtype checks above still run as guards.
+    # call skips them (docs/autoencoder.md "torch.compile"); the static shape and dtype checks above still run as guards.
     if not torch.compiler.is_compiling() and not bool(((sample >= -1.001) & (sample <= 1.001)).all()):
         raise ValueError(
             f"{name} must hold values in [-1, 1] with no NaN, got min {sample.min().item():.3g} and max "

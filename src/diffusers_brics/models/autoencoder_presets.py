@@ -7,7 +7,7 @@ from typing import Any
 
 # Presets. "paper-*" are the paper's 256x256 configurations (Table 3) with the architecture of the authors'
 # release; the encoder of the smaller codes downsamples further with the release's channel rule (min(32 * 2**(i+1),
-# 512)), and their grid resolutions follow Table 3's parameter counts (r_min 4, r_max 64), see README "Presets".
+# 512)), and their grid resolutions follow Table 3's parameter counts (r_min 4, r_max 64), see docs/autoencoder.md "Presets".
 _PAPER = dict(
     sample_size=256,
     encoder_block_out_channels=(64, 128, 256),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         grid_min_resolution=4, grid_max_resolution=64,
     ),
     # Small configurations that train in minutes on a CPU: ours, not the release's. Their layout is the one that reached
-    # a given held-out PSNR fastest on 32x32 images (benchmarks/time_to_quality.py, README "Recipes"): diffusers'
+    # a given held-out PSNR fastest on 32x32 images (benchmarks/time_to_quality.py, docs/training.md "Recipes"): diffusers'
     # encoder, a plain MLP after the look-up, the decoder's style from the pooled feature block, no decoder noise or
     # clamp, hashed fine levels. The release's layout at the same widths is benchmarks/configs/small-32-release-layout.
     "small-32": dict(_SMALL, sample_size=32, latent_size=8, feature_size=16, grid_log2_hashmap_size=15),

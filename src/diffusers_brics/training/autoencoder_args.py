@@ -40,7 +40,7 @@ from .flags import (
 #: ``release``: the authors' release (the flags' own defaults): batch 16, Adam (0, 0.99) at 2e-3, the VGG perceptual
 #: loss at 224x224 and the GAN with lazy R1 from the first step, StyleGAN2's EMA.
 #: ``small``: ours for small images on few cores, chosen by measured quality per second
-#: (``benchmarks/time_to_quality.py``, README "Recipes"): L2 alone (the VGG loss resizes every image to 224x224 and the
+#: (``benchmarks/time_to_quality.py``, docs/training.md "Recipes"): L2 alone (the VGG loss resizes every image to 224x224 and the
 #: GAN doubles a step), Adam with momentum (beta1 0.9 reached a given PSNR in a third of the steps of beta1 0), batches
 #: of 16 (as good per image as 32 early on, so nearly twice as fast), the grids at 1e-2, and a cosine decay of the rate
 #: over the run.

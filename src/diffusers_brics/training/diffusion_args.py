@@ -47,7 +47,7 @@ from .unet import UNET_PRESETS
 #: ``release``: the authors' release as far as these flags go (imagen-pytorch's trainer: Adam betas (0.9, 0.99) at
 #: 8e-5, no warm-up, a constant rate, no gradient clipping, an EMA of 0.9999 with power 2/3), epsilon prediction.
 #: ``short``: ours for runs of a few thousand steps, chosen by measured KID per second
-#: (``benchmarks/time_to_quality.py``, README "Recipes"): a ten times higher rate with a short warm-up and a cosine
+#: (``benchmarks/time_to_quality.py``, docs/training.md "Recipes"): a ten times higher rate with a short warm-up and a cosine
 #: decay over the run, the UNet predicting the clean key codes with min-SNR-5 weighting (it reached a given KID in
 #: fewer steps than epsilon or v prediction), batches of 32 (better per image than 64 and twice as fast per step),
 #: diffusers' EMA warm-up, and key codes scaled to unit variance (``--scaling_factor fit``: the emoji's key codes
