@@ -228,17 +228,19 @@ def test_training_recipes_set_the_defaults_and_flags_win():
                     lr_scheduler=c.loop.lr_scheduler, prediction_type=c.prediction_type, snr_gamma=c.snr_gamma,
                     max_grad_norm=c.loop.max_grad_norm, adam_beta2=c.adam_beta2, ema_power=c.loop.ema.ema_power,
                     ema_max_decay=c.loop.ema.ema_max_decay, train_batch_size=c.loop.train_batch_size,
-                    scaling_factor=c.scaling_factor)
+                    scaling_factor=c.scaling_factor, optimizer=c.optimizer, ema_schedule=c.loop.ema.ema_schedule)
 
     short, release = settings(), settings("--unet_preset", "paper")
     assert short["recipe"] == "short" and release["recipe"] == "release"
     for recipe, values in (("short", short), ("release", release)):
         for name, value in TRAINING_RECIPES[recipe].items():
             assert values[name] == value, (recipe, name)
-    # the release's optimiser: Adam (0.9, 0.99) at 8e-5, constant, no warm-up, no clipping, EMA power 2/3
+    # the release's optimiser: Adam (0.9, 0.99) at 8e-5, constant, no warm-up, no clipping, ema-pytorch's EMA
     assert release == dict(recipe="release", learning_rate=8e-5, lr_warmup_steps=0, lr_scheduler="constant",
                            prediction_type="epsilon", snr_gamma=0.0, max_grad_norm=None, adam_beta2=0.99,
-                           ema_power=2 / 3, ema_max_decay=0.9999, train_batch_size=64, scaling_factor=None)
+                           ema_power=2 / 3, ema_max_decay=0.9999, train_batch_size=64, scaling_factor=None,
+                           optimizer="adam", ema_schedule="ema-pytorch")
+    assert (short["optimizer"], short["ema_schedule"]) == ("adamw", "warmup")
     assert settings("--unet_preset", "paper", "--learning_rate", "1e-4", "--max_grad_norm", "2")[
         "learning_rate"] == 1e-4
     assert settings("--training_recipe", "release")["recipe"] == "release"

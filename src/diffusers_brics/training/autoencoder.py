@@ -46,6 +46,7 @@ from .losses import (
 )
 from .model_card import write_autoencoder_card
 from .reporting import log_image
+from .separate_step import SeparateStep
 
 logger = get_logger(__name__)
 
@@ -76,7 +77,7 @@ class AutoencoderStage(TrainingStage):
 
     def __init__(self, config: AutoencoderTrainingConfig):
         self.config = config
-        self.discriminator = self.disc_optimizer = self.vgg_loss = None
+        self.discriminator = self.disc_optimizer = self.r1_step = self.vgg_loss = None
         self.skipped = SkippedImages()
 
     def setup(self, trainer: Trainer) -> StageParts:
@@ -128,6 +129,7 @@ class AutoencoderStage(TrainingStage):
                 resolution=resolution,
                 channel_base=loss.disc_channel_base or (32768 if large else 64 * resolution),
                 channel_max=loss.disc_channel_max or (512 if large else 256),
+                num_fp16_res=loss.disc_num_fp16_res, conv_clamp=loss.disc_conv_clamp,
             ).to(accelerator.device)
             # DDP cannot differentiate twice through a wrapped module (the R1 and gradient penalties do), so the
             # discriminator stays unwrapped, starts from rank 0's weights and has its gradients averaged by hand.
@@ -139,6 +141,8 @@ class AutoencoderStage(TrainingStage):
             self.disc_optimizer = torch.optim.Adam(
                 self.discriminator.parameters(), lr=(c.disc_learning_rate or c.learning_rate) * lazy,
                 betas=(c.adam_beta1**lazy, c.adam_beta2**lazy), eps=c.disc_adam_epsilon)
+            if loss.r1_separate_step and loss.gan_loss == "r1":  # the release: R1 its own step of D's optimizer
+                self.r1_step = SeparateStep(self.discriminator, self.disc_optimizer)
             extra = [self.discriminator, self.disc_optimizer]
         if loss.perceptual_weight > 0 and loss.perceptual_loss == "vgg":
             self.vgg_loss = VGGPerceptualLoss(loss.lpips_weights, loss.perceptual_resolution or None)
@@ -155,6 +159,11 @@ class AutoencoderStage(TrainingStage):
         gan = self.discriminator is not None and step >= self.config.loss.disc_start
         logs, recon = self._autoencoder_step(trainer, images, generator, gan)
         if gan:
+            if self.config.loss.disc_recompute_reconstruction:
+                # the release: D trains on the output of the autoencoder after its update (a second forward)
+                trainer.apply_queued_updates()
+                with torch.no_grad():
+                    recon = self._reconstruct(trainer, images, generator)[0].detach()
             logs.update(self._discriminator_step(trainer, images, recon, step, generator))
         return logs
 
@@ -213,10 +222,12 @@ class AutoencoderStage(TrainingStage):
 
     def _discriminator_step(self, trainer, images, recon, step: int, generator) -> dict:
         """Logistic + lazy R1 (every ``r1_interval`` steps), or WGAN-GP. Gradients accumulate over the micro-batches
-        like the autoencoder's; D steps with it."""
+        like the autoencoder's; D steps with it. R1 is in D's loss, or, with ``r1_separate_step`` (the release), a
+        step of D's optimizer of its own after the main one (`SeparateStep`)."""
         loss_config, disc = self.config.loss, self.discriminator
         logs = {}
-        if loss_config.gan_loss == "r1" and step % loss_config.r1_interval == 0:
+        r1_now = loss_config.gan_loss == "r1" and step % loss_config.r1_interval == 0
+        if r1_now and self.r1_step is None:
             penalty, real_logits = r1_penalty(disc, images)
             penalty_term = loss_config.r1_gamma / 2 * penalty * loss_config.r1_interval
             logs["r1"] = penalty.item()
@@ -231,6 +242,11 @@ class AutoencoderStage(TrainingStage):
         d_loss = discriminator_adversarial_loss(real_logits, fake_logits, loss_config.gan_loss)
         trainer.apply_gradients(d_loss + penalty_term, self.disc_optimizer, disc.parameters(), prepared=False)
         logs["d_loss"] = d_loss.item()
+        if r1_now and self.r1_step is not None:
+            penalty, _ = r1_penalty(self.r1_step, images)
+            term = loss_config.r1_gamma / 2 * penalty * loss_config.r1_interval
+            trainer.apply_gradients(term, self.r1_step, self.r1_step.shadows, prepared=False)
+            logs["r1"] = penalty.item()
         return logs
 
     def validate(self, trainer: Trainer, model: torch.nn.Module, step: int) -> dict[str, float]:

@@ -16,9 +16,11 @@ adjusted for lazy R1 as StyleGAN2 does), and StyleGAN2's EMA schedule. `main` is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..console import SHORT_USAGE, HelpFormatter
-from ..models.model_types import MODEL_TYPES, preset_config, presets_of
+from ..models import adapters
+from ..models.autoencoder_brics import BRICSAutoencoder
 from .config import AutoencoderTrainingConfig, from_namespace
 from .flags import (
     add_loop_arguments,
@@ -62,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="held out when the dataset has no validation/test split")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, help="DataLoader workers")
     model = p.add_argument_group("model")
-    model.add_argument("--model_type", choices=sorted(MODEL_TYPES),
+    model.add_argument("--model_type", choices=sorted(adapters.AUTOENCODER_CLASSES),
                        help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel, or cvqvae: a "
                        "VQModel with CVQ-VAE's online clustered codebook (saved as a stock VQModel)")
-    kinds = sorted(MODEL_TYPES)
-    presets = "; ".join(f"{kind}: {', '.join(presets_of(kind))}" for kind in kinds)
+    kinds = sorted(adapters.AUTOENCODER_CLASSES)
+    presets = "; ".join(f"{kind}: {', '.join(adapters.presets_of(kind))}" for kind in kinds)
     model.add_argument("--preset", help=f"a preset of the model type ({presets})")
     model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES],
                        help=f"the defaults of the flags marked 'per --training_recipe': release (the authors'), small "
@@ -121,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "up, 64 * resolution below")
     loss.add_argument("--disc_channel_max", type=positive_int,
                       help="default: 512 from 256x256 up, 256 below")
+    loss.add_argument("--r1_separate_step", action=argparse.BooleanOptionalAction,
+                      help="R1 as a discriminator step of its own after the main one, every --r1_interval steps (the "
+                           "release: 17 discriminator steps per 16 batches at interval 16); default: in the main "
+                           "step's loss (one discriminator step per batch)")
+    loss.add_argument("--disc_recompute_reconstruction", action=argparse.BooleanOptionalAction,
+                      help="the discriminator trains on the autoencoder's output after the autoencoder's update, a "
+                           "second forward per step (the release); default: on the output the autoencoder's loss "
+                           "used. Needs --gradient_accumulation_steps 1")
+    loss.add_argument("--disc_num_fp16_res", type=non_negative_int,
+                      help="the discriminator's blocks at the N highest resolutions compute in float16, on CUDA only "
+                           "(elsewhere float32, with a warning; the release: 4); default 0: float32")
+    loss.add_argument("--disc_conv_clamp", type=positive_float,
+                      help="clamp the discriminator's convolution outputs to +-X, on any device (the release: 256); "
+                           "default: no clamp")
     val.add_argument("--eval_batch_size", type=positive_int, help="held-out images per batch")
     val.add_argument("--num_validation_images", type=positive_int, help="images in the reconstruction grid")
     val.add_argument("--max_eval_images", type=positive_int, help="cap on held-out images for metrics")
@@ -142,18 +158,20 @@ def cvq_decay(text: str) -> float:
 
 
 def add_cvq_arguments(group) -> None:
-    """The ``--cvq_*`` flags of ``--model_type cvqvae`` (their defaults are the fields of `AutoencoderTrainingConfig`)."""
-    group.add_argument("--cvq_decay", type=cvq_decay,
+    """The ``--cvq_*`` flags of ``--model_type cvqvae``, their defaults those of `AutoencoderTrainingConfig`."""
+    default = {f.name: f.default for f in dataclasses.fields(AutoencoderTrainingConfig)}
+    group.add_argument("--cvq_decay", type=cvq_decay, default=default["cvq_decay"],
                        help="cvqvae: decay of each codebook entry's running usage; an entry used less than about "
                             "(1 - decay) / (10 K) of the time moves to a feature of the batch (the reference: 0.99)")
-    group.add_argument("--cvq_distance", choices=["cosine", "euclidean"],
+    group.add_argument("--cvq_distance", choices=["cosine", "euclidean"], default=default["cvq_distance"],
                        help="cvqvae: distance of the lookup and the anchors; cosine keeps unit-length entries (the "
                             "reference: cosine)")
-    group.add_argument("--cvq_anchor", choices=["probability", "closest", "random"],
+    group.add_argument("--cvq_anchor", choices=["probability", "closest", "random"], default=default["cvq_anchor"],
                        help="cvqvae: the feature an entry moves to: drawn by softmax of its similarity, the closest, "
                             "or from a pool of recent features (the reference's quantiser: probability; its "
                             "training script: closest)")
     group.add_argument("--cvq_contrastive_weight", type=non_negative_float,
+                       default=default["cvq_contrastive_weight"],
                        help="cvqvae: weight of the contrastive term (0: off, as the reference's training script)")
 
 
@@ -164,13 +182,11 @@ def image_size_of(args: argparse.Namespace) -> int | None:
         return args.resolution
     if args.model_config_name_or_path:
         try:
-            from ..models.autoencoder_brics import BRICSAutoencoder  # imports torch: not for --help
-
             size = BRICSAutoencoder.load_config(args.model_config_name_or_path).get("sample_size")
         except (OSError, ValueError):
             return None
     else:
-        size = preset_config(args.model_type, args.preset).get("sample_size")
+        size = adapters.preset_config(args.model_type, args.preset).get("sample_size")
     return size[0] if isinstance(size, (list, tuple)) else size
 
 
@@ -178,9 +194,9 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     """`AutoencoderTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.preset not in presets_of(args.model_type):
+    if args.preset not in adapters.presets_of(args.model_type):
         parser.error(f"--preset {args.preset!r} is not a {args.model_type} preset; choose one of "
-                     f"{', '.join(presets_of(args.model_type))}")
+                     f"{', '.join(adapters.presets_of(args.model_type))}")
     if args.training_recipe == "auto":
         size = image_size_of(args)
         args.training_recipe = "small" if size is not None and size <= SMALL_IMAGES else "release"
@@ -189,6 +205,12 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     if args.kl_weight and args.model_type in ("vqmodel", "cvqvae"):
         parser.error(f"--kl_weight applies to BRICS (its KL variant) and AutoencoderKL, not to --model_type "
                      f"{args.model_type}")
+    if args.disc_recompute_reconstruction and args.gradient_accumulation_steps > 1:
+        parser.error("--disc_recompute_reconstruction applies the autoencoder's update before the discriminator's "
+                     "forward, within one batch: use --gradient_accumulation_steps 1 (or a larger batch)")
+    if args.disc_recompute_reconstruction and args.model_type == "cvqvae":
+        parser.error("--disc_recompute_reconstruction: a second forward of --model_type cvqvae would update its "
+                     "codebook twice per step; leave it off")
     if args.torch_compile and args.gradient_checkpointing and args.torch_compile_fullgraph:
         parser.error("--torch_compile with --gradient_checkpointing: dynamo cannot trace the checkpointed blocks into "
                      "one graph; add --no-torch_compile_fullgraph (the blocks then run between compiled graphs)")

@@ -42,7 +42,8 @@ class DataConfig:
 
 @dataclass
 class EMAConfig:
-    """EMA of the trained model's weights: ``stylegan`` (half-life schedule) or diffusers' ``warmup``."""
+    """EMA of the trained model's weights: ``stylegan`` (half-life schedule), diffusers' ``warmup``, or
+    ``ema-pytorch`` (the warm-up on ema-pytorch's cadence, the release's stage 2; see `training.ema`)."""
 
     use_ema: bool = True
     ema_schedule: str = "warmup"
@@ -50,6 +51,8 @@ class EMAConfig:
     ema_power: float = 0.75
     ema_halflife_kimg: float | None = None
     ema_rampup: float = 0.05
+    ema_update_every: int = 10  # ema-pytorch schedule only (ema-pytorch's default, the release's)
+    ema_update_after_step: int = 100  # ema-pytorch schedule only (ema-pytorch's default, the release's)
 
 
 @dataclass
@@ -135,6 +138,11 @@ class AutoencoderLossConfig:
     disc_start: int = 0
     disc_channel_base: int | None = None
     disc_channel_max: int | None = None
+    # The release's discriminator step, off by default (docs/autoencoder.md, "Faithful to the authors' release"):
+    r1_separate_step: bool = False  # the release: R1 as its own optimizer step (17 steps per 16 batches)
+    disc_recompute_reconstruction: bool = False  # the release: D sees the autoencoder's output after its update
+    disc_num_fp16_res: int = 0  # the release: 4 (its four highest resolutions in fp16; CUDA only)
+    disc_conv_clamp: float | None = None  # the release: 256
     kl_weight: float | None = None  # AutoencoderKL: 1e-6 (LDM), else 0 (AutoencoderTrainingConfig.__post_init__)
     kl_reduction: str | None = None  # AutoencoderKL: "sum" (LDM), else "mean" (the BRICS release)
     codebook_weight: float = 1.0
@@ -212,6 +220,7 @@ class DiffusionTrainingConfig:
     snr_gamma: float | None = None
     num_train_timesteps: int = 1000
     learning_rate: float = 8e-5
+    optimizer: str = "adamw"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 0.0

@@ -114,8 +114,9 @@ class DiffusionStage(TrainingStage):
             unet = TextConditionedUNet.wrap(unet, self.text_encoder)
         self.noise_scheduler = build_scheduler(c, key_code_bound(space.vae))
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
-                                      weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
+        optimizer_class = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
+        optimizer = optimizer_class(unet.parameters(), lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
+                                    weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
         return StageParts("unet", unet, optimizer, loader, description=f"{len(train_set)} training images")
 
     def _text_encoder(self, captions: list[str], device) -> tuple[torch.nn.Module, object]:

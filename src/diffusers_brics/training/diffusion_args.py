@@ -44,8 +44,10 @@ from .unet import UNET_PRESETS
 
 #: Stage-2 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``release`` for the ``paper`` UNet,
 #: ``short`` for the smaller ones); a flag given on the command line overrides its recipe's value.
-#: ``release``: the authors' release as far as these flags go (imagen-pytorch's trainer: Adam betas (0.9, 0.99) at
-#: 8e-5, no warm-up, a constant rate, no gradient clipping, an EMA of 0.9999 with power 2/3), epsilon prediction.
+#: ``release``: the authors' release as far as these flags go (imagen-pytorch 1.25.2's trainer: Adam betas
+#: (0.9, 0.99) at 8e-5, no warm-up, no gradient clipping; ema-pytorch's EMA of 0.9999 with power 2/3, touched every
+#: 10 steps after step 100), epsilon prediction. The release's rate is a cosine annealing over 1e6 steps (97.5% of
+#: 8e-5 at step 100k); ours is constant.
 #: ``short``: ours for runs of a few thousand steps, chosen by measured KID per second
 #: (``benchmarks/time_to_quality.py``, docs/training.md "Recipes"): a ten times higher rate with a short warm-up and a cosine
 #: decay over the run, the UNet predicting the clean key codes with min-SNR-5 weighting (it reached a given KID in
@@ -53,8 +55,8 @@ from .unet import UNET_PRESETS
 #: diffusers' EMA warm-up, and key codes scaled to unit variance (``--scaling_factor fit``: the emoji's key codes
 #: have std 0.35 on ``[-1, 1]``; unit variance lowered KID x1e3 at 1,000 steps from 154.5 to 146.5).
 TRAINING_RECIPES: dict[str, dict] = {
-    "release": dict(learning_rate=8e-5, adam_beta2=0.99, lr_warmup_steps=0, lr_scheduler="constant",
-                    max_grad_norm=None, ema_max_decay=0.9999, ema_power=2 / 3),
+    "release": dict(learning_rate=8e-5, optimizer="adam", adam_beta2=0.99, lr_warmup_steps=0, lr_scheduler="constant",
+                    max_grad_norm=None, ema_schedule="ema-pytorch", ema_max_decay=0.9999, ema_power=2 / 3),
     "short": dict(train_batch_size=32, learning_rate=8e-4, lr_warmup_steps=100, lr_scheduler="cosine",
                   prediction_type="sample", snr_gamma=5.0, scaling_factor="fit"),
 }
@@ -131,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_train_timesteps", type=positive_int, help="diffusion steps")
     train.add_argument("--learning_rate", type=positive_float,
                        help="the release's command: 8e-5 (the paper's table: 8e-4)")
-    train.add_argument("--adam_beta1", type=unit_interval, help="AdamW beta1")
-    train.add_argument("--adam_beta2", type=unit_interval, help="AdamW beta2")
-    train.add_argument("--adam_weight_decay", type=non_negative_float, help="AdamW weight decay")
-    train.add_argument("--adam_epsilon", type=positive_float, help="AdamW eps")
+    train.add_argument("--optimizer", choices=["adamw", "adam"],
+                       help="torch.optim.AdamW or Adam (the release's, imagen-pytorch's); with --adam_weight_decay 0 "
+                       "the two take the same steps, bit for bit")
+    train.add_argument("--adam_beta1", type=unit_interval, help="Adam(W) beta1")
+    train.add_argument("--adam_beta2", type=unit_interval, help="Adam(W) beta2")
+    train.add_argument("--adam_weight_decay", type=non_negative_float,
+                       help="weight decay: AdamW's decoupled, Adam's added to the gradient (L2)")
+    train.add_argument("--adam_epsilon", type=positive_float, help="Adam(W) eps")
     val.add_argument("--num_validation_images", type=positive_int, help="samples in the grid")
     val.add_argument("--num_inference_steps", type=positive_int, help="sampling steps for the grid")
     read_field_defaults(p, DiffusionTrainingConfig)

@@ -8,8 +8,18 @@ half-life is a fixed fraction of the images seen so far (so the first step copie
 ``H = 10,000 * B / 32`` (its ``ema_kimg = batch * 10 / 32``), a half-life of 312.5 steps whatever the batch ``B``,
 and ``rampup = 0.05``.
 
+`CadencedEMA` is ema-pytorch's ``EMA.update`` (version 0.2.3, which imagen-pytorch 1.25.2's trainer, the
+release's stage 2, installed), the ``ema-pytorch`` schedule. Its decay is diffusers' warm-up formula: at the
+``k``-th optimisation step, ``clamp(1 - (1 + (k - U - 1) / inv_gamma) ** -power, 0, max_decay)`` with
+``U = update_after_step`` (ema-pytorch's ``get_current_decay``; diffusers' `EMAModel.get_decay` is the same
+formula, which the ``warmup`` schedule runs with ``U = 0``). What differs is the cadence: the EMA is touched on steps
+1, 1 + N, 1 + 2N, ... only (``N = update_every``; the release: every 10 steps), copying the weights on those up to
+step ``U + 1`` and once more on the first one after it (ema-pytorch copies at its first average), averaging after
+that; between touches the EMA weights do not change.
+
 diffusers' `EMAModel` keeps the shadow weights, device moves and checkpoint state; its warm-up formula cannot
-express this schedule, so `HalfLifeEMA` overrides only `get_decay` (and saves its own fields).
+express the half-life schedule, so `HalfLifeEMA` overrides only `get_decay` (and saves its own fields), and
+`CadencedEMA` only `step`.
 """
 
 from __future__ import annotations
@@ -60,13 +70,53 @@ class HalfLifeEMA(EMAModel):
                 "rampup": self.rampup}
 
 
+class CadencedEMA(EMAModel):
+    """`EMAModel` updated as ema-pytorch's ``EMA.update`` (see the module docstring).
+
+    Args:
+        parameters: the parameters to average.
+        update_every (`int`): ``N``, touch the EMA every N optimisation steps (ema-pytorch: 10).
+        update_after_step (`int`): ``U``, copy the weights up to this step (ema-pytorch: 100).
+        **kwargs: passed to `EMAModel` (``decay``, ``power``, ``inv_gamma``, ``model_cls``, ``model_config``).
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], update_every: int = 10, update_after_step: int = 100,
+                 **kwargs: Any):
+        if update_every < 1 or update_after_step < 0:
+            raise ValueError(f"need update_every >= 1 and update_after_step >= 0, got {update_every} and "
+                             f"{update_after_step}")
+        super().__init__(parameters, update_after_step=update_after_step, use_ema_warmup=True, **kwargs)
+        self.update_every = int(update_every)
+
+    @torch.no_grad()
+    def step(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        parameters = list(parameters)
+        before = self.optimization_step  # ema-pytorch's `step` before this update
+        if before % self.update_every:
+            self.optimization_step += 1
+            return
+        first_average = self.update_every * (self.update_after_step // self.update_every + 1)
+        if before <= self.update_after_step or before == first_average:
+            self.optimization_step += 1
+            self.cur_decay_value = 0.0
+            for shadow, param in zip(self.shadow_params, parameters):
+                shadow.copy_(param.detach())
+            return
+        super().step(parameters)  # counts the step; decay = get_decay(before + 1)
+
+    def state_dict(self) -> dict:
+        # Recorded for the reader of a checkpoint; a resumed run touches the EMA on the cadence of its own flags.
+        return {**super().state_dict(), "update_every": self.update_every}
+
+
 def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: int) -> EMAModel | None:
     """EMA of the (prepared) model's weights; None without ``use_ema``. Checkpoints hold it once
     `register_checkpoint_hooks` is given it.
 
     ``ema_schedule="stylegan"`` (the release's): `HalfLifeEMA` with ``ema_halflife_kimg`` (default
     ``10 * batch_size / 32``) and ``ema_rampup``; ``"warmup"``: diffusers' warm-up ``1 - (1 + step) ** -ema_power``
-    capped at ``ema_max_decay``. ``batch_size`` is the images of one optimisation step.
+    capped at ``ema_max_decay``; ``"ema-pytorch"``: `CadencedEMA`, that warm-up on ema-pytorch's cadence
+    (``ema_update_every``, ``ema_update_after_step``). ``batch_size`` is the images of one optimisation step.
     """
     settings = config.ema
     if not settings.use_ema:
@@ -77,6 +127,10 @@ def make_ema(accelerator: Accelerator, model, config: LoopConfig, batch_size: in
         halflife_kimg = settings.ema_halflife_kimg or 10 * batch_size / 32
         ema = HalfLifeEMA(unwrapped.parameters(), halflife_images=halflife_kimg * 1000, batch_size=batch_size,
                           rampup=settings.ema_rampup or None, **kwargs)
+    elif settings.ema_schedule == "ema-pytorch":
+        ema = CadencedEMA(unwrapped.parameters(), update_every=settings.ema_update_every,
+                          update_after_step=settings.ema_update_after_step, decay=settings.ema_max_decay,
+                          inv_gamma=1.0, power=settings.ema_power, **kwargs)
     else:
         ema = EMAModel(unwrapped.parameters(), decay=settings.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                        power=settings.ema_power, **kwargs)

@@ -9,13 +9,7 @@ import importlib.util
 import os
 from typing import Any
 
-from .config import field_defaults
-
-
-#: diffusers' learning-rate schedules (`diffusers.optimization.SchedulerType`), written out so that the parsers and
-#: their help need no torch (tests/test_settings.py checks them against diffusers)
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "piecewise_constant")  # fmt: skip
+from .config import EMAConfig, field_defaults
 
 
 # ---------------------------------------------------------------------------------------------- argparse types
@@ -76,6 +70,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     """The flags of `DataConfig`, `LoopConfig` and `EMAConfig` (their defaults are read from a stage's settings class
     by `read_field_defaults`); returns the groups by title ("data", "training", "run", "validation", "logging and
     checkpoints", "hub") for a stage to add its own flags."""
+    from diffusers.optimization import SchedulerType  # imports torch: not on import of this module
+
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
     data.add_argument("--dataset_config_name", help="the dataset's configuration, for --dataset_name")
@@ -92,7 +88,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     train.add_argument("--num_epochs", type=positive_int, help="epochs, unless --max_train_steps")
     train.add_argument("--max_train_steps", type=positive_int, help="optimisation steps (overrides --num_epochs)")
     train.add_argument(
-        "--lr_scheduler", choices=LR_SCHEDULERS, help="diffusers' learning-rate schedule"
+        "--lr_scheduler", choices=[t.value for t in SchedulerType], help="diffusers' learning-rate schedule"
     )
     train.add_argument("--lr_warmup_steps", type=non_negative_int, help="linear warm-up steps of the schedule")
     train.add_argument(
@@ -111,12 +107,29 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     )
     train.add_argument(
         "--ema_schedule",
-        choices=["stylegan", "warmup"],
-        help="stylegan: half-life --ema_halflife_kimg with --ema_rampup (the BRICS release); warmup: "
-        "diffusers' EMAModel warm-up capped at --ema_max_decay",
+        choices=["stylegan", "warmup", "ema-pytorch"],
+        help="stylegan: half-life --ema_halflife_kimg with --ema_rampup (the BRICS release's stage 1); warmup: "
+        "diffusers' EMAModel warm-up capped at --ema_max_decay, every step; ema-pytorch: that warm-up on "
+        "ema-pytorch's cadence, --ema_update_every and --ema_update_after_step (the release's stage 2)",
     )
-    train.add_argument("--ema_max_decay", type=unit_interval, help="warmup schedule: the cap")
-    train.add_argument("--ema_power", type=positive_float, help="warmup schedule: decay = 1 - (1 + step) ** -power")
+    train.add_argument("--ema_max_decay", type=unit_interval, help="warmup and ema-pytorch schedules: the cap")
+    train.add_argument(
+        "--ema_power",
+        type=positive_float,
+        help="warmup and ema-pytorch schedules: decay = 1 - (k - U) ** -power at optimisation step k (U: 0 for "
+        "warmup, --ema_update_after_step for ema-pytorch)",
+    )
+    train.add_argument(
+        "--ema_update_every",
+        type=positive_int,
+        help="ema-pytorch schedule: touch the EMA every N optimisation steps (ema-pytorch's and the release's 10)",
+    )
+    train.add_argument(
+        "--ema_update_after_step",
+        type=non_negative_int,
+        help="ema-pytorch schedule: the EMA copies the weights up to this step and once more at its first average "
+        "after it (ema-pytorch's and the release's 100)",
+    )
     train.add_argument(
         "--ema_halflife_kimg",
         type=positive_float,
@@ -222,6 +235,13 @@ def apply_recipe(args: argparse.Namespace, values: dict[str, Any]) -> None:
 
 def check_loop_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse flag combinations that cannot work, through ``parser.error``."""
+    cadence = {name: value for name, value in field_defaults(EMAConfig).items() if name.startswith("ema_update")}
+    if args.ema_schedule != "ema-pytorch":
+        for name, default in cadence.items():
+            if getattr(args, name) != default:
+                parser.error(
+                    f"--{name} applies to --ema_schedule ema-pytorch, not to --ema_schedule {args.ema_schedule}"
+                )
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
     for tracker in ("wandb", "tensorboard"):

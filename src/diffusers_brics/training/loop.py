@@ -157,7 +157,7 @@ class Trainer:
         scale: float = 1.0,
     ) -> None:
         """Backward ``loss * scale`` and queue ``optimizer``'s update; the Trainer applies the queued updates after
-        the stage's `training_step` returns, all of them or none (`_apply_queued_updates`).
+        the stage's `training_step` returns, all of them or none (`apply_queued_updates`).
 
         ``prepared``: an optimizer and model prepared by accelerate (which accumulates, syncs, clips at
         ``max_grad_norm`` and steps only at the end); otherwise (a module kept out of DDP) the loss is divided by
@@ -180,9 +180,10 @@ class Trainer:
         elif prepared:
             self._queued_updates.append((optimizer, parameters, prepared, lr_scheduler))
 
-    def _apply_queued_updates(self) -> None:
+    def apply_queued_updates(self) -> None:
         """Step the optimizers queued by this micro-batch's `apply_gradients`, or, where any gradient of the step
-        was non-finite, none of them (their gradients are cleared; the schedules still advance with the step)."""
+        was non-finite, none of them (their gradients are cleared; the schedules still advance with the step). A
+        stage may call it within `training_step` where a later forward needs the updated weights."""
         queued, self._queued_updates = self._queued_updates, []
         sync = self.accelerator.sync_gradients
         for optimizer, parameters, prepared, lr_scheduler in queued:
@@ -276,7 +277,7 @@ class Trainer:
                         torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's outputs
                     with accelerator.accumulate(self.model):
                         step_logs.add(stage.training_step(self, batch, generator, self.global_step))
-                        self._apply_queued_updates()
+                        self.apply_queued_updates()
                     if not accelerator.sync_gradients:
                         micro_step += 1
                         continue
