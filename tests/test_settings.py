@@ -129,3 +129,12 @@ def test_stage_two_defaults_that_follow_from_other_settings(settings, expected):
     resolved = DiffusionTrainingConfig(**{"autoencoder": "vae", **settings})
     assert {name: getattr(resolved, name) for name in expected} == expected
 
+
+
+def test_the_learning_rate_schedules_are_diffusers_own():
+    from diffusers.optimization import SchedulerType
+
+    from diffusers_brics.training.flags import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) <= {schedule.value for schedule in SchedulerType}
+    assert {"constant", "cosine", "linear"} <= set(LR_SCHEDULERS)

@@ -16,11 +16,9 @@ adjusted for lazy R1 as StyleGAN2 does), and StyleGAN2's EMA schedule. `main` is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..console import SHORT_USAGE, HelpFormatter
-from ..models import adapters
-from ..models.autoencoder_brics import BRICSAutoencoder
+from ..models.model_types import MODEL_TYPES, preset_config, presets_of
 from .config import AutoencoderTrainingConfig, from_namespace
 from .flags import (
     add_loop_arguments,
@@ -64,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="held out when the dataset has no validation/test split")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, help="DataLoader workers")
     model = p.add_argument_group("model")
-    model.add_argument("--model_type", choices=sorted(adapters.AUTOENCODER_CLASSES),
+    model.add_argument("--model_type", choices=sorted(MODEL_TYPES),
                        help="the autoencoder to train: BRICS, or diffusers' AutoencoderKL / VQModel, or cvqvae: a "
                        "VQModel with CVQ-VAE's online clustered codebook (saved as a stock VQModel)")
-    kinds = sorted(adapters.AUTOENCODER_CLASSES)
-    presets = "; ".join(f"{kind}: {', '.join(adapters.presets_of(kind))}" for kind in kinds)
+    kinds = sorted(MODEL_TYPES)
+    presets = "; ".join(f"{kind}: {', '.join(presets_of(kind))}" for kind in kinds)
     model.add_argument("--preset", help=f"a preset of the model type ({presets})")
     model.add_argument("--training_recipe", choices=["auto", *TRAINING_RECIPES],
                        help=f"the defaults of the flags marked 'per --training_recipe': release (the authors'), small "
@@ -158,20 +156,18 @@ def cvq_decay(text: str) -> float:
 
 
 def add_cvq_arguments(group) -> None:
-    """The ``--cvq_*`` flags of ``--model_type cvqvae``, their defaults those of `AutoencoderTrainingConfig`."""
-    default = {f.name: f.default for f in dataclasses.fields(AutoencoderTrainingConfig)}
-    group.add_argument("--cvq_decay", type=cvq_decay, default=default["cvq_decay"],
+    """The ``--cvq_*`` flags of ``--model_type cvqvae`` (their defaults are the fields of `AutoencoderTrainingConfig`)."""
+    group.add_argument("--cvq_decay", type=cvq_decay,
                        help="cvqvae: decay of each codebook entry's running usage; an entry used less than about "
                             "(1 - decay) / (10 K) of the time moves to a feature of the batch (the reference: 0.99)")
-    group.add_argument("--cvq_distance", choices=["cosine", "euclidean"], default=default["cvq_distance"],
+    group.add_argument("--cvq_distance", choices=["cosine", "euclidean"],
                        help="cvqvae: distance of the lookup and the anchors; cosine keeps unit-length entries (the "
                             "reference: cosine)")
-    group.add_argument("--cvq_anchor", choices=["probability", "closest", "random"], default=default["cvq_anchor"],
+    group.add_argument("--cvq_anchor", choices=["probability", "closest", "random"],
                        help="cvqvae: the feature an entry moves to: drawn by softmax of its similarity, the closest, "
                             "or from a pool of recent features (the reference's quantiser: probability; its "
                             "training script: closest)")
     group.add_argument("--cvq_contrastive_weight", type=non_negative_float,
-                       default=default["cvq_contrastive_weight"],
                        help="cvqvae: weight of the contrastive term (0: off, as the reference's training script)")
 
 
@@ -182,11 +178,13 @@ def image_size_of(args: argparse.Namespace) -> int | None:
         return args.resolution
     if args.model_config_name_or_path:
         try:
+            from ..models.autoencoder_brics import BRICSAutoencoder  # imports torch: not for --help
+
             size = BRICSAutoencoder.load_config(args.model_config_name_or_path).get("sample_size")
         except (OSError, ValueError):
             return None
     else:
-        size = adapters.preset_config(args.model_type, args.preset).get("sample_size")
+        size = preset_config(args.model_type, args.preset).get("sample_size")
     return size[0] if isinstance(size, (list, tuple)) else size
 
 
@@ -194,9 +192,9 @@ def parse_args(argv: list[str] | None = None) -> AutoencoderTrainingConfig:
     """`AutoencoderTrainingConfig` from command-line arguments (``argv``, default ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.preset not in adapters.presets_of(args.model_type):
+    if args.preset not in presets_of(args.model_type):
         parser.error(f"--preset {args.preset!r} is not a {args.model_type} preset; choose one of "
-                     f"{', '.join(adapters.presets_of(args.model_type))}")
+                     f"{', '.join(presets_of(args.model_type))}")
     if args.training_recipe == "auto":
         size = image_size_of(args)
         args.training_recipe = "small" if size is not None and size <= SMALL_IMAGES else "release"

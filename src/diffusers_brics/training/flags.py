@@ -12,6 +12,12 @@ from typing import Any
 from .config import EMAConfig, field_defaults
 
 
+#: diffusers' learning-rate schedules (`diffusers.optimization.SchedulerType`), written out so that the parsers and
+#: their help need no torch (tests/test_settings.py checks them against diffusers)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "piecewise_constant")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- argparse types
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the flag in its error)."""
@@ -70,8 +76,6 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     """The flags of `DataConfig`, `LoopConfig` and `EMAConfig` (their defaults are read from a stage's settings class
     by `read_field_defaults`); returns the groups by title ("data", "training", "run", "validation", "logging and
     checkpoints", "hub") for a stage to add its own flags."""
-    from diffusers.optimization import SchedulerType  # imports torch: not on import of this module
-
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub dataset id or local dataset folder (default: embedded emoji)")
     data.add_argument("--dataset_config_name", help="the dataset's configuration, for --dataset_name")
@@ -88,7 +92,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     train.add_argument("--num_epochs", type=positive_int, help="epochs, unless --max_train_steps")
     train.add_argument("--max_train_steps", type=positive_int, help="optimisation steps (overrides --num_epochs)")
     train.add_argument(
-        "--lr_scheduler", choices=[t.value for t in SchedulerType], help="diffusers' learning-rate schedule"
+        "--lr_scheduler", choices=LR_SCHEDULERS, help="diffusers' learning-rate schedule"
     )
     train.add_argument("--lr_warmup_steps", type=non_negative_int, help="linear warm-up steps of the schedule")
     train.add_argument(
