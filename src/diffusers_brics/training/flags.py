@@ -91,9 +91,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     train.add_argument("--train_batch_size", type=positive_int, help="images per process")
     train.add_argument("--num_epochs", type=positive_int, help="epochs, unless --max_train_steps")
     train.add_argument("--max_train_steps", type=positive_int, help="optimisation steps (overrides --num_epochs)")
-    train.add_argument(
-        "--lr_scheduler", choices=LR_SCHEDULERS, help="diffusers' learning-rate schedule"
-    )
+    train.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, help="diffusers' learning-rate schedule")
     train.add_argument("--lr_warmup_steps", type=non_negative_int, help="linear warm-up steps of the schedule")
     train.add_argument(
         "--max_grad_norm", type=positive_float, help="clip the trained model's gradient norm (unset: no clipping)"
