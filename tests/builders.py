@@ -1,13 +1,16 @@
-"""What several test modules build: tiny UNets and pipelines, folders of random images; and what they run in a child
-process: the `brics` command, the stage-2 training script. Each builder draws from torch's global RNG exactly as
-the tests it came from did, so a test that seeds before calling one gets the same weights as before."""
+"""What several test modules build: tiny UNets and pipelines, folders of random images; what they run in this process
+(a training's ``main`` with a fresh accelerate state, a text-to-image pipeline on prompts) and in a child process (the
+`brics` command, the stage-2 training script); the repository root and a free port. Each name here is defined
+once in the test suite: `tests/test_layout.py` fails on a function or constant that two test modules define."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
@@ -65,23 +68,28 @@ def plain_unet(
     )
 
 
-def tiny_pipeline() -> BRICSPipeline:
-    """An untrained pipeline of the tiny autoencoder (8x8x2 key codes) and `tiny_unet`, both built after
-    ``torch.manual_seed(0)``, progress bar off."""
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    pipeline = BRICSPipeline(unet=tiny_unet(seed=0), scheduler=default_scheduler(), vae=vae)
+def tiny_pipeline(vae: BRICSAutoencoder | None = None) -> BRICSPipeline:
+    """An untrained pipeline of ``vae`` (by default the tiny autoencoder, 8x8x2 key codes, built after
+    ``torch.manual_seed(0)``) and `tiny_unet` of its channels (built after ``torch.manual_seed(0)``), progress bar
+    off."""
+    if vae is None:
+        torch.manual_seed(0)
+        vae = BRICSAutoencoder.from_preset("tiny").eval()
+    pipeline = BRICSPipeline(unet=tiny_unet(vae.latent_shape[0], seed=0), scheduler=default_scheduler(), vae=vae)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-def tiny_text_pipeline(vae: BRICSAutoencoder) -> BRICSTextToImagePipeline:
-    """An untrained text-to-image pipeline on ``vae``: a BPE tokenizer of `CAPTIONS`, a tiny CLIP text encoder
-    (width 32) and a tiny cross-attention UNet (needs transformers and tokenizers)."""
+def tiny_text_pipeline(
+    vae: BRICSAutoencoder, captions: Sequence[str] = CAPTIONS, vocab_size: int = 64
+) -> BRICSTextToImagePipeline:
+    """An untrained text-to-image pipeline on ``vae``: a BPE tokenizer of ``captions`` (``vocab_size`` entries), a
+    tiny CLIP text encoder (width 32, eval mode) and a tiny cross-attention UNet (needs transformers and
+    tokenizers)."""
     from diffusers_brics.models.text_encoder import build_text_encoder, train_caption_tokenizer
 
     channels, size, _ = vae.latent_shape
-    tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=64)
+    tokenizer = train_caption_tokenizer(list(captions), vocab_size=vocab_size)
     unet = UNet2DConditionModel(
         sample_size=size,
         in_channels=channels,
@@ -96,7 +104,7 @@ def tiny_text_pipeline(vae: BRICSAutoencoder) -> BRICSTextToImagePipeline:
     )
     return BRICSTextToImagePipeline(
         vae=vae,
-        text_encoder=build_text_encoder(tokenizer, "tiny"),
+        text_encoder=build_text_encoder(tokenizer, "tiny").eval(),
         tokenizer=tokenizer,
         unet=unet,
         scheduler=default_scheduler(),
@@ -122,6 +130,33 @@ def random_images(folder: Path, count: int, height: int = 32, width: int = 32) -
         pixels = (torch.rand(height, width, 3, generator=generator) * 255).byte().numpy()
         Image.fromarray(pixels).save(folder / f"{i}.png")
     return folder
+
+
+def generate_from_prompts(pipe, prompts: Sequence[str], **kwargs):
+    """``pipe(prompts)``: 3 steps from ``torch.Generator().manual_seed(0)``, as ``(B, H, W, 3)`` arrays, progress bar
+    off; ``kwargs`` go to the pipeline (``guidance_scale=...``)."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        list(prompts), num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
+    ).images
+
+
+def run_in_process(main: Callable[[list[str]], int | None], argv: Sequence, prog: str) -> int:
+    """``main(argv)`` as its script runs it (`run_command`: an error is one line on stderr), in this process with a
+    fresh accelerate state, as a new process has; its exit status."""
+    from accelerate.state import AcceleratorState
+
+    from diffusers_brics.console import run_command
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return run_command(main, [str(arg) for arg in argv], prog=prog)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def brics(*args) -> subprocess.CompletedProcess:

@@ -10,20 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
+from builders import brics, tiny_pipeline
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, evaluate, quickstart, summary
 from diffusers_brics.console import run_command
-from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.training import autoencoder_args, diffusion_args
-
-
-def tiny_unet(channels: int) -> UNet2DModel:
-    return UNet2DModel(sample_size=8, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +25,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
     vae = BRICSAutoencoder.from_preset("tiny").eval()
-    BRICSPipeline(unet=tiny_unet(vae.latent_shape[0]), scheduler=default_scheduler(), vae=vae).save_pretrained(
-        root / "pipeline")
+    tiny_pipeline(vae).save_pretrained(root / "pipeline")
     vae.save_pretrained(root / "vae")
     vae.save_pretrained(root / "stage1" / "autoencoder")
     rng = np.random.default_rng(0)
@@ -41,12 +33,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / name)
     return {"root": root, "pipeline": root / "pipeline", "vae": root / "vae", "stage1": root / "stage1",
             "a": root / "a.png", "b": root / "b.png"}
-
-
-def brics(*args) -> subprocess.CompletedProcess:
-    """``python -m diffusers_brics ARGS`` in a child process."""
-    return subprocess.run([sys.executable, "-m", "diffusers_brics", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
 
 
 def test_reconstruct_encode_decode_agree(models, tmp_path, capsys):

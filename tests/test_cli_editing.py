@@ -4,38 +4,12 @@
 import numpy as np
 import pytest
 import torch
-from builders import brics, tiny_unet
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from builders import brics, plain_unet, tiny_class_pipeline, tiny_pipeline, tiny_text_pipeline
+from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
-from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli
+from diffusers_brics import BRICSAutoencoder, cli
 from diffusers_brics.console import run_command
-from diffusers_brics.pipelines import BRICSTextToImagePipeline, default_scheduler
-
-CAPTIONS = ["a red circle", "a blue square on white", "a green triangle", "a smiling yellow face"]
-
-
-def tiny_text_pipeline(vae: BRICSAutoencoder) -> BRICSTextToImagePipeline:
-    """An untrained text-to-image pipeline on ``vae``: a BPE tokenizer of `CAPTIONS`, a tiny CLIP text encoder
-    (width 32) and a tiny cross-attention UNet (needs transformers and tokenizers)."""
-    from diffusers_brics.models.text_encoder import build_text_encoder, train_caption_tokenizer
-
-    channels, size, _ = vae.latent_shape
-    tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=64)
-    unet = UNet2DConditionModel(
-        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4)
-    return BRICSTextToImagePipeline(vae=vae, text_encoder=build_text_encoder(tokenizer, "tiny"), tokenizer=tokenizer,
-                                    unet=unet, scheduler=default_scheduler())
-
-
-def tiny_class_pipeline(vae: BRICSAutoencoder) -> BRICSPipeline:
-    """An untrained class-conditional pipeline on ``vae``: classes "cat" (0) and "dog" (1), and the null class 2."""
-    unet = UNet2DModel.from_config(tiny_unet(vae.latent_shape[0]).config, num_class_embeds=3)
-    return BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae, id2label={0: "cat", 1: "dog"},
-                         null_class_id=2)
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
@@ -47,13 +21,9 @@ def models(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     vae = BRICSAutoencoder.from_preset("tiny").eval()
     tiny_text_pipeline(vae).save_pretrained(root / "text")
-    BRICSPipeline(unet=tiny_unet(vae.latent_shape[0]), scheduler=default_scheduler(), vae=vae).save_pretrained(
-        root / "plain")
+    tiny_pipeline(vae).save_pretrained(root / "plain")
     tiny_class_pipeline(vae).save_pretrained(root / "classes")
-    pixels = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                         norm_num_groups=4)
-    DDPMPipeline(unet=pixels, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(root / "ddpm")
+    DDPMPipeline(unet=plain_unet(3), scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(root / "ddpm")
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "image.png")
@@ -68,7 +38,7 @@ def models(tmp_path_factory) -> dict:
         "white": root / "white.png", "small": root / "small.png"}
 
 
-def sample(models, folder, model="text", *extra) -> list[bytes]:
+def sampled(models, folder, model="text", *extra) -> list[bytes]:
     """``brics sample`` (3 steps) into ``folder``; the bytes of each ``sample_*.png``."""
     if model == "text" and "--prompt" not in extra:
         extra = ("--prompt", "a red circle", *extra)
@@ -84,29 +54,29 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 def test_text_sampling_is_seeded(models, tmp_path):
-    two = sample(models, tmp_path / "two", "text", "--num_images", "2", "--seed", "4")
-    again = sample(models, tmp_path / "again", "text", "--num_images", "2", "--seed", "4")
+    two = sampled(models, tmp_path / "two", "text", "--num_images", "2", "--seed", "4")
+    again = sampled(models, tmp_path / "again", "text", "--num_images", "2", "--seed", "4")
     assert len(two) == 2 and two == again  # the same files, byte for byte
     assert two[0] != two[1]
-    one = sample(models, tmp_path / "one", "text", "--num_images", "1", "--seed", "5")
+    one = sampled(models, tmp_path / "one", "text", "--num_images", "1", "--seed", "5")
     assert one == two[1:]  # image i is drawn from seed + i
     assert Image.open(tmp_path / "two" / "grid.png").size == (2 * 32, 32)
     assert Image.open(tmp_path / "two" / "sample_000.png").size == (32, 32)
 
 
 def test_text_guidance_defaults_to_the_pipelines_own(models, tmp_path):
-    default = sample(models, tmp_path / "default", "text", "--num_images", "1")
-    assert sample(models, tmp_path / "three", "text", "--num_images", "1", "--guidance_scale", "3") == default
-    assert sample(models, tmp_path / "one", "text", "--num_images", "1", "--guidance_scale", "1") != default
-    assert sample(models, tmp_path / "prompt", "text", "--num_images", "1", "--prompt", "a green triangle") != default
-    negative = sample(models, tmp_path / "negative", "text", "--num_images", "1", "--negative_prompt", "blue square")
+    default = sampled(models, tmp_path / "default", "text", "--num_images", "1")
+    assert sampled(models, tmp_path / "three", "text", "--num_images", "1", "--guidance_scale", "3") == default
+    assert sampled(models, tmp_path / "one", "text", "--num_images", "1", "--guidance_scale", "1") != default
+    assert sampled(models, tmp_path / "prompt", "text", "--num_images", "1", "--prompt", "a green triangle") != default
+    negative = sampled(models, tmp_path / "negative", "text", "--num_images", "1", "--negative_prompt", "blue square")
     assert negative != default
 
 
 def test_class_labels_with_guidance(models, tmp_path):
-    cat = sample(models, tmp_path / "cat", "classes", "--num_images", "1", "--class_label", "cat")
-    assert sample(models, tmp_path / "zero", "classes", "--num_images", "1", "--class_label", "0") == cat
-    guided = sample(models, tmp_path / "guided", "classes", "--num_images", "1", "--class_label", "cat",
+    cat = sampled(models, tmp_path / "cat", "classes", "--num_images", "1", "--class_label", "cat")
+    assert sampled(models, tmp_path / "zero", "classes", "--num_images", "1", "--class_label", "0") == cat
+    guided = sampled(models, tmp_path / "guided", "classes", "--num_images", "1", "--class_label", "cat",
                     "--guidance_scale", "2.5")
     assert len(guided) == 1 and guided != cat
 
@@ -116,7 +86,7 @@ def test_strength_zero_gives_the_reconstruction(models, tmp_path, model):
     assert cli.main(["reconstruct", str(models["image"]), "--model", str(models[model]), "--output_dir",
                      str(tmp_path / "rec")]) == 0
     reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
-    edits = sample(models, tmp_path / "edit", model, "--image", models["image"], "--strength", "0", "--num_images", 2)
+    edits = sampled(models, tmp_path / "edit", model, "--image", models["image"], "--strength", "0", "--num_images", 2)
     assert len(edits) == 2
     for edit in edits:
         assert np.abs(pixels(edit) - reconstruction).max() <= 1
@@ -131,8 +101,8 @@ def test_image_to_image_is_seeded_and_is_the_pipelines_own(models, tmp_path, mod
     from diffusers_brics.pipelines.loading import load_pipeline
 
     edit = ("--image", models["image"], "--strength", "0.5", "--num_images", 2)
-    low = sample(models, tmp_path / "low", model, *edit)
-    assert sample(models, tmp_path / "again", model, *edit) == low
+    low = sampled(models, tmp_path / "low", model, *edit)
+    assert sampled(models, tmp_path / "again", model, *edit) == low
     pipe = load_pipeline(str(models[model]), "ddim")
     pipe.set_progress_bar_config(disable=True)
     kwargs = {"prompt": "a red circle", "num_images_per_prompt": 2} if model == "text" else {"batch_size": 2}
@@ -140,10 +110,10 @@ def test_image_to_image_is_seeded_and_is_the_pipelines_own(models, tmp_path, mod
                     generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs).images
     for data, image in zip(low, expected):
         assert np.array_equal(pixels(data), (image * 255).round().astype(np.int16))
-    high = sample(models, tmp_path / "high", model, "--image", models["image"], "--strength", "1")
-    assert high == sample(models, tmp_path / "plain", model)  # strength 1: the image is ignored
+    high = sampled(models, tmp_path / "high", model, "--image", models["image"], "--strength", "1")
+    assert high == sampled(models, tmp_path / "plain", model)  # strength 1: the image is ignored
     # the default strength (0.8) and another scheduler work too
-    assert len(sample(models, tmp_path / "dpm", model, "--image", models["image"], "--scheduler", "dpm",
+    assert len(sampled(models, tmp_path / "dpm", model, "--image", models["image"], "--scheduler", "dpm",
                       "--num_images", 2)) == 2
 
 
@@ -153,18 +123,18 @@ def test_inpainting_with_a_mask_file(models, tmp_path, model):
                      str(tmp_path / "rec")]) == 0
     reconstruction = pixels((tmp_path / "rec" / "image.png").read_bytes())
     image = ("--image", models["image"], "--num_images", 2)
-    black = sample(models, tmp_path / "black", model, *image, "--mask", models["black"])
+    black = sampled(models, tmp_path / "black", model, *image, "--mask", models["black"])
     for edit in black:  # nothing to regenerate: the image's own key codes
         assert np.abs(pixels(edit) - reconstruction).max() <= 1
-    white = sample(models, tmp_path / "white", model, *image, "--mask", models["white"])
-    assert white == sample(models, tmp_path / "noise", model, "--num_images", 2)  # all regenerated, from the seeds
-    half = sample(models, tmp_path / "half", model, *image, "--mask", models["half"])
-    assert half == sample(models, tmp_path / "half-again", model, *image, "--mask", models["half"])
+    white = sampled(models, tmp_path / "white", model, *image, "--mask", models["white"])
+    assert white == sampled(models, tmp_path / "noise", model, "--num_images", 2)  # all regenerated, from the seeds
+    half = sampled(models, tmp_path / "half", model, *image, "--mask", models["half"])
+    assert half == sampled(models, tmp_path / "half-again", model, *image, "--mask", models["half"])
     assert half[0] != half[1]  # each sample from its own seed
     for edit, kept, fresh in zip(half, black, white):  # neither all kept nor all regenerated
         assert edit != kept and edit != fresh
     # a lower strength keeps more of the image where the mask is white
-    assert sample(models, tmp_path / "weak", model, *image, "--mask", models["half"], "--strength", "0.5") != half
+    assert sampled(models, tmp_path / "weak", model, *image, "--mask", models["half"], "--strength", "0.5") != half
 
 
 def one_line_error(args, capsys) -> str:

@@ -20,7 +20,7 @@ HEAVY = ("torch", "diffusers", "transformers", "accelerate", "datasets")
 # commands whose parser needs no torch (train-ae and train-diffusion build theirs in the training modules)
 LIGHT_COMMANDS = ["reconstruct", "encode", "decode", "sample", "interpolate", "examples", "info", "evaluate",
                   "evaluate generation", "quickstart"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+OFFLINE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def all_parsers(light_only: bool = False) -> dict[str, argparse.ArgumentParser]:
@@ -40,7 +40,7 @@ def all_parsers(light_only: bool = False) -> dict[str, argparse.ArgumentParser]:
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=OFFLINE_ENV)
 
 
 def test_the_command_line_imports_no_heavy_module():
@@ -69,7 +69,7 @@ def test_help_answers_within_a_second(command):
     """`brics --help` and a command's --help take about 0.1 s; the bound leaves room for a loaded machine."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "diffusers_brics", *command.split(), "--help"], capture_output=True,
-                          text=True, timeout=60, env=ENV)
+                          text=True, timeout=60, env=OFFLINE_ENV)
     seconds = time.perf_counter() - start
     assert done.returncode == 0 and done.stdout.startswith(f"usage: brics {command}".rstrip()), done.stderr
     assert seconds < 3, f"brics {command} --help took {seconds:.2f} s"

@@ -7,12 +7,10 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from builders import DIFFUSION_FAST
+from builders import DIFFUSION_FAST, run_in_process
 from diffusers import VQModel
 from safetensors.torch import load_file
 
-from diffusers_brics.console import run_command
 from diffusers_brics.metrics.codebook_usage import CodebookUsage
 from diffusers_brics.models import adapters
 from diffusers_brics.models.clustered_codebook import ClusteredVectorQuantizer, revival_rate, updated_usage
@@ -169,20 +167,18 @@ STAGE_1 = [
 ]  # fmt: skip
 
 
-def run(main, argv, prog: str) -> int:
-    """``main(argv)`` as its script runs it, in this process with a fresh accelerate state; its exit status."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return run_command(main, [str(arg) for arg in argv], prog=prog)
-
-
 def test_stage_1_trains_resumes_and_saves_a_stock_vqmodel_that_stage_2_trains_on(tmp_path, random_image_folder):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run(autoencoder.main, [*STAGE_1, "--output_dir", straight, "--max_train_steps", 4], "train_brics_ae") == 0
-    assert run(autoencoder.main, [*STAGE_1, "--output_dir", resumed, "--max_train_steps", 2], "train_brics_ae") == 0
+
+    def stage_1(output_dir, steps, *extra) -> int:
+        argv = [*STAGE_1, "--output_dir", output_dir, "--max_train_steps", steps, *extra]
+        return run_in_process(autoencoder.main, argv, "train_brics_ae")
+
+    assert stage_1(straight, 4) == 0
+    assert stage_1(resumed, 2) == 0
     checkpoint = load_file(resumed / "checkpoint-2" / "autoencoder" / "diffusion_pytorch_model.safetensors")
     assert checkpoint["quantize.usage"].sum() > 0  # the checkpoint holds the codebook's state
-    assert run(autoencoder.main, [*STAGE_1, "--output_dir", resumed, "--max_train_steps", 4,
-                                  "--resume_from_checkpoint", "latest"], "train_brics_ae") == 0  # fmt: skip
+    assert stage_1(resumed, 4, "--resume_from_checkpoint", "latest") == 0
     for folder in ("checkpoint-4/autoencoder", "checkpoint-4/autoencoder_ema", "autoencoder"):
         a, b = (load_file(run_dir / folder / "diffusion_pytorch_model.safetensors") for run_dir in (straight, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder  # usage and pool included
@@ -195,5 +191,5 @@ def test_stage_1_trains_resumes_and_saves_a_stock_vqmodel_that_stage_2_trains_on
     out = tmp_path / "ldm"
     argv = [*DIFFUSION_FAST, "--train_batch_size", "4", "--autoencoder", straight, "--train_data_dir",
             random_image_folder(8), "--output_dir", out, "--max_train_steps", "1"]  # fmt: skip
-    assert run(diffusion.main, argv, "train_brics_diffusion") == 0
+    assert run_in_process(diffusion.main, argv, "train_brics_diffusion") == 0
     assert (out / "unet").is_dir() and (out / "vae" / "config.json").is_file()

@@ -8,13 +8,13 @@ from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.pipelines import default_scheduler
 
 
-def build(seed: int) -> BRICSAutoencoder:
+def seeded_autoencoder(seed: int) -> BRICSAutoencoder:
     torch.manual_seed(seed)
     return BRICSAutoencoder.from_preset("tiny").eval()
 
 
 def test_the_same_seed_gives_the_same_model_and_key_codes():
-    a, b, other = build(0), build(0), build(1)
+    a, b, other = seeded_autoencoder(0), seeded_autoencoder(0), seeded_autoencoder(1)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
@@ -28,7 +28,7 @@ def test_the_same_seed_gives_the_same_model_and_key_codes():
 
 
 def test_a_batch_equals_its_images_one_by_one():
-    model = build(0)
+    model = seeded_autoencoder(0)
     with torch.no_grad():
         for grid in model.retrieval.grids:
             grid.embeddings.normal_(0, 0.5)
@@ -45,7 +45,7 @@ def test_a_batch_equals_its_images_one_by_one():
 def test_samples_repeat_and_a_batch_equals_its_seeds_one_by_one():
     torch.manual_seed(0)
     unet = plain_unet(2, block_out_channels=(8, 8), norm_num_groups=8)
-    pipe = BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=build(0))
+    pipe = BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=seeded_autoencoder(0))
     pipe.set_progress_bar_config(disable=True)
 
     def sample(seeds):

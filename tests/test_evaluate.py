@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from builders import plain_unet
+from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
@@ -14,18 +15,12 @@ from diffusers_brics.evaluate import InceptionDistances, evaluate_reconstruction
 from diffusers_brics.models import adapters
 
 
-def tiny_unet(channels: int, size: int) -> UNet2DModel:
-    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, layers_per_block=1,
-                       norm_num_groups=4)
-
-
 @pytest.fixture(scope="module")
 def brics_pipeline(tmp_path_factory):
     torch.manual_seed(0)
     vae = BRICSAutoencoder.from_preset("tiny")
     folder = tmp_path_factory.mktemp("pipe")
-    BRICSPipeline(unet=tiny_unet(vae.latent_shape[0], vae.latent_shape[1]), scheduler=DDPMScheduler(), vae=vae
+    BRICSPipeline(unet=plain_unet(vae.latent_shape[0], vae.latent_shape[1]), scheduler=DDPMScheduler(), vae=vae
                   ).save_pretrained(folder)
     return folder
 
@@ -108,7 +103,7 @@ def test_generation_fid_kid_with_the_real_baseline(tmp_path, brics_pipeline, inc
 
 def test_generation_of_a_pixel_space_ddpm_pipeline(tmp_path, inception_weights_dir):
     torch.manual_seed(0)
-    DDPMPipeline(unet=tiny_unet(3, 32), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    DDPMPipeline(unet=plain_unet(3, 32), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     main(["generation", "--pipeline", str(tmp_path / "ddpm"), "--num_samples", "3", "--num_inference_steps", "2",
           "--max_reference_images", "4", "--no_baseline", "--output", str(tmp_path / "gen")])
     results = json.loads((tmp_path / "gen" / "results.json").read_text())

@@ -64,7 +64,7 @@ class FakeHub:
         return {p.relative_to(self.root / repo_id).as_posix() for p in (self.root / repo_id).glob("**/*") if p.is_file()}
 
 
-def run(main, argv: list[str]) -> None:
+def train_here(main, argv: list[str]) -> None:
     """One training run in this process, with a fresh accelerate state."""
     AcceleratorState._reset_state(reset_partial_state=True)
     main(argv)
@@ -130,7 +130,7 @@ def test_a_refused_repository_stops_the_scripts_before_any_training(tmp_path, re
     argv = ["--output_dir", str(out), "--report_to", "none", "--push_to_hub", "--hub_model_id", "org/x",
             "--hub_token", "hf_bad"]
     with pytest.raises(hub.HubRepositoryError, match=r"cannot create the Hub repository 'org/x' \(HfHubHTTPError"):
-        run(stage.main, argv + (["--autoencoder", "none"] if stage is diffusion else []))
+        train_here(stage.main, argv + (["--autoencoder", "none"] if stage is diffusion else []))
     assert not set_up and not list(out.glob("checkpoint-*"))
 
 
@@ -174,16 +174,16 @@ def pushed(tmp_path_factory, lpips_weights_dir) -> dict:
         isolate_hub(patch, root / "hf_home")
         patch.setattr(hub, "create_repo", fake.create)
         patch.setattr(hub, "upload_folder", fake.upload)
-        run(autoencoder.main, AE_FLAGS + ["--train_data_dir", str(images), "--validation_fraction", "0.25",
+        train_here(autoencoder.main, AE_FLAGS + ["--train_data_dir", str(images), "--validation_fraction", "0.25",
                                           "--output_dir", str(outputs["ae"]), "--push_to_hub", "--hub_model_id",
                                           "org/brics-ae"])
         with serve_repos({"org/brics-ae": fake.root / "org/brics-ae"}) as server:
             use_endpoint(patch, server.url)
-            run(diffusion.main, LDM_FLAGS + ["--autoencoder", "org/brics-ae", "--autoencoder_subfolder", "autoencoder",
+            train_here(diffusion.main, LDM_FLAGS + ["--autoencoder", "org/brics-ae", "--autoencoder_subfolder", "autoencoder",
                                              "--train_data_dir", str(images), "--output_dir", str(outputs["ldm"]),
                                              "--report_to", "tensorboard", "--push_to_hub", "--hub_model_id",
                                              "org/brics-ldm"])
-        run(diffusion.main, LDM_FLAGS + ["--autoencoder", "none", "--train_data_dir", str(images), "--output_dir",
+        train_here(diffusion.main, LDM_FLAGS + ["--autoencoder", "none", "--train_data_dir", str(images), "--output_dir",
                                          str(outputs["pixels"]), "--report_to", "none", "--push_to_hub"])
     return {"hub": fake, "outputs": outputs, "root": root}
 

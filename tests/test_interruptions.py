@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, EVERY = 24, 4
+TRAIN_STEPS, EVERY = 24, 4
 AE = [str(ROOT / "examples" / "train_brics_ae.py"), "--preset", "tiny", "--train_batch_size", "4",
       "--eval_batch_size", "32", "--max_eval_images", "32", "--num_validation_images", "2", "--report_to", "none",
       "--r1_interval", "2", "--perceptual_resolution", "0", "--validation_steps", "1000"]
@@ -34,23 +34,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def straight_ae(tmp_path_factory):
     """An uninterrupted stage-1 run, for the interrupted ones to equal."""
     out = tmp_path_factory.mktemp("straight_ae") / "run"
-    run(command(AE, out))
+    run_to_end(command(AE, out))
     return out
 
 
 @pytest.fixture(scope="module")
 def straight_ldm(tmp_path_factory, autoencoder):
     out = tmp_path_factory.mktemp("straight_ldm") / "run"
-    run(command(LDM, out, "--autoencoder", str(autoencoder)))
+    run_to_end(command(LDM, out, "--autoencoder", str(autoencoder)))
     return out
 
 
 def command(script: list[str], out: Path, *extra: str) -> list[str]:
-    return [sys.executable, *script, "--output_dir", str(out), "--max_train_steps", str(STEPS),
+    return [sys.executable, *script, "--output_dir", str(out), "--max_train_steps", str(TRAIN_STEPS),
             "--checkpointing_steps", str(EVERY), *extra]
 
 
-def run(cmd: list[str]) -> str:
+def run_to_end(cmd: list[str]) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
@@ -74,7 +74,7 @@ def steps_of(out: Path) -> list[int]:
 
 
 def final_weights(out: Path, name: str) -> dict:
-    return load_file(out / f"checkpoint-{STEPS}" / name / "diffusion_pytorch_model.safetensors")
+    return load_file(out / f"checkpoint-{TRAIN_STEPS}" / name / "diffusion_pytorch_model.safetensors")
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -95,14 +95,14 @@ def test_autoencoder_training_survives_an_interruption(tmp_path, straight_ae, si
         assert status == 128 + signum, log[-3000:]
         name = signal.Signals(signum).name
         assert f"{name}: stopped at step {saved[-1]} with checkpoint-{saved[-1]} written" in log
-    assert saved[-1] < STEPS and saved[:2] == [EVERY, 2 * EVERY]
+    assert saved[-1] < TRAIN_STEPS and saved[:2] == [EVERY, 2 * EVERY]
     if signum == signal.SIGKILL:  # as if the kill had come during the next save
         (stopped / f"checkpoint-{saved[-1] + EVERY}.partial").mkdir(exist_ok=True)
-    log = run(command(AE, stopped, "--resume_from_checkpoint", "latest"))
+    log = run_to_end(command(AE, stopped, "--resume_from_checkpoint", "latest"))
     assert f"at step {saved[-1]}" in log
     if signum == signal.SIGKILL:
         assert f"skipping the incomplete checkpoint {stopped / f'checkpoint-{saved[-1] + EVERY}.partial'}" in log
-    assert set(saved) <= set(steps_of(stopped)) and steps_of(stopped)[-1] == STEPS  # nothing lost, to the end
+    assert set(saved) <= set(steps_of(stopped)) and steps_of(stopped)[-1] == TRAIN_STEPS  # nothing lost, to the end
     assert_same(final_weights(stopped, "autoencoder"), final_weights(straight, "autoencoder"))
     assert_same(final_weights(stopped, "autoencoder_ema"), final_weights(straight, "autoencoder_ema"))
 
@@ -114,8 +114,8 @@ def test_diffusion_training_survives_an_interruption(tmp_path, autoencoder, stra
     status, log = interrupt(command(LDM, stopped, "--autoencoder", str(autoencoder)), stopped, signum)
     assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), log[-3000:]
     saved = steps_of(stopped)
-    log = run(command(LDM, stopped, "--autoencoder", str(autoencoder), "--resume_from_checkpoint", "latest"))
-    assert f"at step {saved[-1]}" in log and steps_of(stopped)[-1] == STEPS
+    log = run_to_end(command(LDM, stopped, "--autoencoder", str(autoencoder), "--resume_from_checkpoint", "latest"))
+    assert f"at step {saved[-1]}" in log and steps_of(stopped)[-1] == TRAIN_STEPS
     assert_same(final_weights(stopped, "unet"), final_weights(straight, "unet"))
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import tiny_unet
+import builders
 from hub_client import load_valid_card, python_blocks, run_python_blocks, use_endpoint
 from hub_server import serve_repos
 from huggingface_hub import ModelCard
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
 from diffusers_brics.models import adapters
-from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.training import autoencoder_args, diffusion_args
 from diffusers_brics.training.latent_space import LatentSpace
 from diffusers_brics.training.model_card import write_autoencoder_card, write_pipeline_card
@@ -162,9 +161,7 @@ def test_the_church_card_has_the_papers_reconstruction_numbers():
 def tiny_pipeline(tmp_path_factory) -> Path:
     """A tiny BRICSPipeline saved to a folder (the layout `save_pretrained` writes, module files included)."""
     folder = tmp_path_factory.mktemp("tiny-pipeline")
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    BRICSPipeline(unet=tiny_unet(2), scheduler=default_scheduler(), vae=vae).save_pretrained(folder)
+    builders.tiny_pipeline().save_pretrained(folder)
     return folder
 
 

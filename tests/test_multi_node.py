@@ -7,7 +7,6 @@ of its draws, and its key-code cache too."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,13 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from builders import DIFFUSION_FAST, DIFFUSION_SCRIPT, ROOT
+from builders import DIFFUSION_FAST, DIFFUSION_SCRIPT, ROOT, free_port
 from safetensors.torch import load_file
 
 from diffusers_brics import BRICSAutoencoder
 
 AE_SCRIPT = ROOT / "examples" / "train_brics_ae.py"
 DIGEST = re.compile(r"\[RANK (\d)\] \w+: weights identical on 2 process\(es\): sha256 ([0-9a-f]{16})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_nodes(script: Path, args: list[str], timeout: int = 240) -> list[str]:

@@ -24,34 +24,34 @@ def pictures():
     return [PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
 
 
-def run(pipe, seed=0, **kwargs):
+def denoise(pipe, seed=0, **kwargs):
     kwargs = {"num_inference_steps": 6, "output_type": "latent", **kwargs}
     return pipe(generator=torch.Generator().manual_seed(seed), **kwargs).images
 
 
 def test_strength_zero_gives_the_reconstruction_of_the_input(pipe, pictures):
     codes = encode_images(pipe.vae, pictures)
-    assert torch.equal(run(pipe, image=pictures, strength=0.0), codes)
-    images = run(pipe, image=pictures, strength=0.0, output_type="np")
+    assert torch.equal(denoise(pipe, image=pictures, strength=0.0), codes)
+    images = denoise(pipe, image=pictures, strength=0.0, output_type="np")
     with torch.no_grad():
         expected = pipe.vae.decode(codes).sample.add(1).div(2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(images, expected, atol=1e-6)
 
 
 def test_strength_one_ignores_the_image(pipe, pictures):
-    unconditional = run(pipe, batch_size=2)
-    assert torch.equal(run(pipe, image=pictures, strength=1.0), unconditional)
-    assert torch.equal(run(pipe, image=pictures[::-1], strength=1.0), unconditional)
+    unconditional = denoise(pipe, batch_size=2)
+    assert torch.equal(denoise(pipe, image=pictures, strength=1.0), unconditional)
+    assert torch.equal(denoise(pipe, image=pictures[::-1], strength=1.0), unconditional)
 
 
 def test_strength_sets_how_far_the_result_moves_from_the_image(pipe, pictures):
     codes = encode_images(pipe.vae, pictures)
-    distance = {s: float((run(pipe, image=pictures, strength=s) - codes).abs().mean()) for s in (0.2, 0.5, 1.0)}
+    distance = {s: float((denoise(pipe, image=pictures, strength=s) - codes).abs().mean()) for s in (0.2, 0.5, 1.0)}
     assert 0 < distance[0.2] < distance[0.5] < distance[1.0]
-    assert torch.equal(run(pipe, image=pictures, strength=0.5), run(pipe, image=pictures, strength=0.5))
+    assert torch.equal(denoise(pipe, image=pictures, strength=0.5), denoise(pipe, image=pictures, strength=0.5))
     # one image for the whole batch; several images and batch_size 1 give one sample per image
-    assert run(pipe, image=pictures[0], batch_size=3, strength=0.5).shape[0] == 3
-    assert run(pipe, image=pictures, strength=0.5).shape[0] == 2
+    assert denoise(pipe, image=pictures[0], batch_size=3, strength=0.5).shape[0] == 3
+    assert denoise(pipe, image=pictures, strength=0.5).shape[0] == 2
 
 
 @pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
@@ -60,7 +60,7 @@ def test_image_to_image_with_other_schedulers(pipe, pictures, scheduler_cls):
     pipe.scheduler = scheduler_cls.from_config(original.config)
     try:
         codes = encode_images(pipe.vae, pictures)
-        low, high = (float((run(pipe, image=pictures, strength=s) - codes).abs().mean()) for s in (0.2, 1.0))
+        low, high = (float((denoise(pipe, image=pictures, strength=s) - codes).abs().mean()) for s in (0.2, 1.0))
         assert low < high
     finally:
         pipe.scheduler = original
@@ -70,7 +70,7 @@ def test_inpainting_keeps_the_unmasked_key_codes_exactly(pipe, pictures):
     codes = encode_images(pipe.vae, pictures)
     mask = np.zeros((32, 32), dtype=np.float32)
     mask[:, :16] = 1  # generate the left half
-    out = run(pipe, image=pictures, mask_image=mask)
+    out = denoise(pipe, image=pictures, mask_image=mask)
     keep = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     keep[..., 4:] = True
     kept = keep.expand_as(out)
@@ -78,10 +78,10 @@ def test_inpainting_keeps_the_unmasked_key_codes_exactly(pipe, pictures):
     assert not torch.allclose(out[~kept], codes[~kept], atol=1e-3)
     # a PIL mask (white: generate) and one mask per image give the same
     picture = PIL.Image.fromarray((mask * 255).astype(np.uint8))
-    assert torch.equal(run(pipe, image=pictures, mask_image=picture), out)
-    assert torch.equal(run(pipe, image=pictures, mask_image=[picture, picture]), out)
+    assert torch.equal(denoise(pipe, image=pictures, mask_image=picture), out)
+    assert torch.equal(denoise(pipe, image=pictures, mask_image=[picture, picture]), out)
     # an all-black mask keeps everything
-    assert torch.equal(run(pipe, image=pictures, mask_image=np.zeros((32, 32))), codes)
+    assert torch.equal(denoise(pipe, image=pictures, mask_image=np.zeros((32, 32))), codes)
 
 
 def test_a_masked_pixel_marks_its_key_code_cell(pipe):
@@ -98,7 +98,7 @@ def test_masks_follow_the_images_resize_and_crop(pipe):
     mask[:, :16] = 1  # cropped away
     grid = prepare_mask(mask, [wide.size], pipe.vae)
     assert grid[0, 0].any(dim=0).nonzero().flatten().tolist() == [0, 1] and bool(grid[0, 0, :, :2].all())
-    assert run(pipe, image=wide, mask_image=mask).shape == (1, 2, 8, 8)
+    assert denoise(pipe, image=wide, mask_image=mask).shape == (1, 2, 8, 8)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -114,7 +114,7 @@ def test_masks_follow_the_images_resize_and_crop(pipe):
 ])
 def test_bad_editing_input_raises_value_error(pipe, pictures, kwargs, message):
     with pytest.raises(ValueError) as error:
-        run(pipe, image=pictures, **kwargs)
+        denoise(pipe, image=pictures, **kwargs)
     assert message in str(error.value)
 
 
@@ -130,7 +130,7 @@ def test_bad_editing_input_raises_value_error(pipe, pictures, kwargs, message):
 ])
 def test_bad_image_or_guidance_input_is_refused(pipe, kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError)) as error:
-        run(pipe, **kwargs)
+        denoise(pipe, **kwargs)
     assert message in str(error.value)
 
 
@@ -138,7 +138,7 @@ def test_a_tensor_image_in_minus_one_to_one_works_as_pictures_do(pipe, pictures)
     from diffusers_brics.pipelines.key_codes import images_to_tensor
 
     pixels = images_to_tensor(pictures, pipe.vae)
-    assert torch.equal(run(pipe, image=pixels, strength=0.4), run(pipe, image=pictures, strength=0.4))
+    assert torch.equal(denoise(pipe, image=pixels, strength=0.4), denoise(pipe, image=pictures, strength=0.4))
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +154,20 @@ def test_class_guidance_one_is_the_unguided_result(class_pipe):
     unguided = BRICSPipeline(unet=class_pipe.unet, scheduler=class_pipe.scheduler, vae=class_pipe.vae,
                              id2label=class_pipe.config.id2label)
     unguided.set_progress_bar_config(disable=True)
-    expected = run(unguided, batch_size=2, class_labels=["a", "c"])
-    assert torch.equal(run(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=1.0), expected)
-    guided = run(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=3.0)
+    expected = denoise(unguided, batch_size=2, class_labels=["a", "c"])
+    assert torch.equal(denoise(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=1.0), expected)
+    guided = denoise(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=3.0)
     assert not torch.allclose(guided, expected, atol=1e-4)
     # guidance 0 is the null class's own prediction: the unguided result of class id 3
-    np.testing.assert_allclose(run(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=0.0),
-                               run(unguided, batch_size=2, class_labels=3), atol=1e-5)
+    np.testing.assert_allclose(denoise(class_pipe, batch_size=2, class_labels=["a", "c"], guidance_scale=0.0),
+                               denoise(unguided, batch_size=2, class_labels=3), atol=1e-5)
 
 
 def test_class_guidance_with_inpainting(class_pipe, pictures):
     codes = encode_images(class_pipe.vae, pictures)
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 16:, :] = 1
-    out = run(class_pipe, image=pictures, mask_image=mask, class_labels="b", guidance_scale=2.0)
+    out = denoise(class_pipe, image=pictures, mask_image=mask, class_labels="b", guidance_scale=2.0)
     assert torch.equal(out[:, :, :4], codes[:, :, :4])
 
 
@@ -176,8 +176,8 @@ def test_null_class_id_round_trips(class_pipe, tmp_path):
     loaded = BRICSPipeline.from_pretrained(tmp_path)
     assert loaded.config.null_class_id == 3 and loaded.labels == {"a": 0, "b": 1, "c": 2}
     loaded.set_progress_bar_config(disable=True)
-    np.testing.assert_allclose(run(loaded, class_labels="b", guidance_scale=2.0),
-                               run(class_pipe, class_labels="b", guidance_scale=2.0), atol=1e-5)
+    np.testing.assert_allclose(denoise(loaded, class_labels="b", guidance_scale=2.0),
+                               denoise(class_pipe, class_labels="b", guidance_scale=2.0), atol=1e-5)
 
 
 def test_image_and_mask_files(pipe, pictures, tmp_path):
@@ -185,10 +185,10 @@ def test_image_and_mask_files(pipe, pictures, tmp_path):
     mask = PIL.Image.new("L", (32, 32), 0)
     mask.paste(255, (0, 0, 16, 32))
     mask.save(tmp_path / "mask.png")
-    from_files = run(pipe, image=str(tmp_path / "image.png"), mask_image=tmp_path / "mask.png")
-    assert torch.equal(from_files, run(pipe, image=pictures[0], mask_image=mask))
+    from_files = denoise(pipe, image=str(tmp_path / "image.png"), mask_image=tmp_path / "mask.png")
+    assert torch.equal(from_files, denoise(pipe, image=pictures[0], mask_image=mask))
     with pytest.raises(FileNotFoundError, match="mask_image"):
-        run(pipe, image=pictures[0], mask_image=tmp_path / "missing.png")
+        denoise(pipe, image=pictures[0], mask_image=tmp_path / "missing.png")
 
 
 def test_to_pil_takes_a_batch_or_one_image():

@@ -5,42 +5,31 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from builders import tiny_text_pipeline
+from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput
 from hub_client import isolate_hub, isolate_modules, use_endpoint
 from hub_server import serve_repos
 
 from diffusers_brics import BRICSAutoencoder, BRICSTextToImagePipeline
-from diffusers_brics.models.text_encoder import build_text_encoder, encode_prompts, train_caption_tokenizer
-from diffusers_brics.pipelines import default_scheduler
+from diffusers_brics.models.text_encoder import encode_prompts
 from diffusers_brics.pipelines.key_codes import encode_images
 
-CAPTIONS = ["grinning face, smileys and emotion", "red apple, food and drink", "flag of france, flags",
-            "waving hand, medium skin tone, people and body"]
-PROMPTS = CAPTIONS[:2]
-
-
-def tiny_text_pipeline() -> BRICSTextToImagePipeline:
-    torch.manual_seed(0)
-    vae = BRICSAutoencoder.from_preset("tiny").eval()
-    tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=300)
-    text_encoder = build_text_encoder(tokenizer, "tiny").eval()
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4,
-    )
-    pipe = BRICSTextToImagePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                    scheduler=default_scheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+# the captions the pipeline's tokenizer is trained on (300 entries)
+TOKENIZER_CAPTIONS = ["grinning face, smileys and emotion", "red apple, food and drink", "flag of france, flags",
+                      "waving hand, medium skin tone, people and body"]
+PROMPTS = TOKENIZER_CAPTIONS[:2]
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return tiny_text_pipeline()
+    torch.manual_seed(0)
+    pipe = tiny_text_pipeline(BRICSAutoencoder.from_preset("tiny").eval(), TOKENIZER_CAPTIONS, vocab_size=300)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
-def run(pipe, seed=0, prompt=PROMPTS, **kwargs):
+def text_latents(pipe, seed=0, prompt=PROMPTS, **kwargs):
+    """``pipe(prompt)``, 4 steps from ``seed``: latents unless ``output_type`` says otherwise."""
     kwargs = {"num_inference_steps": 4, "output_type": "latent", **kwargs}
     if "generator" not in kwargs:
         kwargs["generator"] = torch.Generator().manual_seed(seed)
@@ -50,22 +39,22 @@ def run(pipe, seed=0, prompt=PROMPTS, **kwargs):
 def test_output_types_and_batch_size(pipe):
     pil = pipe(PROMPTS, num_inference_steps=2, num_images_per_prompt=2).images
     assert len(pil) == 4 and pil[0].size == (32, 32)
-    assert run(pipe, output_type="np").shape == (2, 32, 32, 3)
-    assert run(pipe, prompt=PROMPTS[0], num_images_per_prompt=3).shape == (3, 2, 8, 8)
+    assert text_latents(pipe, output_type="np").shape == (2, 32, 32, 3)
+    assert text_latents(pipe, prompt=PROMPTS[0], num_images_per_prompt=3).shape == (3, 2, 8, 8)
     assert isinstance(pipe(PROMPTS[0], num_inference_steps=2), ImagePipelineOutput)
     (images,) = pipe(PROMPTS[0], num_inference_steps=2, return_dict=False)
     assert len(images) == 1
 
 
 def test_seeded_generators_are_deterministic(pipe):
-    assert torch.equal(run(pipe, 0), run(pipe, 0))
-    assert not torch.equal(run(pipe, 0), run(pipe, 1))
+    assert torch.equal(text_latents(pipe, 0), text_latents(pipe, 0))
+    assert not torch.equal(text_latents(pipe, 0), text_latents(pipe, 1))
     # a list of generators: image i depends only on its generator (and its prompt)
-    both = run(pipe, generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
-    second = run(pipe, prompt=PROMPTS[1:], generator=[torch.Generator().manual_seed(4)])
+    both = text_latents(pipe, generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+    second = text_latents(pipe, prompt=PROMPTS[1:], generator=[torch.Generator().manual_seed(4)])
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)
     # the prompt matters
-    assert not torch.allclose(run(pipe, prompt=[PROMPTS[0]] * 2), run(pipe, prompt=[PROMPTS[1]] * 2), atol=1e-4)
+    assert not torch.allclose(text_latents(pipe, prompt=[PROMPTS[0]] * 2), text_latents(pipe, prompt=[PROMPTS[1]] * 2), atol=1e-4)
 
 
 def test_guidance_one_is_the_conditional_model_alone(pipe):
@@ -76,27 +65,27 @@ def test_guidance_one_is_the_conditional_model_alone(pipe):
 
     handle = pipe.unet.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        unguided = run(pipe, guidance_scale=1.0)
+        unguided = text_latents(pipe, guidance_scale=1.0)
         assert calls == [2] * 4  # one pass of batch 2 per step
         # the negative prompt plays no part without guidance
-        assert torch.equal(run(pipe, guidance_scale=1.0, negative_prompt="flags"), unguided)
+        assert torch.equal(text_latents(pipe, guidance_scale=1.0, negative_prompt="flags"), unguided)
         calls.clear()
-        guided = run(pipe, guidance_scale=4.0)
+        guided = text_latents(pipe, guidance_scale=4.0)
         assert calls == [4] * 4  # conditional and unconditional in one batch
     finally:
         handle.remove()
     assert not torch.allclose(guided, unguided, atol=1e-4)
     # guidance 0 is the unconditional model: the empty prompt at guidance 1
-    torch.testing.assert_close(run(pipe, guidance_scale=0.0), run(pipe, prompt=["", ""], guidance_scale=1.0),
+    torch.testing.assert_close(text_latents(pipe, guidance_scale=0.0), text_latents(pipe, prompt=["", ""], guidance_scale=1.0),
                                atol=1e-5, rtol=0)
 
 
 def test_prompt_embeds_give_what_prompts_give(pipe):
     embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, PROMPTS)
     negative = encode_prompts(pipe.text_encoder, pipe.tokenizer, ["", ""])
-    assert torch.equal(run(pipe, prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative), run(pipe))
-    assert torch.equal(run(pipe, prompt=None, prompt_embeds=embeds, guidance_scale=1.0),
-                       run(pipe, guidance_scale=1.0))
+    assert torch.equal(text_latents(pipe, prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative), text_latents(pipe))
+    assert torch.equal(text_latents(pipe, prompt=None, prompt_embeds=embeds, guidance_scale=1.0),
+                       text_latents(pipe, guidance_scale=1.0))
 
 
 def test_save_load_round_trip_and_stock_diffusers(pipe, tmp_path, monkeypatch):
@@ -106,12 +95,12 @@ def test_save_load_round_trip_and_stock_diffusers(pipe, tmp_path, monkeypatch):
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     loaded = BRICSTextToImagePipeline.from_pretrained(tmp_path / "saved")
     loaded.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(run(loaded), run(pipe), atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_latents(loaded), text_latents(pipe), atol=1e-5, rtol=0)
     isolate_modules(monkeypatch, tmp_path / "modules")
     stock = DiffusionPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True)
     stock.set_progress_bar_config(disable=True)
     assert type(stock).__name__ == "BRICSTextToImagePipeline"
-    torch.testing.assert_close(run(stock), run(pipe), atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_latents(stock), text_latents(pipe), atol=1e-5, rtol=0)
 
 
 def test_loads_by_repo_id_from_a_hub_stand_in(pipe, tmp_path, monkeypatch):
@@ -124,7 +113,7 @@ def test_loads_by_repo_id_from_a_hub_stand_in(pipe, tmp_path, monkeypatch):
     assert {"text_encoder", "tokenizer", "unet", "vae", "scheduler"} <= fetched
     assert (cache / "models--org--brics-text-tiny").is_dir() and loaded.name_or_path == "org/brics-text-tiny"
     loaded.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(run(loaded), run(pipe), atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_latents(loaded), text_latents(pipe), atol=1e-5, rtol=0)
 
 
 def test_offload_sequence_and_scheduler_swap(pipe):
@@ -132,7 +121,7 @@ def test_offload_sequence_and_scheduler_swap(pipe):
     original = pipe.scheduler
     pipe.scheduler = DDIMScheduler.from_config(original.config)
     try:
-        assert torch.equal(run(pipe), run(pipe))
+        assert torch.equal(text_latents(pipe), text_latents(pipe))
     finally:
         pipe.scheduler = original
 
@@ -143,14 +132,14 @@ def test_image_to_image_and_inpainting_with_text(pipe):
 
     pictures = [PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
     codes = encode_images(pipe.vae, pictures)
-    assert torch.equal(run(pipe, image=pictures, strength=0.0), codes)
-    assert torch.equal(run(pipe, image=pictures, strength=1.0), run(pipe))
+    assert torch.equal(text_latents(pipe, image=pictures, strength=0.0), codes)
+    assert torch.equal(text_latents(pipe, image=pictures, strength=1.0), text_latents(pipe))
     mask = np.zeros((32, 32), dtype=np.float32)
     mask[16:] = 1
-    out = run(pipe, image=pictures, mask_image=mask)
+    out = text_latents(pipe, image=pictures, mask_image=mask)
     assert torch.equal(out[:, :, :4], codes[:, :, :4]) and not torch.allclose(out[:, :, 4:], codes[:, :, 4:])
     # one image per prompt, repeated for num_images_per_prompt
-    repeated = run(pipe, image=pictures, strength=0.0, num_images_per_prompt=2)
+    repeated = text_latents(pipe, image=pictures, strength=0.0, num_images_per_prompt=2)
     assert torch.equal(repeated, codes.repeat_interleave(2, 0))
 
 
@@ -175,5 +164,5 @@ def test_image_to_image_and_inpainting_with_text(pipe):
 ])
 def test_bad_input_raises_value_error(pipe, kwargs, message):
     with pytest.raises(ValueError) as error:
-        run(pipe, **kwargs)
+        text_latents(pipe, **kwargs)
     assert message in str(error.value)

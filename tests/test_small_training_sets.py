@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from accelerate.state import AcceleratorState
-from builders import DIFFUSION_FAST, brics
+from builders import DIFFUSION_FAST, brics, run_in_process
 
-from diffusers_brics.console import run_command
 from diffusers_brics.training import autoencoder, diffusion
 from diffusers_brics.training.data import fit_batch_size
 
@@ -22,18 +20,12 @@ AUTOENCODER_FAST = [
 ]  # fmt: skip
 
 
-def run(main, argv: list[str], prog: str) -> int:
-    """``main(argv)`` as its script runs it, in this process with a fresh accelerate state; its exit status."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return run_command(main, [str(arg) for arg in argv], prog=prog)
-
-
 def train_diffusion(*argv) -> int:
-    return run(diffusion.main, [*DIFFUSION_FAST, *argv], "train_brics_diffusion.py")
+    return run_in_process(diffusion.main, [*DIFFUSION_FAST, *argv], "train_brics_diffusion.py")
 
 
 def train_autoencoder(*argv) -> int:
-    return run(autoencoder.main, [*AUTOENCODER_FAST, *argv], "train_brics_ae.py")
+    return run_in_process(autoencoder.main, [*AUTOENCODER_FAST, *argv], "train_brics_ae.py")
 
 
 def messages(caplog) -> list[str]:

@@ -17,12 +17,12 @@ import io
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from builders import free_port, tiny_pipeline
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
@@ -70,12 +70,6 @@ def load_app():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def picture(path: Path, hue: int) -> Path:
     """A 48x40 PNG: a colour gradient with a disc (not square, so the app's crop is exercised)."""
     y, x = np.mgrid[0:40, 0:48]
@@ -92,10 +86,6 @@ def space(tmp_path_factory):
     reason = requirements()
     if reason:
         pytest.skip(reason)
-    from builders import tiny_unet
-
-    from diffusers_brics import BRICSAutoencoder
-    from diffusers_brics.pipelines import BRICSPipeline, default_scheduler
     from diffusers_brics.pipelines.loading import load_model
 
     if screenshot_model():
@@ -104,11 +94,10 @@ def space(tmp_path_factory):
         channels, size, _ = vae.latent_shape
     else:
         folder = tmp_path_factory.mktemp("space") / "pipeline"
-        torch.manual_seed(0)
-        vae = BRICSAutoencoder.from_preset("tiny").eval()
+        pipeline = tiny_pipeline()  # the tiny autoencoder's 8x8 key codes, a UNet of that size
+        vae = pipeline.vae
         channels, size, _ = vae.latent_shape
-        unet = tiny_unet(channels, sample_size=size)
-        BRICSPipeline(unet=unet, scheduler=default_scheduler(), vae=vae).save_pretrained(folder)
+        pipeline.save_pretrained(folder)
         model = dataclasses.replace(load_model(folder, "cpu"), source="tiny-untrained-pipeline")
 
     with serve(model) as (url, app):
@@ -160,7 +149,7 @@ def page(space, browser):
     page.close()
 
 
-def run(page, button: str, output: str) -> Image.Image:
+def press(page, button: str, output: str) -> Image.Image:
     """Clicks ``#button`` and returns the picture ``#output`` then shows, fetched from its URL; where it showed one
     before, the test waits for another (a different picture: files are named by their content)."""
     image = page.locator(f"#{output} img")
@@ -215,7 +204,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "edit_mask", lambda *args: masks.append(original(*args)) or masks[-1])
 
     upload(page, "reconstruct-input", first)
-    check(run(page, "reconstruct-button", "reconstruct-output"), (size, size))
+    check(press(page, "reconstruct-button", "reconstruct-output"), (size, size))
     codes = fetch(page, "reconstruct-codes")  # one grey tile per channel, 4x the key codes' side
     check(codes, (channels * 4 * latent_size, 4 * latent_size))
     psnr = float(page.locator("#reconstruct-psnr input").input_value())
@@ -225,7 +214,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
         page.screenshot(path=str(SCREENSHOT), full_page=True)
     example(page, "reconstruct-examples", 0)  # a held-out emoji, 32x32
     page.locator("#reconstruct-input img").wait_for(state="visible")
-    reconstruction = np.asarray(run(page, "reconstruct-button", "reconstruct-output"), dtype=np.int16)
+    reconstruction = np.asarray(press(page, "reconstruct-button", "reconstruct-output"), dtype=np.int16)
     assert reconstruction.shape == (size, size, 3)
 
     page.get_by_role("tab", name="Sample").click()
@@ -233,7 +222,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     set_number(page, "sample-steps", 3)
     set_number(page, "sample-count", 2)
     page.locator("#sample-scheduler").get_by_role("radio", name="dpm", exact=True).check()
-    check(run(page, "sample-button", "sample-output"), (2 * size, size))
+    check(press(page, "sample-button", "sample-output"), (2 * size, size))
 
     page.get_by_role("tab", name="Edit").click()
     page.click("#edit-button")  # nothing uploaded: a one-line error
@@ -242,7 +231,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     wait_for_editor(page, "edit-input")
     set_number(page, "edit-steps", 4)
     set_number(page, "edit-strength", 0.5)
-    check(run(page, "edit-button", "edit-output"), (2 * size, size))  # image-to-image, two seeds
+    check(press(page, "edit-button", "edit-output"), (2 * size, size))  # image-to-image, two seeds
     assert masks == [None]
 
     # inpainting where the mouse paints: a stroke down the left of the 32x32 emoji (the brush's radius is 2)
@@ -252,7 +241,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     set_number(page, "edit-count", count)
     if screenshot_model():
         set_number(page, "edit-steps", 25)
-    edits = run(page, "edit-button", "edit-output")
+    edits = press(page, "edit-button", "edit-output")
     check(edits, (count * size, size))
     assert masks[-1] is not None, "the drawn mask did not reach the handler"
     mask = np.asarray(masks[-1]) > 0  # (32, 32): what reached the pipeline
@@ -269,7 +258,7 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     if not screenshot_model():  # and a mask uploaded as well (white: generated): the two together
         upload(page, "edit-mask", half_mask(tmp_path / "mask.png", (32, 32)))
         set_number(page, "edit-count", 3)
-        check(run(page, "edit-button", "edit-output"), (3 * size, size))
+        check(press(page, "edit-button", "edit-output"), (3 * size, size))
         both = np.asarray(masks[-1]) > 0
         assert both[:, 16:].all() and both[6:27, 7].all() and not both[:3, :16].any()
 
@@ -279,10 +268,10 @@ def test_space_tabs(space, page, tmp_path, monkeypatch):
     upload(page, "interpolate-first", first)
     upload(page, "interpolate-second", second)
     set_number(page, "interpolate-steps", 4)
-    strip = run(page, "interpolate-button", "interpolate-output")
+    strip = press(page, "interpolate-button", "interpolate-output")
     check(strip, (4 * size, size))
     example(page, "interpolate-examples", 0)  # a pair of held-out emoji
-    check(run(page, "interpolate-button", "interpolate-output"), (4 * size, size))
+    check(press(page, "interpolate-button", "interpolate-output"), (4 * size, size))
 
 
 def error_shown(page, message: str):
@@ -359,7 +348,7 @@ def test_space_text_pipeline(text_space, browser, tmp_path):
         set_number(page, "sample-guidance", 2)
         set_number(page, "sample-steps", 3)
         set_number(page, "sample-count", 2)
-        check(run(page, "sample-button", "sample-output"), (2 * 32, 32))
+        check(press(page, "sample-button", "sample-output"), (2 * 32, 32))
 
         page.get_by_role("tab", name="Edit").click()
         first = picture(tmp_path / "first.png", 30)
@@ -367,7 +356,7 @@ def test_space_text_pipeline(text_space, browser, tmp_path):
         upload(page, "edit-mask", half_mask(tmp_path / "mask.png", Image.open(first).size))
         page.locator("#edit-prompt textarea").fill("a green triangle")
         set_number(page, "edit-steps", 3)
-        check(run(page, "edit-button", "edit-output"), (2 * 32, 32))
+        check(press(page, "edit-button", "edit-output"), (2 * 32, 32))
     finally:
         page.close()
 
@@ -401,14 +390,6 @@ def build(pipeline=None, vae=None, source="test"):
     by_id = {c["props"]["elem_id"]: c["props"] for c in components if c["props"].get("elem_id")}
     texts = [c["props"]["value"] for c in components if c["type"] == "markdown"]
     return functions, by_id, texts
-
-
-def tiny_pipeline(vae):
-    from builders import tiny_unet
-
-    from diffusers_brics.pipelines import BRICSPipeline, default_scheduler
-
-    return BRICSPipeline(unet=tiny_unet(vae.latent_shape[0]), scheduler=default_scheduler(), vae=vae)
 
 
 def halves(row: Image.Image, count: int) -> list[np.ndarray]:
@@ -484,29 +465,29 @@ def test_space_edit(vae, tmp_path):
     edit = functions["edit"]  # editor, mask, strength, seed, steps, scheduler, count, then the conditioning
     image = Image.open(picture(tmp_path / "image.png", 30)).convert("RGB")  # 48x40: cropped to 32x32
 
-    def run(mask=None, strength=0.8, seed=0, count=2, steps=4, scheduler="ddim"):
+    def press(mask=None, strength=0.8, seed=0, count=2, steps=4, scheduler="ddim"):
         return edit(editor(image), mask, strength, seed, steps, scheduler, count, *CONDITION.values())
 
     reconstruction = np.asarray(functions["reconstruct"](image)[0], dtype=np.int16)
-    for picture_ in halves(run(strength=0.0), 2):  # strength 0: the reconstruction, whatever the seed
+    for picture_ in halves(press(strength=0.0), 2):  # strength 0: the reconstruction, whatever the seed
         assert np.abs(picture_ - reconstruction).max() <= 1
-    low, high = run(strength=0.3), run(strength=1.0)
-    assert np.array_equal(np.asarray(run(strength=0.3)), np.asarray(low))  # seeded
+    low, high = press(strength=0.3), press(strength=1.0)
+    assert np.array_equal(np.asarray(press(strength=0.3)), np.asarray(low))  # seeded
     distance = [np.abs(halves(r, 2)[0] - reconstruction).mean() for r in (low, high)]
     assert distance[0] < distance[1]
     sample = functions["sample"](0, 4, "ddim", 2, *CONDITION.values())
     assert np.array_equal(np.asarray(high), np.asarray(sample))  # strength 1: the image ignored
-    assert run(strength=0.5, scheduler="dpm", count=3).size == (3 * 32, 32)
+    assert press(strength=0.5, scheduler="dpm", count=3).size == (3 * 32, 32)
 
     black = Image.new("L", image.size, 0)
     white = Image.new("L", image.size, 255)
     half = Image.open(half_mask(tmp_path / "mask.png", image.size))
-    for picture_ in halves(run(mask=black, strength=1.0), 2):  # nothing generated: the reconstruction
+    for picture_ in halves(press(mask=black, strength=1.0), 2):  # nothing generated: the reconstruction
         assert np.abs(picture_ - reconstruction).max() <= 1
-    assert np.array_equal(np.asarray(run(mask=white, strength=1.0)), np.asarray(sample))  # all generated
-    inpainted = np.asarray(run(mask=half, strength=1.0))
+    assert np.array_equal(np.asarray(press(mask=white, strength=1.0)), np.asarray(sample))  # all generated
+    inpainted = np.asarray(press(mask=half, strength=1.0))
     assert not np.array_equal(inpainted, np.asarray(sample)) and not np.array_equal(inpainted, np.asarray(
-        run(mask=black, strength=1.0)))
+        press(mask=black, strength=1.0)))
 
     with pytest.raises(gr.Error, match="Upload an image to edit first"):
         edit(None, None, 0.8, 0, 4, "ddim", 1, *CONDITION.values())
@@ -514,9 +495,9 @@ def test_space_edit(vae, tmp_path):
         edit({"background": None, "layers": [paint((48, 40), (0, 0, 8, 8))], "composite": None}, None, 0.8, 0, 4,
              "ddim", 1, *CONDITION.values())
     with pytest.raises(gr.Error, match="mask_image: expected the size of its image, 48x40"):
-        run(mask=Image.new("L", (32, 32), 255))
+        press(mask=Image.new("L", (32, 32), 255))
     with pytest.raises(gr.Error, match="The seed must be a whole number"):
-        run(seed=-1)
+        press(seed=-1)
 
 
 def test_space_text_edit(vae, tmp_path):
@@ -575,14 +556,14 @@ def test_space_edit_inpaints_where_the_mask_is_drawn(vae, tmp_path):
     image = Image.open(picture(tmp_path / "image.png", 30)).convert("RGB")
     right = Image.open(half_mask(tmp_path / "mask.png", image.size))
 
-    def run(value, mask=None):
+    def press(value, mask=None):
         return np.asarray(edit(value, mask, 1.0, 0, 3, "ddim", 2, *CONDITION.values()))
 
-    painted = run(editor(image, paint(image.size, (24, 0, 47, 39))))
-    assert np.array_equal(painted, run(editor(image), right))
-    assert not np.array_equal(painted, run(editor(image)))  # unpainted: image-to-image
+    painted = press(editor(image, paint(image.size, (24, 0, 47, 39))))
+    assert np.array_equal(painted, press(editor(image), right))
+    assert not np.array_equal(painted, press(editor(image)))  # unpainted: image-to-image
     left = paint(image.size, (0, 0, 23, 39))
-    assert np.array_equal(run(editor(image, left), right), run(editor(image), Image.new("L", image.size, 255)))
+    assert np.array_equal(press(editor(image, left), right), press(editor(image), Image.new("L", image.size, 255)))
 
 
 def test_space_pixel_pipeline_cannot_edit():

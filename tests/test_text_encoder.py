@@ -20,7 +20,7 @@ from diffusers_brics.models.text_encoder import (
     train_caption_tokenizer,
 )
 
-CAPTIONS = [
+EMOJI_CAPTIONS = [
     "grinning, smileys and emotion",
     "wave, medium skin tone, people and body",
     "wave, dark skin tone, people and body",
@@ -32,12 +32,12 @@ CAPTIONS = [
     "green apple, food and drink",
     "soccer, activities",
 ]
-PROMPTS = ["grinning, smileys and emotion", "red apple, food and drink", "wave, dark skin tone, people and body"]
+EMOJI_PROMPTS = ["grinning, smileys and emotion", "red apple, food and drink", "wave, dark skin tone, people and body"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_caption_tokenizer(CAPTIONS, vocab_size=120)
+    return train_caption_tokenizer(EMOJI_CAPTIONS, vocab_size=120)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def text_encoder(tokenizer):
 
 
 def test_tokenizer_training_is_deterministic_and_round_trips(tokenizer, tmp_path):
-    again = train_caption_tokenizer(iter(CAPTIONS), vocab_size=120)  # any iterable
+    again = train_caption_tokenizer(iter(EMOJI_CAPTIONS), vocab_size=120)  # any iterable
     assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
     assert again.get_vocab() == tokenizer.get_vocab()
 
@@ -55,8 +55,8 @@ def test_tokenizer_training_is_deterministic_and_round_trips(tokenizer, tmp_path
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     for name in ("bos_token", "eos_token", "pad_token", "unk_token", "model_max_length", "padding_side"):
         assert getattr(loaded, name) == getattr(tokenizer, name), name
-    assert torch.equal(tokenize_prompts(loaded, PROMPTS + ["Ünseen ✨ WORDS"]),
-                       tokenize_prompts(tokenizer, PROMPTS + ["Ünseen ✨ WORDS"]))
+    assert torch.equal(tokenize_prompts(loaded, EMOJI_PROMPTS + ["Ünseen ✨ WORDS"]),
+                       tokenize_prompts(tokenizer, EMOJI_PROMPTS + ["Ünseen ✨ WORDS"]))
 
 
 def test_tokenizer_normalizes_and_decodes(tokenizer):
@@ -67,10 +67,10 @@ def test_tokenizer_normalizes_and_decodes(tokenizer):
 
 
 def test_model_max_length_is_the_longest_caption_rounded_up_to_8(tokenizer):
-    longest = max(len(tokenizer(caption).input_ids) for caption in CAPTIONS)
+    longest = max(len(tokenizer(caption).input_ids) for caption in EMOJI_CAPTIONS)
     assert tokenizer.model_max_length % 8 == 0
     assert longest <= tokenizer.model_max_length < longest + 8
-    assert train_caption_tokenizer(CAPTIONS, vocab_size=120, model_max_length=40).model_max_length == 40
+    assert train_caption_tokenizer(EMOJI_CAPTIONS, vocab_size=120, model_max_length=40).model_max_length == 40
 
 
 def test_special_tokens_and_max_length_padding(tokenizer):
@@ -93,7 +93,7 @@ def test_tokenizer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="captions"):
         train_caption_tokenizer([])
     with pytest.raises(ValueError, match="vocab_size"):
-        train_caption_tokenizer(CAPTIONS, vocab_size=3)
+        train_caption_tokenizer(EMOJI_CAPTIONS, vocab_size=3)
 
 
 def test_build_text_encoder_follows_the_tokenizer_and_preset(tokenizer, text_encoder):
@@ -112,23 +112,23 @@ def test_build_text_encoder_follows_the_tokenizer_and_preset(tokenizer, text_enc
 
 
 def test_pooled_output_is_taken_at_eos(tokenizer, text_encoder):
-    ids = tokenize_prompts(tokenizer, PROMPTS)
+    ids = tokenize_prompts(tokenizer, EMOJI_PROMPTS)
     with torch.no_grad():
         output = text_encoder(ids)
     eos = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
-    expected = output.last_hidden_state[torch.arange(len(PROMPTS)), eos]
+    expected = output.last_hidden_state[torch.arange(len(EMOJI_PROMPTS)), eos]
     torch.testing.assert_close(output.pooler_output, expected)
 
 
 def test_encode_prompts(tokenizer, text_encoder):
-    embeddings = encode_prompts(text_encoder, tokenizer, PROMPTS + PROMPTS[:1])
+    embeddings = encode_prompts(text_encoder, tokenizer, EMOJI_PROMPTS + EMOJI_PROMPTS[:1])
     assert embeddings.shape == (4, tokenizer.model_max_length, 32)
     assert not embeddings.requires_grad
     assert torch.equal(embeddings[0], embeddings[3])
     assert not torch.allclose(embeddings[0], embeddings[1])
     assert not torch.allclose(embeddings[1], embeddings[2])
 
-    trained = embed_input_ids(text_encoder, tokenize_prompts(tokenizer, PROMPTS))
+    trained = embed_input_ids(text_encoder, tokenize_prompts(tokenizer, EMOJI_PROMPTS))
     trained.square().mean().backward()
     assert text_encoder.get_input_embeddings().weight.grad is not None
     text_encoder.zero_grad(set_to_none=True)
@@ -141,8 +141,8 @@ def test_load_text_encoder_from_a_folder(tokenizer, text_encoder, tmp_path, layo
     tokenizer.save_pretrained(tmp_path / tokenizer_folder)
     loaded, loaded_tokenizer = load_text_encoder(str(tmp_path))
     assert isinstance(loaded, CLIPTextModel) and not loaded.training
-    expected = encode_prompts(text_encoder, tokenizer, PROMPTS)
-    assert torch.equal(encode_prompts(loaded, loaded_tokenizer, PROMPTS), expected)
+    expected = encode_prompts(text_encoder, tokenizer, EMOJI_PROMPTS)
+    assert torch.equal(encode_prompts(loaded, loaded_tokenizer, EMOJI_PROMPTS), expected)
     if layout == "pipeline":  # the same folder inside another one, as `subfolder`
         again, _ = load_text_encoder(str(tmp_path.parent), subfolder=tmp_path.name)
         assert isinstance(again, CLIPTextModel)
@@ -153,7 +153,7 @@ def test_load_text_encoder_by_hub_repo_id(tokenizer, text_encoder, tmp_path, mon
     tokenizer.save_pretrained(tmp_path / "pipeline" / "tokenizer")
     text_encoder.save_pretrained(tmp_path / "flat")
     tokenizer.save_pretrained(tmp_path / "flat")
-    expected = encode_prompts(text_encoder, tokenizer, PROMPTS)
+    expected = encode_prompts(text_encoder, tokenizer, EMOJI_PROMPTS)
     with serve_repos({"org/pipeline": tmp_path / "pipeline", "org/flat": tmp_path / "flat"}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
@@ -165,7 +165,7 @@ def test_load_text_encoder_by_hub_repo_id(tokenizer, text_encoder, tmp_path, mon
         for repo_id in ("org/pipeline", "org/flat"):
             loaded, loaded_tokenizer = load_text_encoder(repo_id, cache_dir=str(tmp_path / "cache"), token=False)
             assert isinstance(loaded, CLIPTextModel) and not loaded.training
-            assert torch.equal(encode_prompts(loaded, loaded_tokenizer, PROMPTS), expected)
+            assert torch.equal(encode_prompts(loaded, loaded_tokenizer, EMOJI_PROMPTS), expected)
         with pytest.raises(FileNotFoundError, match="text_encoder_name_or_path 'org/missing'"):
             load_text_encoder("org/missing", cache_dir=str(tmp_path / "cache"), token=False)
     assert not hub.unknown
@@ -182,9 +182,9 @@ def test_a_t5_folder_loads_as_t5_encoder(tokenizer, tmp_path):
     loaded, loaded_tokenizer = load_text_encoder(str(tmp_path))
     assert isinstance(loaded, T5EncoderModel)
     assert text_embedding_dim(loaded) == 32
-    embeddings = encode_prompts(loaded, loaded_tokenizer, PROMPTS)
+    embeddings = encode_prompts(loaded, loaded_tokenizer, EMOJI_PROMPTS)
     assert embeddings.shape == (3, tokenizer.model_max_length, 32)
-    assert torch.equal(embeddings, encode_prompts(model, tokenizer, PROMPTS))
+    assert torch.equal(embeddings, encode_prompts(model, tokenizer, EMOJI_PROMPTS))
 
 
 def test_missing_text_encoders_raise_file_not_found(tokenizer, text_encoder, tmp_path):

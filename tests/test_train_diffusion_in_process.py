@@ -1,35 +1,33 @@
 """The stage-2 training (`diffusers_brics.training.diffusion.main`, what examples/train_brics_diffusion.py runs) in
 this process, on a folder of ten random images (with a metadata.jsonl of categories and captions where needed): a
 saved pipeline and its cached key codes, what the cache refuses, pixel space, the latents of diffusers' autoencoders,
-class and caption conditioning. test_train_diffusion.py and test_train_text_to_image.py run the same checks on the
-script in child processes, on the embedded emoji (those runs are marked slow: encoding the whole set takes most of
-their time)."""
+class and caption conditioning. The slow tests of the same names run the script in child processes on the embedded
+emoji (encoding the whole set takes most of their time): test_train_text_to_image.py's make the same checks there,
+test_train_diffusion.py's only what such runs add (the whole set encoded, its cache reused by the next process, a
+refusal as the process's exit status)."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from builders import DIFFUSION_FAST
+from builders import DIFFUSION_FAST, generate_from_prompts, run_in_process
 
 from diffusers_brics import BRICSAutoencoder, BRICSPipeline
-from diffusers_brics.console import run_command
 from diffusers_brics.pipelines import default_scheduler
 from diffusers_brics.training import diffusion
 
-IMAGES = 10
+IMAGE_COUNT = 10
 
 
 def train(*args, **flags) -> int:
     """``train_brics_diffusion.py`` with the tests' fast flags, batches of 4, ``args`` and ``flags`` (``name=value``
     for ``--name value``, ``name=True`` for ``--name``), in this process with a fresh accelerate state (as a new
     process has); its exit status (an error is one line on stderr, as the script's)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    argv = [*DIFFUSION_FAST, "--train_batch_size", "4", *map(str, args)]
+    argv = [*DIFFUSION_FAST, "--train_batch_size", "4", *args]
     for name, value in flags.items():
-        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
-    return run_command(diffusion.main, argv, prog="train_brics_diffusion.py")
+        argv += [f"--{name}"] if value is True else [f"--{name}", value]
+    return run_in_process(diffusion.main, argv, prog="train_brics_diffusion.py")
 
 
 def refused(capsys, *args, **flags) -> str:
@@ -41,7 +39,7 @@ def refused(capsys, *args, **flags) -> str:
 
 @pytest.fixture
 def images(random_image_folder):
-    return random_image_folder(IMAGES)
+    return random_image_folder(IMAGE_COUNT)
 
 
 CATEGORIES = ["animals", "flags", "food"]
@@ -58,7 +56,7 @@ def labelled(images):
             "short_name": f"image {i}",
             "caption": f"a picture of {CATEGORIES[(2 * i + 1) % 3]}, number {i % 4}",
         }
-        for i in range(IMAGES)
+        for i in range(IMAGE_COUNT)
     ]
     (images / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return images
@@ -72,7 +70,8 @@ def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_pat
         autoencoder=autoencoder, train_data_dir=images, output_dir=out, max_train_steps=1, checkpointing_steps=1
     )
     assert train(**base) == 0
-    assert len(datasets.load_from_disk(str(out / "key_codes"))) == IMAGES  # none held out: stage 2 does not evaluate
+    # none held out: stage 2 does not evaluate
+    assert len(datasets.load_from_disk(str(out / "key_codes"))) == IMAGE_COUNT
 
     other = tmp_path / "other_vae"
     torch.manual_seed(1)
@@ -88,7 +87,7 @@ def test_every_image_is_encoded_and_a_cache_from_other_inputs_is_refused(tmp_pat
         assert "have no record of what they were encoded from" in refused(capsys, **base, train_batch_size=11)
     assert (
         f"--train_batch_size 11 x 1 process(es) x --gradient_accumulation_steps 1: training with "
-        f"--train_batch_size {IMAGES} instead" in caplog.text
+        f"--train_batch_size {IMAGE_COUNT} instead" in caplog.text
     )
 
 
@@ -104,10 +103,10 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path,
     # the cache holds the centre-cropped images in [-1, 1], then their mirror images
     cached = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")
     first_image = datasets.load_dataset("imagefolder", data_dir=str(images))["train"][0]["image"]
-    assert len(cached) == 2 * IMAGES and cached[0]["key_codes"].shape == (3, 32, 32)
+    assert len(cached) == 2 * IMAGE_COUNT and cached[0]["key_codes"].shape == (3, 32, 32)
     first = image_transform(32, center_crop=True)(first_image)
     torch.testing.assert_close(cached[0]["key_codes"], first)
-    torch.testing.assert_close(cached[IMAGES]["key_codes"], first.flip(-1))
+    torch.testing.assert_close(cached[IMAGE_COUNT]["key_codes"], first.flip(-1))
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
     assert "DDPMPipeline" in (out / "README.md").read_text() and (out / "samples.png").exists()
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
@@ -126,7 +125,7 @@ def test_pixel_space_diffusion_saves_a_stock_ddpm_pipeline_and_resumes(tmp_path,
             autoencoder="pixels", **common, max_train_steps=3, checkpointing_steps=3, resume_from_checkpoint="latest"
         )
     assert resumed == 0
-    assert f"reusing {2 * IMAGES} cached images" in caplog.text and "at step 2" in caplog.text
+    assert f"reusing {2 * IMAGE_COUNT} cached images" in caplog.text and "at step 2" in caplog.text
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
     # the cached images are refused for another size
     error = refused(capsys, autoencoder="none", **common, max_train_steps=4, resolution=16)
@@ -195,7 +194,7 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod, default_scheduler().alphas_cumprod, rtol=1e-6)
     # the short recipe's key codes at unit variance (scaling_factor 1 / std of the cached codes, shift 0.5 kept) ...
     codes = datasets.load_from_disk(str(out / "key_codes")).with_format("torch")[:]["key_codes"]
-    assert len(codes) == 2 * IMAGES  # flipped twins included
+    assert len(codes) == 2 * IMAGE_COUNT  # flipped twins included
     fitted = 1 / float(codes.std())
     assert f"scaling_factor {fitted:.5f} fitted" in caplog.text
     assert pipe.vae.config.scaling_factor == pytest.approx(fitted) and pipe.vae.config.shift_factor == 0.5
@@ -215,7 +214,7 @@ def test_trains_and_saves_a_loadable_pipeline_with_cached_key_codes(tmp_path, au
             snr_gamma=5,
         )
     assert resumed == 0
-    assert f"reusing {2 * IMAGES} cached key codes" in caplog.text and "at step 3" in caplog.text
+    assert f"reusing {2 * IMAGE_COUNT} cached key codes" in caplog.text and "at step 3" in caplog.text
 
 
 def test_class_conditional_training_on_a_column_of_categories(tmp_path, autoencoder, labelled, capsys):
@@ -248,13 +247,6 @@ def test_class_conditional_training_on_a_column_of_categories(tmp_path, autoenco
     assert "were encoded with other class_column ('category'; this run: 'short_name')" in error
 
 
-def generate(pipe, prompts, **kwargs):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        prompts, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
-    ).images
-
-
 def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipeline(tmp_path, autoencoder, labelled):
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
@@ -281,11 +273,11 @@ def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipelin
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and index["tokenizer"][0] == "transformers"
     pipe = BRICSTextToImagePipeline.from_pretrained(out)
     prompts = ["a picture of flags, number 1", "a picture of food, number 2"]
-    samples = generate(pipe, prompts)
+    samples = generate_from_prompts(pipe, prompts)
     assert samples.shape == (2, 32, 32, 3) and np.isfinite(samples).all()
     # stock diffusers loads it too, and samples the same
     stock = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
-    np.testing.assert_allclose(generate(stock, prompts), samples, atol=1e-6)
+    np.testing.assert_allclose(generate_from_prompts(stock, prompts), samples, atol=1e-6)
     # the frozen encoder's hidden states were cached, one row per caption and one for the empty caption
     table = load_file(out / "prompt_embeds.safetensors")["embeds"]
     assert table.shape[1:] == (pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from builders import run_diffusion
+from builders import generate_from_prompts, run_diffusion
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
@@ -16,13 +16,7 @@ from diffusers_brics.models.text_encoder import build_text_encoder, train_captio
 from diffusers_brics.training.conditioning import PromptTable, drop_conditions
 from diffusers_brics.training.diffusion_args import parse_args
 
-PROMPTS = ["grinning, smileys and emotion", "red apple, food and drink"]
-
-
-def generate(pipe, **kwargs):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe(PROMPTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np",
-                **kwargs).images
+SAMPLE_PROMPTS = ["grinning, smileys and emotion", "red apple, food and drink"]
 
 
 @pytest.mark.slow  # in this process: test_train_diffusion_in_process.py, of the same name
@@ -36,11 +30,11 @@ def test_text_training_with_a_built_frozen_encoder_saves_a_text_to_image_pipelin
     index = json.loads((out / "model_index.json").read_text())
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and index["tokenizer"][0] == "transformers"
     pipe = BRICSTextToImagePipeline.from_pretrained(out)
-    images = generate(pipe)
+    images = generate_from_prompts(pipe, SAMPLE_PROMPTS)
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     # stock diffusers loads it too, and samples the same
     stock = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
-    np.testing.assert_allclose(generate(stock), images, atol=1e-6)
+    np.testing.assert_allclose(generate_from_prompts(stock, SAMPLE_PROMPTS), images, atol=1e-6)
     # the frozen encoder's hidden states were cached: the pipeline's own encoding of a caption matches them
     table = load_file(out / "prompt_embeds.safetensors")["embeds"]
     assert table.shape[1:] == (pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size)
@@ -63,7 +57,7 @@ def test_text_training_with_a_given_encoder_trained_with_the_unet_resumes_exactl
     changed = [k for k, v in encoder.state_dict().items() if not torch.equal(v, trained[k])]
     assert changed, "the text encoder was not trained"
     assert pipe.tokenizer.get_vocab() == tokenizer.get_vocab()
-    assert np.isfinite(generate(pipe, guidance_scale=2.0)).all()
+    assert np.isfinite(generate_from_prompts(pipe, SAMPLE_PROMPTS, guidance_scale=2.0)).all()
     # the checkpoints hold the UNet and the encoder as one module, loadable by diffusers; a run resumed from the
     # step-2 checkpoint ends with the weights of the uninterrupted one
     from diffusers_brics.training.conditioning import TextConditionedUNet

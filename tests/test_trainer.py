@@ -231,7 +231,7 @@ def saved(folder, step: int) -> dict:
             for name in ("line", "line_ema")}
 
 
-def assert_same(a: dict, b: dict) -> None:
+def assert_identical_states(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
         for key in a[name]:
@@ -259,7 +259,7 @@ def test_a_stop_signal_ends_the_step_with_a_checkpoint_and_the_resumed_run_ends_
     with caplog.at_level("INFO"):
         fit(loop_config(stopped, checkpointing_steps=3, resume_from_checkpoint="latest"), CleanStage())
     assert "at step 4" in caplog.text and checkpoint_steps(stopped) == [3, 4, 6, 8]
-    assert_same(saved(stopped, 8), saved(straight, 8))
+    assert_identical_states(saved(stopped, 8), saved(straight, 8))
 
 
 def test_a_second_stop_signal_leaves_at_once(tmp_path):
@@ -290,7 +290,7 @@ def test_a_run_ended_without_warning_resumes_from_its_last_whole_checkpoint(tmp_
         fit(loop_config(killed, checkpointing_steps=2, resume_from_checkpoint="latest"), resumed)
     assert "at step 4" in caplog.text
     assert checkpoint_steps(killed) == [2, 4, 6, 8]
-    assert_same(saved(killed, 8), saved(straight, 8))
+    assert_identical_states(saved(killed, 8), saved(straight, 8))
     # a checkpoint holds the model and its EMA in diffusers' format (with the EMA's step), not the model twice
     assert not list((killed / "checkpoint-8").glob("model*.safetensors"))
     assert json.loads((killed / "checkpoint-8" / "line_ema" / "ema_state.json").read_text())["optimization_step"] == 8
@@ -317,7 +317,7 @@ def test_a_run_resumed_within_an_epoch_skips_the_batches_the_epoch_has_used(tmp_
     assert len(rest.batches) == 3
     for a, b in zip(first.batches + rest.batches, everything.batches):
         assert torch.equal(a, b)
-    assert_same(saved(resumed, 6), saved(straight, 6))
+    assert_identical_states(saved(resumed, 6), saved(straight, 6))
 
 
 def test_gradients_are_averaged_and_weights_checked_across_processes(monkeypatch, caplog):
