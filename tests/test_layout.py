@@ -3,6 +3,9 @@
 Every import statement counts, wherever it stands: at module level, inside functions and classes, and under
 ``if TYPE_CHECKING:``, since an import deferred into a function only hides a cycle. An import of ``a.b.c`` also
 runs the ``__init__`` of each package on the way (``a.b``) that does not already enclose the importing module.
+
+And the test suite keeps one copy of each helper: no function, class or constant defined in two modules of ``tests/``
+but tests, fixtures and the few `SHARED_NAMES`.
 """
 
 from __future__ import annotations
@@ -137,4 +140,104 @@ def test_no_import_cycles_in_the_package():
     cycles = import_cycles(import_graph())
     assert not cycles, "import cycles (each a set of modules that import one another):\n" + "\n".join(
         "  " + " <-> ".join(cycle) for cycle in cycles
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the test suite
+TESTS = Path(__file__).resolve().parent
+
+# Names that several modules of tests/ may each define, and why. Any other function, class or constant defined in
+# two of them is a copy: it belongs once in tests/builders.py (or as a fixture of tests/conftest.py), imported where
+# it is used.
+SHARED_NAMES = {
+    "ROOT": "the repository root, `Path(__file__).resolve().parents[1]`: an expression of the module's own path, "
+    "not a builder; importing tests/builders.py for it would import diffusers and the package into modules that "
+    "need neither (and into conftest.py before it sets TRITON_INTERPRET)",
+    "BENCHMARKS": "`ROOT / 'benchmarks'`, which each benchmark test module puts on sys.path when it is imported",
+    "pytestmark": "pytest reads the marks of each module from this name",
+}
+
+
+def _is_fixture(node: ast.AST) -> bool:
+    """Whether ``node`` is a function decorated with ``pytest.fixture`` (or ``fixture``), bare or called."""
+    for decorator in getattr(node, "decorator_list", []):
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if ast.unparse(target).split(".")[-1] == "fixture":
+            return True
+    return False
+
+
+def _assigned(target: ast.AST) -> List[str]:
+    """The names an assignment's target binds: ``A``, ``A, B``, ``[A, *B]``; none for ``a.b`` or ``a[0]``."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Starred):
+        return _assigned(target.value)
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in _assigned(element)]
+    return []
+
+
+def defined_names(path: Path) -> Dict[str, int]:
+    """Name -> line of each function, class and constant ``path`` defines at its top level (inside a top-level
+    ``if`` or ``try`` too), less tests (``test_*``, ``Test*``) and pytest fixtures, which each module has its own."""
+    names: Dict[str, int] = {}
+    statements = list(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body)
+    while statements:
+        node = statements.pop(0)
+        if isinstance(node, (ast.If, ast.Try)):
+            statements[:0] = [*node.body, *node.orelse, *getattr(node, "finalbody", [])]
+            statements[:0] = [child for handler in getattr(node, "handlers", []) for child in handler.body]
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found = [] if _is_fixture(node) else [node.name]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found = [name for target in targets for name in _assigned(target)]
+        else:
+            continue
+        for name in found:
+            if not name.startswith(("test_", "Test")):
+                names.setdefault(name, node.lineno)
+    return names
+
+
+def names_defined_twice(folder: Path = TESTS, allowed: Optional[Dict[str, str]] = None) -> Dict[str, List[str]]:
+    """Name -> ``file:line`` of each definition, for the names that two or more ``*.py`` files of ``folder`` define
+    (`defined_names`), less ``allowed`` (default: `SHARED_NAMES`)."""
+    allowed = SHARED_NAMES if allowed is None else allowed
+    where: Dict[str, List[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        for name, line in defined_names(path).items():
+            where.setdefault(name, []).append(f"{path.name}:{line}")
+    return {name: places for name, places in sorted(where.items()) if len(places) > 1 and name not in allowed}
+
+
+def test_the_copy_checker_skips_tests_fixtures_and_the_shared_names(tmp_path):
+    (tmp_path / "test_a.py").write_text(
+        "import pytest\nROOT = 1\nLIMIT, STEPS = 2, 3\n"
+        "@pytest.fixture\ndef models():\n    pass\n"
+        "def helper():\n    pass\ndef test_one():\n    pass\nclass TestMore:\n    pass\n"
+    )
+    (tmp_path / "test_b.py").write_text(
+        "import os, pytest\nROOT = 1\nif True:\n    STEPS = 4\n"
+        "@pytest.fixture(scope='module')\ndef models():\n    pass\n"
+        "def helper(x: int) -> int:\n    return x\ndef test_one():\n    pass\nclass TestMore:\n    pass\n"
+    )
+    (tmp_path / "builders.py").write_text("class Helper:\n    pass\nLIMIT: int = 2\nos.environ['X'] = '1'\n")
+    (tmp_path / "conftest.py").write_text("import os\nos.environ['X'] = '1'\n")
+    assert names_defined_twice(tmp_path, allowed={"ROOT": "the repository root"}) == {
+        "LIMIT": ["builders.py:3", "test_a.py:3"],
+        "STEPS": ["test_a.py:3", "test_b.py:4"],
+        "helper": ["test_a.py:7", "test_b.py:8"],
+    }
+    assert "ROOT" in names_defined_twice(tmp_path, allowed={})
+
+
+def test_no_helper_is_defined_in_two_test_modules():
+    copies = names_defined_twice()
+    assert not copies, (
+        "defined in several modules of tests/ (keep one in tests/builders.py or tests/conftest.py and import it, "
+        "rename one that is something else, or add the name to SHARED_NAMES with a reason):\n"
+        + "\n".join(f"  {name}: {', '.join(places)}" for name, places in copies.items())
     )
