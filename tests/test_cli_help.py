@@ -17,18 +17,17 @@ from diffusers_brics.console import canonical_flags, flag_aliases
 
 # the modules `--help` must not wait for
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "datasets")
-# commands whose parser needs no torch (train-ae and train-diffusion build theirs in the training modules)
+# every command: none needs torch for its parser (the trainings' are in training/autoencoder_args, diffusion_args)
 LIGHT_COMMANDS = ["reconstruct", "encode", "decode", "sample", "interpolate", "examples", "info", "evaluate",
-                  "evaluate generation", "quickstart"]
+                  "evaluate generation", "quickstart", "train-ae", "train-diffusion"]
 OFFLINE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def all_parsers(light_only: bool = False) -> dict[str, argparse.ArgumentParser]:
+def all_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command's parser as `brics` builds it, subcommands included, by command line ("evaluate generation")."""
     found = {}
     top = cli.build_parser()
-    delegated = {name: cli.delegated_parser(name) for name in cli.DELEGATED
-                 if not (light_only and name.startswith("train-"))}
+    delegated = {name: cli.delegated_parser(name) for name in cli.DELEGATED}
     for prefix, parser in [("", top), *((f"{name} ", p) for name, p in delegated.items())]:
         found[prefix.strip() or "brics"] = parser
         for action in parser._actions:
@@ -64,7 +63,9 @@ print(json.dumps([sorted(names) for names in imported]))
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [[], []]
 
 
-@pytest.mark.parametrize("command", ["", "sample", "examples", "info", "evaluate", "quickstart"])
+@pytest.mark.parametrize(
+    "command", ["", "sample", "examples", "info", "evaluate", "quickstart", "train-ae", "train-diffusion"]
+)
 def test_help_answers_within_a_second(command):
     """`brics --help` and a command's --help take about 0.1 s; the bound leaves room for a loaded machine."""
     start = time.perf_counter()

@@ -40,7 +40,7 @@ from .flags import (
     read_field_defaults,
     unit_interval,
 )
-from .unet import UNET_PRESETS
+from ..names import UNET_PRESETS
 
 #: Stage-2 training recipes, chosen by ``--training_recipe`` (default ``auto``: ``release`` for the ``paper`` UNet,
 #: ``short`` for the smaller ones); a flag given on the command line overrides its recipe's value.
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="guidance of the validation samples (default: 3 when trained with conditioning dropout, "
                       "else 1)")
     model = p.add_argument_group("model")
-    model.add_argument("--unet_preset", choices=sorted(UNET_PRESETS), help="the UNet's size")
+    model.add_argument("--unet_preset", choices=UNET_PRESETS, help="the UNet's size")
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="recompute the UNet's blocks in the backward pass instead of keeping their activations "
                        "(less memory, about a third more compute)")
