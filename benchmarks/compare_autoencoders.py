@@ -1,19 +1,27 @@
-"""Equal-budget reconstruction: BRICS against diffusers' AutoencoderKL and VQModel on the embedded 32x32 emoji.
+"""Equal-budget reconstruction: BRICS against diffusers' AutoencoderKL and VQModel, and CVQ-VAE (a VQModel with an
+online clustered codebook), on the embedded 32x32 emoji, one model and seed per run.
 
-The three autoencoders are trained by the same script (``examples/train_brics_ae.py --model_type ...``) with the
-same steps, batch, seed, data and losses (L2 only by default, as ``train_ae_benchmark.py``: the perceptual and GAN
-terms cost more than the autoencoders themselves at 32x32 on a CPU; arguments after ``--`` replace them), plus each
-model's own term (KL 1e-6 summed, LDM's; VQ codebook + 0.25 commitment); the BRICS grids have their own learning
-rate, 1e-2, as in the small-image recipe (the peers have no grids; everything else shares 2e-3). Code sizes are equal: an 8x8 code of 4
-channels (``small-32`` presets; the VQ code is 8x8 indices into 1,024 entries of 4 dimensions). Then, on the
-held-out split: PSNR / SSIM / LPIPS-alex, FID and KID of the reconstructions against the originals (the standard
-FID Inception), decode GMACs, latency and parameters, the training step time of each (side by side in one process),
-and the usage of the BRICS grids (reachable entries read per level, entries moved by training) beside the VQ
-codebook's. Writes ``results.json``, ``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png``
-into ``--output``; the trained models stay in ``OUTPUT/run/<model type>`` (git-ignored) for
-``compare_generation.py``.
+The four autoencoders are trained by the same script (``examples/train_brics_ae.py --model_type ...``) with the
+same steps, batch, data and losses (L2 only by default, as ``train_ae_benchmark.py``: the perceptual and GAN terms
+cost more than the autoencoders themselves at 32x32 on a CPU; arguments after ``--`` replace them), plus each
+model's own term (KL 1e-6 summed, LDM's; VQ codebook + 0.25 commitment, CVQ-VAE's codebook revived from the
+encoder's features); the BRICS grids have their own learning rate, 1e-2, as in the small-image recipe (the peers
+have no grids; everything else shares 2e-3). Code sizes are equal: an 8x8 code of 4 channels (``small-32`` presets;
+the VQ codes are 8x8 indices into 1,024 entries of 4 dimensions). Then, on the held-out split: PSNR / SSIM /
+LPIPS-alex, FID and KID of the reconstructions against the originals (the standard FID Inception), decode GMACs and
+parameters, and the usage of the BRICS grids (reachable entries read per level, entries moved by training) beside
+the codebook usage and perplexity of both VQ models.
 
-    python benchmarks/compare_autoencoders.py --steps 500
+Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the trained model in its
+``autoencoder/`` for ``compare_generation.py``): its ``result.json`` is written when the run ends, and a run that has
+one is not run again; an interrupted training resumes from its last checkpoint. After the runs (or alone, with
+``--report``), the report is assembled from every run there: the mean and spread over seeds of each figure, and the
+training step and decode times of the models measured side by side in this process. Writes ``results.json``,
+``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png`` into ``--output``.
+
+    python benchmarks/compare_autoencoders.py --models cvqvae --seeds 0        # one run: about 5 minutes on 2 cores
+    python benchmarks/compare_autoencoders.py --seeds 0,1,2                    # every model, three seeds
+    python benchmarks/compare_autoencoders.py --report                         # the report of the runs there
     python benchmarks/compare_autoencoders.py --tiny --no_fid --output /tmp/cmp   # the test's smoke run
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -28,17 +37,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import VQModel
 from PIL import Image
 
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
+from compare_autoencoders_report import MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
+from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
+from seeded_runs import check_same, training_finished
 
-MODEL_TYPES = ("brics", "autoencoderkl", "vqmodel")
-NAMES = {"brics": "BRICS", "autoencoderkl": "AutoencoderKL", "vqmodel": "VQModel"}
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0"]
+SETUP_KEYS = ("preset", "steps", "batch_size", "train_args", "max_images", "fid")
 
 
 def decode_modules(vae) -> list[torch.nn.Module]:
@@ -47,14 +59,6 @@ def decode_modules(vae) -> list[torch.nn.Module]:
         return [vae.retrieval, vae.decoder]
     parts = [vae.post_quant_conv, vae.decoder]
     return parts + ([vae.quantize] if hasattr(vae, "quantize") else [])
-
-
-def code_description(vae) -> str:
-    channels, height, width = adapters.latent_shape(vae)
-    kind = adapters.model_type_of(vae)
-    if kind == "vqmodel":
-        return f"{height}x{width} indices into {vae.config.num_vq_embeddings} x {channels}-d entries"
-    return f"{height}x{width}x{channels} floats" + (" in [0, 1]" if kind == "brics" else "")
 
 
 def median_step_seconds(models: dict, images: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -94,184 +98,120 @@ def median_decode_seconds(models: dict, batch: int, repeats: int) -> dict[str, f
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def codebook_usage(row: dict) -> float:
-    """A VQModel row's share of codebook entries selected: ``codebook_usage``, or ``codebook_used`` in results
-    saved before the key took the metric's name."""
-    return row["codebook_usage"] if "codebook_usage" in row else row["codebook_used"]
+def code_description(vae) -> str:
+    channels, height, width = adapters.latent_shape(vae)
+    if isinstance(vae, VQModel):
+        return f"{height}x{width} indices into {vae.config.num_vq_embeddings} x {channels}-d entries"
+    return f"{height}x{width}x{channels} floats" + (" in [0, 1]" if adapters.model_type_of(vae) == "brics" else "")
 
 
-def plot(results: dict, output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [NAMES[k] for k in results["models"]]
-    rows = list(results["models"].values())
-    keys = [("psnr", "PSNR (dB), higher is better"), ("lpips", "LPIPS-alex, lower is better"),
-            ("kid_mean", "KID of reconstructions, lower is better"), ("decode_gmacs", "decode GMACs per image")]
-    keys = [(k, label) for k, label in keys if all(k in row for row in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-    for ax, (key, label) in zip(axes, keys):
-        ax.bar(names, [row[key] for row in rows], color=["tab:blue", "tab:orange", "tab:green"][: len(rows)])
-        ax.set_title(label, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(output / "metrics.png", dpi=120)
-    plt.close(fig)
-
-    brics, vq = results["models"].get("brics"), results["models"].get("vqmodel")
-    if brics is None:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    levels = range(len(brics["grid_usage_per_level"]))
-    ax.plot(levels, brics["grid_usage_per_level"], "o-", label="BRICS: reachable entries read (held-out)")
-    ax.plot(levels, brics["grid_trained_per_level"], "s--", label="BRICS: entries moved by training")
-    if vq is not None:
-        ax.axhline(codebook_usage(vq), color="tab:green", label="VQModel: codebook entries selected (held-out)")
-    ax.set_xlabel("grid level (coarse to fine)")
-    ax.set_ylabel("share of entries")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(output / "usage.png", dpi=120)
-    plt.close(fig)
+def train_command(kind: str, seed: int, folder: Path, preset: str, steps: int, args, extra: list[str]) -> list[str]:
+    """The stage-1 training of one run, resuming from the newest checkpoint in ``folder`` if there is one."""
+    return [
+        sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--model_type", kind, "--preset", preset,
+        "--output_dir", str(folder), "--train_batch_size", str(args.batch_size), "--max_train_steps", str(steps),
+        "--validation_steps", str(steps), *resume_flags(steps), "--report_to", "none", "--seed", str(seed),
+        *(["--max_eval_images", "16"] if args.tiny else []), *extra,
+        *(["--grid_learning_rate", "1e-2"] if kind == "brics" else []),  # the grids' rate of the small-image recipe
+    ]  # fmt: skip
 
 
-def report(results: dict) -> str:
-    models = results["models"]
-    lines = [
-        "# Equal-budget reconstruction: BRICS vs AutoencoderKL vs VQModel", "",
-        "```", results["command"], "```", "",
-        f"Embedded 32x32 emoji, {results['held_out_images']} held-out images; {results['steps']} steps at batch "
-        f"{results['batch_size']} for each model, seed 0, the same losses ({results['train_args']}) plus each "
-        f"model's own term (BRICS grids: learning rate 1e-2). FID and KID compare the reconstructions with the "
-        f"originals (KID on the whole split at once: no spread over subsets). torch {results['torch']}, {results['threads']} threads; timings are medians taken side "
-        "by side in one process.", "",
-        "| model | code | parameters | decode params | decode GMACs/img | decode ms/img (batch 64) | train step s "
-        "(batch) | PSNR | SSIM | LPIPS | FID | KID (x1e3) | usage |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for kind, row in models.items():
-        fid = f"{row['fid']:.1f}" if "fid" in row else "-"
-        kid = f"{1e3 * row['kid_mean']:.1f}" if "kid_mean" in row else "-"
-        kid += f" ± {1e3 * row['kid_std']:.1f}" if round(1e3 * row.get("kid_std", 0), 1) else ""  # 0: one subset
-        if kind == "brics":
-            usage = f"grid levels {min(row['grid_usage_per_level']):.0%}–{max(row['grid_usage_per_level']):.0%} read"
-        elif kind == "vqmodel":
-            usage = f"codebook {codebook_usage(row):.0%} selected (perplexity {row['codebook_perplexity']:.0f})"
-        else:
-            usage = "-"
-        lines.append(
-            f"| {NAMES[kind]} | {row['code']} | {row['parameters'] / 1e6:.2f} M | {row['decode_parameters'] / 1e6:.2f} M "
-            f"| {row['decode_gmacs']:.3f} | {1e3 * row['decode_seconds_per_image']:.2f} | {row['train_step_seconds']:.3f}"
-            f" | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['lpips']:.3f} | {fid} | {kid} | {usage} |"
-        )
-    lines += ["", "![metrics](metrics.png)", "", "![usage](usage.png)", "",
-              "Held-out originals (top row), then the reconstructions of BRICS, AutoencoderKL and VQModel:", "",
-              "![reconstructions](reconstructions.png)", "", "## Goals", ""]
-    lines += [f"- {goal}: **{'holds' if ok else 'does not hold'}** ({detail})" for goal, ok, detail in results["goals"]]
-    return "\n".join(lines) + "\n"
-
-
-def goals(models: dict) -> list[tuple[str, bool, str]]:
-    out = []
-    brics, kl, vq = (models.get(k) for k in MODEL_TYPES)
-    if brics and kl:
-        out.append(("BRICS reconstruction at least as good as AutoencoderKL's (PSNR and LPIPS)",
-                    brics["psnr"] >= kl["psnr"] and brics["lpips"] <= kl["lpips"],
-                    f"PSNR {brics['psnr']:.2f} vs {kl['psnr']:.2f} dB, LPIPS {brics['lpips']:.3f} vs {kl['lpips']:.3f}"))
-        ratio = brics["decode_gmacs"] / kl["decode_gmacs"]
-        out.append(("BRICS decode under half of AutoencoderKL's GMACs", ratio < 0.5, f"{ratio:.2f}x"))
-    if brics and vq:
-        dense = brics["grid_usage_per_level"][: brics["dense_levels"]]
-        out.append(("dense-level grid usage above the VQ codebook's", min(dense) > codebook_usage(vq),
-                    f"dense levels {min(dense):.0%}–{max(dense):.0%} vs codebook {codebook_usage(vq):.0%}"))
-    return out
-
-
-def main() -> None:
-    argv, extra = split_argv(DEFAULT_TRAIN_ARGS)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=500, help="training steps of each model")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--models", nargs="+", default=list(MODEL_TYPES), choices=MODEL_TYPES)
-    parser.add_argument("--tiny", action="store_true", help="tiny presets, 2 steps, 16 held-out images (a smoke run)")
-    parser.add_argument("--no_fid", action="store_true", help="skip FID / KID")
-    parser.add_argument("--skip_training", action="store_true", help="evaluate the models already in OUTPUT/run")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_autoencoders"))
-    args = parser.parse_args(argv)
-    preset, steps = ("tiny", 2) if args.tiny else ("small-32", args.steps)
-    max_images, repeats = (16, 1) if args.tiny else (None, 5)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-
-    shown = {}
-    for kind in args.models:
-        run_dir = output / "run" / kind
-        if args.skip_training:
-            continue
-        command = [
-            sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--model_type", kind, "--preset", preset,
-            "--output_dir", str(run_dir), "--train_batch_size", str(args.batch_size), "--max_train_steps", str(steps),
-            "--validation_steps", str(steps), "--checkpointing_steps", str(steps), "--checkpoints_total_limit", "1",
-            "--report_to", "none", "--seed", "0", *(["--max_eval_images", "16"] if args.tiny else []), *extra,
-            *(["--grid_learning_rate", "1e-2"] if kind == "brics" else []),  # the grids' rate of the small-image recipe
-        ]
-        shown[kind] = run_shown(command)
-
-    models = {kind: adapters.load_autoencoder(str(output / "run" / kind)).eval() for kind in args.models}
-    size = next(iter(models.values())).config.sample_size
+def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[str], command: str) -> None:
+    """Train (or resume) one model with one seed, evaluate it on the held-out split, write its ``result.json``."""
+    shown = None
+    if training_finished(folder, setup["steps"]):
+        print(f"[compare_autoencoders] {kind} seed {seed}: trained, evaluating", flush=True)
+    else:
+        shown = run_shown(train_command(kind, seed, folder, setup["preset"], setup["steps"], args, extra))
+        (folder / "benchmark_command.txt").write_text(shown + "\n")
+    if shown is None and (folder / "benchmark_command.txt").is_file():
+        shown = (folder / "benchmark_command.txt").read_text().strip()
+    vae = adapters.load_autoencoder(str(folder)).eval()
+    size = vae.config.sample_size
     held_out, column = load_split("held-out", size)
-    train, train_column = load_split("train", size)
-    images = next(image_batches(train, train_column, size, args.batch_size, desc="a training batch"))
-    step_seconds = median_step_seconds(models, images, repeats)
-    decode_seconds = median_decode_seconds(models, 64, repeats)
-    rows, grids = {}, []
-    for kind, vae in models.items():
-        batches = image_batches(held_out, column, size, 64, max_images, f"evaluating {NAMES[kind]}")
-        metrics, grid = evaluate_reconstruction(vae, batches, with_fid=not args.no_fid, num_grid_images=12)
-        grids.append(grid)
-        train_metrics = json.loads((output / "run" / kind / "metrics.json").read_text())
-        z = adapters.encode_latents(vae, images[:1])
-        row = {
-            "command": shown.get(kind), "code": code_description(vae),
-            "parameters": sum(p.numel() for p in vae.parameters()),
-            "decode_parameters": count_params(decode_modules(vae)),
-            "decode_gmacs": count_gmacs(lambda vae=vae, z=z: adapters.decode_latents(vae, z)),
-            "decode_seconds_per_image": decode_seconds[kind] / 64,
-            "train_step_seconds": step_seconds[kind],
-            "train_images_per_second": args.batch_size / step_seconds[kind],
-            "script_train_images_per_second": train_metrics.get("train_images_per_second"),
-            "steps": train_metrics["step"],
-            **{k: v for k, v in metrics.items() if not k.startswith(("grid_usage_level", "grid_trained_level"))},
-        }
-        if kind == "brics":
-            levels = vae.config.grid_num_levels
-            row["grid_usage_per_level"] = [metrics[f"grid_usage_level_{i}"] for i in range(levels)]
-            row["grid_trained_per_level"] = [metrics[f"grid_trained_level_{i}"] for i in range(levels)]
-            row["dense_levels"] = vae.retrieval.grids[0].num_dense_levels
-        rows[kind] = row
+    batches = image_batches(held_out, column, size, 64, setup["max_images"], f"evaluating {NAMES[kind]} seed {seed}")
+    metrics, grid = evaluate_reconstruction(vae, batches, with_fid=setup["fid"], num_grid_images=12)
+    grid.save(folder / "held_out_reconstructions.png")  # beside the training's own
+    trained = json.loads((folder / "metrics.json").read_text())
+    z = adapters.encode_latents(vae, torch.zeros(1, 3, size, size))
+    row = {
+        "seed": seed, "command": shown, "code": code_description(vae),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "decode_parameters": count_params(decode_modules(vae)),
+        "decode_gmacs": count_gmacs(lambda: adapters.decode_latents(vae, z)),
+        "script_train_images_per_second": trained.get("train_images_per_second"), "steps": trained["step"],
+        **{k: v for k, v in metrics.items() if not k.startswith(("grid_usage_level", "grid_trained_level"))},
+    }  # fmt: skip
+    if kind == "brics":
+        levels = vae.config.grid_num_levels
+        row["grid_usage_per_level"] = [metrics[f"grid_usage_level_{i}"] for i in range(levels)]
+        row["grid_trained_per_level"] = [metrics[f"grid_trained_level_{i}"] for i in range(levels)]
+        row["dense_levels"] = vae.retrieval.grids[0].num_dense_levels
+    save_result(folder, {"setup": setup, "benchmark_command": command, "row": row})
+    print(f"[compare_autoencoders] {kind} seed {seed}: PSNR {row['psnr']:.2f}, saved {folder / 'result.json'}",
+          flush=True)
 
-    # originals once, then one row of reconstructions per model
+
+def combined_grid(grids: list[Image.Image]) -> Image.Image:
+    """The originals once, then one row of reconstructions per grid (each grid: originals over reconstructions)."""
     tile = grids[0].height // 2
     combined = Image.new("RGB", (grids[0].width, tile * (len(grids) + 1)))
     combined.paste(grids[0].crop((0, 0, grids[0].width, tile)), (0, 0))
     for i, grid in enumerate(grids, 1):
         combined.paste(grid.crop((0, tile, grid.width, 2 * tile)), (0, i * tile))
-    combined.save(output / "reconstructions.png")
+    return combined
 
-    results = {
-        "command": "python benchmarks/compare_autoencoders.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps,
-        "batch_size": args.batch_size, "train_args": " ".join(extra), "held_out_images": rows[args.models[0]]["images"],
-        "models": rows,
-    }
-    results["goals"] = goals(rows)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results, output)
-    (output / "report.md").write_text(report(results))
-    print(report(results))
+
+def assemble(output: Path, command: str) -> dict:
+    """The report of every ended run in ``OUTPUT/runs``, with the training step and decode times of the lowest
+    seed's model of each kind measured side by side here."""
+    runs = collect(output, MODEL_TYPES)
+    if not runs:
+        raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<model>-seed<k>/"
+                                "result.json): run some first, e.g. --models brics --seeds 0")
+    setup = check_same(runs, SETUP_KEYS)
+    folders = {kind: output / "runs" / f"{kind}-seed{min(by_seed)}" for kind, by_seed in runs.items()}
+    models = {kind: adapters.load_autoencoder(str(folder)).eval() for kind, folder in folders.items()}
+    size = next(iter(models.values())).config.sample_size
+    train, column = load_split("train", size)
+    images = next(image_batches(train, column, size, setup["batch_size"], desc="a training batch"))
+    repeats = 1 if setup["preset"] == "tiny" else 5
+    step_seconds = median_step_seconds(models, images, repeats)
+    decode_seconds = median_decode_seconds(models, 64, repeats)
+    timings = {kind: {"train_step_seconds": step_seconds[kind], "train_images_per_second": len(images) / step_seconds[kind],
+                      "decode_seconds_per_image": decode_seconds[kind] / 64} for kind in models}  # fmt: skip
+    combined_grid([Image.open(folder / "held_out_reconstructions.png") for folder in folders.values()]).save(
+        output / "reconstructions.png")
+    return write_report(output, command, setup, runs, timings, torch.__version__, torch.get_num_threads())
+
+
+def main() -> dict:
+    argv, extra = split_argv(DEFAULT_TRAIN_ARGS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=500, help="training steps of each run")
+    parser.add_argument("--batch_size", type=int, default=32)
+    add_run_arguments(parser, MODEL_TYPES, MODEL_TYPES)
+    parser.add_argument("--tiny", action="store_true", help="tiny presets, 2 steps, 16 held-out images (a smoke run)")
+    parser.add_argument("--no_fid", action="store_true", help="skip FID / KID")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_autoencoders"))
+    args = parser.parse_args(argv)
+    try:
+        models = chosen_models(args.models, MODEL_TYPES)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error("--steps and --batch_size must be >= 1")
+    preset, steps = ("tiny", 2) if args.tiny else ("small-32", args.steps)
+    setup = {"preset": preset, "steps": steps, "batch_size": args.batch_size, "train_args": " ".join(extra),
+             "max_images": 16 if args.tiny else None, "fid": not args.no_fid}
+    output = Path(args.output)
+    command = shlex.join(["python", "benchmarks/compare_autoencoders.py", *sys.argv[1:]])
+    if not args.report:
+        for kind, seed, folder in pending_runs(output, models, args.seeds, "compare_autoencoders"):
+            run_one(kind, seed, folder, setup, args, extra, command)
+    results = assemble(output, command)
+    print((output / "report.md").read_text())
+    return results
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmarks in their tiny modes: decode cost with peak memory, and relaxed precision end to end."""
+"""The benchmarks in their tiny modes: decode cost with peak memory, and relaxed precision end to end (two
+invocations: the runs of the first cached, a second seed reported with the spread)."""
 
 import json
 import os
@@ -117,7 +118,7 @@ def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir
     out = tmp_path / "relaxed_precision"
     run_script([BENCHMARKS / "relaxed_precision_benchmark.py", "--tiny", "--threads", "1", "--output", out])
     results = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in results["runs"]] == ["relaxed", "no_noise", "kl"]
+    assert [(r["name"], r["seed"]) for r in results["runs"]] == [("relaxed", 0), ("no_noise", 0), ("kl", 0)]
     assert [r["config"] for r in results["runs"]] == [
         {"relaxed_precision": True, "kl_key_codes": False}, {"relaxed_precision": False, "kl_key_codes": False},
         {"relaxed_precision": False, "kl_key_codes": True}]
@@ -141,6 +142,22 @@ def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir
     assert results["command"].startswith("python benchmarks/relaxed_precision_benchmark.py --tiny")
     assert "Table 6 analogue" in report and "posterior sigma" in report
     assert (out / "psnr_vs_perturbation.png").stat().st_size > 0
+    assert "| relaxed precision | 1 (0) |" in report and not list((out / "runs" / "kl-seed0").glob("checkpoint-*"))
+
+    # a second seed of one variant in another invocation (given twice: run once); the seed-0 runs are cached
+    stdout = run_script([BENCHMARKS / "relaxed_precision_benchmark.py", "--tiny", "--threads", "1", "--output", out,
+                         "--models", "relaxed", "relaxed", "--seeds", "0,1"])
+    assert "relaxed seed 0: cached" in stdout
+    assert [line for line in stdout.splitlines() if line.startswith("$ ")] == [
+        next(line for line in stdout.splitlines() if line.startswith("$ ") and "--seed 1 " in line)]
+    results = json.loads((out / "results.json").read_text())
+    seeds = results["over_seeds"]
+    assert seeds["relaxed precision"]["seeds"] == [0, 1] and seeds["no relaxed precision"]["seeds"] == [0]
+    psnr = seeds["relaxed precision"]["psnr"]
+    assert psnr["n"] == 2 and psnr["std"] > 0 and psnr["min"] < psnr["mean"] < psnr["max"]
+    assert results["evaluations"]["relaxed precision"]["deterministic"]["psnr"]["mean"] == pytest.approx(psnr["mean"])
+    report = (out / "report.md").read_text()
+    assert "| relaxed precision | 2 (0, 1) |" in report and "| no relaxed precision | 1 (0) |" in report
 
 
 def test_grid_backend_benchmark_tiny_on_cpu(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Benchmark 1 (equal-budget reconstruction) end to end in its tiny mode."""
+"""Benchmark 1 (equal-budget reconstruction) end to end in its tiny mode: the four models, and runs cached per model
+and seed, assembled into one report with the spread over seeds."""
 
 import json
 import os
@@ -13,24 +14,70 @@ pytestmark = pytest.mark.benchmark
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
+def run_compare_autoencoders(output: Path, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare_autoencoders.py"), "--tiny", "--no_fid", "--output",
-         str(tmp_path)], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+         str(output), *args], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
+    run_compare_autoencoders(tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["models"]) == ["brics", "autoencoderkl", "vqmodel"]
-    for row in results["models"].values():
+    assert list(results["models"]) == ["brics", "autoencoderkl", "vqmodel", "cvqvae"]
+    for entry in results["models"].values():
+        assert entry["seeds"] == [0] and entry["summary"]["psnr"]["n"] == 1 and entry["summary"]["psnr"]["std"] == 0
+        row = entry["runs"]["0"]
         assert row["steps"] == 2 and row["images"] == 16 and 0 < row["psnr"] < 60
-        assert row["decode_gmacs"] > 0 and row["train_step_seconds"] > 0 and "8x8" in row["code"]
+        assert entry["decode_gmacs"] > 0 and entry["train_step_seconds"] > 0 and "8x8" in entry["code"]
     assert len(results["models"]["brics"]["grid_usage_per_level"]) > 0
-    assert 0 < results["models"]["vqmodel"]["codebook_usage"] <= 1
+    for kind in ("vqmodel", "cvqvae"):  # both codebooks: usage and perplexity
+        summary = results["models"][kind]["summary"]
+        assert 0 < summary["codebook_usage"]["mean"] <= 1 and summary["codebook_perplexity"]["mean"] >= 1
+        assert "indices into 64 x 2-d entries" in results["models"][kind]["code"]
+    assert "--model_type cvqvae" in results["models"]["cvqvae"]["runs"]["0"]["command"]
     assert [goal[0] for goal in results["goals"]] == [
         "BRICS reconstruction at least as good as AutoencoderKL's (PSNR and LPIPS)",
-        "BRICS decode under half of AutoencoderKL's GMACs", "dense-level grid usage above the VQ codebook's"]
+        "BRICS decode under half of AutoencoderKL's GMACs", "dense-level grid usage above the VQModel codebook's",
+        "dense-level grid usage above the CVQ-VAE codebook's"]
     report = (tmp_path / "report.md").read_text()
-    assert "| BRICS |" in report and "| VQModel |" in report
+    assert "| BRICS | 1 (0) |" in report and "| VQModel |" in report and "| CVQ-VAE | 1 (0) |" in report
+    assert "perplexity" in report.split("| CVQ-VAE |")[1].splitlines()[0]
     for image in ("metrics.png", "usage.png", "reconstructions.png"):
         assert (tmp_path / image).stat().st_size > 0
-    # the models stay for the generation benchmark
-    assert (tmp_path / "run" / "autoencoderkl" / "autoencoder" / "config.json").is_file()
+    # the models stay for the generation benchmark; their checkpoints go once the run has its result
+    run = tmp_path / "runs" / "cvqvae-seed0"
+    assert json.loads((run / "autoencoder" / "config.json").read_text())["_class_name"] == "VQModel"
+    assert not list(run.glob("checkpoint-*"))
+
+
+def test_runs_are_cached_per_model_and_seed_and_reported_with_their_spread(tmp_path, lpips_weights_dir):
+    run_compare_autoencoders(tmp_path, "--models", "brics", "cvqvae", "--seeds", "0")
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert list(first["models"]) == ["brics", "cvqvae"] and first["models"]["brics"]["seeds"] == [0]
+    cached = tmp_path / "runs" / "brics-seed0" / "result.json"
+    written = cached.stat().st_mtime_ns
+    # a run whose training ended but whose evaluation did not: evaluated again, not trained again
+    (tmp_path / "runs" / "cvqvae-seed0" / "result.json").unlink()
+
+    stdout = run_compare_autoencoders(tmp_path, "--models", "brics,cvqvae", "cvqvae", "--seeds", "0,1")
+    assert "brics seed 0: cached" in stdout and "cvqvae seed 0: trained, evaluating" in stdout
+    trainings = [line for line in stdout.splitlines() if line.startswith("$ ")]
+    assert len(trainings) == 2 and all("--seed 1" in line for line in trainings)  # cvqvae given twice: once
+    assert cached.stat().st_mtime_ns == written
+
+    stdout = run_compare_autoencoders(tmp_path, "--report")
+    assert not [line for line in stdout.splitlines() if line.startswith("$ ")]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["models"]) == ["brics", "cvqvae"]
+    for entry in results["models"].values():
+        assert entry["seeds"] == [0, 1]
+        psnr = entry["summary"]["psnr"]
+        values = [entry["runs"][seed]["psnr"] for seed in ("0", "1")]
+        assert psnr["n"] == 2 and psnr["mean"] == pytest.approx(sum(values) / 2)
+        assert (psnr["min"], psnr["max"]) == (min(values), max(values)) and psnr["std"] > 0  # the seeds differ
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| CVQ-VAE |"))
+    assert "| 2 (0, 1) |" in row and " ± " in row
+    assert "mean ± standard deviation over the seeds" in report

@@ -1,5 +1,6 @@
-"""compare_generation.py (equal-budget generation) in its tiny mode end to end (FID included: four FID computations,
-a few seconds each on one thread), its KID-only mode, and its checks of the inputs."""
+"""compare_generation.py (equal-budget generation) in its tiny mode end to end (FID included: five FID computations,
+a few seconds each on one thread), runs cached per model and seed and reported with their spread, its KID-only mode,
+and its checks of the inputs."""
 
 import json
 import os
@@ -22,53 +23,97 @@ sys.path.insert(0, str(BENCHMARKS))
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
-    """A folder like compare_autoencoders.py's run/: untrained tiny stage-1 output folders brics/ and autoencoderkl/."""
+    """A folder of stage-1 output folders by model name: untrained tiny brics/, autoencoderkl/ and cvqvae/ (a CVQ-VAE
+    saved as compare_autoencoders.py saves it, a stock VQModel)."""
     folder = tmp_path_factory.mktemp("compare_autoencoders_run")
     torch.manual_seed(0)
-    for kind in ("brics", "autoencoderkl"):
-        adapters.build_autoencoder(kind, "tiny").save_pretrained(folder / kind / "autoencoder")
+    for kind in ("brics", "autoencoderkl", "cvqvae"):
+        adapters.saved_form(adapters.build_autoencoder(kind, "tiny")).save_pretrained(folder / kind / "autoencoder")
     return folder
 
 
 def training_flags(command: str) -> list[str]:
-    """A training command without the flags that name the data space and the output folder."""
-    words, drop = command.split(), {"--autoencoder", "--output_dir", "--resolution"}
+    """A training command without the flags that name the data space, the output folder and the seed."""
+    words, drop = command.split(), {"--autoencoder", "--output_dir", "--resolution", "--seed"}
     return [w for i, w in enumerate(words) if w not in drop and (i == 0 or words[i - 1] not in drop)]
+
+
+def run_compare_generation(output, *args) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare_generation.py"), "--tiny", "--output", str(output), *map(str, args)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout
+
+
+def training_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("$ ")]
 
 
 def test_compare_generation_tiny_end_to_end(tmp_path, stage1, inception_weights_dir, lpips_weights_dir):
     out = tmp_path / "compare_generation"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "compare_generation.py"), "--autoencoders", str(stage1), "--tiny",
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_compare_generation(out, "--autoencoders", stage1)
     results = json.loads((out / "results.json").read_text())
-    assert results["command"].startswith("python benchmarks/compare_generation.py --autoencoders")
+    assert results["command"].startswith("python benchmarks/compare_generation.py --tiny --output")
     setup = results["setup"]
     assert (setup["unet_preset"], setup["steps"], setup["scheduler"], setup["num_samples"]) == ("tiny", 2, "ddim", 4)
-    assert list(results["models"]) == ["brics", "autoencoderkl", "pixels"]
-    rows = results["models"]
+    assert list(results["models"]) == ["brics", "autoencoderkl", "cvqvae", "pixels"]
+    models = results["models"]
     brics_shape = list(adapters.build_autoencoder("brics", "tiny").latent_shape)
-    assert [row["latent_shape"] for row in rows.values()] == [brics_shape, [2, 8, 8], [3, 32, 32]]
-    assert [row["pipeline"] for row in rows.values()] == ["BRICSPipeline", "BRICSPipeline", "DDPMPipeline"]
-    for row in rows.values():
+    assert [entry["latent_shape"] for entry in models.values()] == [brics_shape, [2, 8, 8], [2, 8, 8], [3, 32, 32]]
+    assert [entry["pipeline"] for entry in models.values()] == ["BRICSPipeline"] * 3 + ["DDPMPipeline"]
+    for key, entry in models.items():
+        assert entry["seeds"] == [0] and entry["summary"]["kid_mean"]["n"] == 1
+        row = entry["runs"]["0"]
         assert row["steps"] == 2 and row["unet_parameters"] > 0 and row["seconds_per_image"] > 0
         assert row["fid"] > 0 and row["kid_std"] >= 0 and row["fake_images"] == 4 and row["real_images"] == 8
-        # the same training flags for all three, but what to train on
-        assert training_flags(row["command"]) == training_flags(rows["brics"]["command"])
-    assert "--autoencoder none" in rows["pixels"]["command"] and rows["autoencoderkl"]["scaling_factor"] != 1
-    baseline = results["baseline"]
+        # the same training flags for all four, but what to train on
+        assert training_flags(row["command"]) == training_flags(models["brics"]["runs"]["0"]["command"])
+        assert row["stage1"] == (None if key == "pixels" else os.path.relpath((stage1 / key).resolve(), ROOT))
+    assert "--autoencoder none" in models["pixels"]["runs"]["0"]["command"]
+    assert models["autoencoderkl"]["scaling_factor"]["mean"] != 1 and models["cvqvae"]["scaling_factor"]["mean"] != 1
+    baseline = results["baseline"]["runs"]["0"]
     assert (baseline["fake_images"], baseline["real_images"]) == (4, 8) and baseline["fid"] > 0
     assert torch.tensor(results["neighbours"]["lpips_distances"]).shape == (2, 2)
     report = (out / "report.md").read_text()
     assert report.splitlines()[3] == results["command"]
     assert "BRICS generation KID no worse than the KL-latent model's: " in report
-    assert "| pixels (DDPMPipeline) | 32x32x3 |" in report and "| real-vs-real FID / KID |" in report
-    for name in ("samples_brics", "samples_autoencoderkl", "samples_pixels", "kid", "neighbours_brics"):
+    assert "| pixels (DDPMPipeline) | 1 (0) | 32x32x3 |" in report and "| real-vs-real FID / KID |" in report
+    assert "| CVQ-VAE latents | 1 (0) | 8x8x2 |" in report
+    for name in ("samples_brics", "samples_autoencoderkl", "samples_cvqvae", "samples_pixels", "kid", "neighbours_brics"):
         assert (out / f"{name}.png").stat().st_size > 0
     assert Image.open(out / "neighbours_brics.png").size == (3 * 32, 2 * 32)
-    assert json.loads((out / "run" / "pixels" / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    pixels = out / "runs" / "pixels-seed0"
+    assert json.loads((pixels / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    assert not list(pixels.glob("checkpoint-*"))  # removed once the run has its result
+
+
+def test_runs_per_model_and_seed_are_cached_and_reported_with_their_spread(tmp_path, stage1, inception_weights_dir,
+                                                                          lpips_weights_dir):
+    out = tmp_path / "compare_generation"
+    run_compare_generation(out, "--autoencoders", stage1, "--no_fid", "--models", "brics", "cvqvae", "--seeds", "0")
+    cached = out / "runs" / "cvqvae-seed0" / "result.json"
+    written = cached.stat().st_mtime_ns
+    (out / "runs" / "brics-seed0" / "result.json").unlink()  # trained, but its evaluation did not end
+
+    stdout = run_compare_generation(out, "--autoencoders", stage1, "--no_fid", "--models", "cvqvae,brics", "cvqvae", "--seeds", "0,1")
+    assert "cvqvae seed 0: cached" in stdout and "brics seed 0: trained, evaluating" in stdout
+    assert len(training_lines(stdout)) == 2 and all("--seed 1 " in line for line in training_lines(stdout))
+    assert cached.stat().st_mtime_ns == written
+
+    stdout = run_compare_generation(out, "--report")
+    assert not training_lines(stdout)
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["brics", "cvqvae"] and "goal" not in results
+    assert results["baseline"]["seeds"] == [0, 1] and results["baseline"]["kid_mean"]["n"] == 2
+    for entry in results["models"].values():
+        kid = entry["summary"]["kid_mean"]
+        values = [entry["runs"][seed]["kid_mean"] for seed in ("0", "1")]
+        assert entry["seeds"] == [0, 1] and kid["n"] == 2 and kid["mean"] == pytest.approx(sum(values) / 2)
+        assert (kid["min"], kid["max"]) == (min(values), max(values)) and kid["std"] > 0
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| CVQ-VAE latents |"))
+    assert "| 2 (0, 1) |" in row and "mean ± standard deviation over the seeds" in report
 
 
 def test_stage1_folders_are_checked(tmp_path, stage1):
@@ -83,14 +128,17 @@ def test_stage1_folders_are_checked(tmp_path, stage1):
 
 
 def test_the_goal_compares_kid_means_and_names_the_spread():
-    from compare_generation import goal, preset_notes
+    from compare_generation_report import goal, preset_notes
 
     holds, detail = goal({"brics": {"kid_mean": 0.010, "kid_std": 0.001}, "autoencoderkl": {"kid_mean": 0.012,
                                                                                             "kid_std": 0.001}})
     assert holds and "-2.00, is beyond" in detail
     holds, detail = goal({"brics": {"kid_mean": 0.0125, "kid_std": 0.001}, "autoencoderkl": {"kid_mean": 0.012,
                                                                                              "kid_std": 0.001}})
-    assert not holds and "+0.50, is within" in detail
+    assert not holds and "+0.50, is within the subsets'" in detail
+    over_seeds = {"brics": {"kid_mean": 0.0125, "kid_std": 0.001, "seeds": 3},
+                  "autoencoderkl": {"kid_mean": 0.012, "kid_std": 0.001, "seeds": 3}}
+    assert "is within the seeds' combined standard deviation" in goal(over_seeds)[1]
     assert goal({"brics": {"kid_mean": 0.01, "kid_std": 0.0}}) is None
     # the small preset: attention at 4x4 reaches 8x8 latents but not 32x32 pixels
     assert "have it at [4], the pixel UNet (feature sizes [32, 16, 8]) at none" in preset_notes("small", 8, 32)

@@ -1,0 +1,169 @@
+"""Benchmarks that run one model and seed at a time, and a report over whatever runs exist.
+
+Each run has its folder ``OUTPUT/runs/<model>-seed<k>`` (git-ignored): the training's output folder, whose
+checkpoints let an interrupted training resume (``--resume_from_checkpoint latest``), and ``result.json``, written
+atomically when the run's evaluation ends. A run that has its ``result.json`` is cached: a later invocation skips
+it (delete the folder to run it again). The report step (``--report``) reads every ``result.json`` and gives the
+mean and spread over seeds of each figure, with the number of seeds behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+RUNS = "runs"
+RESULT = "result.json"
+CHECKPOINT_EVERY = 100  # training steps between checkpoints: an interrupted run loses at most these
+_RUN_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (duplicates dropped, order kept); an `argparse` type."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0 such as 0,1,2, got {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, choices: Sequence[str], default: Sequence[str]) -> None:
+    """The flags that choose the runs: ``--models`` (of ``choices``), ``--seeds`` and ``--report``."""
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(default),
+        metavar="MODEL",
+        help=f"the models to run, space- or comma-separated, of {', '.join(choices)} "
+        f"(default: {' '.join(default)}); one given twice runs once",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=[0],
+        help="the seeds to run each model with, comma-separated (default 0); a model and seed whose "
+        "run has its result.json is not run again",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="run nothing: assemble the report from the runs in OUTPUT/runs"
+    )
+
+
+def chosen_models(values: Iterable[str], choices: Sequence[str]) -> list[str]:
+    """The models of ``--models`` (commas split, duplicates dropped, order kept), checked against ``choices``."""
+    models = list(dict.fromkeys(m for value in values for m in value.split(",") if m))
+    unknown = [m for m in models if m not in choices]
+    if unknown or not models:
+        raise ValueError(f"--models: {', '.join(unknown) or 'none given'}; choose among {', '.join(choices)}")
+    return models
+
+
+def run_folder(output: Path, model: str, seed: int) -> Path:
+    """``OUTPUT/runs/<model>-seed<seed>``."""
+    return Path(output) / RUNS / f"{model}-seed{seed}"
+
+
+def load_result(folder: Path) -> dict | None:
+    """A run's ``result.json``, or None when the run has not ended."""
+    path = Path(folder) / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_result(folder: Path, result: dict) -> Path:
+    """Writes ``result.json`` atomically (a temporary file renamed), then removes the run's checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / (RESULT + ".tmp")
+    temporary.write_text(json.dumps(result, indent=2))
+    os.replace(temporary, folder / RESULT)
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return folder / RESULT
+
+
+def pending_runs(
+    output: Path, models: Sequence[str], seeds: Sequence[int], tag: str
+) -> Iterator[tuple[str, int, Path]]:
+    """``(model, seed, folder)`` of each run without a result, in order; prints the cached ones."""
+    for model in models:
+        for seed in seeds:
+            folder = run_folder(output, model, seed)
+            if load_result(folder) is not None:
+                print(f"[{tag}] {model} seed {seed}: cached ({folder / RESULT})", flush=True)
+                continue
+            yield model, seed, folder
+
+
+def training_finished(folder: Path, steps: int) -> bool:
+    """Whether the training in ``folder`` ended (its ``metrics.json`` is written at the end) at ``steps``."""
+    path = Path(folder) / "metrics.json"
+    return path.is_file() and json.loads(path.read_text()).get("step") == steps
+
+
+def resume_flags(steps: int) -> list[str]:
+    """Training flags that checkpoint every `CHECKPOINT_EVERY` steps (keeping one) and resume from the newest
+    checkpoint in the output folder, if any."""
+    every = str(min(steps, CHECKPOINT_EVERY))
+    return ["--checkpointing_steps", every, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest"]
+
+
+def collect(output: Path, models: Sequence[str] | None = None) -> dict[str, dict[int, dict]]:
+    """``{model: {seed: result}}`` of the ended runs in ``OUTPUT/runs`` (``models``: those, in that order; default:
+    every model found, in ``sorted`` order), seeds ascending."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}")):
+        match = _RUN_NAME.match(path.parent.name)
+        if match:
+            found.setdefault(match["model"], {})[int(match["seed"])] = json.loads(path.read_text())
+    order = list(models) if models is not None else sorted(found)
+    return {m: dict(sorted(found[m].items())) for m in order if m in found}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """``mean``, ``std`` (over seeds, n - 1; 0 for one), ``min``, ``max`` and ``n`` of ``values``."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values: a spread needs at least one run")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(runs: dict[int, dict], keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    """`spread` over seeds of each of ``keys`` that every run (``{seed: row}``) has."""
+    return {key: spread([row[key] for row in runs.values()]) for key in keys if all(key in r for r in runs.values())}
+
+
+def show(stat: dict, digits: int, scale: float = 1.0) -> str:
+    """``mean ± std`` (``scale`` times), or the mean alone for one seed."""
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text + (f" ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def seeds_text(runs: dict[int, dict]) -> str:
+    """``"3 (0, 1, 2)"``: the number of seeds and which."""
+    return f"{len(runs)} ({', '.join(map(str, runs))})"
+
+
+def check_same(runs: dict[str, dict[int, dict]], keys: Sequence[str]) -> dict:
+    """The values of ``keys`` (in each result's ``setup``) shared by every run; a ValueError naming the runs that
+    differ (runs of other budgets belong in another ``--output``)."""
+    seen: dict[str, list[str]] = {}
+    for model, by_seed in runs.items():
+        for seed, result in by_seed.items():
+            values = json.dumps({key: result["setup"].get(key) for key in keys})
+            seen.setdefault(values, []).append(f"{model}-seed{seed}")
+    if len(seen) > 1:
+        groups = "; ".join(f"{values}: {', '.join(names)}" for values, names in seen.items())
+        raise ValueError(
+            f"the runs in OUTPUT/{RUNS} differ in their setup ({groups}): delete the runs of the other "
+            "setup, or give each setup its own --output"
+        )
+    return json.loads(next(iter(seen))) if seen else {}
