@@ -1,6 +1,7 @@
 """The benchmarks in their tiny modes: decode cost with peak memory, and relaxed precision end to end (two
 invocations: the runs of the first cached, a second seed reported with the spread)."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -270,3 +271,32 @@ def test_time_to_quality_tiny_both_stages_and_reuse(tmp_path, lpips_weights_dir,
                          "--autoencoder", autoencoder, "--output", out], timeout=600)
     assert stdout.count(": reusing ") == 2 and "\n$ " not in "\n" + stdout
     assert {name: path.stat().st_mtime_ns for name, path in kid_files.items()} == before
+
+
+def test_seeded_runs_are_cached_collected_and_summarized_over_seeds(tmp_path):
+    import seeded_runs
+
+    assert seeded_runs.parse_seeds("2,0,2") == [2, 0]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated seeds"):
+        seeded_runs.parse_seeds("0,x")
+    assert seeded_runs.chosen_models(["cvqvae,brics", "cvqvae"], ("brics", "cvqvae")) == ["cvqvae", "brics"]
+    with pytest.raises(ValueError, match="--models: vq; choose among brics, cvqvae"):
+        seeded_runs.chosen_models(["vq"], ("brics", "cvqvae"))
+    for model, seed, psnr in (("brics", 1, 12.0), ("brics", 0, 10.0), ("cvqvae", 0, 9.0), ("real", 0, 0.0)):
+        folder = seeded_runs.run_folder(tmp_path, model, seed)
+        (folder / "checkpoint-100").mkdir(parents=True)
+        seeded_runs.save_result(folder, {"setup": {"steps": 100, "args": ["--x"]}, "row": {"psnr": psnr}})
+        assert not (folder / "checkpoint-100").exists() and not (folder / "result.json.tmp").exists()
+    pending = [(m, s) for m, s, _ in seeded_runs.pending_runs(tmp_path, ["brics", "cvqvae"], [0, 1], "test")]
+    assert pending == [("cvqvae", 1)]
+    runs = seeded_runs.collect(tmp_path, ["cvqvae", "brics", "vqmodel"])
+    assert list(runs) == ["cvqvae", "brics"] and list(runs["brics"]) == [0, 1]
+    stat = seeded_runs.summarize({seed: r["row"] for seed, r in runs["brics"].items()}, ["psnr", "lpips"])["psnr"]
+    assert stat == {"mean": 11.0, "std": pytest.approx(2**0.5), "min": 10.0, "max": 12.0, "n": 2}
+    assert seeded_runs.show(stat, 2) == "11.00 ± 1.41" and seeded_runs.seeds_text(runs["brics"]) == "2 (0, 1)"
+    assert seeded_runs.check_same(runs, ["steps", "args"]) == {"steps": 100, "args": ["--x"]}
+    seeded_runs.save_result(seeded_runs.run_folder(tmp_path, "cvqvae", 1), {"setup": {"steps": 50}, "row": {}})
+    with pytest.raises(ValueError, match=r'differ in their setup .*"steps": 50\}: cvqvae-seed1'):
+        seeded_runs.check_same(seeded_runs.collect(tmp_path), ["steps"])
+    assert seeded_runs.resume_flags(500)[1] == "100" and seeded_runs.resume_flags(2)[-2:] == [
+        "--resume_from_checkpoint", "latest"]
