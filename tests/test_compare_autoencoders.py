@@ -1,5 +1,5 @@
-"""Benchmark 1 (equal-budget reconstruction) end to end in its tiny mode: the four models, and runs cached per model
-and seed, assembled into one report with the spread over seeds."""
+"""Benchmark 1 (equal-budget reconstruction) end to end in its tiny mode: the four models, and runs per model and
+seed (an interrupted training resumed, ended runs cached) assembled into one report with the spread over seeds."""
 
 import json
 import os
@@ -14,12 +14,13 @@ pytestmark = pytest.mark.benchmark
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_compare_autoencoders(output: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare_autoencoders.py"), "--tiny", "--no_fid", "--output",
-         str(output), *args], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_compare_autoencoders(output: Path, *args: str, script: str = "benchmarks/compare_autoencoders.py") -> str:
+    """Runs ``script`` (the benchmark in its tiny mode, or with ``script=`` another); its stdout and stderr."""
+    tiny = ["--tiny", "--no_fid", "--output", str(output)] if script.startswith("benchmarks/") else []
+    result = subprocess.run([sys.executable, str(ROOT / script), *tiny, *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
@@ -53,7 +54,16 @@ def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
 
 
 def test_runs_are_cached_per_model_and_seed_and_reported_with_their_spread(tmp_path, lpips_weights_dir):
-    run_compare_autoencoders(tmp_path, "--models", "brics", "cvqvae", "--seeds", "0")
+    # an interrupted run: one step of two done, with its checkpoint
+    interrupted = tmp_path / "runs" / "cvqvae-seed0"
+    run_compare_autoencoders(
+        tmp_path, "--model_type", "cvqvae", "--preset", "tiny", "--output_dir", str(interrupted), "--max_train_steps",
+        "1", "--train_batch_size", "32", "--checkpointing_steps", "1", "--validation_steps", "1", "--max_eval_images",
+        "16", "--report_to", "none", "--seed", "0", "--perceptual_weight", "0", "--gan_weight", "0",
+        script="examples/train_brics_ae.py")
+    output = run_compare_autoencoders(tmp_path, "--models", "brics", "cvqvae", "--seeds", "0")
+    assert f"resumed from {interrupted / 'checkpoint-1'} at step 1" in output
+    assert json.loads((interrupted / "metrics.json").read_text())["step"] == 2
     first = json.loads((tmp_path / "results.json").read_text())
     assert list(first["models"]) == ["brics", "cvqvae"] and first["models"]["brics"]["seeds"] == [0]
     cached = tmp_path / "runs" / "brics-seed0" / "result.json"
