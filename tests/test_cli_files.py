@@ -11,7 +11,7 @@ import torch
 from builders import tiny_unet
 from PIL import Image
 
-from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, evaluate
+from diffusers_brics import BRICSAutoencoder, BRICSPipeline, cli, cli_commands, evaluate
 from diffusers_brics.console import run_command
 from diffusers_brics.files import check_outputs, unique_stems
 from diffusers_brics.pipelines import default_scheduler
@@ -172,7 +172,7 @@ def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(cli, "load", refuse)
+    monkeypatch.setattr(cli_commands, "load", refuse)
     for name in ("InceptionFeatures", "load_pipeline"):
         monkeypatch.setattr(evaluate, name, refuse)
     monkeypatch.setattr(evaluate.adapters, "load_autoencoder", refuse)
