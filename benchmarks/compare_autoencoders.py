@@ -19,7 +19,7 @@ one is not run again; an interrupted training resumes from its last checkpoint. 
 training step and decode times of the models measured side by side in this process. Writes ``results.json``,
 ``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png`` into ``--output``.
 
-    python benchmarks/compare_autoencoders.py --models cvqvae --seeds 0        # one run: about 5 minutes on 2 cores
+    python benchmarks/compare_autoencoders.py --models cvqvae --seeds 0        # one run: 10-14 minutes on one core
     python benchmarks/compare_autoencoders.py --seeds 0,1,2                    # every model, three seeds
     python benchmarks/compare_autoencoders.py --report                         # the report of the runs there
     python benchmarks/compare_autoencoders.py --tiny --no_fid --output /tmp/cmp   # the test's smoke run
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import VQModel
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
@@ -152,13 +152,17 @@ def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[s
           flush=True)
 
 
-def combined_grid(grids: list[Image.Image]) -> Image.Image:
-    """The originals once, then one row of reconstructions per grid (each grid: originals over reconstructions)."""
+def combined_grid(grids: list[Image.Image], labels: list[str], scale: int = 2) -> Image.Image:
+    """The originals once, then one row of reconstructions per grid (each grid: originals over reconstructions),
+    each row named in a margin on the left, the images enlarged ``scale`` times (nearest pixel: no smoothing)."""
     tile = grids[0].height // 2
-    combined = Image.new("RGB", (grids[0].width, tile * (len(grids) + 1)))
-    combined.paste(grids[0].crop((0, 0, grids[0].width, tile)), (0, 0))
-    for i, grid in enumerate(grids, 1):
-        combined.paste(grid.crop((0, tile, grid.width, 2 * tile)), (0, i * tile))
+    rows = [grids[0].crop((0, 0, grids[0].width, tile))] + [g.crop((0, tile, g.width, 2 * tile)) for g in grids]
+    margin, height = 110, tile * scale
+    combined = Image.new("RGB", (margin + grids[0].width * scale, height * len(rows)), "white")
+    draw = ImageDraw.Draw(combined)
+    for i, (row, label) in enumerate(zip(rows, ["originals", *labels])):
+        combined.paste(row.resize((row.width * scale, height), Image.NEAREST), (margin, i * height))
+        draw.text((6, i * height + height // 2 - 6), label, fill="black")
     return combined
 
 
@@ -180,16 +184,17 @@ def assemble(output: Path, command: str) -> dict:
     decode_seconds = median_decode_seconds(models, 64, repeats)
     timings = {kind: {"train_step_seconds": step_seconds[kind], "train_images_per_second": len(images) / step_seconds[kind],
                       "decode_seconds_per_image": decode_seconds[kind] / 64} for kind in models}  # fmt: skip
-    combined_grid([Image.open(folder / "held_out_reconstructions.png") for folder in folders.values()]).save(
-        output / "reconstructions.png")
+    grids = [Image.open(folder / "held_out_reconstructions.png") for folder in folders.values()]
+    combined_grid(grids, [NAMES[kind] for kind in folders]).save(output / "reconstructions.png")
     return write_report(output, command, setup, runs, timings, torch.__version__, torch.get_num_threads())
 
 
 def main() -> dict:
     argv, extra = split_argv(DEFAULT_TRAIN_ARGS)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=500, help="training steps of each run")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1000, help="training steps of each run (default 1000: the "
+                        "time-to-quality benchmark's budget; the learning rate is annealed to 0 over the run)")
+    parser.add_argument("--batch_size", type=int, default=16, help="the small-image recipe's batch (default 16)")
     add_run_arguments(parser, MODEL_TYPES, MODEL_TYPES)
     parser.add_argument("--tiny", action="store_true", help="tiny presets, 2 steps, 16 held-out images (a smoke run)")
     parser.add_argument("--no_fid", action="store_true", help="skip FID / KID")

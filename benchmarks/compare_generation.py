@@ -16,9 +16,10 @@ The autoencoders come from ``compare_autoencoders.py`` (same data, steps and see
 of stage-1 output folders by model name), or the folder given by ``--brics``, ``--kl``, ``--vq`` or ``--cvq``.
 Then, with `diffusers_brics.evaluate`, for each run: FID and KID of ``--num_samples`` samples against the whole
 held-out split, beside the real-vs-real baseline (as many training images against the same held-out split, once
-per seed); the sampling time per image with the same sampler for all (DDIM, ``--num_inference_steps``, eta 0, no
-clipping of the predicted image); a grid of samples; and for BRICS a few samples beside their nearest training
-images by LPIPS-alex (paper Figure 8).
+per seed); the sampling time per image with the same sampler for all (DDIM, ``--num_inference_steps``, eta 0, as
+`load_pipeline` sets it up: the clean-sample estimate clipped to the key codes' range for BRICS, unclipped for the
+other latents, which have no bound, and for pixels, as stage 2 trains them); a grid of samples; and for BRICS a few
+samples beside their nearest training images by LPIPS-alex (paper Figure 8).
 
 Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the training's output folder):
 its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted training
@@ -26,14 +27,14 @@ resumes from its last checkpoint. After the runs (or alone, with ``--report``), 
 run there, with the mean and spread over seeds: ``results.json``, ``report.md`` (the command at its top),
 ``samples_<model>.png``, ``kid.png`` and ``neighbours_brics.png`` in ``--output``.
 
-    python benchmarks/compare_generation.py --models cvqvae --seeds 0     # one latent run: about 6 minutes
-    python benchmarks/compare_generation.py --models pixels --seeds 0     # the pixel run: about 30 minutes
+    python benchmarks/compare_generation.py --models cvqvae --seeds 0     # one latent run: about 10 minutes
+    python benchmarks/compare_generation.py --models pixels --seeds 0     # the pixel run: about an hour
     python benchmarks/compare_generation.py --report                      # the report of the runs there
     python benchmarks/compare_generation.py --tiny --no_fid --output /tmp/gen   # the test's smoke run
 
-Arguments after ``--`` go to every training run. At the default ``--steps`` (see `DEFAULT_STEPS`), on 2 idle CPU
-cores, a latent run takes about 6 minutes (2.5 of training, the rest sampling and Inception features), the pixel run
-about 30 (18 of training, 8 of sampling).
+Arguments after ``--`` go to every training run. At the defaults (`DEFAULT_STEPS` of batch 32, the main job's
+stage-2 budget; 300 samples), on one CPU core, a latent run takes about 10 minutes (6.7 of training, the rest
+sampling and Inception features); the pixel run, whose steps cost about ten times as much, about an hour.
 """
 
 from __future__ import annotations
@@ -70,11 +71,10 @@ from seeded_runs import check_same, run_folder, save_result, training_finished
 
 SCRIPT = ROOT / "examples" / "train_brics_diffusion.py"
 DEFAULT_AUTOENCODERS = ROOT / "benchmarks" / "results" / "compare_autoencoders" / "runs"
-# Training steps of each run by default. A few timed steps of each (small UNet, batch 64; forward, loss, backward,
-# clipping, AdamW, EMA; one thread: CPU time 0.36 s per step on 8x8x4 latents, 4.0 s on 32x32 pixels, the kinds of
-# latents alike) and the 0.29 s per latent step of train_diffusion_benchmark.py's run on 2 threads put 480 steps at
-# about 2.5 minutes on latents and 18 on pixels, on 2 threads.
-DEFAULT_STEPS = 480
+# Training steps of each run by default: the main job's stage-2 budget (1,000 steps of batch 32). A latent run's
+# training took 6.7 minutes on one thread (0.40 s per step on 8x8x4 latents; a pixel step costs about ten times as
+# much: 4.0 s at batch 64).
+DEFAULT_STEPS = 1000
 MODELS = ("brics", "autoencoderkl", "vqmodel", "cvqvae", "pixels")
 DEFAULT_MODELS = ("brics", "autoencoderkl", "cvqvae", "pixels")
 # model -> (the class its stage-1 folder holds, the flag naming that folder)
@@ -263,14 +263,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cvq", help="the CVQ-VAE (cvqvae) stage-1 output folder, for every seed")
     parser.add_argument("--unet_preset", default="small", choices=sorted(UNET_PRESETS))
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help=f"training steps of each run (default {DEFAULT_STEPS}: about 2.5 minutes on latents, 18 "
-                             "on pixels, on 2 idle cores)")
-    parser.add_argument("--batch_size", type=int, default=64)
+                        help=f"training steps of each run (default {DEFAULT_STEPS}: about 7 minutes on latents, on "
+                             "one core)")
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=8e-4,
                         help="the paper's rate, as train_diffusion_benchmark.py (the script's default is 8e-5)")
     parser.add_argument("--lr_warmup_steps", type=int, default=None, help="default: a tenth of --steps")
     parser.add_argument("--resolution", type=int, default=32, help="image size (the stage-1 models' sample_size)")
-    parser.add_argument("--num_samples", type=int, default=500, help="samples per run for FID / KID")
+    parser.add_argument("--num_samples", type=int, default=300, help="samples per run for FID / KID")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="DDIM steps, for every model")
     parser.add_argument("--eval_batch_size", type=int, default=50, help="samples per pipeline call")
     parser.add_argument("--max_reference_images", type=int, default=None,
@@ -320,8 +320,8 @@ def main() -> dict:
                          "same names are; choose another --output")
     evaluation = None
     if not args.report:
-        print(f"--steps {args.steps} for each run" + (" (the default: about 2.5 minutes of training on latents, 18 "
-              "on pixels, on 2 idle cores)" if args.steps == DEFAULT_STEPS else ""), flush=True)  # fmt: skip
+        print(f"--steps {args.steps} for each run" + (" (the default: about 7 minutes of training on latents on one "
+              "core, ten times as long on pixels)" if args.steps == DEFAULT_STEPS else ""), flush=True)  # fmt: skip
         for model, seed, folder in pending_runs(output, args.models, args.seeds, "compare_generation"):
             source, stage1 = None, "none"
             if model != "pixels":
