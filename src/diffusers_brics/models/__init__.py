@@ -6,8 +6,9 @@ The classes below are imported on first use, so that a light module of this pack
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy_imports import lazy_attributes
 
 # public name -> the module that defines it
 _LAZY = {
@@ -41,14 +42,4 @@ if TYPE_CHECKING:
     from .feature_grid import MultiResolutionFeatureGrid
     from .retrieval import KeyCodeRetrieval
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
