@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 
 class SeparateStep:
-    """A second `step` of ``optimizer`` on the parameters of ``module``, from the gradients of `loss_of`'s losses.
+    """A second `step` of ``optimizer`` on the parameters of ``module``, from the gradients of what `forward` returns.
 
     Args:
         module: the module whose parameters ``optimizer`` trains (all of them).
