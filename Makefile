@@ -54,7 +54,7 @@ test-slow: install
 
 # The benchmark scripts end to end in their tiny modes (a few minutes).
 test-benchmarks: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m benchmark $(XDIST)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m benchmark $(XDIST) --durations=20
 
 # The same suite with every dependency at the floor pyproject.toml admits (ci/minimum-versions.txt), in .venv-min.
 .venv-min/.installed: pyproject.toml Makefile ci/minimum-versions.txt

@@ -189,13 +189,13 @@ def time_interleaved(fns: dict[Any, Callable[[], Any]], warmup: int, repeats: in
 COMPILED = ", compiled"
 
 
-def compile_models(models: dict[str, tuple[list[nn.Module], Callable[[], Any]]], sync: Callable[[], None]
-                   ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
-    """``torch.compile`` of every decode call (BRICS's with ``fullgraph=True``: it must compile without a graph
-    break), and the seconds each took to compile (its first call)."""
+def compile_models(models: dict[str, tuple[list[nn.Module], Callable[[], Any]]], sync: Callable[[], None],
+                   backend: str = "inductor") -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """``torch.compile`` of every decode call with ``backend`` (BRICS's with ``fullgraph=True``: it must compile
+    without a graph break), and the seconds each took to compile (its first call)."""
     compiled, compile_s = {}, {}
     for name, (_, fn) in models.items():
-        call = torch.compile(fn, fullgraph=name.startswith("BRICS"))
+        call = torch.compile(fn, fullgraph=name.startswith("BRICS"), backend=backend)
         sync()
         start = time.perf_counter()
         with torch.inference_mode():
@@ -205,14 +205,15 @@ def compile_models(models: dict[str, tuple[list[nn.Module], Callable[[], Any]]],
     return compiled, compile_s
 
 
-def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu", compile_: bool = False) -> dict[str, Any]:
+def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu", compile_: bool = False,
+        compile_backend: str = "inductor") -> dict[str, Any]:
     models = build_models(tiny, device)
     reference = list(models)[1]
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     calls = {name: fn for name, (_, fn) in models.items()}
     compile_s: dict[str, float] = {}
     if compile_:
-        compiled, compile_s = compile_models(models, sync)
+        compiled, compile_s = compile_models(models, sync, compile_backend)
         calls.update(compiled)
     times = time_interleaved(calls, warmup, repeats, sync)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -246,7 +247,7 @@ def run(warmup: int, repeats: int, tiny: bool = False, device: str = "cpu", comp
     return dict(
         setup=dict(
             resolution=32 if tiny else 256, batch_size=1, device=device, tiny=tiny,
-            threads=torch.get_num_threads(), warmup=warmup,
+            compile_backend=compile_backend if compile_ else None, threads=torch.get_num_threads(), warmup=warmup,
             repeats=repeats, torch=torch.__version__, diffusers=diffusers.__version__,
             python=platform.python_version(), machine=platform.processor() or platform.machine(),
         ),
@@ -559,6 +560,7 @@ def format_report(results: dict[str, Any], markdown: bool) -> str:
         f"{setup['resolution']}x{setup['resolution']}, batch 1, {where} ({setup['threads']} threads), median of "
         f"{setup['repeats']} interleaved runs after "
         f"{setup['warmup']} warm-up; torch {setup['torch']}, diffusers {setup['diffusers']}"
+        + (f"; torch.compile backend {setup['compile_backend']}" if setup.get("compile_backend") else "")
     )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -625,6 +627,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="32x32 stand-ins of the three models, for tests")
     parser.add_argument("--compile", action="store_true",
                         help="also time every decode under torch.compile (minutes of compilation on a CPU)")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="the torch.compile backend of --compile (default inductor; eager only traces: seconds, "
+                             "for tests)")
     parser.add_argument("--results_dir", help="write results.json and report.md (Markdown tables) into this folder")
     parser.add_argument("--memory_worker", metavar="PATH", help=argparse.SUPPRESS)  # internal: see run_memory
     args = parser.parse_args()
@@ -633,7 +638,7 @@ def main() -> None:
     if args.memory_worker:
         Path(args.memory_worker).write_text(json.dumps(memory_worker(args.tiny, args.device)))
         return
-    results = run(args.warmup, args.repeats, args.tiny, args.device, args.compile)
+    results = run(args.warmup, args.repeats, args.tiny, args.device, args.compile, args.compile_backend)
     if args.memory:
         results["memory"] = run_memory(args.tiny, args.device)
     print(format_report(results, args.markdown))
