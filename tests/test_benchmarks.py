@@ -302,3 +302,60 @@ def test_seeded_runs_are_cached_collected_and_summarized_over_seeds(tmp_path):
         seeded_runs.check_same(seeded_runs.collect(tmp_path), ["steps"])
     assert seeded_runs.resume_flags(500)[1] == "100" and seeded_runs.resume_flags(2)[-2:] == [
         "--resume_from_checkpoint", "latest"]
+
+
+def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_path, lpips_weights_dir):
+    from diffusers import AutoencoderKL
+
+    import seeded_runs
+    from diffusers_brics import BRICSAutoencoder
+    from diffusers_brics.models.model_types import PEER_PRESETS
+
+    models = {
+        "brics": BRICSAutoencoder.from_preset("tiny"),
+        "autoencoderkl": AutoencoderKL(**PEER_PRESETS["autoencoderkl"]["tiny"]),
+    }
+    runs = [("short", "brics", 0, 2, 10.0), ("short", "brics", 1, 2, 12.0), ("short", "autoencoderkl", 0, 2, 9.0),
+            ("long", "brics", 0, 4, 14.0), ("wide", "brics", 0, 2, 11.0)]  # fmt: skip
+    for output, kind, seed, steps, psnr in runs:
+        folder = seeded_runs.run_folder(tmp_path / output, kind, seed)
+        models[kind].save_pretrained(folder / "autoencoder")
+        lines = [{"step": 1, "train_seconds": 1.0}, {"step": steps, "train_seconds": 30.0 * steps}]
+        (folder / "validation_history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        seeded_runs.save_result(folder, {"setup": {"steps": steps}, "row": {"psnr": psnr, "lpips": 0.5}})
+    script = BENCHMARKS / "compare_budgets.py"
+    outputs = [str(tmp_path / "short"), str(tmp_path / "long"), f"wider decoder={tmp_path / 'wide'}"]
+    run_script([script, "--outputs", *outputs, "--train_images", "16", "--output", tmp_path / "report"])
+    entries = json.loads((tmp_path / "report" / "results.json").read_text())["entries"]
+    assert [(e["model"], e["variant"], e["steps"], e["seeds"]) for e in entries] == [
+        ("brics", "", 2, [0, 1]),
+        ("brics", "", 4, [0]),
+        ("brics", "wider decoder", 2, [0]),
+        ("autoencoderkl", "", 2, [0]),
+    ]
+    first = entries[0]
+    assert first["psnr"]["mean"] == 11.0 and first["psnr"]["n"] == 2 and first["train_seconds"]["mean"] == 60.0
+    for row in first["runs"]:  # the same untrained model at both seeds: the same training-split figures
+        assert (
+            row["train_images"] == 16
+            and 0 < row["train_psnr"] < 60
+            and row["train_psnr"] == first["runs"][0]["train_psnr"]
+        )
+    assert first["gap"]["mean"] == pytest.approx(first["train_psnr"]["mean"] - 11.0)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "| BRICS (wider decoder) | 2 | 1 (0) | 11.00 |" in report
+        and "| BRICS | 2 | 2 (0, 1) | 11.00 ± 1.41 |" in report
+    )
+    assert (tmp_path / "report" / "budgets.png").stat().st_size > 0
+
+    cache = seeded_runs.run_folder(tmp_path / "short", "brics", 0) / "train_split.json"
+    written = cache.stat().st_mtime_ns
+    run_script([script, "--outputs", *outputs, "--train_images", "16", "--output", tmp_path / "report"])
+    assert cache.stat().st_mtime_ns == written  # cached for the same number of images
+    run_script([script, "--outputs", str(tmp_path / "short"), "--train_images", "8", "--output", tmp_path / "report"])
+    assert json.loads(cache.read_text())["images"] == 8
+    bad = subprocess.run(
+        [sys.executable, str(script), "--outputs", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--outputs" in bad.stderr and "has no runs/ folder" in bad.stderr
