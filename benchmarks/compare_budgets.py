@@ -151,7 +151,7 @@ def plot(entries: list[dict], output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.8))
     series: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
         series.setdefault((e["model"], e["variant"]), []).append(e)
@@ -173,7 +173,7 @@ def plot(entries: list[dict], output: Path) -> None:
     for ax in axes:
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(output / "budgets.png", dpi=120)
     plt.close(fig)
