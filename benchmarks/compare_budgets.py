@@ -33,7 +33,7 @@ from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT  # beside this script
 from compare_autoencoders_report import COLORS, MODEL_TYPES, NAMES
-from seeded_runs import collect, show, spread
+from seeded_runs import collect, run_folder, show, spread
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [
@@ -88,10 +88,11 @@ def gather(outputs: list[tuple[str, Path]], models: list[str], train_images: int
     """One entry per model, variant and budget: the per-seed rows and their spread over seeds."""
     entries = []
     for label, output in outputs:
+        shown = os.path.relpath(output, ROOT) if output.resolve().is_relative_to(ROOT) else str(output)
         for kind, by_seed in collect(output, models).items():
             by_steps: dict[int, list[dict]] = {}
             for seed, result in by_seed.items():
-                folder = output / "runs" / f"{kind}-seed{seed}"
+                folder = run_folder(output, kind, seed)
                 row = {"seed": seed, "psnr": result["row"]["psnr"], "lpips": result["row"]["lpips"],
                        "train_seconds": training_seconds(folder)}  # fmt: skip
                 if train_images is not None:
@@ -99,7 +100,6 @@ def gather(outputs: list[tuple[str, Path]], models: list[str], train_images: int
                     row.update(train_psnr=split["psnr"], train_lpips=split["lpips"], train_images=split["images"])
                 by_steps.setdefault(result["setup"]["steps"], []).append(row)
             for steps, rows in by_steps.items():
-                shown = os.path.relpath(output, ROOT) if output.resolve().is_relative_to(ROOT) else str(output)
                 entry = {"model": kind, "variant": label, "output": shown, "steps": steps,
                          "seeds": [r["seed"] for r in rows], "runs": rows}  # fmt: skip
                 for key in ("psnr", "lpips", "train_seconds", "train_psnr", "train_lpips"):
