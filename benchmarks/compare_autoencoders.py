@@ -6,8 +6,9 @@ same steps, batch, data and losses (L2 only by default, as ``train_ae_benchmark.
 cost more than the autoencoders themselves at 32x32 on a CPU; arguments after ``--`` replace them), plus each
 model's own term (KL 1e-6 summed, LDM's; VQ codebook + 0.25 commitment, CVQ-VAE's codebook revived from the
 encoder's features); the BRICS grids have their own learning rate, 1e-2, as in the small-image recipe (the peers
-have no grids; everything else shares 2e-3). Code sizes are equal: an 8x8 code of 4 channels (``small-32`` presets;
-the VQ codes are 8x8 indices into 1,024 entries of 4 dimensions). Then, on the held-out split: PSNR / SSIM /
+have no grids; everything else shares 2e-3; a ``--grid_learning_rate`` after ``--`` replaces it). Code sizes are
+equal: an 8x8 code of 4 channels (``small-32`` presets; the VQ codes are 8x8 indices into 1,024 entries of 4
+dimensions). Then, on the held-out split: PSNR / SSIM /
 LPIPS-alex, FID and KID of the reconstructions against the originals (the standard FID Inception), decode GMACs and
 parameters, and the usage of the BRICS grids (reachable entries read per level, entries moved by training) beside
 the codebook usage and perplexity of both VQ models.
@@ -44,7 +45,7 @@ from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, loa
 from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
-from compare_autoencoders_report import MODEL_TYPES, NAMES, write_report
+from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
 from seeded_runs import check_same, training_finished
@@ -111,8 +112,9 @@ def train_command(kind: str, seed: int, folder: Path, preset: str, steps: int, a
         sys.executable, str(ROOT / "examples" / "train_brics_ae.py"), "--model_type", kind, "--preset", preset,
         "--output_dir", str(folder), "--train_batch_size", str(args.batch_size), "--max_train_steps", str(steps),
         "--validation_steps", str(steps), *resume_flags(steps), "--report_to", "none", "--seed", str(seed),
-        *(["--max_eval_images", "16"] if args.tiny else []), *extra,
-        *(["--grid_learning_rate", "1e-2"] if kind == "brics" else []),  # the grids' rate of the small-image recipe
+        *(["--max_eval_images", "16"] if args.tiny else []),
+        *(["--grid_learning_rate", GRID_LEARNING_RATE] if kind == "brics" else []),  # before the extras: they win
+        *extra,
     ]  # fmt: skip
 
 

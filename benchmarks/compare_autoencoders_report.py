@@ -11,6 +11,7 @@ from seeded_runs import seeds_text, show, summarize, spread
 MODEL_TYPES = ("brics", "autoencoderkl", "vqmodel", "cvqvae")
 NAMES = {"brics": "BRICS", "autoencoderkl": "AutoencoderKL", "vqmodel": "VQModel", "cvqvae": "CVQ-VAE"}
 VQ_TYPES = ("vqmodel", "cvqvae")
+GRID_LEARNING_RATE = "1e-2"  # the BRICS grids' rate of the small-image recipe, unless the training flags set one
 COLORS = {"brics": "tab:blue", "autoencoderkl": "tab:orange", "vqmodel": "tab:green", "cvqvae": "tab:red"}
 HEADLINE = ("psnr", "ssim", "lpips", "fid", "kid_mean", "codebook_usage", "codebook_perplexity", "grid_usage_mean",
             "grid_usage_min_level", "grid_trained_mean")  # fmt: skip
@@ -76,6 +77,14 @@ def usage_cell(kind: str, entry: dict) -> str:
     return "-"
 
 
+def grid_learning_rate(train_args: str) -> str:
+    """The BRICS grids' learning rate of a run: the last ``--grid_learning_rate`` of its training flags, else the
+    recipe's."""
+    flags = train_args.split()
+    given = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--grid_learning_rate"]
+    return given[-1] if given else GRID_LEARNING_RATE
+
+
 def report(results: dict) -> str:
     """``report.md``."""
     setup, models = results["setup"], results["models"]
@@ -85,7 +94,7 @@ def report(results: dict) -> str:
         "```", results["command"], "```", "",
         (f"Embedded 32x32 emoji (preset `{setup['preset']}`), held-out split; {setup['steps']} steps at batch "
          f"{setup['batch_size']} for each model, the same losses ({setup['train_args']}) plus each model's own term "
-         "(BRICS grids: learning rate 1e-2). Each figure is the mean ± standard deviation over the seeds in the "
+         f"(BRICS grids: learning rate {grid_learning_rate(setup['train_args'])}). Each figure is the mean ± standard deviation over the seeds in the "
          f"`seeds` column ({' or '.join(map(str, seed_counts))} per model; one seed: no spread). FID and KID compare "
          "the reconstructions with the originals. Timings: the lowest seed's model of each kind, medians taken side "
          f"by side in the process that assembled this report (torch {results['torch']}, {results['threads']} "

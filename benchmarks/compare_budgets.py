@@ -33,7 +33,7 @@ from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT  # beside this script
 from compare_autoencoders_report import COLORS, MODEL_TYPES, NAMES
-from seeded_runs import collect, run_folder, show, spread
+from seeded_runs import collect, run_folder, show, spread, write_json_atomically
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [
@@ -78,9 +78,7 @@ def train_split_metrics(folder: Path, images: int) -> dict:
     batches = image_batches(train, column, size, 64, images, f"training split of {folder.name}")
     metrics, _ = evaluate_reconstruction(vae, batches, with_fid=False)
     result = {"requested_images": images, **{k: metrics[k] for k in ("psnr", "ssim", "lpips", "images")}}
-    temporary = cache.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=2))
-    os.replace(temporary, cache)
+    write_json_atomically(cache, result)
     return result
 
 

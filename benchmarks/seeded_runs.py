@@ -77,13 +77,19 @@ def load_result(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def write_json_atomically(path: Path, data: dict) -> Path:
+    """Writes ``data`` to ``path`` as JSON through a temporary file renamed over it: never half-written."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
+    return path
+
+
 def save_result(folder: Path, result: dict) -> Path:
-    """Writes ``result.json`` atomically (a temporary file renamed), then removes the run's checkpoints."""
+    """Writes ``result.json`` atomically, then removes the run's checkpoints."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / (RESULT + ".tmp")
-    temporary.write_text(json.dumps(result, indent=2))
-    os.replace(temporary, folder / RESULT)
+    write_json_atomically(folder / RESULT, result)
     for checkpoint in folder.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
     return folder / RESULT

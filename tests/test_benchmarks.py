@@ -304,6 +304,26 @@ def test_seeded_runs_are_cached_collected_and_summarized_over_seeds(tmp_path):
         "--resume_from_checkpoint", "latest"]
 
 
+def test_compare_autoencoders_grid_rate_after_the_double_dash_wins(tmp_path):
+    import compare_autoencoders
+    import compare_autoencoders_report
+
+    from diffusers_brics.training.autoencoder_args import parse_args
+
+    args = argparse.Namespace(batch_size=16, tiny=False)
+
+    def grid_rate(extra):
+        command = compare_autoencoders.train_command("brics", 0, tmp_path, "small-32", 10, args, extra)
+        return parse_args(command[2:]).grid_learning_rate
+
+    assert grid_rate(["--perceptual_weight", "0"]) == 1e-2  # the small-image recipe's rate
+    assert grid_rate(["--grid_learning_rate", "3e-2"]) == 3e-2
+    assert "--grid_learning_rate" not in compare_autoencoders.train_command("vqmodel", 0, tmp_path, "small-32", 10,
+                                                                            args, [])
+    assert compare_autoencoders_report.grid_learning_rate("--gan_weight 0") == "1e-2"
+    assert compare_autoencoders_report.grid_learning_rate("--grid_learning_rate 3e-3 --grid_learning_rate 3e-2") == "3e-2"
+
+
 def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_path, lpips_weights_dir):
     from diffusers import AutoencoderKL
 
