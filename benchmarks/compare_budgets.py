@@ -12,7 +12,7 @@ with other flags (``compare_autoencoders.py ... -- FLAGS``), such as BRICS with 
 The training-split metrics of each run are cached in its folder (``train_split.json``, for the number of images it
 was computed on). Writes ``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
 
-    python benchmarks/compare_budgets.py     # the 1,000 / 3,000 / 6,000-step outputs and the wide-decoder BRICS
+    python benchmarks/compare_budgets.py     # the 1,000 / 3,000 / 6,000-step outputs, the BRICS variants at 3,000
     python benchmarks/compare_budgets.py --outputs benchmarks/results/compare_autoencoders \\
         "wide decoder=benchmarks/results/brics_wide_decoder_3000" --output /tmp/budgets
 """
@@ -41,8 +41,11 @@ DEFAULT_OUTPUTS = [
     str(RESULTS / "compare_autoencoders_3000"),
     str(RESULTS / "compare_autoencoders_6000"),
     f"wide decoder={RESULTS / 'brics_wide_decoder_3000'}",
+    f"grids at 3e-2={RESULTS / 'brics_grid_lr_3e-2_3000'}",
+    f"grids at 3e-3={RESULTS / 'brics_grid_lr_3e-3_3000'}",
 ]
 TRAIN_SPLIT = "train_split.json"
+VARIANT_MARKERS = ("s", "^", "v", "D", "P", "X")  # one per labelled output; the plain runs are circles
 
 
 def parse_output(text: str) -> tuple[str, Path]:
@@ -56,13 +59,16 @@ def parse_output(text: str) -> tuple[str, Path]:
     return label.strip(), path
 
 
-def training_seconds(folder: Path) -> float | None:
-    """Seconds the run spent training (validation and checkpoints left out), from its last validation."""
-    history = folder / "validation_history.jsonl"
-    if not history.is_file():
+def training_seconds(folder: Path, batch_size: int) -> float | None:
+    """Seconds the run spent training (validation and checkpoints left out): its steps at the rate its training
+    measured. The rate is that of the steps its last invocation trained, so a run resumed from a checkpoint counts
+    all of its steps, also one resumed from a checkpoint that does not record its training time."""
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
         return None
-    lines = [line for line in history.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]).get("train_seconds") if lines else None
+    trained = json.loads(metrics.read_text())
+    rate = trained.get("train_images_per_second")
+    return trained["step"] * batch_size / rate if rate else None
 
 
 def train_split_metrics(folder: Path, images: int) -> dict:
@@ -92,7 +98,7 @@ def gather(outputs: list[tuple[str, Path]], models: list[str], train_images: int
             for seed, result in by_seed.items():
                 folder = run_folder(output, kind, seed)
                 row = {"seed": seed, "psnr": result["row"]["psnr"], "lpips": result["row"]["lpips"],
-                       "train_seconds": training_seconds(folder)}  # fmt: skip
+                       "train_seconds": training_seconds(folder, result["setup"]["batch_size"])}  # fmt: skip
                 if train_images is not None:
                     split = train_split_metrics(folder, train_images)
                     row.update(train_psnr=split["psnr"], train_lpips=split["lpips"], train_images=split["images"])
@@ -153,9 +159,11 @@ def plot(entries: list[dict], output: Path) -> None:
     series: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
         series.setdefault((e["model"], e["variant"]), []).append(e)
+    variants = list(dict.fromkeys(variant for _, variant in series if variant))
     for (kind, variant), points in series.items():
         points = sorted(points, key=lambda e: e["steps"])
-        style = dict(color=COLORS[kind], marker="s" if variant else "o", capsize=3)
+        marker = VARIANT_MARKERS[variants.index(variant) % len(VARIANT_MARKERS)] if variant else "o"
+        style = dict(color=COLORS[kind], marker=marker, capsize=3)
         for ax, x_of in ((axes[0], lambda e: e["steps"]), (axes[1], lambda e: e["train_seconds"]["mean"] / 60)):
             shown = [e for e in points if "train_seconds" in e] if ax is axes[1] else points
             if not shown:
@@ -186,7 +194,7 @@ def main() -> dict:
         default=None,
         metavar="[LABEL=]DIR",
         help="compare_autoencoders.py outputs, one per budget or variant (default: the 1,000, "
-        "3,000 and 6,000-step ones and the wide-decoder BRICS under benchmarks/results)",
+        "3,000 and 6,000-step ones and the BRICS variants at 3,000 steps under benchmarks/results)",
     )
     parser.add_argument(
         "--models",

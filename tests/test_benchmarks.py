@@ -340,9 +340,10 @@ def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_p
     for output, kind, seed, steps, psnr in runs:
         folder = seeded_runs.run_folder(tmp_path / output, kind, seed)
         models[kind].save_pretrained(folder / "autoencoder")
-        lines = [{"step": 1, "train_seconds": 1.0}, {"step": steps, "train_seconds": 30.0 * steps}]
-        (folder / "validation_history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-        seeded_runs.save_result(folder, {"setup": {"steps": steps}, "row": {"psnr": psnr, "lpips": 0.5}})
+        # 30 s a step; the 4-step run was resumed at step 3, and its file times only the last invocation's step
+        trained = {"step": steps, "train_seconds": 30.0 * (1 if steps == 4 else steps), "train_images_per_second": 8 / 30}
+        (folder / "metrics.json").write_text(json.dumps(trained))
+        seeded_runs.save_result(folder, {"setup": {"steps": steps, "batch_size": 8}, "row": {"psnr": psnr, "lpips": 0.5}})
     script = BENCHMARKS / "compare_budgets.py"
     outputs = [str(tmp_path / "short"), str(tmp_path / "long"), f"wider decoder={tmp_path / 'wide'}"]
     run_script([script, "--outputs", *outputs, "--train_images", "16", "--output", tmp_path / "report"])
@@ -355,6 +356,7 @@ def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_p
     ]
     first = entries[0]
     assert first["psnr"]["mean"] == 11.0 and first["psnr"]["n"] == 2 and first["train_seconds"]["mean"] == 60.0
+    assert entries[1]["train_seconds"]["mean"] == pytest.approx(120.0)  # every step of the resumed run
     for row in first["runs"]:  # the same untrained model at both seeds: the same training-split figures
         assert (
             row["train_images"] == 16

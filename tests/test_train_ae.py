@@ -126,6 +126,9 @@ def test_resume_continues_at_the_right_step_with_the_same_weights(tmp_path, lpip
     log = run(["--output_dir", str(resumed), "--max_train_steps", "6", "--checkpointing_steps", "3",
                "--validation_steps", "100", "--resume_from_checkpoint", "latest"])
     assert "at step 3" in log
+    # the resumed run's training time counts both invocations
+    first = json.loads((resumed / "checkpoint-3" / "trainer_state.json").read_text())["train_seconds"]
+    assert 0 < first < json.loads((resumed / "metrics.json").read_text())["train_seconds"]
     # checkpoints hold the model and its EMA in diffusers' format, the same in both runs at step 3
     for folder in ("autoencoder", "autoencoder_ema"):
         a, b = weights(straight / "checkpoint-3", folder), weights(resumed / "checkpoint-3", folder)

@@ -3,7 +3,12 @@ import os
 import pytest
 import torch
 
-from diffusers_brics.training.checkpointing import list_checkpoints, resolve_checkpoint, save_checkpoint
+from diffusers_brics.training.checkpointing import (
+    checkpoint_train_seconds,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from diffusers_brics.training.discriminator import StyleGAN2Discriminator
 from diffusers_brics.training.ema import HalfLifeEMA
 from diffusers_brics.training.losses import (
@@ -91,6 +96,9 @@ def test_checkpoints_are_atomic_pruned_and_resolved(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint-<step>"):
         resolve_checkpoint(str(tmp_path), "checkpoint-99")
     assert resolve_checkpoint(str(tmp_path / "empty"), "latest") is None
+    assert checkpoint_train_seconds(str(tmp_path / "checkpoint-30")) is None  # saved without a training time
+    save_checkpoint(acc, str(tmp_path), 50, total_limit=2, train_seconds=12.5)
+    assert checkpoint_train_seconds(str(tmp_path / "checkpoint-50")) == 12.5
 
 
 def test_class_labels_of_a_column():

@@ -1,6 +1,7 @@
 """Checkpoints, never half-written: `save_checkpoint` saves to a ``.partial`` folder, then renames it into place;
 `register_checkpoint_hooks` puts the trained model and its EMA into each one in diffusers' format; `list_checkpoints`,
-`resolve_checkpoint` and `first_unreadable_file` find them, the one to resume from and a damaged file."""
+`resolve_checkpoint` and `first_unreadable_file` find them, the one to resume from and a damaged file;
+`checkpoint_train_seconds` reads the training time a checkpoint records."""
 
 from __future__ import annotations
 
@@ -58,8 +59,15 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str) -> tuple[in
     return int(match.group(1)), path
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
-    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically; prunes to ``total_limit``."""
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint(
+    accelerator, output_dir: str, step: int, total_limit: int | None = None, train_seconds: float | None = None
+) -> str:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically; prunes to ``total_limit``.
+    ``train_seconds``, the training time up to ``step``, goes into its ``trainer_state.json`` for a resumed run to
+    count on from."""
     if total_limit is not None and total_limit < 1:
         raise ValueError(f"total_limit must be >= 1 (or None to keep every checkpoint), got {total_limit}")
     final = os.path.join(output_dir, f"checkpoint-{step}")
@@ -72,6 +80,9 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if train_seconds is not None:
+            with open(os.path.join(partial, TRAINER_STATE_FILE), "w") as f:
+                json.dump({"step": step, "train_seconds": train_seconds}, f, indent=2)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -80,6 +91,15 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_train_seconds(folder: str) -> float | None:
+    """The training time up to a checkpoint, from its ``trainer_state.json``; None for a checkpoint without one."""
+    path = os.path.join(folder, TRAINER_STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)["train_seconds"])
 
 
 def first_unreadable_file(folder: str) -> tuple[str, Exception] | None:

@@ -252,7 +252,7 @@ class Trainer:
             accelerator.register_for_checkpointing(obj)
         self.ema = make_ema(accelerator, self.model, c, self.total_batch_size)
         register_checkpoint_hooks(accelerator, parts.name, self.ema)
-        self.global_step, epoch, skip = resume(accelerator, c, steps_per_epoch, self.lr_scheduler)
+        self.global_step, epoch, skip, trained_before = resume(accelerator, c, steps_per_epoch, self.lr_scheduler)
         first_step = self.global_step
         logger.info((f"{parts.description}; " if parts.description else "") + f"{max_steps} steps of batch "
                     f"{c.train_batch_size} x {accelerator.num_processes} processes x {c.gradient_accumulation_steps}")
@@ -290,12 +290,14 @@ class Trainer:
                         max_steps = self.global_step
                         time_limit_reached = self._signal is None
                     paused = time.monotonic()
+                    trained = trained_before + paused - start - self._paused  # every invocation's, up to here
                     if self.global_step % c.checkpointing_steps == 0 or self.global_step >= max_steps:
-                        save_checkpoint(accelerator, c.output_dir, self.global_step, c.checkpoints_total_limit)
+                        save_checkpoint(accelerator, c.output_dir, self.global_step, c.checkpoints_total_limit,
+                                        train_seconds=trained)
                     if self._signal is not None:
                         self._exit_on_signal(progress)
                     if self.global_step % c.validation_steps == 0 and accelerator.is_main_process:
-                        self._validate(stage, time.monotonic() - start - self._paused)
+                        self._validate(stage, trained)
                     self._paused += time.monotonic() - paused
                     if self.global_step >= max_steps:
                         break
@@ -303,7 +305,7 @@ class Trainer:
                 epoch += 1
         progress.close()
         elapsed = time.monotonic() - start - self._paused
-        summary = {"train_seconds": elapsed, "train_images_per_second":
+        summary = {"train_seconds": trained_before + elapsed, "train_images_per_second":
                    (self.global_step - first_step) * self.total_batch_size / max(elapsed, 1e-9),
                    "nonfinite_steps": self.nonfinite_steps, "time_limit_reached": time_limit_reached}
         check_in_sync(accelerator, self.model)

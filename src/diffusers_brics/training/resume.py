@@ -1,25 +1,28 @@
 """Resuming a run: `resume` loads ``resume_from_checkpoint`` (naming a damaged file when it cannot) and says where
-the run goes on; `follow_schedule` gives the optimizer the restored schedule's learning rates."""
+the run goes on, and with how much training time behind it; `follow_schedule` gives the optimizer the restored schedule's learning rates."""
 
 from __future__ import annotations
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from .checkpointing import first_unreadable_file, resolve_checkpoint
+from .checkpointing import checkpoint_train_seconds, first_unreadable_file, resolve_checkpoint
 from .config import LoopConfig
 
 logger = get_logger(__name__)
 
 
-def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, lr_scheduler) -> tuple[int, int, int]:
-    """Load ``resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip)``."""
+def resume(
+    accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, lr_scheduler
+) -> tuple[int, int, int, float]:
+    """Load ``resume_from_checkpoint``; returns ``(global_step, first_epoch, batches_to_skip, train_seconds)``, the
+    last the training time the checkpoint records (0 for a new run or a checkpoint that records none)."""
     if not config.resume_from_checkpoint:
-        return 0, 0, 0
+        return 0, 0, 0, 0.0
     found = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
     if found is None:
         logger.info("no checkpoint to resume from; starting a new run")
-        return 0, 0, 0
+        return 0, 0, 0, 0.0
     step, path = found
     try:
         accelerator.load_state(path)
@@ -38,8 +41,12 @@ def resume(accelerator: Accelerator, config: LoopConfig, steps_per_epoch: int, l
             "resume from an earlier checkpoint"
         ) from error
     follow_schedule(lr_scheduler)
+    train_seconds = checkpoint_train_seconds(path)
+    if train_seconds is None:
+        logger.info(f"{path} does not record its training time: the run's train_seconds count from this resume")
     logger.info(f"resumed from {path} at step {step}")
-    return step, step // steps_per_epoch, (step % steps_per_epoch) * config.gradient_accumulation_steps
+    skip = (step % steps_per_epoch) * config.gradient_accumulation_steps
+    return step, step // steps_per_epoch, skip, train_seconds or 0.0
 
 
 def follow_schedule(lr_scheduler) -> None:
