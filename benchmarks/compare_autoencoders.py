@@ -8,10 +8,9 @@ model's own term (KL 1e-6 summed, LDM's; VQ codebook + 0.25 commitment, CVQ-VAE'
 encoder's features); the BRICS grids have their own learning rate, 1e-2, as in the small-image recipe (the peers
 have no grids; everything else shares 2e-3; a ``--grid_learning_rate`` after ``--`` replaces it). Code sizes are
 equal: an 8x8 code of 4 channels (``small-32`` presets; the VQ codes are 8x8 indices into 1,024 entries of 4
-dimensions). Then, on the held-out split: PSNR / SSIM /
-LPIPS-alex, FID and KID of the reconstructions against the originals (the standard FID Inception), decode GMACs and
-parameters, and the usage of the BRICS grids (reachable entries read per level, entries moved by training) beside
-the codebook usage and perplexity of both VQ models.
+dimensions). Then, on the held-out split: PSNR / SSIM / LPIPS-alex, FID and KID of the reconstructions against the
+originals (the standard FID Inception), decode GMACs and parameters, and the usage of the BRICS grids (reachable
+entries read per level, entries moved by training) beside the codebook usage and perplexity of both VQ models.
 
 Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the trained model in its
 ``autoencoder/`` for ``compare_generation.py``): its ``result.json`` is written when the run ends, and a run that has

@@ -94,7 +94,8 @@ def report(results: dict) -> str:
         "```", results["command"], "```", "",
         (f"Embedded 32x32 emoji (preset `{setup['preset']}`), held-out split; {setup['steps']} steps at batch "
          f"{setup['batch_size']} for each model, the same losses ({setup['train_args']}) plus each model's own term "
-         f"(BRICS grids: learning rate {grid_learning_rate(setup['train_args'])}). Each figure is the mean ± standard deviation over the seeds in the "
+         f"(BRICS grids: learning rate {grid_learning_rate(setup['train_args'])}). Each figure is the mean ± "
+         "standard deviation over the seeds in the "
          f"`seeds` column ({' or '.join(map(str, seed_counts))} per model; one seed: no spread). FID and KID compare "
          "the reconstructions with the originals. Timings: the lowest seed's model of each kind, medians taken side "
          f"by side in the process that assembled this report (torch {results['torch']}, {results['threads']} "
