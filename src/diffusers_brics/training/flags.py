@@ -149,8 +149,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._A
     run.add_argument(
         "--max_train_seconds",
         type=positive_float,
-        help="stop, with a checkpoint and the final save, after this much training time (the "
-        "learning-rate schedule still spans the step count)",
+        help="stop, with a checkpoint and the final save, after this much time in this invocation (a resumed run "
+        "gets it anew; the learning-rate schedule still spans the step count)",
     )
     run.add_argument(
         "--mixed_precision",
