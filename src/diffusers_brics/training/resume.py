@@ -1,5 +1,6 @@
 """Resuming a run: `resume` loads ``resume_from_checkpoint`` (naming a damaged file when it cannot) and says where
-the run goes on, and with how much training time behind it; `follow_schedule` gives the optimizer the restored schedule's learning rates."""
+the run goes on, and with how much training time behind it; `follow_schedule` gives the optimizer the restored
+schedule's learning rates."""
 
 from __future__ import annotations
 
