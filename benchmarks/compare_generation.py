@@ -16,7 +16,8 @@ The autoencoders come from ``compare_autoencoders.py`` (same data, steps and see
 of stage-1 output folders by model name), or the folder given by ``--brics``, ``--kl``, ``--vq`` or ``--cvq``.
 Then, with `diffusers_brics.evaluate`, for each run: FID and KID of ``--num_samples`` samples against the whole
 held-out split, beside the real-vs-real baseline (as many training images against the same held-out split, once
-per seed); the sampling time per image with the same sampler for all (DDIM, ``--num_inference_steps``, eta 0, as
+per seed) and, for a latent run, its floor (those training images encoded and decoded by its autoencoder: what
+stage 1 alone costs; a report measures the floors that older runs lack); the sampling time per image with the same sampler for all (DDIM, ``--num_inference_steps``, eta 0, as
 `load_pipeline` sets it up: the clean-sample estimate clipped to the key codes' range for BRICS, unclipped for the
 other latents, which have no bound, and for pixels, as stage 2 trains them); a grid of samples; and for BRICS a few
 samples beside their nearest training images by LPIPS-alex (paper Figure 8).
@@ -208,13 +209,29 @@ class Evaluation:
         cached = load_result(folder)
         if cached is not None:
             return cached["row"]
-        count = min(self.args.num_samples, len(self.train_set))
-        chosen = self.train_set.shuffle(seed=seed).select(range(count))
-        features = features_of(self.inception, image_batches(chosen, self.train_column, self.args.resolution, 64,
-                                                              desc="real baseline"))
+        features = features_of(self.inception, image_batches(self.baseline_images(seed), self.train_column,
+                                                              self.args.resolution, 64, desc="real baseline"))
         row = distances(self.reference, features, self.inception, not self.args.no_fid, seed)
         save_result(folder, {"setup": setup_of(self.args), "row": row})
         return row
+
+    def baseline_images(self, seed: int):
+        """The real baseline's training images of ``seed``: as many as samples, drawn by the seed."""
+        count = min(self.args.num_samples, len(self.train_set))
+        return self.train_set.shuffle(seed=seed).select(range(count))
+
+    @torch.no_grad()
+    def decoded_training(self, model: str, seed: int, source: str) -> dict:
+        """The floor of a latent space: FID / KID of the real baseline's training images of ``seed`` encoded and
+        decoded by the stage-1 autoencoder at ``source`` (deterministically, as the pipeline decodes) against the
+        held-out images. A stage 2 that drew the training latents themselves would score about this; what a run's
+        samples score above it is stage 2's share."""
+        vae = stage1_model(ROOT / source, *STAGE1[model]).eval()
+        images = image_batches(self.baseline_images(seed), self.train_column, self.args.resolution, 64,
+                               desc=f"decoded training images ({model})")
+        decoded = (adapters.decode_latents(vae, adapters.encode_latents(vae, batch)) for batch in images)
+        return distances(self.reference, features_of(self.inception, decoded), self.inception, not self.args.no_fid,
+                         seed)
 
     def run(self, model: str, seed: int, folder: Path, source: str | None, output: Path) -> dict:
         """Evaluates one trained run: its row, ``benchmark_samples.png`` and (BRICS) ``benchmark_neighbours.png`` in ``folder``."""
@@ -224,6 +241,8 @@ class Evaluation:
         row, kept = evaluate_model(NAMES[model], folder, self.reference, self.inception, args, seed, keep)
         shown = folder / "benchmark_command.txt"
         row.update(seed=seed, stage1=source, command=shown.read_text().strip() if shown.is_file() else None)
+        if source is not None:
+            row["decoded_training"] = self.decoded_training(model, seed, source)
         grid(kept[:32]).save(folder / "benchmark_samples.png")
         if model == "brics":
             samples = torch.stack(kept[: args.neighbour_samples]) * 2 - 1
@@ -247,6 +266,12 @@ def setup_of(args) -> dict:
             "scheduler": "ddim", "num_inference_steps": args.num_inference_steps,
             "eval_batch_size": args.eval_batch_size, "max_reference_images": args.max_reference_images,
             "fid": not args.no_fid, "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def runs_args(args: argparse.Namespace, setup: dict) -> argparse.Namespace:
+    """``args`` with the evaluation settings of the runs being reported (``--report`` takes them from the runs)."""
+    shared = {key: setup[key] for key in ("num_samples", "resolution", "max_reference_images")}
+    return argparse.Namespace(**{**vars(args), **shared, "no_fid": not setup["fid"]})
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -349,10 +374,20 @@ def main() -> dict:
     baselines = {seed: load_result(run_folder(output, "real", seed)) for seed in seeds}
     missing = [seed for seed, result in baselines.items() if result is None]
     if missing:
-        evaluation = evaluation or Evaluation(args)
+        evaluation = evaluation or Evaluation(runs_args(args, setup))
         baselines.update({seed: {"row": evaluation.baseline(seed, output)} for seed in missing})
     any_result = next(iter(next(iter(runs.values())).values()))
     setup = {**any_result["setup"], **setup}
+    floorless = [(model, seed, result) for model, by_seed in runs.items() for seed, result in by_seed.items()
+                 if result["row"].get("stage1") and "decoded_training" not in result["row"]]
+    for model, seed, result in floorless:  # runs evaluated before the floor was measured
+        if not (ROOT / result["row"]["stage1"]).is_dir():
+            print(f"[compare_generation] {model} seed {seed}: its autoencoder {result['row']['stage1']} is gone, so "
+                  "its decoded-training floor is not measured", flush=True)
+            continue
+        evaluation = evaluation or Evaluation(runs_args(args, setup))
+        result["row"]["decoded_training"] = evaluation.decoded_training(model, seed, result["row"]["stage1"])
+        save_result(run_folder(output, model, seed), result)
     results = write_report(output, command, setup, runs, {seed: r["row"] for seed, r in baselines.items()})
     print((output / "report.md").read_text())
     return results

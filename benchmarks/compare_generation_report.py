@@ -41,6 +41,21 @@ def goal(models: dict) -> tuple[bool, str] | None:
     return holds, detail
 
 
+def floor_comparison(models: dict) -> str | None:
+    """How much of the KID gap between BRICS and the KL latents the autoencoders' floors already hold, from the
+    model entries (``decoded_training_kid`` and ``kid_above_floor``); None without both floors."""
+    brics, kl = models.get("brics"), models.get("autoencoderkl")
+    if brics is None or kl is None or "kid_above_floor" not in brics or "kid_above_floor" not in kl:
+        return None
+    floors = brics["decoded_training_kid"]["mean"] - kl["decoded_training_kid"]["mean"]
+    above = brics["kid_above_floor"]["mean"] - kl["kid_above_floor"]["mean"]
+    return (
+        f"Of the KID difference (BRICS minus KL latents, x1e3) {1e3 * (floors + above):+.2f}, the autoencoders' "
+        f"floors differ by {1e3 * floors:+.2f} and stage 2's shares above them by {1e3 * above:+.2f} "
+        f"({show(brics['kid_above_floor'], 2, 1e3)} vs {show(kl['kid_above_floor'], 2, 1e3)})."
+    )
+
+
 def preset_notes(preset: str, latent_size: int, resolution: int) -> str:
     """A remark when the preset's attention blocks apply to latents but not to pixels (none for a preset that places
     them by level, ``attention_levels``: the same levels at any size)."""
@@ -78,6 +93,11 @@ def model_entry(by_seed: dict[int, dict]) -> dict:
              "runs": rows}  # fmt: skip
     if "scaling_factor" in first:
         entry["scaling_factor"] = spread([row["scaling_factor"] for row in rows.values()])
+    if all("decoded_training" in row for row in rows.values()):
+        entry["decoded_training_kid"] = spread([row["decoded_training"]["kid_mean"] for row in rows.values()])
+        entry["kid_above_floor"] = spread(
+            [row["kid_mean"] - row["decoded_training"]["kid_mean"] for row in rows.values()]
+        )
     return entry
 
 
@@ -101,6 +121,20 @@ def plot_kid(results: dict, path: Path) -> bool:
         capsize=4,
         color=[COLORS[key] for key in models],
     )
+    floors = [
+        (i, 1e3 * entry["decoded_training_kid"]["mean"])
+        for i, entry in enumerate(models.values())
+        if "decoded_training_kid" in entry
+    ]
+    if floors:
+        ax.hlines(
+            [f for _, f in floors],
+            [i - 0.4 for i, _ in floors],
+            [i + 0.4 for i, _ in floors],
+            colors="black",
+            linewidth=2,
+            label="floor: training images through the autoencoder",
+        )
     mean, std = 1e3 * baseline["kid_mean"]["mean"], 1e3 * baseline["kid_std"]["mean"]
     ax.axhline(mean, color="0.3", linestyle="--", label="real vs real (training images)")
     ax.axhspan(mean - std, mean + std, color="0.85", zorder=0)
@@ -142,9 +176,12 @@ def report(results: dict, has_plot: bool) -> str:
          f"({' or '.join(map(str, counts))} per model); with one seed, KID's ± is the spread over its random subsets. "
          "Real vs real: as many training images (drawn by each seed) against the same held-out images."
          + ("" if fid else " FID skipped (`--no_fid`).")), "",
+        ("Floor: the same training images as the real-vs-real baseline, encoded and decoded by the run's "
+         "autoencoder, against the held-out images: what a stage 2 that drew the training latents themselves would "
+         "score. Above floor: a run's KID minus its floor's, stage 2's share."), "",
         (f"| model | seeds | latent shape | UNet params | train steps | train images/s | FID | KID (x1e3) | "
-         f"real-vs-real {'FID / ' if fid else ''}KID | s/image |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+         f"floor KID | above floor | real-vs-real {'FID / ' if fid else ''}KID | s/image |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for key, entry in models.items():
         channels, height, width = entry["latent_shape"]
@@ -153,6 +190,8 @@ def report(results: dict, has_plot: bool) -> str:
             f"| {NAMES[key]} | {seeds_text(entry['runs'])} | {height}x{width}x{channels} | "
             f"{entry['unet_parameters'] / 1e6:.2f} M | {entry['steps']} | {show(s['train_images_per_second'], 1)} | "
             f"{show(s['fid'], 1) if fid else '-'} | {1e3 * head['kid_mean']:.2f} ± {1e3 * head['kid_std']:.2f} | "
+            f"{show(entry['decoded_training_kid'], 2, 1e3) if 'decoded_training_kid' in entry else '-'} | "
+            f"{show(entry['kid_above_floor'], 2, 1e3) if 'kid_above_floor' in entry else '-'} | "
             f"{real} | {show(s['seconds_per_image'], 3)} |"
         )
     outcome = results.get("goal")
@@ -165,6 +204,8 @@ def report(results: dict, has_plot: bool) -> str:
                 "is no clear difference."
             ),
         ]
+    if results.get("floors"):
+        lines += ["", results["floors"]]
     if has_plot:
         lines += ["", "![KID of each model, with the real-vs-real baseline](kid.png)"]
     lines += ["", "## Samples", "", "The first samples of each model's lowest seed (sampling seeds in order):", ""]
@@ -212,6 +253,7 @@ def write_report(
     outcome = goal({key: kid_headline(entry) for key, entry in models.items()})
     if outcome is not None:
         results["goal"] = {"statement": GOAL, "holds": outcome[0], "detail": outcome[1]}
+    results["floors"] = floor_comparison(models)
     has_plot = plot_kid(results, output / "kid.png")
     text = report(results, has_plot)
     (output / "results.json").write_text(json.dumps(results, indent=2))

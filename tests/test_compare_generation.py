@@ -70,6 +70,12 @@ def test_compare_generation_tiny_end_to_end(tmp_path, stage1, inception_weights_
         # the same training flags for all four, but what to train on
         assert training_flags(row["command"]) == training_flags(models["brics"]["runs"]["0"]["command"])
         assert row["stage1"] == (None if key == "pixels" else os.path.relpath((stage1 / key).resolve(), ROOT))
+        if key == "pixels":
+            assert "decoded_training" not in row and "kid_above_floor" not in entry
+        else:  # the floor: the baseline's training images through the run's autoencoder
+            floor = row["decoded_training"]
+            assert (floor["real_images"], floor["fake_images"]) == (8, 4) and floor["fid"] > 0
+            assert entry["kid_above_floor"]["mean"] == pytest.approx(row["kid_mean"] - floor["kid_mean"])
     assert "--autoencoder none" in models["pixels"]["runs"]["0"]["command"]
     assert models["autoencoderkl"]["scaling_factor"]["mean"] != 1 and models["cvqvae"]["scaling_factor"]["mean"] != 1
     baseline = results["baseline"]["runs"]["0"]
@@ -80,6 +86,10 @@ def test_compare_generation_tiny_end_to_end(tmp_path, stage1, inception_weights_
     assert "BRICS generation KID no worse than the KL-latent model's: " in report
     assert "| pixels (DDPMPipeline) | 1 (0) | 32x32x3 |" in report and "| real-vs-real FID / KID |" in report
     assert "| CVQ-VAE latents | 1 (0) | 8x8x2 |" in report
+    floors = models["brics"]["decoded_training_kid"]["mean"] - models["autoencoderkl"]["decoded_training_kid"]["mean"]
+    assert results["floors"] in report and f"the autoencoders' floors differ by {1e3 * floors:+.2f}" in report
+    pixel_row = next(line for line in report.splitlines() if line.startswith("| pixels"))
+    assert pixel_row.split(" | ")[8:10] == ["-", "-"]  # no floor, nothing above it
     for name in ("samples_brics", "samples_autoencoderkl", "samples_cvqvae", "samples_pixels", "kid", "neighbours_brics"):
         assert (out / f"{name}.png").stat().st_size > 0
     assert Image.open(out / "neighbours_brics.png").size == (3 * 32, 2 * 32)
@@ -101,8 +111,14 @@ def test_runs_per_model_and_seed_are_cached_and_reported_with_their_spread(tmp_p
     assert len(training_lines(stdout)) == 2 and all("--seed 1 " in line for line in training_lines(stdout))
     assert cached.stat().st_mtime_ns == written
 
+    evaluated = out / "runs" / "cvqvae-seed1" / "result.json"
+    result = json.loads(evaluated.read_text())
+    floor = result["row"].pop("decoded_training")  # as a run evaluated before floors were measured
+    evaluated.write_text(json.dumps(result))
     stdout = run_compare_generation(out, "--report")
     assert not training_lines(stdout)
+    # --report measured the missing floor with the runs' own settings (4 samples, 8 held-out images), not its defaults
+    assert json.loads(evaluated.read_text())["row"]["decoded_training"] == floor
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["brics", "cvqvae"] and "goal" not in results
     assert results["baseline"]["seeds"] == [0, 1] and results["baseline"]["kid_mean"]["n"] == 2
