@@ -145,6 +145,7 @@ def plot_kid(results: dict, path: Path) -> bool:
         fontsize=8,
     )
     ax.tick_params(axis="x", labelsize=7, rotation=15)
+    ax.set_ylim(0, 1.3 * max(1e3 * (h["kid_mean"] + h["kid_std"]) for h in heads))  # room for the legend
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
