@@ -16,7 +16,9 @@ Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; 
 ``autoencoder/`` for ``compare_generation.py``): its ``result.json`` is written when the run ends, and a run that has
 one is not run again; an interrupted training resumes from its last checkpoint. After the runs (or alone, with
 ``--report``), the report is assembled from every run there: the mean and spread over seeds of each figure, and the
-training step and decode times of the models measured side by side in this process. Writes ``results.json``,
+training step and decode times of the models measured side by side in this process (kept from the report already
+there when it timed the same models on as many threads, so that reassembling it under another load does not move them;
+``--remeasure`` times them again). Writes ``results.json``,
 ``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png`` into ``--output``.
 
     python benchmarks/compare_autoencoders.py --models cvqvae --seeds 0        # one run: 10-14 minutes on one core
@@ -167,24 +169,48 @@ def combined_grid(grids: list[Image.Image], labels: list[str], scale: int = 2) -
     return combined
 
 
-def assemble(output: Path, command: str) -> dict:
+TIMING_KEYS = ("train_step_seconds", "train_images_per_second", "decode_seconds_per_image")
+
+
+def kept_timings(output: Path, runs: dict[str, dict[int, dict]], setup: dict) -> dict | None:
+    """The timings of the report already in ``output`` if it timed the same models (the same kinds and lowest seeds,
+    the same setup) with this PyTorch on as many threads, else None."""
+    path = output / "results.json"
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    models = previous.get("models", {})
+    same = (set(models) == set(runs) and previous.get("setup") == setup and previous.get("torch") == torch.__version__
+            and previous.get("threads") == torch.get_num_threads()
+            and all(min(models[kind]["seeds"]) == min(runs[kind]) for kind in runs))  # fmt: skip
+    if not same or not all(key in entry for entry in models.values() for key in TIMING_KEYS):
+        return None
+    return {kind: {key: entry[key] for key in TIMING_KEYS} for kind, entry in models.items()}
+
+
+def assemble(output: Path, command: str, remeasure: bool = False) -> dict:
     """The report of every ended run in ``OUTPUT/runs``, with the training step and decode times of the lowest
-    seed's model of each kind measured side by side here."""
+    seed's model of each kind measured side by side here (or kept: `kept_timings`, unless ``remeasure``)."""
     runs = collect(output, MODEL_TYPES)
     if not runs:
         raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<model>-seed<k>/"
                                 "result.json): run some first, e.g. --models brics --seeds 0")
     setup = check_same(runs, SETUP_KEYS)
     folders = {kind: output / "runs" / f"{kind}-seed{min(by_seed)}" for kind, by_seed in runs.items()}
-    models = {kind: adapters.load_autoencoder(str(folder)).eval() for kind, folder in folders.items()}
-    size = next(iter(models.values())).config.sample_size
-    train, column = load_split("train", size)
-    images = next(image_batches(train, column, size, setup["batch_size"], desc="a training batch"))
-    repeats = 1 if setup["preset"] == "tiny" else 5
-    step_seconds = median_step_seconds(models, images, repeats)
-    decode_seconds = median_decode_seconds(models, 64, repeats)
-    timings = {kind: {"train_step_seconds": step_seconds[kind], "train_images_per_second": len(images) / step_seconds[kind],
-                      "decode_seconds_per_image": decode_seconds[kind] / 64} for kind in models}  # fmt: skip
+    timings = None if remeasure else kept_timings(output, runs, setup)
+    if timings is None:
+        models = {kind: adapters.load_autoencoder(str(folder)).eval() for kind, folder in folders.items()}
+        size = next(iter(models.values())).config.sample_size
+        train, column = load_split("train", size)
+        images = next(image_batches(train, column, size, setup["batch_size"], desc="a training batch"))
+        repeats = 1 if setup["preset"] == "tiny" else 5
+        step_seconds = median_step_seconds(models, images, repeats)
+        decode_seconds = median_decode_seconds(models, 64, repeats)
+        timings = {kind: {"train_step_seconds": step_seconds[kind],
+                          "train_images_per_second": len(images) / step_seconds[kind],
+                          "decode_seconds_per_image": decode_seconds[kind] / 64} for kind in models}  # fmt: skip
+    else:
+        print(f"[compare_autoencoders] timings kept from {output / 'results.json'} (--remeasure times them again)")
     grids = [Image.open(folder / "held_out_reconstructions.png") for folder in folders.values()]
     combined_grid(grids, [NAMES[kind] for kind in folders]).save(output / "reconstructions.png")
     return write_report(output, command, setup, runs, timings, torch.__version__, torch.get_num_threads())
@@ -199,6 +225,8 @@ def main() -> dict:
     add_run_arguments(parser, MODEL_TYPES, MODEL_TYPES)
     parser.add_argument("--tiny", action="store_true", help="tiny presets, 2 steps, 16 held-out images (a smoke run)")
     parser.add_argument("--no_fid", action="store_true", help="skip FID / KID")
+    parser.add_argument("--remeasure", action="store_true", help="time the models again even when the report in "
+                        "--output has timed the same ones (by default its timings are kept)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_autoencoders"))
     args = parser.parse_args(argv)
     try:
@@ -215,7 +243,7 @@ def main() -> dict:
     if not args.report:
         for kind, seed, folder in pending_runs(output, models, args.seeds, "compare_autoencoders"):
             run_one(kind, seed, folder, setup, args, extra, command)
-    results = assemble(output, command)
+    results = assemble(output, command, args.remeasure)
     print((output / "report.md").read_text())
     return results
 

@@ -80,6 +80,15 @@ def test_runs_are_cached_per_model_and_seed_and_reported_with_their_spread(tmp_p
     stdout = run_compare_autoencoders(tmp_path, "--report")
     assert not [line for line in stdout.splitlines() if line.startswith("$ ")]
     results = json.loads((tmp_path / "results.json").read_text())
+    # the same models timed as for the first report (kinds and lowest seeds): their timings are kept, not re-taken
+    timing_keys = ("train_step_seconds", "train_images_per_second", "decode_seconds_per_image")
+    timings = {kind: {key: entry[key] for key in timing_keys} for kind, entry in results["models"].items()}
+    assert timings == {kind: {key: entry[key] for key in timing_keys} for kind, entry in first["models"].items()}
+    assert "timings kept from" in stdout
+    remeasured = run_compare_autoencoders(tmp_path, "--report", "--remeasure")
+    assert "timings kept from" not in remeasured
+    assert json.loads((tmp_path / "results.json").read_text())["models"]["brics"]["train_step_seconds"] != \
+        timings["brics"]["train_step_seconds"]
     assert list(results["models"]) == ["brics", "cvqvae"]
     for entry in results["models"].values():
         assert entry["seeds"] == [0, 1]
