@@ -17,10 +17,11 @@ of stage-1 output folders by model name), or the folder given by ``--brics``, ``
 Then, with `diffusers_brics.evaluate`, for each run: FID and KID of ``--num_samples`` samples against the whole
 held-out split, beside the real-vs-real baseline (as many training images against the same held-out split, once
 per seed) and, for a latent run, its floor (those training images encoded and decoded by its autoencoder: what
-stage 1 alone costs; a report measures the floors that older runs lack); the sampling time per image with the same sampler for all (DDIM, ``--num_inference_steps``, eta 0, as
-`load_pipeline` sets it up: the clean-sample estimate clipped to the key codes' range for BRICS, unclipped for the
-other latents, which have no bound, and for pixels, as stage 2 trains them); a grid of samples; and for BRICS a few
-samples beside their nearest training images by LPIPS-alex (paper Figure 8).
+stage 1 alone costs; a report measures the floors that older runs lack); the sampling time per image with the same
+sampler for all (DDIM, ``--num_inference_steps``, eta 0, as `load_pipeline` sets it up: the clean-sample estimate
+clipped to the key codes' range for BRICS, unclipped for the other latents, which have no bound, and for pixels, as
+stage 2 trains them); a grid of samples; and for BRICS a few samples beside their nearest training images by
+LPIPS-alex (paper Figure 8).
 
 Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the training's output folder):
 its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted training
