@@ -1,6 +1,6 @@
-"""compare_generation.py (equal-budget generation) in its tiny mode end to end (FID included: five FID computations,
-a few seconds each on one thread), runs cached per model and seed and reported with their spread, its KID-only mode,
-and its checks of the inputs."""
+"""compare_generation.py (equal-budget generation) in its tiny mode end to end (FID included: eight FID computations,
+a few seconds each on one thread: four runs, three latent floors, the baseline), runs cached per model and seed and
+reported with their spread, floors measured by a later report, its KID-only mode, and its checks of the inputs."""
 
 import json
 import os
