@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,34 @@ def fresh_run_dir(output: Path) -> Path:
 
 def run_shown(command: list[str], env: dict[str, str] | None = None) -> str:
     """Prints ``command`` with paths relative to the repository, runs it (raising on failure, in ``env`` if given),
-    returns it as shown."""
+    returns it as shown.
+
+    SIGTERM, SIGINT and SIGHUP to the benchmark are passed on to the command, which runs in its own session so that
+    a terminal's Ctrl-C reaches it only this way, once: a training run then writes its checkpoint and exits, and the
+    benchmark exits after it with status 128 + the signal (a benchmark that caches its runs resumes from that
+    checkpoint when run again). A second signal is passed on too, and the training script then leaves at once."""
     shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
     print("$", shown, flush=True)
-    subprocess.run(command, check=True, env=env)
+    received: list[int] = []
+    with subprocess.Popen(command, env=env, start_new_session=True) as child:
+
+        def forward(signum, frame):
+            received.append(signum)
+            child.send_signal(signum)
+
+        previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            returncode = child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if received:
+        print(
+            f"{signal.Signals(received[0]).name} passed on: the run stopped with status {returncode}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + received[0])
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
     return shown
