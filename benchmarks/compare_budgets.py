@@ -12,7 +12,7 @@ with other flags (``compare_autoencoders.py ... -- FLAGS``), such as BRICS with 
 The training-split metrics of each run are cached in its folder (``train_split.json``, for the number of images it
 was computed on). Writes ``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
 
-    python benchmarks/compare_budgets.py     # the 1,000 / 3,000 / 6,000-step outputs, the BRICS variants at 3,000
+    python benchmarks/compare_budgets.py     # the 1,000 to 12,000-step outputs, the BRICS variants at 3,000
     python benchmarks/compare_budgets.py --outputs benchmarks/results/compare_autoencoders \\
         "wide decoder=benchmarks/results/brics_wide_decoder_3000" --output /tmp/budgets
 """
@@ -40,6 +40,7 @@ DEFAULT_OUTPUTS = [
     str(RESULTS / "compare_autoencoders"),
     str(RESULTS / "compare_autoencoders_3000"),
     str(RESULTS / "compare_autoencoders_6000"),
+    str(RESULTS / "compare_autoencoders_12000"),
     f"wide decoder={RESULTS / 'brics_wide_decoder_3000'}",
     f"grids at 3e-2={RESULTS / 'brics_grid_lr_3e-2_3000'}",
     f"grids at 3e-3={RESULTS / 'brics_grid_lr_3e-3_3000'}",
@@ -149,11 +150,13 @@ def report(results: dict) -> str:
 
 
 def plot(entries: list[dict], output: Path) -> None:
-    """``budgets.png``: held-out (solid) and training-split (dashed) PSNR against steps and against minutes."""
+    """``budgets.png``: held-out (solid) and training-split (dashed) PSNR against steps and against minutes, both on
+    a log scale, where each doubling of the budget is the same width and a curve that flattens bends down."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.8))
     series: dict[tuple[str, str], list[dict]] = {}
@@ -174,11 +177,16 @@ def plot(entries: list[dict], output: Path) -> None:
             if all("train_psnr" in e for e in shown):
                 ax.plot(xs, [e["train_psnr"]["mean"] for e in shown], linestyle="--", alpha=0.6,
                         label=f"{name_of(shown[0])} training split", color=COLORS[kind], marker=style["marker"])  # fmt: skip
-    axes[0].set_xlabel("training steps (batch 16)")
-    axes[1].set_xlabel("training minutes (one thread)")
+    axes[0].set_xlabel("training steps (batch 16, log scale)")
+    axes[1].set_xlabel("training minutes (one thread, log scale)")
     for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
+    budgets = sorted({e["steps"] for e in entries})
+    axes[0].set_xticks(budgets, [f"{steps:,}" for steps in budgets])
+    axes[0].minorticks_off()
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(output / "budgets.png", dpi=120)
