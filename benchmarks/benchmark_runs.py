@@ -30,6 +30,11 @@ def fresh_run_dir(output: Path) -> Path:
     return run_dir
 
 
+def shown_command(command: list[str]) -> str:
+    """``command`` without its interpreter, with paths relative to the repository: as reports show it."""
+    return " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
+
+
 def run_shown(command: list[str], env: dict[str, str] | None = None) -> str:
     """Prints ``command`` with paths relative to the repository, runs it (raising on failure, in ``env`` if given),
     returns it as shown.
@@ -38,8 +43,7 @@ def run_shown(command: list[str], env: dict[str, str] | None = None) -> str:
     a terminal's Ctrl-C reaches it only this way, once: a training run then writes its checkpoint and exits, and the
     benchmark exits after it with status 128 + the signal (a benchmark that caches its runs resumes from that
     checkpoint when run again). A second signal is passed on too, and the training script then leaves at once."""
-    shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])
-    print("$", shown, flush=True)
+    print("$", shown_command(command), flush=True)
     received: list[int] = []
     with subprocess.Popen(command, env=env, start_new_session=True) as child:
 
@@ -62,4 +66,4 @@ def run_shown(command: list[str], env: dict[str, str] | None = None) -> str:
         raise SystemExit(128 + received[0])
     if returncode:
         raise subprocess.CalledProcessError(returncode, command)
-    return shown
+    return shown_command(command)

@@ -45,11 +45,11 @@ from PIL import Image, ImageDraw
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
-from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
 from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
-from seeded_runs import check_same, training_finished
+from seeded_runs import TrainingBudget, check_same, training_finished
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0"]
 SETUP_KEYS = ("preset", "steps", "batch_size", "train_args", "max_images", "fid")
@@ -119,13 +119,19 @@ def train_command(kind: str, seed: int, folder: Path, preset: str, steps: int, a
     ]  # fmt: skip
 
 
-def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[str], command: str) -> None:
-    """Train (or resume) one model with one seed, evaluate it on the held-out split, write its ``result.json``."""
+def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[str], command: str,
+            budget: TrainingBudget) -> None:
+    """Train (or resume) one model with one seed within ``budget``, evaluate it on the held-out split, write its
+    ``result.json``; a training the budget stopped is left to be continued."""
     shown = None
     if training_finished(folder, setup["steps"]):
         print(f"[compare_autoencoders] {kind} seed {seed}: trained, evaluating", flush=True)
     else:
-        shown = run_shown(train_command(kind, seed, folder, setup["preset"], setup["steps"], args, extra))
+        training = train_command(kind, seed, folder, setup["preset"], setup["steps"], args, extra)
+        run_shown(training + budget.flags())
+        if budget.stopped_short(folder, setup["steps"], f"{kind} seed {seed}"):
+            return
+        shown = shown_command(training)  # the run's own command: the budget is the invocation's
         (folder / "benchmark_command.txt").write_text(shown + "\n")
     if shown is None and (folder / "benchmark_command.txt").is_file():
         shown = (folder / "benchmark_command.txt").read_text().strip()
@@ -241,8 +247,11 @@ def main() -> dict:
     output = Path(args.output)
     command = shlex.join(["python", "benchmarks/compare_autoencoders.py", *sys.argv[1:]])
     if not args.report:
-        for kind, seed, folder in pending_runs(output, models, args.seeds, "compare_autoencoders"):
-            run_one(kind, seed, folder, setup, args, extra, command)
+        budget = TrainingBudget(args.max_minutes, "compare_autoencoders")
+        for kind, seed, folder in pending_runs(output, models, args.seeds, "compare_autoencoders", budget):
+            run_one(kind, seed, folder, setup, args, extra, command, budget)
+        if budget.stopped:
+            return {}
     results = assemble(output, command, args.remeasure)
     print((output / "report.md").read_text())
     return results

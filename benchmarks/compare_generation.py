@@ -30,13 +30,14 @@ run there, with the mean and spread over seeds: ``results.json``, ``report.md`` 
 ``samples_<model>.png``, ``kid.png`` and ``neighbours_brics.png`` in ``--output``.
 
     python benchmarks/compare_generation.py --models cvqvae --seeds 0     # one latent run: about 10 minutes
-    python benchmarks/compare_generation.py --models pixels --seeds 0     # the pixel run: about an hour
+    python benchmarks/compare_generation.py --models pixels --seeds 0 --max_minutes 50   # the pixel run, half of it
     python benchmarks/compare_generation.py --report                      # the report of the runs there
     python benchmarks/compare_generation.py --tiny --no_fid --output /tmp/gen   # the test's smoke run
 
 Arguments after ``--`` go to every training run. At the defaults (`DEFAULT_STEPS` of batch 32, the main job's
 stage-2 budget; 300 samples), on one CPU core, a latent run takes about 10 minutes (6.7 of training, the rest
-sampling and Inception features); the pixel run, whose steps cost about ten times as much, about an hour.
+sampling and Inception features); the pixel run, whose steps cost about ten times as much, about 80 minutes
+(``--max_minutes`` splits a run into invocations: the same command continues it).
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.models import adapters
 from diffusers_brics.training.unet import UNET_PRESETS
 
-from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
 from compare_generation_report import NAMES, write_report
 from seeded_runs import add_run_arguments, chosen_models, collect, load_result, pending_runs, resume_flags
-from seeded_runs import check_same, run_folder, save_result, training_finished
+from seeded_runs import TrainingBudget, check_same, run_folder, save_result, training_finished
 
 SCRIPT = ROOT / "examples" / "train_brics_diffusion.py"
 DEFAULT_AUTOENCODERS = ROOT / "benchmarks" / "results" / "compare_autoencoders" / "runs"
@@ -113,8 +114,9 @@ def stage1_folder(model: str, seed: int, args) -> Path:
     return seeded if seeded.is_dir() or not (autoencoders / model).is_dir() else autoencoders / model
 
 
-def train(model: str, source: str, folder: Path, seed: int, args, extra: list[str]) -> str:
-    """Train one run with the stage-2 script (resuming from its newest checkpoint); returns the command as shown."""
+def train(model: str, source: str, folder: Path, seed: int, args, extra: list[str], budget: TrainingBudget) -> bool:
+    """Train one run with the stage-2 script (resuming from its newest checkpoint) within ``budget``; whether its
+    training ended (else the budget stopped it, to be continued)."""
     command = [
         sys.executable, str(SCRIPT), "--autoencoder", source, "--output_dir", str(folder),
         "--unet_preset", args.unet_preset, "--train_batch_size", str(args.batch_size),
@@ -124,9 +126,11 @@ def train(model: str, source: str, folder: Path, seed: int, args, extra: list[st
         "--num_validation_images", "8", "--num_inference_steps", str(args.num_inference_steps), "--report_to", "none",
         *(["--resolution", str(args.resolution)] if source == "none" else []), *extra,
     ]  # fmt: skip
-    shown = run_shown(command)
-    (folder / "benchmark_command.txt").write_text(shown + "\n")
-    return shown
+    run_shown(command + budget.flags())
+    if budget.stopped_short(folder, args.steps, f"{model} seed {seed}"):
+        return False
+    (folder / "benchmark_command.txt").write_text(shown_command(command) + "\n")  # the run's: without the budget
+    return True
 
 
 def distances(reference: list[torch.Tensor], features: list[torch.Tensor], inception, with_fid: bool,
@@ -348,7 +352,8 @@ def main() -> dict:
     if not args.report:
         print(f"--steps {args.steps} for each run" + (" (the default: about 7 minutes of training on latents on one "
               "core, ten times as long on pixels)" if args.steps == DEFAULT_STEPS else ""), flush=True)  # fmt: skip
-        for model, seed, folder in pending_runs(output, args.models, args.seeds, "compare_generation"):
+        budget = TrainingBudget(args.max_minutes, "compare_generation")
+        for model, seed, folder in pending_runs(output, args.models, args.seeds, "compare_generation", budget):
             source, stage1 = None, "none"
             if model != "pixels":
                 path = stage1_folder(model, seed, args)
@@ -362,10 +367,13 @@ def main() -> dict:
                 print(f"[compare_generation] {model} seed {seed}: trained, evaluating", flush=True)
             else:
                 folder.mkdir(parents=True, exist_ok=True)
-                train(model, stage1, folder, seed, args, extra)
+                if not train(model, stage1, folder, seed, args, extra, budget):
+                    break
             evaluation = evaluation or Evaluation(args)
             row = evaluation.run(model, seed, folder, source, output)
             save_result(folder, {"setup": setup_of(args), "benchmark_command": command, "row": row})
+        if budget.stopped:
+            return {}
     runs = collect(output, MODELS)
     if not runs:
         raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<model>-seed<k>/"

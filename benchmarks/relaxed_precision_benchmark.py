@@ -60,10 +60,10 @@ from diffusers_brics.metrics import lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_presets import PRESETS
 from diffusers_brics.training.data import image_transform
 
-from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
 from relaxed_precision_report import write_report
 from seeded_runs import add_run_arguments, check_same, chosen_models, collect, pending_runs, resume_flags
-from seeded_runs import save_result, training_finished
+from seeded_runs import TrainingBudget, save_result, training_finished
 from train_ae_benchmark import script_data
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
@@ -192,8 +192,9 @@ LABELS = {"relaxed": "relaxed precision", "no_noise": "no relaxed precision", "k
 SETUP_KEYS = ("preset", "steps", "batch_size", "train_args", "amplitudes", "noise_seed", "held_out_images")
 
 
-def run_one(name: str, seed: int, folder: Path, args, extra: list[str], command: str) -> None:
-    """Train (or resume) one variant with one seed, evaluate it on the held-out split, write its ``result.json``."""
+def run_one(name: str, seed: int, folder: Path, args, extra: list[str], command: str, budget: TrainingBudget) -> None:
+    """Train (or resume) one variant with one seed within ``budget``, evaluate it on the held-out split, write its
+    ``result.json``; a training the budget stopped is left to be continued."""
     description, overrides, flags = VARIANTS[name]
     config = write_model_config(args.preset, overrides, folder / "model_config")
     train_command = [
@@ -208,7 +209,10 @@ def run_one(name: str, seed: int, folder: Path, args, extra: list[str], command:
         print(f"[relaxed_precision] {name} seed {seed}: trained, evaluating", flush=True)
         shown = (folder / "benchmark_command.txt").read_text().strip()
     else:
-        shown = run_shown(train_command)
+        run_shown(train_command + budget.flags())
+        if budget.stopped_short(folder, args.steps, f"{name} seed {seed}"):
+            return
+        shown = shown_command(train_command)  # the run's own command: the budget is the invocation's
         (folder / "benchmark_command.txt").write_text(shown + "\n")
     metrics = json.loads((folder / "metrics.json").read_text())
     model = BRICSAutoencoder.from_pretrained(folder / "autoencoder").eval()
@@ -277,8 +281,11 @@ def main() -> dict:
     command = shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]])
     output = Path(args.output)
     if not args.report:
-        for name, seed, folder in pending_runs(output, models, args.seeds, "relaxed_precision"):
-            run_one(name, seed, folder, args, extra, command)
+        budget = TrainingBudget(args.max_minutes, "relaxed_precision")
+        for name, seed, folder in pending_runs(output, models, args.seeds, "relaxed_precision", budget):
+            run_one(name, seed, folder, args, extra, command, budget)
+        if budget.stopped:
+            return {}
     runs = collect(output, tuple(VARIANTS))
     if not runs:
         raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<variant>-seed<k>/"

@@ -4,7 +4,8 @@ Each run has its folder ``OUTPUT/runs/<model>-seed<k>`` (git-ignored): the train
 checkpoints let an interrupted training resume (``--resume_from_checkpoint latest``), and ``result.json``, written
 atomically when the run's evaluation ends. A run that has its ``result.json`` is cached: a later invocation skips
 it (delete the folder to run it again). The report step (``--report``) reads every ``result.json`` and gives the
-mean and spread over seeds of each figure, with the number of seeds behind it.
+mean and spread over seeds of each figure, with the number of seeds behind it. ``--max_minutes`` bounds the training
+time of one invocation (`TrainingBudget`), so that runs longer than a sitting are made in several.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -33,6 +35,17 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or any(seed < 0 for seed in seeds):
         raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0 such as 0,1,2, got {text!r}")
     return list(dict.fromkeys(seeds))
+
+
+def positive_minutes(text: str) -> float:
+    """``--max_minutes``: a number of minutes > 0; an `argparse` type."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"expected minutes > 0 such as 55, got {text!r}")
+    return minutes
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, choices: Sequence[str], default: Sequence[str]) -> None:
@@ -54,6 +67,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, choices: Sequence[str], d
     )
     parser.add_argument(
         "--report", action="store_true", help="run nothing: assemble the report from the runs in OUTPUT/runs"
+    )
+    parser.add_argument(
+        "--max_minutes",
+        type=positive_minutes,
+        default=None,
+        help="training minutes of this invocation, spent by its runs in turn (start-up and evaluation come on "
+        "top): a training still going then stops at a checkpoint, and the same command continues it; the report "
+        "is assembled by the invocation that ends its last run (default: no limit)",
     )
 
 
@@ -95,16 +116,54 @@ def save_result(folder: Path, result: dict) -> Path:
     return folder / RESULT
 
 
+class TrainingBudget:
+    """The training time of one invocation (``--max_minutes``; None: no limit), spent by its runs in turn: each
+    training gets ``--max_train_seconds`` for what is left, and stops at a checkpoint when it is spent."""
+
+    def __init__(self, max_minutes: float | None, tag: str):
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.tag = tag
+        self.stopped = False  # a training stopped short of its steps: the invocation ends without its report
+
+    def flags(self) -> list[str]:
+        """The training script's flag for the time left (none without a limit)."""
+        if self.deadline is None:
+            return []
+        return ["--max_train_seconds", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
+
+    def spent(self) -> bool:
+        """Whether no time is left, or a training has already stopped short."""
+        return self.stopped or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def stopped_short(self, folder: Path, steps: int, name: str) -> bool:
+        """Whether the training in ``folder`` stopped before ``steps`` (this budget, or a time limit given after
+        ``--``); if so, says where it stands: such a run is not evaluated, and the same command continues it."""
+        if training_finished(folder, steps):
+            return False
+        metrics = Path(folder) / "metrics.json"
+        step = json.loads(metrics.read_text()).get("step") if metrics.is_file() else "?"
+        print(f"[{self.tag}] {name}: the training stopped at step {step} of {steps}, its time spent; its checkpoint "
+              "is kept, and the same command continues it", flush=True)  # fmt: skip
+        self.stopped = True
+        return True
+
+
 def pending_runs(
-    output: Path, models: Sequence[str], seeds: Sequence[int], tag: str
+    output: Path, models: Sequence[str], seeds: Sequence[int], tag: str, budget: TrainingBudget | None = None
 ) -> Iterator[tuple[str, int, Path]]:
-    """``(model, seed, folder)`` of each run without a result, in order; prints the cached ones."""
+    """``(model, seed, folder)`` of each run without a result, in order, until ``budget`` is spent; prints the cached
+    ones."""
     for model in models:
         for seed in seeds:
             folder = run_folder(output, model, seed)
             if load_result(folder) is not None:
                 print(f"[{tag}] {model} seed {seed}: cached ({folder / RESULT})", flush=True)
                 continue
+            if budget is not None and budget.spent():
+                print(f"[{tag}] --max_minutes spent: {model} seed {seed} and the runs after it are left for the next "
+                      "invocation", flush=True)  # fmt: skip
+                budget.stopped = True
+                return
             yield model, seed, folder
 
 

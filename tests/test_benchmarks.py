@@ -21,15 +21,8 @@ sys.path.insert(0, str(BENCHMARKS))
 
 
 def run_script(args, timeout=300):
-    result = subprocess.run(
-        [sys.executable, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            check=False, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -53,25 +46,8 @@ def test_allocator_peak_counts_live_tensors_at_their_maximum():
 def test_decode_benchmark_tiny_with_memory(tmp_path):
     out = tmp_path / "decode_cost"
     # dynamo's eager backend traces each decode (BRICS's as one graph) without inductor's minutes of code generation
-    stdout = run_script(
-        [
-            BENCHMARKS / "decode_benchmark.py",
-            "--tiny",
-            "--memory",
-            "--compile",
-            "--compile_backend",
-            "eager",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--results_dir",
-            out,
-            "--output",
-            tmp_path / "plain.json",
-        ],
-        timeout=600,
-    )
+    stdout = run_script([BENCHMARKS / "decode_benchmark.py", "--tiny", "--memory", "--compile", "--compile_backend",
+                         "eager", "--repeats", "1", "--warmup", "0", "--results_dir", out, "--output", tmp_path / "plain.json"], timeout=600)
     assert "training step" in stdout and "BRICS feature retrieval" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["command"].startswith("python benchmarks/decode_benchmark.py --tiny --memory")
@@ -82,9 +58,7 @@ def test_decode_benchmark_tiny_with_memory(tmp_path):
     assert all(r["compile_s"] > 0 for r in results["models"][3:])
     best = results["best"]
     assert best["brics"] in names[0:1] + [names[0] + ", compiled"]
-    assert best["gmac_ratio"] == pytest.approx(
-        results["models"][0]["decode_GMACs"] / results["models"][1]["decode_GMACs"]
-    )
+    assert best["gmac_ratio"] == pytest.approx(results["models"][0]["decode_GMACs"] / results["models"][1]["decode_GMACs"])
     assert results["goals"]["latency_ratio"]["goal"] == best["gmac_ratio"]
     memory = results["memory"]
     assert memory["device"] == "cpu" and memory["resolution"] == 32 and memory["batch_size"] == 1
@@ -99,9 +73,8 @@ def test_decode_benchmark_tiny_with_memory(tmp_path):
     assert retrieval["grid_tables_MiB"] > 0
     assert retrieval["training_forward_backward"]["allocated_MiB"] > retrieval["decode_forward"]["allocated_MiB"] > 0
     added = retrieval["decode_added"]["allocated_MiB"]
-    assert added == pytest.approx(
-        memory["models"][0]["decode"]["allocated_MiB"] - retrieval["synthesis_forward"]["allocated_MiB"]
-    )
+    assert added == pytest.approx(memory["models"][0]["decode"]["allocated_MiB"]
+                                  - retrieval["synthesis_forward"]["allocated_MiB"])
     report = (out / "report.md").read_text()
     assert report.startswith("# Decode cost") and "## Peak memory" in report
     assert "| BRICS (tiny) |" in report and "| BRICS feature retrieval, batch 1 |" in report
@@ -112,25 +85,10 @@ def test_decode_benchmark_tiny_with_memory(tmp_path):
 def test_profile_brics_tiny(tmp_path, workload):
     import profile_brics
 
-    results = profile_brics.main(
-        [
-            "--workload",
-            workload,
-            "--tiny",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--profile_runs",
-            "1",
-            "--output",
-            str(tmp_path),
-        ]
-    )
-    parts = {
-        "decode": {"grid look-up", "feature retrieval", "synthesis"},
-        "train-step": {"encoder", "grid look-up", "feature retrieval", "synthesis", "EMA", "data loading"},
-    }[workload]
+    results = profile_brics.main(["--workload", workload, "--tiny", "--repeats", "1", "--warmup", "0",
+                                  "--profile_runs", "1", "--output", str(tmp_path)])
+    parts = {"decode": {"grid look-up", "feature retrieval", "synthesis"},
+             "train-step": {"encoder", "grid look-up", "feature retrieval", "synthesis", "EMA", "data loading"}}[workload]
     assert set(results["share_of_total"]) == parts
     assert all(0 < share for share in results["share_of_total"].values())
     assert results["operators"] and all(op["ms_per_run"] > 0 for op in results["operators"])
@@ -167,18 +125,12 @@ def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir
     results = json.loads((out / "results.json").read_text())
     assert [(r["name"], r["seed"]) for r in results["runs"]] == [("relaxed", 0), ("no_noise", 0), ("kl", 0)]
     assert [r["config"] for r in results["runs"]] == [
-        {"relaxed_precision": True, "kl_key_codes": False},
-        {"relaxed_precision": False, "kl_key_codes": False},
-        {"relaxed_precision": False, "kl_key_codes": True},
-    ]
+        {"relaxed_precision": True, "kl_key_codes": False}, {"relaxed_precision": False, "kl_key_codes": False},
+        {"relaxed_precision": False, "kl_key_codes": True}]
     assert all(r["steps"] == 2 for r in results["runs"])
     assert "--kl_weight 1e-06" in results["runs"][2]["command"]
-    assert list(results["evaluations"]) == [
-        "relaxed precision",
-        "no relaxed precision",
-        "KL, mean codes",
-        "KL, sampled codes",
-    ]
+    assert list(results["evaluations"]) == ["relaxed precision", "no relaxed precision", "KL, mean codes",
+                                            "KL, sampled codes"]
     amplitudes = results["setup"]["amplitudes"]
     assert amplitudes == [0.0, 0.125, 0.25, 0.5, 1.0, 2.0] and results["setup"]["held_out_images"] == 32
     for entry in results["evaluations"].values():
@@ -198,25 +150,11 @@ def test_relaxed_precision_benchmark_tiny_end_to_end(tmp_path, lpips_weights_dir
     assert "| relaxed precision | 1 (0) |" in report and not list((out / "runs" / "kl-seed0").glob("checkpoint-*"))
 
     # a second seed of one variant in another invocation (given twice: run once); the seed-0 runs are cached
-    stdout = run_script(
-        [
-            BENCHMARKS / "relaxed_precision_benchmark.py",
-            "--tiny",
-            "--threads",
-            "1",
-            "--output",
-            out,
-            "--models",
-            "relaxed",
-            "relaxed",
-            "--seeds",
-            "0,1",
-        ]
-    )
+    stdout = run_script([BENCHMARKS / "relaxed_precision_benchmark.py", "--tiny", "--threads", "1", "--output", out,
+                         "--models", "relaxed", "relaxed", "--seeds", "0,1"])
     assert "relaxed seed 0: cached" in stdout
     assert [line for line in stdout.splitlines() if line.startswith("$ ")] == [
-        next(line for line in stdout.splitlines() if line.startswith("$ ") and "--seed 1 " in line)
-    ]
+        next(line for line in stdout.splitlines() if line.startswith("$ ") and "--seed 1 " in line)]
     results = json.loads((out / "results.json").read_text())
     seeds = results["over_seeds"]
     assert seeds["relaxed precision"]["seeds"] == [0, 1] and seeds["no relaxed precision"]["seeds"] == [0]
@@ -231,20 +169,8 @@ def test_grid_backend_benchmark_tiny_on_cpu(tmp_path, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CPU runs the Triton kernels under the interpreter
     out = tmp_path / "grid_backends"
-    stdout = run_script(
-        [
-            BENCHMARKS / "grid_backend_benchmark.py",
-            "--device",
-            "cpu",
-            "--tiny",
-            "--repeats",
-            "1",
-            "--warmup",
-            "1",
-            "--results_dir",
-            out,
-        ]
-    )
+    stdout = run_script([BENCHMARKS / "grid_backend_benchmark.py", "--device", "cpu", "--tiny", "--repeats", "1",
+                         "--warmup", "1", "--results_dir", out])
     assert "256 queries" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["command"].startswith("python benchmarks/grid_backend_benchmark.py --device cpu --tiny")
@@ -252,9 +178,8 @@ def test_grid_backend_benchmark_tiny_on_cpu(tmp_path, monkeypatch):
     assert setup["triton_interpreter"] and setup["grid"]["num_levels"] == 16 and setup["grid"]["indexing"] == "tiled"
     (row,) = results["results"]
     assert row["queries"] == 256
-    assert all(
-        row["ms"][backend][mode] > 0 for backend in ("torch", "triton") for mode in ("forward", "forward_backward")
-    )
+    assert all(row["ms"][backend][mode] > 0 for backend in ("torch", "triton") for mode in ("forward",
+                                                                                           "forward_backward"))
     assert set(row["agreement"]) == {"forward", "grad_queries", "grad_table"}
     for agreement in row["agreement"].values():
         assert agreement["max_abs"] > 0 and agreement["max_abs_diff"] <= 1e-5 * agreement["max_abs"] + 1e-6
@@ -271,11 +196,8 @@ def test_gpu_train_steps_tiny_on_cpu(tmp_path):
     assert results["setup"]["compile"] == {"backend": "eager", "mode": "default", "fullgraph": True}
     rows = results["results"]
     assert [(row["model"], row["mode"]) for row in rows] == [  # both eager first
-        ("BRICS tiny", "eager"),
-        ("AutoencoderKL tiny", "eager"),
-        ("BRICS tiny", "compiled"),
-        ("AutoencoderKL tiny", "compiled"),
-    ]
+        ("BRICS tiny", "eager"), ("AutoencoderKL tiny", "eager"), ("BRICS tiny", "compiled"),
+        ("AutoencoderKL tiny", "compiled")]
     for row in rows:
         assert "error" not in row, row
         assert row["batch_size"] == 2 and row["resolution"] == 32 and row["images_per_s"] > 0
@@ -292,8 +214,7 @@ def test_compare_training_throughput_tiny(tmp_path):
     assert set(results["median_images_per_second"]) == {"brics, eager", "autoencoderkl, eager"}
     assert all(v > 0 for v in results["median_images_per_second"].values())
     assert results["ratio_at_best"] == pytest.approx(
-        results["best_images_per_second"]["brics"] / results["best_images_per_second"]["autoencoderkl"]
-    )
+        results["best_images_per_second"]["brics"] / results["best_images_per_second"]["autoencoderkl"])
     assert "--model_type autoencoderkl" in results["commands"]["autoencoderkl, eager"]
     assert "BRICS / AutoencoderKL" in stdout and (tmp_path / "report.md").exists()
 
@@ -301,20 +222,8 @@ def test_compare_training_throughput_tiny(tmp_path):
 def test_compare_grid_lookup_against_an_earlier_commit(tmp_path):
     import compare_grid_lookup
 
-    results = compare_grid_lookup.main(
-        [
-            "--against",
-            "32269c7",
-            "--cases",
-            "small-32 training step, batch 32",
-            "--rounds",
-            "1",
-            "--warmup",
-            "0",
-            "--output",
-            str(tmp_path),
-        ]
-    )
+    results = compare_grid_lookup.main(["--against", "32269c7", "--cases", "small-32 training step, batch 32",
+                                        "--rounds", "1", "--warmup", "0", "--output", str(tmp_path)])
     timing = results["median_ms"]["small-32 training step, batch 32"]
     assert timing["earlier"] > 0 and timing["this checkout"] > 0
     assert "| small-32 training step, batch 32 |" in (tmp_path / "report.md").read_text()
@@ -322,27 +231,9 @@ def test_compare_grid_lookup_against_an_earlier_commit(tmp_path):
 
 def test_text_to_image_benchmark_tiny(tmp_path, inception_weights_dir):
     out = tmp_path / "t2i"
-    stdout = run_script(
-        [
-            BENCHMARKS / "text_to_image_benchmark.py",
-            "--tiny",
-            "--ae_minutes",
-            "0.2",
-            "--minutes",
-            "0.2",
-            "--max_eval_images",
-            "12",
-            "--grid_prompts",
-            "2",
-            "--grid_seeds",
-            "2",
-            "--num_inference_steps",
-            "2",
-            "--output",
-            out,
-        ],
-        timeout=600,
-    )
+    stdout = run_script([BENCHMARKS / "text_to_image_benchmark.py", "--tiny", "--ae_minutes", "0.2", "--minutes",
+                         "0.2", "--max_eval_images", "12", "--grid_prompts", "2", "--grid_seeds", "2",
+                         "--num_inference_steps", "2", "--output", out], timeout=600)
     assert "guidance 3: KID x1e3" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["guidance"]) == {"1", "3"} and results["held_out_captions"] == 12
@@ -353,23 +244,8 @@ def test_text_to_image_benchmark_tiny(tmp_path, inception_weights_dir):
 
 def test_time_to_quality_tiny_both_stages_and_reuse(tmp_path, lpips_weights_dir, inception_weights_dir):
     out = tmp_path / "ttq"
-    stdout = run_script(
-        [
-            BENCHMARKS / "time_to_quality.py",
-            "--tiny",
-            "--stage",
-            "autoencoder",
-            "--threads",
-            "1",
-            "--levels",
-            "5,60",
-            "--reference",
-            "tiny-kl",
-            "--output",
-            out,
-        ],
-        timeout=600,
-    )
+    stdout = run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "autoencoder", "--threads", "1",
+                         "--levels", "5,60", "--reference", "tiny-kl", "--output", out], timeout=600)
     results = json.loads((out / "results_autoencoder.json").read_text())
     assert set(results["runs"]) == {"tiny", "tiny-kl"}
     for name, run in results["runs"].items():
@@ -383,21 +259,8 @@ def test_time_to_quality_tiny_both_stages_and_reuse(tmp_path, lpips_weights_dir,
     assert (out / "autoencoder.png").stat().st_size > 0 and "| tiny-kl |" in stdout
 
     autoencoder = out / "runs" / "autoencoder" / "tiny"
-    run_script(
-        [
-            BENCHMARKS / "time_to_quality.py",
-            "--tiny",
-            "--stage",
-            "diffusion",
-            "--threads",
-            "1",
-            "--autoencoder",
-            autoencoder,
-            "--output",
-            out,
-        ],
-        timeout=600,
-    )
+    run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "diffusion", "--threads", "1",
+                "--autoencoder", autoencoder, "--output", out], timeout=600)
     results = json.loads((out / "results_diffusion.json").read_text())
     assert set(results["runs"]) == {"tiny", "tiny-v"} and results["floor_kid"] < 1e3
     for name, run in results["runs"].items():
@@ -408,21 +271,8 @@ def test_time_to_quality_tiny_both_stages_and_reuse(tmp_path, lpips_weights_dir,
     # a second call trains nothing and samples nothing: every run and its KID are reused
     kid_files = {name: (out / "runs" / "diffusion" / name / "kid.json") for name in results["runs"]}
     before = {name: path.stat().st_mtime_ns for name, path in kid_files.items()}
-    stdout = run_script(
-        [
-            BENCHMARKS / "time_to_quality.py",
-            "--tiny",
-            "--stage",
-            "diffusion",
-            "--threads",
-            "1",
-            "--autoencoder",
-            autoencoder,
-            "--output",
-            out,
-        ],
-        timeout=600,
-    )
+    stdout = run_script([BENCHMARKS / "time_to_quality.py", "--tiny", "--stage", "diffusion", "--threads", "1",
+                         "--autoencoder", autoencoder, "--output", out], timeout=600)
     assert stdout.count(": reusing ") == 2 and "\n$ " not in "\n" + stdout
     assert {name: path.stat().st_mtime_ns for name, path in kid_files.items()} == before
 
@@ -453,9 +303,32 @@ def test_seeded_runs_are_cached_collected_and_summarized_over_seeds(tmp_path):
     with pytest.raises(ValueError, match=r'differ in their setup .*"steps": 50\}: cvqvae-seed1'):
         seeded_runs.check_same(seeded_runs.collect(tmp_path), ["steps"])
     assert seeded_runs.resume_flags(500)[1] == "100" and seeded_runs.resume_flags(2)[-2:] == [
-        "--resume_from_checkpoint",
-        "latest",
-    ]
+        "--resume_from_checkpoint", "latest"]
+
+
+def test_a_training_budget_passes_the_time_left_and_ends_the_invocation_when_spent(tmp_path, capsys):
+    import seeded_runs
+
+    unlimited = seeded_runs.TrainingBudget(None, "test")
+    assert unlimited.flags() == [] and not unlimited.spent()
+    budget = seeded_runs.TrainingBudget(1.0, "test")
+    flag, seconds = budget.flags()
+    assert flag == "--max_train_seconds" and 58 <= float(seconds) <= 60
+    folder = seeded_runs.run_folder(tmp_path, "brics", 0)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"step": 100}))
+    assert not budget.stopped_short(folder, 100, "brics seed 0") and not budget.stopped
+    assert budget.stopped_short(folder, 300, "brics seed 0") and budget.stopped
+    assert "[test] brics seed 0: the training stopped at step 100 of 300" in capsys.readouterr().out
+    budget = seeded_runs.TrainingBudget(1.0, "test")
+    assert [m for m, _, _ in seeded_runs.pending_runs(tmp_path, ["brics", "cvqvae"], [0], "test", budget)] == [
+        "brics", "cvqvae"] and not budget.stopped
+    budget.deadline -= 61  # spent: the runs left are not started
+    assert list(seeded_runs.pending_runs(tmp_path, ["brics", "cvqvae"], [0], "test", budget)) == [] and budget.stopped
+    assert "--max_minutes spent: brics seed 0 and the runs after it are left" in capsys.readouterr().out
+    for text in ("0", "-5", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected minutes > 0"):
+            seeded_runs.positive_minutes(text)
 
 
 STOPPABLE_RUN = """
@@ -480,13 +353,10 @@ def test_a_stopped_benchmark_passes_the_signal_on_once_and_waits_for_the_checkpo
     signal: checkpoint and stop; a second would make it leave at once), and the benchmark waits for it to end."""
     (tmp_path / "run.py").write_text(STOPPABLE_RUN)
     log = tmp_path / "log.txt"
-    benchmark = (
-        f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import benchmark_runs; "
-        f"benchmark_runs.run_shown([sys.executable, {str(tmp_path / 'run.py')!r}, {str(log)!r}])"
-    )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", benchmark], start_new_session=True, stderr=subprocess.PIPE, text=True
-    )
+    benchmark = (f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import benchmark_runs; "
+                 f"benchmark_runs.run_shown([sys.executable, {str(tmp_path / 'run.py')!r}, {str(log)!r}])")
+    parent = subprocess.Popen([sys.executable, "-c", benchmark], start_new_session=True, stderr=subprocess.PIPE,
+                              text=True)
     deadline = time.monotonic() + 60
     while not (log.exists() and log.read_text() == "ready"):
         assert time.monotonic() < deadline and parent.poll() is None, parent.stderr.read()
@@ -497,9 +367,7 @@ def test_a_stopped_benchmark_passes_the_signal_on_once_and_waits_for_the_checkpo
         parent.send_signal(signum)
     assert parent.wait(timeout=30) == 128 + signum
     assert log.read_text() == signal.Signals(signum).name  # the run ended its checkpoint, having had one signal
-    assert (
-        f"{signal.Signals(signum).name} passed on: the run stopped with status {128 + signum}" in parent.stderr.read()
-    )
+    assert f"{signal.Signals(signum).name} passed on: the run stopped with status {128 + signum}" in parent.stderr.read()
 
 
 def test_compare_autoencoders_grid_rate_after_the_double_dash_wins(tmp_path):
@@ -516,13 +384,10 @@ def test_compare_autoencoders_grid_rate_after_the_double_dash_wins(tmp_path):
 
     assert grid_rate(["--perceptual_weight", "0"]) == 1e-2  # the small-image recipe's rate
     assert grid_rate(["--grid_learning_rate", "3e-2"]) == 3e-2
-    assert "--grid_learning_rate" not in compare_autoencoders.train_command(
-        "vqmodel", 0, tmp_path, "small-32", 10, args, []
-    )
+    assert "--grid_learning_rate" not in compare_autoencoders.train_command("vqmodel", 0, tmp_path, "small-32", 10,
+                                                                            args, [])
     assert compare_autoencoders_report.grid_learning_rate("--gan_weight 0") == "1e-2"
-    assert (
-        compare_autoencoders_report.grid_learning_rate("--grid_learning_rate 3e-3 --grid_learning_rate 3e-2") == "3e-2"
-    )
+    assert compare_autoencoders_report.grid_learning_rate("--grid_learning_rate 3e-3 --grid_learning_rate 3e-2") == "3e-2"
 
 
 def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_path, lpips_weights_dir):
@@ -542,15 +407,9 @@ def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_p
         folder = seeded_runs.run_folder(tmp_path / output, kind, seed)
         models[kind].save_pretrained(folder / "autoencoder")
         # 30 s a step; the 4-step run was resumed at step 3, and its file times only the last invocation's step
-        trained = {
-            "step": steps,
-            "train_seconds": 30.0 * (1 if steps == 4 else steps),
-            "train_images_per_second": 8 / 30,
-        }
+        trained = {"step": steps, "train_seconds": 30.0 * (1 if steps == 4 else steps), "train_images_per_second": 8 / 30}
         (folder / "metrics.json").write_text(json.dumps(trained))
-        seeded_runs.save_result(
-            folder, {"setup": {"steps": steps, "batch_size": 8}, "row": {"psnr": psnr, "lpips": 0.5}}
-        )
+        seeded_runs.save_result(folder, {"setup": {"steps": steps, "batch_size": 8}, "row": {"psnr": psnr, "lpips": 0.5}})
     script = BENCHMARKS / "compare_budgets.py"
     outputs = [str(tmp_path / "short"), str(tmp_path / "long"), f"wider decoder={tmp_path / 'wide'}"]
     run_script([script, "--outputs", *outputs, "--train_images", "16", "--output", tmp_path / "report"])

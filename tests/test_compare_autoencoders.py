@@ -53,6 +53,24 @@ def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
     assert not list(run.glob("checkpoint-*"))
 
 
+def test_a_training_stopped_by_a_time_limit_is_continued_not_evaluated(tmp_path, lpips_weights_dir):
+    """A training that a time limit stops short of its steps (``--max_minutes``, or a limit given after ``--``) keeps
+    its checkpoint and gets no result, and its invocation no report; the same command continues it."""
+    stdout = run_compare_autoencoders(tmp_path, "--models", "brics", "--", "--perceptual_weight", "0", "--gan_weight",
+                                      "0", "--max_train_seconds", "0.001")
+    run = tmp_path / "runs" / "brics-seed0"
+    assert "brics seed 0: the training stopped at step 1 of 2" in stdout
+    assert (run / "checkpoint-1").is_dir() and not (run / "result.json").exists()
+    assert not (tmp_path / "report.md").exists()
+    stdout = run_compare_autoencoders(tmp_path, "--models", "brics", "--max_minutes", "30")
+    assert f"resumed from {run / 'checkpoint-1'} at step 1" in stdout
+    training = next(line for line in stdout.splitlines() if line.startswith("$ "))
+    assert "--max_train_seconds" in training  # what is left of the invocation's 30 minutes
+    row = json.loads((run / "result.json").read_text())["row"]
+    assert row["steps"] == 2 and "--max_train_seconds" not in row["command"]  # the run's command, not the budget's
+    assert (tmp_path / "report.md").is_file()
+
+
 def test_runs_are_cached_per_model_and_seed_and_reported_with_their_spread(tmp_path, lpips_weights_dir):
     # an interrupted run: one step of two done, with its checkpoint
     interrupted = tmp_path / "runs" / "cvqvae-seed0"
