@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
-from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
+from benchmark_runs import ROOT, split_argv  # beside this script
 from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
@@ -128,11 +128,9 @@ def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[s
         print(f"[compare_autoencoders] {kind} seed {seed}: trained, evaluating", flush=True)
     else:
         training = train_command(kind, seed, folder, setup["preset"], setup["steps"], args, extra)
-        run_shown(training + budget.flags())
-        if budget.stopped_short(folder, setup["steps"], f"{kind} seed {seed}"):
+        shown = budget.train(training, folder, setup["steps"], f"{kind} seed {seed}")
+        if shown is None:
             return
-        shown = shown_command(training)  # the run's own command: the budget is the invocation's
-        (folder / "benchmark_command.txt").write_text(shown + "\n")
     if shown is None and (folder / "benchmark_command.txt").is_file():
         shown = (folder / "benchmark_command.txt").read_text().strip()
     vae = adapters.load_autoencoder(str(folder)).eval()

@@ -67,7 +67,7 @@ from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.models import adapters
 from diffusers_brics.training.unet import UNET_PRESETS
 
-from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
+from benchmark_runs import ROOT, split_argv  # beside this script
 from compare_generation_report import NAMES, write_report
 from seeded_runs import add_run_arguments, chosen_models, collect, load_result, pending_runs, resume_flags
 from seeded_runs import TrainingBudget, check_same, run_folder, save_result, training_finished
@@ -126,11 +126,7 @@ def train(model: str, source: str, folder: Path, seed: int, args, extra: list[st
         "--num_validation_images", "8", "--num_inference_steps", str(args.num_inference_steps), "--report_to", "none",
         *(["--resolution", str(args.resolution)] if source == "none" else []), *extra,
     ]  # fmt: skip
-    run_shown(command + budget.flags())
-    if budget.stopped_short(folder, args.steps, f"{model} seed {seed}"):
-        return False
-    (folder / "benchmark_command.txt").write_text(shown_command(command) + "\n")  # the run's: without the budget
-    return True
+    return budget.train(command, folder, args.steps, f"{model} seed {seed}") is not None
 
 
 def distances(reference: list[torch.Tensor], features: list[torch.Tensor], inception, with_fid: bool,

@@ -60,7 +60,7 @@ from diffusers_brics.metrics import lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_presets import PRESETS
 from diffusers_brics.training.data import image_transform
 
-from benchmark_runs import ROOT, run_shown, shown_command, split_argv  # beside this script
+from benchmark_runs import ROOT, split_argv  # beside this script
 from relaxed_precision_report import write_report
 from seeded_runs import add_run_arguments, check_same, chosen_models, collect, pending_runs, resume_flags
 from seeded_runs import TrainingBudget, save_result, training_finished
@@ -209,11 +209,9 @@ def run_one(name: str, seed: int, folder: Path, args, extra: list[str], command:
         print(f"[relaxed_precision] {name} seed {seed}: trained, evaluating", flush=True)
         shown = (folder / "benchmark_command.txt").read_text().strip()
     else:
-        run_shown(train_command + budget.flags())
-        if budget.stopped_short(folder, args.steps, f"{name} seed {seed}"):
+        shown = budget.train(train_command, folder, args.steps, f"{name} seed {seed}")
+        if shown is None:
             return
-        shown = shown_command(train_command)  # the run's own command: the budget is the invocation's
-        (folder / "benchmark_command.txt").write_text(shown + "\n")
     metrics = json.loads((folder / "metrics.json").read_text())
     model = BRICSAutoencoder.from_pretrained(folder / "autoencoder").eval()
     train_set, held_out, column, resolution = script_data(train_command[2:], model.config.sample_size)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from benchmark_runs import run_shown, shown_command  # beside this module
+
 RUNS = "runs"
 RESULT = "result.json"
 CHECKPOINT_EVERY = 100  # training steps between checkpoints: an interrupted run loses at most these
@@ -134,6 +136,17 @@ class TrainingBudget:
     def spent(self) -> bool:
         """Whether no time is left, or a training has already stopped short."""
         return self.stopped or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def train(self, command: list[str], folder: Path, steps: int, name: str) -> str | None:
+        """Runs the training ``command`` of the run in ``folder`` for at most the time left; returns the command as
+        shown (without the budget, which is the invocation's) and records it in the run's ``benchmark_command.txt``,
+        or None when the training stopped short of ``steps``."""
+        run_shown(command + self.flags())
+        if self.stopped_short(folder, steps, name):
+            return None
+        shown = shown_command(command)
+        (Path(folder) / "benchmark_command.txt").write_text(shown + "\n")
+        return shown
 
     def stopped_short(self, folder: Path, steps: int, name: str) -> bool:
         """Whether the training in ``folder`` stopped before ``steps`` (this budget, or a time limit given after
