@@ -51,7 +51,7 @@ def positive_minutes(text: str) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, choices: Sequence[str], default: Sequence[str]) -> None:
-    """The flags that choose the runs: ``--models`` (of ``choices``), ``--seeds`` and ``--report``."""
+    """The flags that choose the runs: ``--models`` (of ``choices``), ``--seeds``, ``--report`` and ``--max_minutes``."""
     parser.add_argument(
         "--models",
         nargs="+",
