@@ -203,6 +203,19 @@ def test_step_logs_average_micro_batches_and_processes():
     assert logs.reduce(two) == {"loss": 4.0, "r1": 2.0}
 
 
+def test_the_progress_bar_names_the_steps_and_the_time_budget():
+    from types import SimpleNamespace
+
+    from diffusers_brics.training.config import LoopConfig
+    from diffusers_brics.training.reporting import step_progress
+
+    main = SimpleNamespace(is_local_main_process=True)
+    with step_progress(main, LoopConfig(output_dir="o"), 12000, 5299) as bar:
+        assert (bar.desc, bar.total, bar.n) == ("steps", 12000, 5299)
+    with step_progress(main, LoopConfig(output_dir="o", max_train_seconds=1980), 12000, 5299) as bar:
+        assert (bar.desc, bar.total, bar.n) == ("steps of 12000, budget 1980 s", None, 5299)  # no ETA for one limit
+
+
 def test_dataset_name_reads_saved_datasets_and_data_folders(tmp_path):
     import datasets
 

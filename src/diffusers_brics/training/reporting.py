@@ -23,11 +23,12 @@ def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
 
 
 def step_progress(accelerator: Accelerator, config: LoopConfig, max_steps: int, initial: int) -> tqdm:
-    """The training progress bar (main process). Under a time budget the step count is open-ended: count and
-    rate, no step total or ETA."""
+    """The training progress bar (main process). Under a time budget either limit may end the run first, so the bar
+    names both (``steps of 12000, budget 1980 s``) and counts steps and their rate, without an ETA that could only
+    be right for one of them."""
     budget = config.max_train_seconds
-    return tqdm(total=None if budget else max_steps, initial=initial, desc=f"steps (budget {budget:g} s)" if budget
-                else "steps", disable=not accelerator.is_local_main_process)
+    return tqdm(total=None if budget else max_steps, initial=initial, desc=f"steps of {max_steps}, budget {budget:g} s"
+                if budget else "steps", disable=not accelerator.is_local_main_process)
 
 
 class StepLogs:
