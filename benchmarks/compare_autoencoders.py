@@ -12,14 +12,14 @@ dimensions). Then, on the held-out split: PSNR / SSIM / LPIPS-alex, FID and KID 
 originals (the standard FID Inception), decode GMACs and parameters, and the usage of the BRICS grids (reachable
 entries read per level, entries moved by training) beside the codebook usage and perplexity of both VQ models.
 
-Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the trained model in its
-``autoencoder/`` for ``compare_generation.py``): its ``result.json`` is written when the run ends, and a run that has
-one is not run again; an interrupted training resumes from its last checkpoint. After the runs (or alone, with
-``--report``), the report is assembled from every run there: the mean and spread over seeds of each figure, and the
-training step and decode times of the models measured side by side in this process (kept from the report already
-there when it timed the same models on as many threads, so that reassembling it under another load does not move them;
-``--remeasure`` times them again). Writes ``results.json``,
-``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png`` into ``--output``.
+Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (the trained model in its ``autoencoder/`` for
+``compare_generation.py``; git-ignored but for the run's records, see ``seeded_runs.py``): its ``result.json`` is
+written when the run ends, and a run that has one is not run again; an interrupted training resumes from its last
+checkpoint. After the runs (or alone, with ``--report``), the report is assembled from every run there: the mean and
+spread over seeds of each figure, and the training step and decode times of the models measured side by side in this
+process (kept from the report already there when it timed the same models on as many threads, so that reassembling it
+under another load, or in a clone without the models, does not move them; ``--remeasure`` times them again). Writes
+``results.json``, ``report.md``, ``metrics.png``, ``usage.png`` and ``reconstructions.png`` into ``--output``.
 
     python benchmarks/compare_autoencoders.py --models cvqvae --seeds 0        # one run: 10-14 minutes on one core
     python benchmarks/compare_autoencoders.py --seeds 0,1,2                    # every model, three seeds
@@ -49,9 +49,11 @@ from benchmark_runs import ROOT, split_argv  # beside this script
 from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
-from seeded_runs import TrainingBudget, check_same, training_finished
+from seeded_runs import TrainingBudget, check_same, reported_lowest_seeds, require_run_files, run_folder
+from seeded_runs import training_finished
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0"]
+HELD_OUT_GRID = "held_out_reconstructions.png"  # a run's held-out originals over their reconstructions
 SETUP_KEYS = ("preset", "steps", "batch_size", "train_args", "max_images", "fid")
 
 
@@ -138,7 +140,7 @@ def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[s
     held_out, column = load_split("held-out", size)
     batches = image_batches(held_out, column, size, 64, setup["max_images"], f"evaluating {NAMES[kind]} seed {seed}")
     metrics, grid = evaluate_reconstruction(vae, batches, with_fid=setup["fid"], num_grid_images=12)
-    grid.save(folder / "held_out_reconstructions.png")  # beside the training's own
+    grid.save(folder / HELD_OUT_GRID)  # beside the training's own
     trained = json.loads((folder / "metrics.json").read_text())
     z = adapters.encode_latents(vae, torch.zeros(1, 3, size, size))
     row = {
@@ -176,17 +178,16 @@ def combined_grid(grids: list[Image.Image], labels: list[str], scale: int = 2) -
 TIMING_KEYS = ("train_step_seconds", "train_images_per_second", "decode_seconds_per_image")
 
 
-def kept_timings(output: Path, runs: dict[str, dict[int, dict]], setup: dict) -> dict | None:
-    """The timings of the report already in ``output`` if it timed the same models (the same kinds and lowest seeds,
-    the same setup) with this PyTorch on as many threads, else None."""
+def kept_timings(output: Path, setup: dict) -> dict | None:
+    """The timings of the report already in ``output`` if it timed its models with the same ``setup``, this PyTorch
+    and as many threads, else None (whether its models are the ones to time is the caller's check)."""
     path = output / "results.json"
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
     models = previous.get("models", {})
-    same = (set(models) == set(runs) and previous.get("setup") == setup and previous.get("torch") == torch.__version__
-            and previous.get("threads") == torch.get_num_threads()
-            and all(min(models[kind]["seeds"]) == min(runs[kind]) for kind in runs))  # fmt: skip
+    same = (previous.get("setup") == setup and previous.get("torch") == torch.__version__
+            and previous.get("threads") == torch.get_num_threads())  # fmt: skip
     if not same or not all(key in entry for entry in models.values() for key in TIMING_KEYS):
         return None
     return {kind: {key: entry[key] for key in TIMING_KEYS} for kind, entry in models.items()}
@@ -194,15 +195,20 @@ def kept_timings(output: Path, runs: dict[str, dict[int, dict]], setup: dict) ->
 
 def assemble(output: Path, command: str, remeasure: bool = False) -> dict:
     """The report of every ended run in ``OUTPUT/runs``, with the training step and decode times of the lowest
-    seed's model of each kind measured side by side here (or kept: `kept_timings`, unless ``remeasure``)."""
+    seed's model of each kind measured side by side here and their held-out reconstructions; where the report there
+    shows the same lowest seeds, its timings are kept (`kept_timings`, unless ``remeasure``), and so is its picture
+    when the runs' own pictures are not here (a clone has only the runs' records)."""
     runs = collect(output, MODEL_TYPES)
     if not runs:
         raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<model>-seed<k>/"
                                 "result.json): run some first, e.g. --models brics --seeds 0")
     setup = check_same(runs, SETUP_KEYS)
-    folders = {kind: output / "runs" / f"{kind}-seed{min(by_seed)}" for kind, by_seed in runs.items()}
-    timings = None if remeasure else kept_timings(output, runs, setup)
+    folders = {kind: run_folder(output, kind, min(by_seed)) for kind, by_seed in runs.items()}
+    shown_before = reported_lowest_seeds(output) == {kind: min(by_seed) for kind, by_seed in runs.items()}
+    timings = kept_timings(output, setup) if shown_before and not remeasure else None
     if timings is None:
+        require_run_files(folders, "autoencoder", "the report there keeps its timings when it timed the same runs "
+                          "with this PyTorch on as many threads, without --remeasure")  # fmt: skip
         models = {kind: adapters.load_autoencoder(str(folder)).eval() for kind, folder in folders.items()}
         size = next(iter(models.values())).config.sample_size
         train, column = load_split("train", size)
@@ -215,8 +221,14 @@ def assemble(output: Path, command: str, remeasure: bool = False) -> dict:
                           "decode_seconds_per_image": decode_seconds[kind] / 64} for kind in models}  # fmt: skip
     else:
         print(f"[compare_autoencoders] timings kept from {output / 'results.json'} (--remeasure times them again)")
-    grids = [Image.open(folder / "held_out_reconstructions.png") for folder in folders.values()]
-    combined_grid(grids, [NAMES[kind] for kind in folders]).save(output / "reconstructions.png")
+    picture = output / "reconstructions.png"
+    if shown_before and picture.is_file() and not all((f / HELD_OUT_GRID).is_file() for f in folders.values()):
+        print(f"[compare_autoencoders] {picture} kept: it shows the same runs, whose own pictures are not here")
+    else:
+        require_run_files(folders, HELD_OUT_GRID, "the report there keeps its picture while it shows the same lowest "
+                          "seed of each model")
+        grids = [Image.open(folder / HELD_OUT_GRID) for folder in folders.values()]
+        combined_grid(grids, [NAMES[kind] for kind in folders]).save(picture)
     return write_report(output, command, setup, runs, timings, torch.__version__, torch.get_num_threads())
 
 

@@ -10,7 +10,7 @@ An output may carry a label (``LABEL=DIR``): its runs are shown as their own row
 with other flags (``compare_autoencoders.py ... -- FLAGS``), such as BRICS with a wider decoder.
 
 The training-split metrics of each run are cached in its folder (``train_split.json``, for the number of images it
-was computed on). Writes ``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
+was computed on), and committed beside its ``result.json``: a clone shows them without the trained model. Writes ``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
 
     python benchmarks/compare_budgets.py     # the 1,000 to 12,000-step outputs, the BRICS variants at 3,000
     python benchmarks/compare_budgets.py --outputs benchmarks/results/compare_autoencoders \\
@@ -33,7 +33,7 @@ from diffusers_brics.models import adapters
 
 from benchmark_runs import ROOT  # beside this script
 from compare_autoencoders_report import COLORS, MODEL_TYPES, NAMES
-from seeded_runs import collect, run_folder, show, spread, write_json_atomically
+from seeded_runs import collect, require_run_files, run_folder, show, spread, write_json_atomically
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [
@@ -60,16 +60,14 @@ def parse_output(text: str) -> tuple[str, Path]:
     return label.strip(), path
 
 
-def training_seconds(folder: Path, batch_size: int) -> float | None:
-    """Seconds the run spent training (validation and checkpoints left out): its steps at the rate its training
-    measured. The rate is that of the steps its last invocation trained, so a run resumed from a checkpoint counts
-    all of its steps, also one resumed from a checkpoint that does not record its training time."""
-    metrics = folder / "metrics.json"
-    if not metrics.is_file():
-        return None
-    trained = json.loads(metrics.read_text())
-    rate = trained.get("train_images_per_second")
-    return trained["step"] * batch_size / rate if rate else None
+def training_seconds(result: dict) -> float | None:
+    """Seconds the run of ``result`` (its ``result.json``) spent training (validation and checkpoints left out): its
+    steps at the rate its training measured. The rate is that of the steps its last invocation trained, so a run
+    resumed from a checkpoint counts all of its steps, also one resumed from a checkpoint that does not record its
+    training time."""
+    row = result["row"]
+    rate = row.get("script_train_images_per_second")
+    return row["steps"] * result["setup"]["batch_size"] / rate if rate else None
 
 
 def train_split_metrics(folder: Path, images: int) -> dict:
@@ -79,6 +77,8 @@ def train_split_metrics(folder: Path, images: int) -> dict:
         cached = json.loads(cache.read_text())
         if cached.get("requested_images") == images:
             return cached
+    kept_for = "its train_split.json holds only the number of images it was measured on (--train_images 0 skips it)"
+    require_run_files({folder.name: folder}, "autoencoder", kept_for)
     vae = adapters.load_autoencoder(str(folder)).eval()
     size = vae.config.sample_size
     train, column = load_split("train", size)
@@ -99,7 +99,7 @@ def gather(outputs: list[tuple[str, Path]], models: list[str], train_images: int
             for seed, result in by_seed.items():
                 folder = run_folder(output, kind, seed)
                 row = {"seed": seed, "psnr": result["row"]["psnr"], "lpips": result["row"]["lpips"],
-                       "train_seconds": training_seconds(folder, result["setup"]["batch_size"])}  # fmt: skip
+                       "train_seconds": training_seconds(result)}  # fmt: skip
                 if train_images is not None:
                     split = train_split_metrics(folder, train_images)
                     row.update(train_psnr=split["psnr"], train_lpips=split["lpips"], train_images=split["images"])

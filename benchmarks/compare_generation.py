@@ -23,8 +23,8 @@ clipped to the key codes' range for BRICS, unclipped for the other latents, whic
 stage 2 trains them); a grid of samples; and for BRICS a few samples beside their nearest training images by
 LPIPS-alex (paper Figure 8).
 
-Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (git-ignored; the training's output folder):
-its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted training
+Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (the training's output folder; git-ignored but
+for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted training
 resumes from its last checkpoint. After the runs (or alone, with ``--report``), the report is assembled from every
 run there, with the mean and spread over seeds: ``results.json``, ``report.md`` (the command at its top),
 ``samples_<model>.png``, ``kid.png`` and ``neighbours_brics.png`` in ``--output``.

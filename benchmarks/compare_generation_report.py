@@ -11,7 +11,8 @@ from pathlib import Path
 
 from diffusers_brics.training.unet import UNET_PRESETS
 
-from seeded_runs import seeds_text, show, spread, summarize
+from seeded_runs import reported_lowest_seeds, require_run_files, run_folder, seeds_text, show, spread
+from seeded_runs import summarize
 
 # model key (the run's name in OUTPUT/runs) -> its name in the report
 NAMES = {"brics": "BRICS key codes", "autoencoderkl": "AutoencoderKL latents", "vqmodel": "VQModel latents",
@@ -245,12 +246,21 @@ def write_report(
                "baseline": {**summarize(baselines, ("fid", "kid_mean", "kid_std")), "seeds": list(baselines),
                             "runs": baselines},
                "models": models, "neighbours": None}  # fmt: skip
+    shown_before = reported_lowest_seeds(output)
     for key, by_seed in runs.items():
-        folder = output / "runs" / f"{key}-seed{min(by_seed)}"
-        shutil.copyfile(folder / "benchmark_samples.png", output / f"samples_{key}.png")
-        if key == "brics" and (folder / "benchmark_neighbours.png").is_file():
-            shutil.copyfile(folder / "benchmark_neighbours.png", output / "neighbours_brics.png")
+        folder = run_folder(output, key, min(by_seed))
+        pictures = {"benchmark_samples.png": f"samples_{key}.png"}
+        if key == "brics" and "neighbours" in models[key]["runs"][min(by_seed)]:
+            pictures["benchmark_neighbours.png"] = "neighbours_brics.png"
             results["neighbours"] = models[key]["runs"][min(by_seed)]["neighbours"]
+        for source, target in pictures.items():
+            if (folder / source).is_file():
+                shutil.copyfile(folder / source, output / target)
+            elif shown_before.get(key) == min(by_seed) and (output / target).is_file():
+                print(f"[compare_generation] {output / target} kept: it shows the same run, whose own is not here")
+            else:
+                require_run_files({key: folder}, source, f"the report there keeps its {target} while it shows the same "
+                                  "lowest seed")  # fmt: skip
     outcome = goal({key: kid_headline(entry) for key, entry in models.items()})
     if outcome is not None:
         results["goal"] = {"statement": GOAL, "holds": outcome[0], "detail": outcome[1]}

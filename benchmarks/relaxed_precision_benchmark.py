@@ -24,8 +24,8 @@ Then, on the held-out split, from each saved (EMA) model:
    images), and what it amounts to on the key code itself (``sigma * z * (1 - z)``, the sigmoid's slope) beside
    the relaxed-precision ``1 / (4 r_max)``.
 
-Each variant and seed is one run in ``OUTPUT/runs/<variant>-seed<k>`` (git-ignored; the training's output
-folder): its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted
+Each variant and seed is one run in ``OUTPUT/runs/<variant>-seed<k>`` (the training's output folder; git-ignored
+but for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted
 training resumes from its last checkpoint. After the runs (or alone, with ``--report``), the report is assembled
 from every run there: ``results.json``, ``report.md`` (the command at its top) and ``psnr_vs_perturbation.png`` in
 ``--output``, each figure the mean over a model's seeds, and the headline figures' mean ± standard deviation over

@@ -1,11 +1,16 @@
 """Benchmarks that run one model and seed at a time, and a report over whatever runs exist.
 
-Each run has its folder ``OUTPUT/runs/<model>-seed<k>`` (git-ignored): the training's output folder, whose
-checkpoints let an interrupted training resume (``--resume_from_checkpoint latest``), and ``result.json``, written
-atomically when the run's evaluation ends. A run that has its ``result.json`` is cached: a later invocation skips
-it (delete the folder to run it again). The report step (``--report``) reads every ``result.json`` and gives the
-mean and spread over seeds of each figure, with the number of seeds behind it. ``--max_minutes`` bounds the training
-time of one invocation (`TrainingBudget`), so that runs longer than a sitting are made in several.
+Each run has its folder ``OUTPUT/runs/<model>-seed<k>``: the training's output folder, whose checkpoints let an
+interrupted training resume (``--resume_from_checkpoint latest``), and ``result.json``, written atomically when the
+run's evaluation ends. A run that has its ``result.json`` is cached: a later invocation skips it (delete the folder to
+run it again). The report step (``--report``) reads every ``result.json`` and gives the mean and spread over seeds of
+each figure, with the number of seeds behind it. ``--max_minutes`` bounds the training time of one invocation
+(`TrainingBudget`), so that runs longer than a sitting are made in several.
+
+A run's records (``result.json``, and ``train_split.json`` where ``compare_budgets.py`` wrote it) are committed with
+the report; the rest of its folder (checkpoints, the trained model, its pictures) is git-ignored. So a clone can
+reassemble a report, and add seeds or models to it, without the runs made elsewhere: what it cannot rebuild without
+their files (timings, the pictures of the lowest seeds) is kept from the report there while it shows the same runs.
 """
 
 from __future__ import annotations
@@ -203,6 +208,25 @@ def collect(output: Path, models: Sequence[str] | None = None) -> dict[str, dict
             found.setdefault(match["model"], {})[int(match["seed"])] = json.loads(path.read_text())
     order = list(models) if models is not None else sorted(found)
     return {m: dict(sorted(found[m].items())) for m in order if m in found}
+
+
+def reported_lowest_seeds(output: Path) -> dict[str, int]:
+    """``{model: lowest seed}`` of the report already in ``output`` (its ``results.json``; ``{}`` when none): the runs
+    its timings and pictures come from."""
+    path = Path(output) / "results.json"
+    models = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    return {model: min(map(int, entry["seeds"])) for model, entry in models.items() if entry.get("seeds")}
+
+
+def require_run_files(folders: dict[str, Path], name: str, instead: str) -> None:
+    """A FileNotFoundError naming the run folders of ``folders`` (``{model: folder}``) that lack ``name``, a file
+    that a clone does not have (it has only the runs' records); ``instead``: what the report can do without it."""
+    gone = [Path(folder).name for folder in folders.values() if not (Path(folder) / name).exists()]
+    if gone:
+        raise FileNotFoundError(
+            f"{', '.join(gone)}: no {name} in the run folder (a clone has only each run's records, {RESULT}); "
+            f"{instead}, or run them again here (delete their {RESULT})"
+        )
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:

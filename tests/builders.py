@@ -1,7 +1,8 @@
 """What several test modules build: tiny UNets and pipelines, folders of random images; what they run in this process
 (a training's ``main`` with a fresh accelerate state, a text-to-image pipeline on prompts) and in a child process (the
-`brics` command, the stage-2 training script); the repository root and a free port. Each name here is defined
-once in the test suite: `tests/test_layout.py` fails on a function or constant that two test modules define."""
+`brics` command, the stage-2 training script); the repository root, a free port, and a seeded benchmark's runs as a
+clone has them. Each name here is defined once in the test suite: `tests/test_layout.py` fails on a function or
+constant that two test modules define."""
 
 from __future__ import annotations
 
@@ -190,3 +191,19 @@ def run_diffusion(args, timeout=300, expect_success=True, env=None) -> str:
     )
     assert (result.returncode == 0) == expect_success, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
+
+
+def as_cloned(output: Path) -> None:
+    """Leaves in ``output/runs`` (a seeded benchmark's runs) only what a clone of the repository has of them: deletes
+    each file that the repository's .gitignore ignores where the output would sit, ``benchmarks/results/<name>``,
+    and the folders left empty."""
+    files = {f"benchmarks/results/{output.name}/{path.relative_to(output).as_posix()}": path
+             for path in (output / "runs").rglob("*") if path.is_file()}  # fmt: skip
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(files), cwd=ROOT,
+                             capture_output=True, text=True)  # fmt: skip
+    assert ignored.returncode in (0, 1), ignored.stderr  # 1: none ignored
+    for name in ignored.stdout.splitlines():
+        files[name].unlink()
+    for folder in sorted((output / "runs").rglob("*"), key=lambda path: len(path.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import as_cloned
 
 pytestmark = pytest.mark.benchmark
 
@@ -406,10 +407,9 @@ def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_p
     for output, kind, seed, steps, psnr in runs:
         folder = seeded_runs.run_folder(tmp_path / output, kind, seed)
         models[kind].save_pretrained(folder / "autoencoder")
-        # 30 s a step; the 4-step run was resumed at step 3, and its file times only the last invocation's step
-        trained = {"step": steps, "train_seconds": 30.0 * (1 if steps == 4 else steps), "train_images_per_second": 8 / 30}
-        (folder / "metrics.json").write_text(json.dumps(trained))
-        seeded_runs.save_result(folder, {"setup": {"steps": steps, "batch_size": 8}, "row": {"psnr": psnr, "lpips": 0.5}})
+        # 30 s a step, the rate of the run's last invocation (the 4-step run was resumed at step 3)
+        row = {"psnr": psnr, "lpips": 0.5, "steps": steps, "script_train_images_per_second": 8 / 30}
+        seeded_runs.save_result(folder, {"setup": {"steps": steps, "batch_size": 8}, "row": row})
     script = BENCHMARKS / "compare_budgets.py"
     outputs = [str(tmp_path / "short"), str(tmp_path / "long"), f"wider decoder={tmp_path / 'wide'}"]
     run_script([script, "--outputs", *outputs, "--train_images", "16", "--output", tmp_path / "report"])
@@ -443,6 +443,15 @@ def test_compare_budgets_puts_budgets_side_by_side_with_the_training_split(tmp_p
     assert cache.stat().st_mtime_ns == written  # cached for the same number of images
     run_script([script, "--outputs", str(tmp_path / "short"), "--train_images", "8", "--output", tmp_path / "report"])
     assert json.loads(cache.read_text())["images"] == 8
+    # a clone has the runs' records, training-split figures included, but not their models
+    shown = json.loads((tmp_path / "report" / "results.json").read_text())["entries"]
+    as_cloned(tmp_path / "short")
+    assert sorted(path.name for path in cache.parent.iterdir()) == ["result.json", "train_split.json"]
+    run_script([script, "--outputs", str(tmp_path / "short"), "--train_images", "8", "--output", tmp_path / "report"])
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["entries"] == shown
+    other = subprocess.run([sys.executable, str(script), "--outputs", str(tmp_path / "short"), "--train_images", "16",
+                            "--output", str(tmp_path / "report")], capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 1 and "brics-seed0: no autoencoder in the run folder" in other.stderr
     bad = subprocess.run(
         [sys.executable, str(script), "--outputs", str(tmp_path / "none")], capture_output=True, text=True
     )

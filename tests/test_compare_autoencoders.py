@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import as_cloned
 
 pytestmark = pytest.mark.benchmark
 
@@ -118,3 +119,24 @@ def test_runs_are_cached_per_model_and_seed_and_reported_with_their_spread(tmp_p
     row = next(line for line in report.splitlines() if line.startswith("| CVQ-VAE |"))
     assert "| 2 (0, 1) |" in row and " ± " in row
     assert "mean ± standard deviation over the seeds" in report
+
+    # a clone has only the runs' records: the report is assembled again from them, with the timings and the picture
+    # of the report there, which show the same lowest seeds; a seed added in the clone joins the report
+    before = json.loads((tmp_path / "results.json").read_text())
+    picture = (tmp_path / "reconstructions.png").read_bytes()
+    as_cloned(tmp_path)
+    assert sorted(path.name for path in (tmp_path / "runs" / "brics-seed0").iterdir()) == ["result.json"]
+    stdout = run_compare_autoencoders(tmp_path, "--report")
+    assert "timings kept from" in stdout and "reconstructions.png kept: it shows the same runs" in stdout
+    assert json.loads((tmp_path / "results.json").read_text())["models"] == before["models"]
+    assert (tmp_path / "reconstructions.png").read_bytes() == picture
+    stdout = run_compare_autoencoders(tmp_path, "--models", "brics", "--seeds", "2")
+    assert "brics seed 2: PSNR" in stdout and "timings kept from" in stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["models"]["brics"]["seeds"] == [0, 1, 2] and results["models"]["cvqvae"]["seeds"] == [0, 1]
+    assert results["models"]["brics"]["runs"]["0"] == before["models"]["brics"]["runs"]["0"]
+    remeasured = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_autoencoders.py"), "--tiny",
+                                 "--no_fid", "--output", str(tmp_path), "--report", "--remeasure"],
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert remeasured.returncode == 1 and ("brics-seed0, cvqvae-seed0: no autoencoder in the run folder (a clone has "
+                                           "only each run's records") in remeasured.stderr  # fmt: skip

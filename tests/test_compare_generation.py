@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import as_cloned
 from PIL import Image
 
 from diffusers_brics.models import adapters
@@ -130,6 +131,15 @@ def test_runs_per_model_and_seed_are_cached_and_reported_with_their_spread(tmp_p
     report = (out / "report.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| CVQ-VAE latents |"))
     assert "| 2 (0, 1) |" in row and "mean ± standard deviation over the seeds" in report
+
+    # a clone has only the runs' records: the report is assembled again from them, its sample grids kept
+    samples = (out / "samples_brics.png").read_bytes()
+    as_cloned(out)
+    assert not (out / "runs" / "brics-seed0" / "benchmark_samples.png").exists()
+    stdout = run_compare_generation(out, "--report")
+    assert "samples_brics.png kept: it shows the same run" in stdout and not training_lines(stdout)
+    assert json.loads((out / "results.json").read_text())["models"] == results["models"]
+    assert (out / "samples_brics.png").read_bytes() == samples
 
 
 def test_stage1_folders_are_checked(tmp_path, stage1):
