@@ -149,6 +149,7 @@ def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[s
         "decode_parameters": count_params(decode_modules(vae)),
         "decode_gmacs": count_gmacs(lambda: adapters.decode_latents(vae, z)),
         "script_train_images_per_second": trained.get("train_images_per_second"), "steps": trained["step"],
+        **{f"train_{key}": trained[key] for key in ("torch", "threads") if key in trained},
         **{k: v for k, v in metrics.items() if not k.startswith(("grid_usage_level", "grid_trained_level"))},
     }  # fmt: skip
     if kind == "brics":

@@ -183,6 +183,7 @@ def evaluate_model(name: str, folder: Path, reference: list[torch.Tensor], incep
         "unet_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
         "steps": trained["step"], "train_seconds": trained["train_seconds"],
         "train_images_per_second": trained["train_images_per_second"],
+        **{f"train_{key}": trained[key] for key in ("torch", "threads") if key in trained},
         "seconds_per_image": seconds / args.num_samples,
         **distances(reference, features, inception, not args.no_fid, seed),
     }

@@ -32,6 +32,7 @@ def test_compare_autoencoders_tiny(tmp_path, lpips_weights_dir):
         assert entry["seeds"] == [0] and entry["summary"]["psnr"]["n"] == 1 and entry["summary"]["psnr"]["std"] == 0
         row = entry["runs"]["0"]
         assert row["steps"] == 2 and row["images"] == 16 and 0 < row["psnr"] < 60
+        assert row["train_threads"] == 1  # OMP_NUM_THREADS: what a bit-for-bit repeat needs
         assert entry["decode_gmacs"] > 0 and entry["train_step_seconds"] > 0 and "8x8" in entry["code"]
     assert len(results["models"]["brics"]["grid_usage_per_level"]) > 0
     for kind in ("vqmodel", "cvqvae"):  # both codebooks: usage and perplexity

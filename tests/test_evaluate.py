@@ -58,7 +58,8 @@ def test_stage_1_validation_and_the_evaluate_command_give_the_same_numbers(tmp_p
 
     validation = json.loads((tmp_path / "stage1" / "metrics.json").read_text())
     evaluation = json.loads((tmp_path / "eval" / "results.json").read_text())
-    training_only = {"step", "train_seconds", "train_images_per_second", "nonfinite_steps", "time_limit_reached"}
+    training_only = {"step", "train_seconds", "train_images_per_second", "nonfinite_steps", "time_limit_reached",
+                     "torch", "threads", "processes"}
     evaluation_only = {"command", "model", "model_class", "split", "images", "seconds"}
     assert set(validation) - training_only == set(evaluation) - evaluation_only
     assert {k: v for k, v in validation.items() if k not in training_only} == {

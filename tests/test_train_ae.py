@@ -51,6 +51,7 @@ def test_few_steps_produce_a_loadable_model_card_and_metrics(tmp_path, lpips_wei
     assert model.config.sample_size == 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 4 and 0 < metrics["psnr"] < 60 and 0 <= metrics["lpips"] <= 1
+    assert (metrics["torch"], metrics["threads"], metrics["processes"]) == (torch.__version__, 1, 1)  # OMP_NUM_THREADS
     assert 0 < metrics["grid_usage_mean"] <= 1
     assert 0 < metrics["grid_trained_mean"] <= 1
     card = (out / "README.md").read_text()

@@ -307,7 +307,10 @@ class Trainer:
         elapsed = time.monotonic() - start - self._paused
         summary = {"train_seconds": trained_before + elapsed, "train_images_per_second":
                    (self.global_step - first_step) * self.total_batch_size / max(elapsed, 1e-9),
-                   "nonfinite_steps": self.nonfinite_steps, "time_limit_reached": time_limit_reached}
+                   "nonfinite_steps": self.nonfinite_steps, "time_limit_reached": time_limit_reached,
+                   # what a bit-for-bit repeat needs beside the command: the thread count orders float sums
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "processes": accelerator.num_processes}
         check_in_sync(accelerator, self.model)
         stage.check_in_sync(self)
         if accelerator.is_main_process:
