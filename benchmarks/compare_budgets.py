@@ -10,7 +10,8 @@ An output may carry a label (``LABEL=DIR``): its runs are shown as their own row
 with other flags (``compare_autoencoders.py ... -- FLAGS``), such as BRICS with a wider decoder.
 
 The training-split metrics of each run are cached in its folder (``train_split.json``, for the number of images it
-was computed on), and committed beside its ``result.json``: a clone shows them without the trained model. Writes ``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
+was computed on), and committed beside its ``result.json``: a clone shows them without the trained model. Writes
+``results.json``, ``report.md`` and ``budgets.png`` into ``--output``.
 
     python benchmarks/compare_budgets.py     # the 1,000 to 12,000-step outputs, the BRICS variants at 3,000
     python benchmarks/compare_budgets.py --outputs benchmarks/results/compare_autoencoders \\

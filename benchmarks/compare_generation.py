@@ -24,10 +24,11 @@ stage 2 trains them); a grid of samples; and for BRICS a few samples beside thei
 LPIPS-alex (paper Figure 8).
 
 Each model and seed is one run in ``OUTPUT/runs/<model>-seed<k>`` (the training's output folder; git-ignored but
-for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted training
-resumes from its last checkpoint. After the runs (or alone, with ``--report``), the report is assembled from every
-run there, with the mean and spread over seeds: ``results.json``, ``report.md`` (the command at its top),
-``samples_<model>.png``, ``kid.png`` and ``neighbours_brics.png`` in ``--output``.
+for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that has
+one is not run again; an interrupted training resumes from its last checkpoint. After the runs (or alone, with
+``--report``), the report is assembled from every run there, with the mean and spread over seeds: ``results.json``,
+``report.md`` (the command at its top), ``samples_<model>.png``, ``kid.png`` and ``neighbours_brics.png`` in
+``--output``.
 
     python benchmarks/compare_generation.py --models cvqvae --seeds 0     # one latent run: about 10 minutes
     python benchmarks/compare_generation.py --models pixels --seeds 0 --max_minutes 50   # the pixel run, half of it

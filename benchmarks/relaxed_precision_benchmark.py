@@ -25,12 +25,13 @@ Then, on the held-out split, from each saved (EMA) model:
    the relaxed-precision ``1 / (4 r_max)``.
 
 Each variant and seed is one run in ``OUTPUT/runs/<variant>-seed<k>`` (the training's output folder; git-ignored
-but for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that has one is not run again; an interrupted
-training resumes from its last checkpoint. After the runs (or alone, with ``--report``), the report is assembled
-from every run there: ``results.json``, ``report.md`` (the command at its top) and ``psnr_vs_perturbation.png`` in
-``--output``, each figure the mean over a model's seeds, and the headline figures' mean ± standard deviation over
-seeds. A run takes about 10 minutes on one CPU core at the defaults (1,000 steps of batch 16, the budget of
-``compare_autoencoders.py``; the KL variant a little longer: it is also evaluated from sampled codes).
+but for the run's records, see ``seeded_runs.py``): its ``result.json`` is written when the run ends, and a run that
+has one is not run again; an interrupted training resumes from its last checkpoint. After the runs (or alone, with
+``--report``), the report is assembled from every run there: ``results.json``, ``report.md`` (the command at its
+top) and ``psnr_vs_perturbation.png`` in ``--output``, each figure the mean over a model's seeds, and the headline
+figures' mean ± standard deviation over seeds. A run takes about 10 minutes on one CPU core at the defaults (1,000
+steps of batch 16, the budget of ``compare_autoencoders.py``; the KL variant a little longer: it is also evaluated
+from sampled codes).
 
     python benchmarks/relaxed_precision_benchmark.py --models kl --seeds 0      # one run, 1,000 steps, batch 16
     python benchmarks/relaxed_precision_benchmark.py --seeds 0,1,2             # the three variants, three seeds
