@@ -50,7 +50,7 @@ from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, 
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
 from seeded_runs import TrainingBudget, check_same, reported_lowest_seeds, require_run_files, run_folder
-from seeded_runs import training_finished
+from seeded_runs import training_environment, training_finished
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0"]
 HELD_OUT_GRID = "held_out_reconstructions.png"  # a run's held-out originals over their reconstructions
@@ -149,7 +149,7 @@ def run_one(kind: str, seed: int, folder: Path, setup: dict, args, extra: list[s
         "decode_parameters": count_params(decode_modules(vae)),
         "decode_gmacs": count_gmacs(lambda: adapters.decode_latents(vae, z)),
         "script_train_images_per_second": trained.get("train_images_per_second"), "steps": trained["step"],
-        **{f"train_{key}": trained[key] for key in ("torch", "threads") if key in trained},
+        **training_environment(trained),
         **{k: v for k, v in metrics.items() if not k.startswith(("grid_usage_level", "grid_trained_level"))},
     }  # fmt: skip
     if kind == "brics":

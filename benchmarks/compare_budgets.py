@@ -78,7 +78,7 @@ def train_split_metrics(folder: Path, images: int) -> dict:
         cached = json.loads(cache.read_text())
         if cached.get("requested_images") == images:
             return cached
-    kept_for = "its train_split.json holds only the number of images it was measured on (--train_images 0 skips it)"
+    kept_for = f"its {TRAIN_SPLIT} holds only the number of images it was measured on (--train_images 0 skips it)"
     require_run_files({folder.name: folder}, "autoencoder", kept_for)
     vae = adapters.load_autoencoder(str(folder)).eval()
     size = vae.config.sample_size

@@ -71,7 +71,8 @@ from diffusers_brics.training.unet import UNET_PRESETS
 from benchmark_runs import ROOT, split_argv  # beside this script
 from compare_generation_report import NAMES, write_report
 from seeded_runs import add_run_arguments, chosen_models, collect, load_result, pending_runs, resume_flags
-from seeded_runs import TrainingBudget, check_same, run_folder, save_result, training_finished
+from seeded_runs import TrainingBudget, check_same, run_folder, save_result, training_environment
+from seeded_runs import training_finished
 
 SCRIPT = ROOT / "examples" / "train_brics_diffusion.py"
 DEFAULT_AUTOENCODERS = ROOT / "benchmarks" / "results" / "compare_autoencoders" / "runs"
@@ -184,7 +185,7 @@ def evaluate_model(name: str, folder: Path, reference: list[torch.Tensor], incep
         "unet_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
         "steps": trained["step"], "train_seconds": trained["train_seconds"],
         "train_images_per_second": trained["train_images_per_second"],
-        **{f"train_{key}": trained[key] for key in ("torch", "threads") if key in trained},
+        **training_environment(trained),
         "seconds_per_image": seconds / args.num_samples,
         **distances(reference, features, inception, not args.no_fid, seed),
     }

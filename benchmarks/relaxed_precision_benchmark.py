@@ -64,7 +64,7 @@ from diffusers_brics.training.data import image_transform
 from benchmark_runs import ROOT, split_argv  # beside this script
 from relaxed_precision_report import write_report
 from seeded_runs import add_run_arguments, check_same, chosen_models, collect, pending_runs, resume_flags
-from seeded_runs import TrainingBudget, save_result, training_finished
+from seeded_runs import TrainingBudget, save_result, training_environment, training_finished
 from train_ae_benchmark import script_data
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
@@ -241,6 +241,7 @@ def run_one(name: str, seed: int, folder: Path, args, extra: list[str], command:
     run = {"name": name, "seed": seed, "description": description, "command": shown, "steps": metrics["step"],
            "train_seconds": metrics.get("train_seconds"),
            "train_images_per_second": metrics.get("train_images_per_second", float("nan")),
+           **training_environment(metrics),
            "config": {k: model.config[k] for k in ("relaxed_precision", "kl_key_codes")}}  # fmt: skip
     save_result(folder, {"setup": setup, "benchmark_command": command, "run": run, "evaluations": evaluations,
                          "kl_sigma": kl_sigma})

@@ -191,6 +191,12 @@ def training_finished(folder: Path, steps: int) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("step") == steps
 
 
+def training_environment(trained: dict) -> dict:
+    """``train_torch`` and ``train_threads`` of a training's ``metrics.json`` (``trained``), where it records them:
+    what a bit-for-bit repeat of the run needs beside its command."""
+    return {f"train_{key}": trained[key] for key in ("torch", "threads") if key in trained}
+
+
 def resume_flags(steps: int) -> list[str]:
     """Training flags that checkpoint every `CHECKPOINT_EVERY` steps (keeping one) and resume from the newest
     checkpoint in the output folder, if any."""
