@@ -82,6 +82,7 @@ DEFAULT_AUTOENCODERS = ROOT / "benchmarks" / "results" / "compare_autoencoders" 
 DEFAULT_STEPS = 1000
 MODELS = ("brics", "autoencoderkl", "vqmodel", "cvqvae", "pixels")
 DEFAULT_MODELS = ("brics", "autoencoderkl", "cvqvae", "pixels")
+BASELINE = "real"  # the runs of the real-vs-real baseline, OUTPUT/runs/real-seed<k>
 # model -> (the class its stage-1 folder holds, the flag naming that folder)
 STAGE1 = {"brics": ("brics", "--brics"), "autoencoderkl": ("autoencoderkl", "--kl"), "vqmodel": ("vqmodel", "--vq"),
           "cvqvae": ("vqmodel", "--cvq")}  # fmt: skip
@@ -209,7 +210,7 @@ class Evaluation:
     def baseline(self, seed: int, output: Path) -> dict:
         """Real vs real for ``seed`` (as many training images as samples, drawn by the seed), cached in
         ``OUTPUT/runs/real-seed<k>``."""
-        folder = run_folder(output, "real", seed)
+        folder = run_folder(output, BASELINE, seed)
         cached = load_result(folder)
         if cached is not None:
             return cached["row"]
@@ -377,9 +378,9 @@ def main() -> dict:
     if not runs:
         raise FileNotFoundError(f"--output {str(output)!r}: no ended runs in runs/ (no runs/<model>-seed<k>/"
                                 "result.json): run some first, e.g. --models brics --seeds 0")
-    setup = check_same({**runs, **collect(output, ["real"])}, SETUP_KEYS)
+    setup = check_same({**runs, **collect(output, [BASELINE])}, SETUP_KEYS)
     seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
-    baselines = {seed: load_result(run_folder(output, "real", seed)) for seed in seeds}
+    baselines = {seed: load_result(run_folder(output, BASELINE, seed)) for seed in seeds}
     missing = [seed for seed, result in baselines.items() if result is None]
     if missing:
         evaluation = evaluation or Evaluation(runs_args(args, setup))

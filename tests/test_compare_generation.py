@@ -181,3 +181,54 @@ def test_kid_only_distances_have_no_fid():
     assert set(result) == {"kid_mean", "kid_std", "real_images", "fake_images"}
     assert (result["real_images"], result["fake_images"]) == (12, 5) and result["kid_mean"] > 0
     assert distances(reference, features, None, with_fid=False, seed=0) == result  # KID's subsets come from the seed
+
+
+def test_budgets_are_put_side_by_side_with_the_share_above_the_floor_per_doubling(tmp_path):
+    import seeded_runs
+
+    stage1 = seeded_runs.run_folder(tmp_path / "autoencoders", "brics", 0)
+    seeded_runs.save_result(stage1, {"setup": {"steps": 3}, "row": {}})
+
+    def record(output, kind, seed, steps, kid, floor=None):
+        row = {"kid_mean": kid / 1e3, "fid": 100.0 + kid, "train_seconds": 60.0 * steps,
+               "stage1": None if floor is None else str(stage1)}  # fmt: skip
+        if floor is not None:
+            row["decoded_training"] = {"kid_mean": floor / 1e3}
+        seeded_runs.save_result(seeded_runs.run_folder(tmp_path / output, kind, seed), {"setup": {"steps": steps}, "row": row})
+
+    record("short", "brics", 0, 2, kid=90.0, floor=10.0)
+    record("short", "brics", 1, 2, kid=70.0, floor=10.0)
+    record("short", "pixels", 0, 2, kid=50.0)
+    record("short", "real", 0, 2, kid=2.0)
+    record("long", "brics", 0, 8, kid=30.0, floor=10.0)  # one seed: the factor is seed 0's alone
+    record("long", "real", 0, 8, kid=2.0)  # the same baseline run, counted once
+    script = BENCHMARKS / "compare_generation_budgets.py"
+    report_dir = tmp_path / "report"
+    command = [sys.executable, str(script), "--outputs", str(tmp_path / "short"), str(tmp_path / "long"),
+               "--output", str(report_dir)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((report_dir / "results.json").read_text())
+    entries = results["entries"]
+    assert [(e["model"], e["steps"], e["autoencoder_steps"], e["seeds"]) for e in entries] == [
+        ("brics", 2, 3, [0, 1]), ("brics", 8, 3, [0]), ("pixels", 2, None, [0])]  # fmt: skip
+    short, long, pixels = entries
+    assert short["kid"]["mean"] == pytest.approx(80.0) and short["above_floor"]["mean"] == pytest.approx(70.0)
+    assert short["train_minutes"]["mean"] == pytest.approx(2.0) and "kid_per_doubling" not in short
+    # seed 0: 80 above the floor at 2 steps, 20 at 8 (two doublings): halved per doubling
+    change = long["above_floor_per_doubling"]
+    assert change["factor"] == pytest.approx(0.5) and change["seeds"] == [0] and not change["every_seed"]
+    assert long["kid_per_doubling"]["factor"] == pytest.approx((30 / 90) ** 0.5)
+    assert "floor" not in pixels and "above_floor" not in pixels
+    assert results["baseline"]["mean"] == pytest.approx(2.0) and results["baseline"]["n"] == 1
+    report = (report_dir / "report.md").read_text()
+    assert "| BRICS key codes | 8 | 3 | 1 (0) | 30.0 | 10.0 | 20.0 | 0.58x (seed 0) | 0.50x (seed 0) |" in report
+    assert "| pixels (DDPMPipeline) | 2 | - | 1 (0) | 50.0 | - | - | - | - |" in report
+    assert (report_dir / "budgets.png").stat().st_size > 0
+    # the records alone make the report: a clone rebuilds it unchanged
+    as_cloned(tmp_path / "short")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert done.returncode == 0 and json.loads((report_dir / "results.json").read_text()) == results
+    bad = subprocess.run([sys.executable, str(script), "--outputs", str(tmp_path / "none")], capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "has no runs/ folder" in bad.stderr
