@@ -30,6 +30,11 @@ def fresh_run_dir(output: Path) -> Path:
     return run_dir
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it: as reports show it."""
+    return os.path.relpath(path, ROOT) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def shown_command(command: list[str]) -> str:
     """``command`` without its interpreter, with paths relative to the repository: as reports show it."""
     return " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in command[1:])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -32,9 +31,9 @@ import torch
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
-from benchmark_runs import ROOT  # beside this script
+from benchmark_runs import ROOT, shown_path  # beside this script
 from compare_autoencoders_report import COLORS, MODEL_TYPES, NAMES
-from seeded_runs import collect, require_run_files, run_folder, show, spread, write_json_atomically
+from seeded_runs import collect, require_run_files, run_folder, seeds_text, show, spread, write_json_atomically
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [
@@ -94,7 +93,7 @@ def gather(outputs: list[tuple[str, Path]], models: list[str], train_images: int
     """One entry per model, variant and budget: the per-seed rows and their spread over seeds."""
     entries = []
     for label, output in outputs:
-        shown = os.path.relpath(output, ROOT) if output.resolve().is_relative_to(ROOT) else str(output)
+        shown = shown_path(output)
         for kind, by_seed in collect(output, models).items():
             by_steps: dict[int, list[dict]] = {}
             for seed, result in by_seed.items():
@@ -142,7 +141,7 @@ def report(results: dict) -> str:
             return show(e[key], digits, scale) if key in e else "-"
 
         lines.append(
-            f"| {name_of(e)} | {e['steps']} | {len(e['seeds'])} ({', '.join(map(str, e['seeds']))}) | "
+            f"| {name_of(e)} | {e['steps']} | {seeds_text(e['seeds'])} | "
             f"{cell('psnr', 2)} | {cell('train_psnr', 2)} | {cell('gap', 2)} | {cell('lpips', 3)} | "
             f"{cell('train_seconds', 1, 1 / 60)} | `{e['output']}` |"
         )

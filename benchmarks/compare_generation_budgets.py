@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from benchmark_runs import ROOT  # beside this script
+from benchmark_runs import ROOT, shown_path  # beside this script
 from compare_generation import BASELINE, MODELS
 from compare_generation_report import COLORS, NAMES
-from seeded_runs import RESULT, collect, show, spread
+from seeded_runs import RESULT, collect, seeds_text, show, spread
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [RESULTS / name for name in ("compare_generation", "compare_generation_4000",
@@ -90,7 +89,7 @@ def gather(outputs: list[Path], models: list[str]) -> tuple[list[dict], dict | N
     shown_of: dict[tuple[str, int, int | None], str] = {}
     baseline: dict[int, float] = {}  # the same training and held-out images in every output: one figure per seed
     for output in outputs:
-        shown = os.path.relpath(output, ROOT) if output.resolve().is_relative_to(ROOT) else str(output)
+        shown = shown_path(output)
         for kind, by_seed in collect(output, [*models, BASELINE]).items():
             for seed, result in by_seed.items():
                 if kind == BASELINE:
@@ -148,7 +147,7 @@ def report(results: dict) -> str:
 
         ae_steps = "-" if e["autoencoder_steps"] is None else f"{e['autoencoder_steps']:,}"
         lines.append(
-            f"| {NAMES[e['model']]} | {e['steps']:,} | {ae_steps} | {len(e['seeds'])} ({', '.join(map(str, e['seeds']))}) "
+            f"| {NAMES[e['model']]} | {e['steps']:,} | {ae_steps} | {seeds_text(e['seeds'])} "
             f"| {cell('kid', 1)} | {cell('floor', 1)} | {cell('above_floor', 1)} | {factor('kid_per_doubling')} | "
             f"{factor('above_floor_per_doubling')} | {cell('fid', 1)} | {cell('train_minutes', 1)} | `{e['output']}` |"
         )

@@ -264,7 +264,7 @@ def seed_table(rows: dict[str, dict], amplitudes: list[float]) -> list[str]:
     for label, row in rows.items():
         changes = " | ".join(f"{show(row[f'psnr_change_{a:g}'], 2)} dB" for a in shown)
         lines.append(
-            f"| {label} | {seeds_text(dict.fromkeys(row['seeds']))} | {show(row['psnr'], 2)} | "
+            f"| {label} | {seeds_text(row['seeds'])} | {show(row['psnr'], 2)} | "
             f"{show(row['ssim'], 4)} | {show(row['lpips'], 4)} | {changes} |"
         )
     return lines

@@ -23,7 +23,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 from benchmark_runs import run_shown, shown_command  # beside this module
 
@@ -255,9 +255,9 @@ def show(stat: dict, digits: int, scale: float = 1.0) -> str:
     return text + (f" ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
 
 
-def seeds_text(runs: dict[int, dict]) -> str:
-    """``"3 (0, 1, 2)"``: the number of seeds and which."""
-    return f"{len(runs)} ({', '.join(map(str, runs))})"
+def seeds_text(seeds: Collection[int]) -> str:
+    """``"3 (0, 1, 2)"``: the number of ``seeds`` and which (a list of seeds, or runs by seed: ``{seed: row}``)."""
+    return f"{len(seeds)} ({', '.join(map(str, seeds))})"
 
 
 def check_same(runs: dict[str, dict[int, dict]], keys: Sequence[str]) -> dict:
