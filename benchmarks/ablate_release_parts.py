@@ -19,7 +19,7 @@ from pathlib import Path
 
 from diffusers_brics import BRICSAutoencoder
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown  # beside this script
+from benchmark_runs import ROOT, RESULTS, fresh_run_dir, run_shown  # beside this script
 
 FIRST_ENCODER = dict(encoder_layout="diffusers", encoder_block_out_channels=(32, 64, 64), encoder_norm_num_groups=32)
 VARIANTS = {
@@ -39,7 +39,7 @@ FLAGS = ["--train_batch_size", "32", "--perceptual_weight", "0", "--gan_weight",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "ablate_release_parts"))
+    parser.add_argument("--output", default=str(RESULTS / "ablate_release_parts"))
     args = parser.parse_args()
     output = Path(args.output)
     run_dir = fresh_run_dir(output)

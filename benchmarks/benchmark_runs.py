@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"  # each benchmark's default output folder lies in it
 
 
 def split_argv(default_extra: list[str]) -> tuple[list[str], list[str]]:

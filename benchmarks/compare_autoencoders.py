@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
-from benchmark_runs import ROOT, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, split_argv  # beside this script
 from compare_autoencoders_report import GRID_LEARNING_RATE, MODEL_TYPES, NAMES, write_report
 from decode_benchmark import count_gmacs, count_params
 from seeded_runs import add_run_arguments, chosen_models, collect, pending_runs, resume_flags, save_result
@@ -244,7 +244,7 @@ def main() -> dict:
     parser.add_argument("--no_fid", action="store_true", help="skip FID / KID")
     parser.add_argument("--remeasure", action="store_true", help="time the models again even when the report in "
                         "--output has timed the same ones (by default its timings are kept)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_autoencoders"))
+    parser.add_argument("--output", default=str(RESULTS / "compare_autoencoders"))
     args = parser.parse_args(argv)
     try:
         models = chosen_models(args.models, MODEL_TYPES)

@@ -31,11 +31,10 @@ import torch
 from diffusers_brics.evaluate import evaluate_reconstruction, image_batches, load_split
 from diffusers_brics.models import adapters
 
-from benchmark_runs import ROOT, shown_path  # beside this script
+from benchmark_runs import RESULTS, shown_path  # beside this script
 from compare_autoencoders_report import COLORS, MODEL_TYPES, NAMES
 from seeded_runs import collect, require_run_files, run_folder, seeds_text, show, spread, write_json_atomically
 
-RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [
     str(RESULTS / "compare_autoencoders"),
     str(RESULTS / "compare_autoencoders_3000"),

@@ -68,14 +68,14 @@ from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.models import adapters
 from diffusers_brics.training.unet import UNET_PRESETS
 
-from benchmark_runs import ROOT, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, split_argv  # beside this script
 from compare_generation_report import NAMES, write_report
 from seeded_runs import add_run_arguments, chosen_models, collect, load_result, pending_runs, resume_flags
 from seeded_runs import TrainingBudget, check_same, run_folder, save_result, training_environment
 from seeded_runs import training_finished
 
 SCRIPT = ROOT / "examples" / "train_brics_diffusion.py"
-DEFAULT_AUTOENCODERS = ROOT / "benchmarks" / "results" / "compare_autoencoders" / "runs"
+DEFAULT_AUTOENCODERS = RESULTS / "compare_autoencoders" / "runs"
 # Training steps of each run by default: the main job's stage-2 budget (1,000 steps of batch 32). A latent run's
 # training took 6.7 minutes on one thread (0.40 s per step on 8x8x4 latents; a pixel step costs about ten times as
 # much: 4.0 s at batch 64).
@@ -316,7 +316,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "on a machine shared with other jobs 1 thread can be several times faster than 2")
     parser.add_argument("--tiny", action="store_true",
                         help="a smoke run: tiny UNets, 2 steps at batch 8, 4 samples of 2 steps, 8 held-out images")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_generation"))
+    parser.add_argument("--output", default=str(RESULTS / "compare_generation"))
     args = parser.parse_args(argv)
     try:
         args.models = chosen_models(args.models, MODELS)

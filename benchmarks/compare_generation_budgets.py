@@ -25,12 +25,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmark_runs import ROOT, shown_path  # beside this script
+from benchmark_runs import ROOT, RESULTS, shown_path  # beside this script
 from compare_generation import BASELINE, MODELS
 from compare_generation_report import COLORS, NAMES
 from seeded_runs import RESULT, collect, seeds_text, show, spread
 
-RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUTPUTS = [RESULTS / name for name in ("compare_generation", "compare_generation_4000",
                                                "compare_generation_8000", "compare_generation_12000")]  # fmt: skip
 STAGE1_MARKERS = ("o", "s", "^", "D")  # one per autoencoder budget, in ascending order

@@ -30,9 +30,9 @@ import torch
 
 from diffusers_brics import BRICSAutoencoder
 
+from benchmark_runs import ROOT, RESULTS  # beside this script
 from decode_benchmark import time_interleaved  # beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID_MODULE = "src/diffusers_brics/models/feature_grid.py"
 CASES = {  # name: (preset, batch, with backward)
     "paper-64x64x4 decode, batch 1": ("paper-64x64x4", 1, False),
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "grid_lookup"))
+    parser.add_argument("--output", default=str(RESULTS / "grid_lookup"))
     args = parser.parse_args(argv)
     earlier = load_grid_module(args.against)
     medians = {case: time_case(earlier, *CASES[case], args.rounds, args.warmup) for case in args.cases}

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from diffusers_brics import BRICSAutoencoder
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_runs import ROOT, RESULTS  # beside this script
+
 FIRST_LAYOUT = ROOT / "benchmarks" / "configs" / "small-32-v0.1"
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "compare_step_cost"))
+    parser.add_argument("--output", default=str(RESULTS / "compare_step_cost"))
     args = parser.parse_args()
     torch.manual_seed(0)
     images = torch.rand(32, 3, 32, 32) * 2 - 1

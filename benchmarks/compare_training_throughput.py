@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
+from benchmark_runs import RESULTS, fresh_run_dir, run_shown, split_argv  # beside this script
 
 MODELS = {"brics": "BRICS", "autoencoderkl": "AutoencoderKL"}
 DEFAULT_LOSS = ["--perceptual_weight", "0", "--gan_weight", "0"]
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="also train each with --torch_compile")
     parser.add_argument("--tiny", action="store_true", help="tiny presets, 2 steps, 1 round (a smoke run)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "training_throughput"))
+    parser.add_argument("--output", default=str(RESULTS / "training_throughput"))
     own, loss_flags = split_argv(DEFAULT_LOSS) if argv is None else (argv, DEFAULT_LOSS)
     args = parser.parse_args(own)
     if args.tiny:

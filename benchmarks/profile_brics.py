@@ -47,9 +47,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from diffusers_brics import BRICSAutoencoder
 
+from benchmark_runs import RESULTS  # beside this script
 from decode_benchmark import time_interleaved  # beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ", compiled"
 WORKLOADS = {
     # workload: (preset, batch size, tiny preset's batch size)
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--repeats and --profile_runs must be >= 1, --warmup >= 0")
     results = run(args.workload, args.tiny, args.device, args.warmup, args.repeats, args.profile_runs, args.compile,
                   args.model, args.batch_size)
-    output = Path(args.output or ROOT / "benchmarks" / "results" / "profile" / args.workload.replace("-", "_"))
+    output = Path(args.output or RESULTS / "profile" / args.workload.replace("-", "_"))
     output.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/profile_brics.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     report = format_report(results, command.strip())

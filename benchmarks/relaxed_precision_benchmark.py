@@ -61,7 +61,7 @@ from diffusers_brics.metrics import lpips, psnr, ssim
 from diffusers_brics.models.autoencoder_presets import PRESETS
 from diffusers_brics.training.data import image_transform
 
-from benchmark_runs import ROOT, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, split_argv  # beside this script
 from relaxed_precision_report import write_report
 from seeded_runs import add_run_arguments, check_same, chosen_models, collect, pending_runs, resume_flags
 from seeded_runs import TrainingBudget, save_result, training_environment, training_finished
@@ -264,7 +264,7 @@ def main() -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of the trainings and the evaluation (OMP_NUM_THREADS; default: PyTorch's); "
                              "on a machine shared with other jobs 1 thread can be several times faster than 2")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "relaxed_precision"))
+    parser.add_argument("--output", default=str(RESULTS / "relaxed_precision"))
     args = parser.parse_args(argv)
     try:
         models = chosen_models(args.models, tuple(VARIANTS))

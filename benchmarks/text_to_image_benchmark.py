@@ -43,7 +43,7 @@ from diffusers_brics.metrics import prepare_weights
 from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.pipelines.loading import swap_scheduler
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, fresh_run_dir, run_shown, split_argv  # beside this script
 from compare_generation import distances, features_of
 
 GOAL = "guidance 3 lowers KID against the held-out images below guidance 1's"
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--max_eval_images", type=int, default=None, help="held-out images for KID (default all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny models and a few steps (the test's smoke run)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "text_to_image"))
+    parser.add_argument("--output", default=str(RESULTS / "text_to_image"))
     args = parser.parse_args(argv)
 
     output = Path(args.output)

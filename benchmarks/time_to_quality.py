@@ -42,7 +42,7 @@ from diffusers_brics.evaluate import image_batches, load_split, sample_images, t
 from diffusers_brics.metrics.inception import InceptionFeatures
 from diffusers_brics.pipelines.loading import load_pipeline
 
-from benchmark_runs import ROOT, run_shown, split_argv  # beside this script
+from benchmark_runs import RESULTS, run_shown, split_argv  # beside this script
 from compare_generation import distances, grid  # beside this script
 
 # Stage-1 recipes: flags of `brics train-ae` (on top of the common ones in `train_autoencoder`).
@@ -96,7 +96,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="stage 2: the sampler, clipped to the key codes' range (as the quickstart samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="threads of each run (default: torch's)")
-    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "time_to_quality")
+    p.add_argument("--output", type=Path, default=RESULTS / "time_to_quality")
     p.add_argument("--tiny", action="store_true", help="tiny models, a few steps (seconds)")
     args = p.parse_args(argv)
     if args.stage == "diffusion" and not args.autoencoder and not args.tiny:

@@ -39,7 +39,7 @@ from diffusers_brics.training.autoencoder_args import parse_args
 from diffusers_brics.training.data import image_column_of, image_transform, load_image_datasets
 from diffusers_brics.training.autoencoder_evaluation import evaluation_loader, reconstruction_metrics
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, fresh_run_dir, run_shown, split_argv  # beside this script
 
 DEFAULT_TRAIN_ARGS = ["--perceptual_weight", "0", "--gan_weight", "0", "--grid_learning_rate", "1e-2"]
 BORDER = 1 / 8  # the band along each edge of the image that the report and plot set apart from the inside
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--validation_steps", type=int, default=300,
                         help="held-out validation every N steps, for the usage-over-training curve")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_ae_small32"))
+    parser.add_argument("--output", default=str(RESULTS / "train_ae_small32"))
     args = parser.parse_args(argv)
 
     output = Path(args.output)

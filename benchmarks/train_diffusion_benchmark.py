@@ -23,7 +23,7 @@ import torch
 
 from diffusers_brics import BRICSPipeline
 
-from benchmark_runs import ROOT, fresh_run_dir, run_shown, split_argv  # beside this script
+from benchmark_runs import ROOT, RESULTS, fresh_run_dir, run_shown, split_argv  # beside this script
 
 
 def class_grid(pipe: BRICSPipeline, per_class: int, steps: int) -> list[list]:
@@ -66,7 +66,7 @@ def main() -> None:
     argv, extra = split_argv([])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--autoencoder", default=str(ROOT / "benchmarks" / "results" / "train_ae_small32" / "run"
+    parser.add_argument("--autoencoder", default=str(RESULTS / "train_ae_small32" / "run"
                                                      / "autoencoder"))
     parser.add_argument("--class_column", default="category")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -75,7 +75,7 @@ def main() -> None:
                              "release's 8e-5)")
     parser.add_argument("--samples_per_class", type=int, default=8)
     parser.add_argument("--num_inference_steps", type=int, default=100)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_diffusion_small32"))
+    parser.add_argument("--output", default=str(RESULTS / "train_diffusion_small32"))
     args = parser.parse_args(argv)
     if not (Path(args.autoencoder) / "config.json").is_file():
         raise FileNotFoundError(f"--autoencoder {args.autoencoder!r} holds no trained autoencoder: run "
