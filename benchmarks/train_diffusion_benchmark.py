@@ -66,8 +66,7 @@ def main() -> None:
     argv, extra = split_argv([])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--autoencoder", default=str(RESULTS / "train_ae_small32" / "run"
-                                                     / "autoencoder"))
+    parser.add_argument("--autoencoder", default=str(RESULTS / "train_ae_small32" / "run" / "autoencoder"))
     parser.add_argument("--class_column", default="category")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=8e-4,
